@@ -1,0 +1,219 @@
+#include "gateway/agent_listener.hpp"
+
+#include <boost/url/parse.hpp>
+
+#include "common/ids.hpp"
+#include "common/log.hpp"
+#include "common/net.hpp"
+#include "session/upgrade_handoff.hpp"
+
+namespace cg::gateway {
+using namespace cg::net;
+
+UpgradeDecision check_upgrade_target(const std::string& target) {
+  UpgradeDecision d;
+  auto u = boost::urls::parse_origin_form(target);
+  if (!u) {
+    d.status = 400;
+    d.body = "malformed request target\n";
+    return d;
+  }
+  if (u->path() != "/ws") {
+    d.status = 404;
+    d.body = "404 page not found\n";
+    return d;
+  }
+  for (auto p : u->params()) {
+    if (p.key == "planeType" && d.plane_type.empty()) d.plane_type = p.value;
+    if (p.key == "planeID" && d.plane_id.empty()) d.plane_id = p.value;
+  }
+  if (d.plane_type.empty()) {
+    d.status = 400;
+    d.body = "missing planeType parameter\n";
+  } else if (d.plane_id.empty()) {
+    d.status = 400;
+    d.body = "missing planeID parameter\n";
+  } else if (!plane::is_valid_plane_type(d.plane_type)) {
+    d.status = 400;
+    d.body = "invalid planeType: must be 'dataplane', 'workflowplane', or 'observabilityplane'\n";
+  }
+  return d;
+}
+
+namespace {
+
+class Handshake : public std::enable_shared_from_this<Handshake> {
+ public:
+  Handshake(tcp::socket s, asio::ssl::context& ctx, std::shared_ptr<const AgentListenerDeps> deps)
+      : stream_(std::move(s), ctx), deps_(std::move(deps)) {
+    beast::error_code ec;
+    auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(ec);
+    if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+  }
+
+  void run() {
+    beast::get_lowest_layer(stream_).expires_after(deps_->handshake_timeout);
+    stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
+      if (ec) {
+        log::debug("agent TLS handshake failed", {{"remote", self->remote_}, {"reason", ec.message()}});
+        return;
+      }
+      self->read_request();
+    });
+  }
+
+ private:
+  void read_request() {
+    parser_.header_limit(8 * 1024);
+    parser_.body_limit(0);
+    http::async_read(stream_, buf_, parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec == http::error::header_limit) return self->reply(431, "request header fields too large\n", {});
+      if (ec == http::error::body_limit) return self->reply(413, "request body not allowed\n", {});
+      if (ec) {
+        log::debug("agent upgrade request not read", {{"remote", self->remote_}, {"reason", ec.message()}});
+        return;
+      }
+      self->decide();
+    });
+  }
+
+  void decide() {
+    req_ = parser_.release();
+    UpgradeDecision d = check_upgrade_target(std::string(req_.target()));
+    nlohmann::json f = {{"remote", remote_}};
+    if (!d.plane_type.empty()) f["planeType"] = d.plane_type;
+    if (!d.plane_id.empty()) f["planeID"] = d.plane_id;
+    if (d.status) {
+      f["status"] = d.status;
+      f["reason"] = d.body.substr(0, d.body.size() - 1);
+      log::warn("agent connection rejected", f);
+      return reply(d.status, d.body, {});
+    }
+    tls::PeerChain chain = tls::PeerChain::from_ssl(stream_.native_handle());
+    if (chain.empty()) {
+      f["status"] = 401;
+      f["reason"] = "no client certificate presented";
+      log::warn("agent connection rejected", f);
+      return reply(401, "no client certificate presented\n", {});
+    }
+    f["certificateSubject"] = chain.subject();
+    f["certificateIssuer"] = chain.issuer();
+    auto anchors = deps_->index.anchors(d.plane_type, d.plane_id);
+    auto verdicts = tls::verify_all(chain, anchors);
+    std::set<std::string> ok;
+    nlohmann::json per_cr = nlohmann::json::array();
+    size_t usable = 0;
+    for (size_t i = 0; i < verdicts.size(); ++i) {
+      usable += anchors[i].store != nullptr;
+      if (verdicts[i].ok) ok.insert(verdicts[i].key);
+      else per_cr.push_back({{"cr", verdicts[i].key}, {"reason", verdicts[i].reason}});
+    }
+    if (ok.empty()) {
+      std::string why = usable == 0 ? "no " + d.plane_type + " CRs found with planeID '" + d.plane_id + "'"
+                                    : "certificate not valid for any CR with planeID '" + d.plane_id + "'";
+      f["status"] = 401;
+      f["reason"] = why;
+      f["perCR"] = per_cr;
+      log::warn("agent connection rejected", f);
+      return reply(401, "client certificate verification failed: " + why + "\n", {});
+    }
+    if (!websocket::is_upgrade(req_)) {
+      f["status"] = 400;
+      f["reason"] = "not a WebSocket upgrade request";
+      log::warn("agent connection rejected", f);
+      return reply(400, "websocket: the client is not using the websocket protocol: 'upgrade' token not found in 'Connection' header\n", {});
+    }
+    if (!per_cr.empty()) {
+      f["notAuthorizedFor"] = per_cr;
+      log::info("certificate not valid for some CRs sharing the planeID", f);
+    }
+    session::AgentIdentity id;
+    id.connection_id = uuid_v4();
+    id.plane_type = d.plane_type;
+    id.plane_id = d.plane_id;
+    id.remote = remote_;
+    id.peer = std::move(chain);
+    id.authorized = std::move(ok);
+    beast::get_lowest_layer(stream_).expires_never();
+    session::UpgradeHandoffPtr h(new session::UpgradeHandoff(std::move(stream_), std::move(req_)));
+    session::start_agent_session(std::move(h), std::move(id), deps_->session_options, deps_->registry, deps_->frames);
+  }
+
+  void reply(unsigned status, const std::string& body, const std::string&) {
+    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), 11);
+    res->set(http::field::content_type, "text/plain; charset=utf-8");
+    res->set("X-Content-Type-Options", "nosniff");
+    res->body() = body;
+    res->keep_alive(false);
+    res->prepare_payload();
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(5));
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code ec, size_t) {
+      if (ec) return;
+      self->stream_.async_shutdown([self](beast::error_code) {
+        beast::error_code ig;
+        beast::get_lowest_layer(self->stream_).socket().close(ig);
+      });
+    });
+  }
+
+  TlsStream stream_;
+  std::shared_ptr<const AgentListenerDeps> deps_;
+  beast::flat_buffer buf_;
+  http::request_parser<http::empty_body> parser_;
+  UpgradeRequest req_;
+  std::string remote_;
+};
+
+}  // namespace
+
+struct AgentListener::Impl : std::enable_shared_from_this<AgentListener::Impl> {
+  Impl(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl, AgentListenerDeps deps)
+      : ioc(ioc), ssl(std::move(ssl)), deps(std::make_shared<const AgentListenerDeps>(std::move(deps))), acceptor(asio::make_strand(ioc)), timer(ioc) {}
+  asio::io_context& ioc;
+  std::shared_ptr<asio::ssl::context> ssl;
+  std::shared_ptr<const AgentListenerDeps> deps;
+  tcp::acceptor acceptor;
+  asio::steady_timer timer;
+  bool stopped = false;
+
+  void accept() {
+    acceptor.async_accept(asio::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
+      if (self->stopped || ec == asio::error::operation_aborted) return;
+      if (ec) {
+        // EMFILE and friends: pause accepting instead of spinning.
+        log::warn("agent listener accept failed; pausing 100ms", {{"reason", ec.message()}});
+        self->timer.expires_after(std::chrono::milliseconds(100));
+        self->timer.async_wait([self](beast::error_code) { self->accept(); });
+        return;
+      }
+      beast::error_code ig;
+      s.set_option(tcp::no_delay(true), ig);
+      std::make_shared<Handshake>(std::move(s), *self->ssl, self->deps)->run();
+      self->accept();
+    });
+  }
+};
+
+AgentListener::AgentListener(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl, const std::string& bind,
+                             uint16_t port, AgentListenerDeps deps)
+    : impl_(std::make_shared<Impl>(ioc, std::move(ssl), std::move(deps))) {
+  tcp::endpoint ep(asio::ip::make_address(bind), port);
+  impl_->acceptor.open(ep.protocol());
+  impl_->acceptor.set_option(asio::socket_base::reuse_address(true));
+  impl_->acceptor.bind(ep);
+  impl_->acceptor.listen(asio::socket_base::max_listen_connections);
+}
+
+AgentListener::~AgentListener() { stop(); }
+uint16_t AgentListener::port() const { return impl_->acceptor.local_endpoint().port(); }
+void AgentListener::start() { asio::post(impl_->acceptor.get_executor(), [i = impl_] { i->accept(); }); }
+void AgentListener::stop() {
+  asio::post(impl_->acceptor.get_executor(), [i = impl_] {
+    i->stopped = true;
+    beast::error_code ig;
+    i->acceptor.close(ig);
+    i->timer.cancel();
+  });
+}
+
+}  // namespace cg::gateway

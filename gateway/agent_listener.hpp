@@ -1,0 +1,53 @@
+// The public agent listener: TLS (client certificate requested), `GET /ws?planeID=&planeType=`
+// with upstream's 400/401 answers, per-CR verification against the plane index, then the
+// WebSocket upgrade handed to the session layer.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "plane_index/index.hpp"
+#include "session/agent_session.hpp"
+#include "session/registry.hpp"
+
+namespace boost::asio {
+class io_context;
+namespace ssl {
+class context;
+}
+}  // namespace boost::asio
+
+namespace cg::gateway {
+
+struct AgentListenerDeps {
+  plane::PlaneIndex& index;
+  session::SessionRegistry& registry;
+  std::shared_ptr<session::FrameHandler> frames;
+  session::AgentSessionOptions session_options;
+  Duration handshake_timeout = std::chrono::seconds(10);
+};
+
+// Pre-upgrade decision for one request, separated from I/O so it can be tested and fuzzed.
+struct UpgradeDecision {
+  unsigned status = 0;  // 0: accept; otherwise the HTTP status to answer
+  std::string body;     // exact plain-text body (with Go's trailing newline)
+  std::string plane_type, plane_id;
+};
+// Checks path and query as upstream does: 404 for other paths, 400 for missing/invalid parameters.
+UpgradeDecision check_upgrade_target(const std::string& target);
+
+class AgentListener {
+ public:
+  AgentListener(boost::asio::io_context& ioc, std::shared_ptr<boost::asio::ssl::context> ssl, const std::string& bind,
+                uint16_t port, AgentListenerDeps deps);
+  ~AgentListener();
+  uint16_t port() const;
+  void start();
+  void stop();
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace cg::gateway

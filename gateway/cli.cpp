@@ -1,0 +1,92 @@
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "gateway/config.hpp"
+
+namespace cg::gateway {
+namespace {
+
+struct DurationFlag {
+  const char* name;
+  Duration* target;
+  std::string text;
+};
+
+}  // namespace
+
+int parse_cli(int argc, char** argv, Config& cfg) {
+  CLI::App app{"cluster-gateway: accepts OpenChoreo cluster agents over mTLS WebSocket, verifies them per plane CR, "
+               "watches them with heartbeats and writes their status onto the plane CRs."};
+  app.set_version_flag("--version", std::string("cluster-gateway ") + CG_VERSION);
+  app.option_defaults()->always_capture_default();
+
+  int port = cfg.port, health_port = cfg.health_port;
+  std::string log_level = "info", log_format = "json";
+  std::vector<DurationFlag> durations = {
+      {"--heartbeat-interval", &cfg.heartbeat_interval, "30s"},
+      {"--heartbeat-timeout", &cfg.heartbeat_timeout, "90s"},
+      {"--shutdown-timeout", &cfg.shutdown_timeout, "30s"},
+      {"--status-heartbeat-interval", &cfg.status_heartbeat_interval, "30s"},
+      {"--startup-grace", &cfg.startup_grace, "15s"},
+      {"--handshake-timeout", &cfg.handshake_timeout, "10s"},
+  };
+  app.add_option("--port", port, "Agent WebSocket (TLS) port; 0 picks a free port")->envname("AGENT_SERVER_PORT");
+  app.add_option("--health-port", health_port, "Plain HTTP port for /health, /ready and /metrics; 0 picks a free port");
+  app.add_option("--bind", cfg.bind, "Address to listen on (default: all IPv4 interfaces)");
+  app.add_option("--server-cert", cfg.server_cert, "Server certificate chain (PEM)")->envname("SERVER_CERT_PATH");
+  app.add_option("--server-key", cfg.server_key, "Server private key (PEM)")->envname("SERVER_KEY_PATH");
+  const char* help[] = {"WebSocket ping period", "Drop an agent when no pong arrives within this time",
+                        "Graceful shutdown budget (SIGTERM)",
+                        "Minimum time between heartbeat-only status writes per CR",
+                        "After start, wait this long before writing CRs disconnected that a previous run left connected",
+                        "TLS handshake and HTTP upgrade deadline"};
+  for (size_t i = 0; i < durations.size(); ++i)
+    app.add_option(durations[i].name, durations[i].text, std::string(help[i]) + " (Go duration: 500ms, 30s, 1m30s)");
+  app.add_option("--planes-dir", cfg.planes_dir,
+                 "Directory of plane CR and Secret YAML files (selects the embedded file plane source)");
+  app.add_option("--status-dir", cfg.status_dir, "Where status files go with --planes-dir (default: DIR/status)");
+  app.add_option("--max-message-size", cfg.max_message_size, "Largest WebSocket message accepted from an agent, bytes");
+  app.add_option("--io-threads", cfg.io_threads, "I/O threads (0: one per core)");
+  app.add_option("--log-level", log_level, "debug, info, warn or error")->envname("LOG_LEVEL");
+  app.add_option("--log-format", log_format, "json or text");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help();
+    return 0;
+  } catch (const CLI::CallForVersion&) {
+    std::cout << app.version() << "\n";
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "cluster-gateway: " << e.what() << " (see --help)\n";
+    return 2;
+  }
+  auto fail = [](const std::string& msg) {
+    std::cerr << "cluster-gateway: " << msg << "\n";
+    return 2;
+  };
+  if (port < 0 || port > 65535) return fail("--port: " + std::to_string(port) + " is not a port number");
+  if (health_port < 0 || health_port > 65535) return fail("--health-port: " + std::to_string(health_port) + " is not a port number");
+  cfg.port = static_cast<uint16_t>(port);
+  cfg.health_port = static_cast<uint16_t>(health_port);
+  for (auto& d : durations) {
+    auto v = parse_go_duration(d.text);
+    if (!v) return fail(std::string(d.name) + ": '" + d.text + "' is not a duration (examples: 500ms, 30s, 1m30s)");
+    *d.target = *v;
+  }
+  if (cfg.heartbeat_interval <= Duration::zero()) return fail("--heartbeat-interval must be greater than 0");
+  if (cfg.heartbeat_timeout <= Duration::zero()) return fail("--heartbeat-timeout must be greater than 0");
+  if (cfg.status_heartbeat_interval <= Duration::zero()) return fail("--status-heartbeat-interval must be greater than 0");
+  if (cfg.handshake_timeout <= Duration::zero()) return fail("--handshake-timeout must be greater than 0");
+  if (!log::parse_level(log_level, cfg.log_level)) return fail("--log-level: '" + log_level + "' is not one of debug, info, warn, error");
+  if (!log::parse_format(log_format, cfg.log_format)) return fail("--log-format: '" + log_format + "' is not one of json, text");
+  if (cfg.max_message_size < 1024) return fail("--max-message-size must be at least 1024");
+  if (cfg.io_threads < 0) return fail("--io-threads must not be negative");
+  if (cfg.planes_dir.empty())
+    return fail("--planes-dir: no plane source configured (the Kubernetes source is not available in this build)");
+  if (cfg.status_dir.empty()) cfg.status_dir = cfg.planes_dir + "/status";
+  return -1;
+}
+
+}  // namespace cg::gateway

@@ -1,0 +1,35 @@
+// The gateway's configuration (flags and environment variables; see cli.cpp and docs/operations.md).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "common/log.hpp"
+#include "common/time.hpp"
+
+namespace cg::gateway {
+
+struct Config {
+  std::string bind = "0.0.0.0";
+  uint16_t port = 8443;         // agent listener; 0 picks a free port
+  uint16_t health_port = 8080;  // /health, /ready, /metrics
+  std::string server_cert = "/certs/tls.crt";
+  std::string server_key = "/certs/tls.key";
+  Duration heartbeat_interval = std::chrono::seconds(30);
+  Duration heartbeat_timeout = std::chrono::seconds(90);
+  Duration shutdown_timeout = std::chrono::seconds(30);
+  Duration status_heartbeat_interval = std::chrono::seconds(30);
+  Duration startup_grace = std::chrono::seconds(15);
+  Duration handshake_timeout = std::chrono::seconds(10);
+  std::string planes_dir;
+  std::string status_dir;  // default: <planes_dir>/status
+  size_t max_message_size = 64u << 20;
+  int io_threads = 0;  // 0: one per core
+  log::Level log_level = log::Level::info;
+  log::Format log_format = log::Format::json;
+};
+
+// Parses argv (and environment variables). Returns -1 to continue, else the exit code
+// (0 after --help/--version, 2 after a usage error, with a one-line message on stderr).
+int parse_cli(int argc, char** argv, Config& cfg);
+
+}  // namespace cg::gateway

@@ -1,0 +1,156 @@
+#include "gateway/gateway.hpp"
+
+#include <atomic>
+#include <thread>
+
+#include "common/log.hpp"
+#include "common/net.hpp"
+#include "gateway/agent_listener.hpp"
+#include "gateway/authorizer.hpp"
+#include "gateway/http_server.hpp"
+#include "k8s_status_writer/file_sink.hpp"
+#include "plane_index/file_source.hpp"
+#include "session/frames.hpp"
+#include "tls/server_context.hpp"
+
+namespace cg::gateway {
+using namespace cg::net;
+
+namespace {
+// Until the tunnel layer lands, frames are classified and dropped with a log line.
+class DroppingFrameHandler final : public session::FrameHandler {
+ public:
+  void on_text(session::AgentHandle& s, std::string_view text) override {
+    auto f = session::classify_agent_frame(text);
+    nlohmann::json fields = {{"planeType", s.plane_type()}, {"planeID", s.plane_id()}, {"connectionID", s.connection_id()}};
+    if (f.kind == session::FrameKind::invalid) {
+      fields["reason"] = f.error;
+      log::warn("invalid frame from agent dropped", fields);
+    } else {
+      fields["requestID"] = f.request_id;
+      log::warn("frame for an unknown request dropped", fields);
+    }
+  }
+  void on_closed(session::AgentHandle&) override {}
+};
+}  // namespace
+
+struct Gateway::Impl {
+  Config cfg;
+  asio::io_context ioc;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::vector<std::thread> threads;
+  plane::PlaneIndex index;
+  std::unique_ptr<session::SessionRegistry> registry = session::make_local_registry();
+  std::unique_ptr<plane::PlaneSource> source;
+  std::unique_ptr<status::StatusSink> sink;
+  std::unique_ptr<status::StatusWriter> writer;
+  std::unique_ptr<AgentListener> agent_listener;
+  std::unique_ptr<HttpServer> health;
+  std::atomic<bool> started{false}, draining{false}, stopped{false};
+
+  explicit Impl(Config c) : cfg(std::move(c)) {}
+};
+
+Gateway::Gateway(Config cfg) : impl_(std::make_unique<Impl>(std::move(cfg))) {}
+Gateway::~Gateway() { shutdown(); }
+
+plane::PlaneIndex& Gateway::index() { return impl_->index; }
+session::SessionRegistry& Gateway::registry() { return *impl_->registry; }
+status::StatusWriter& Gateway::status_writer() { return *impl_->writer; }
+const Config& Gateway::config() const { return impl_->cfg; }
+uint16_t Gateway::agent_port() const { return impl_->agent_listener ? impl_->agent_listener->port() : 0; }
+uint16_t Gateway::health_port() const { return impl_->health ? impl_->health->port() : 0; }
+
+std::string Gateway::not_ready_reason() const {
+  if (impl_->draining) return "draining";
+  if (!impl_->started) return "starting";
+  if (!impl_->index.synced()) return "plane source not synced";
+  return "";
+}
+
+void Gateway::start() {
+  auto& m = *impl_;
+  const Config& c = m.cfg;
+  auto ssl = tls::make_server_context({c.server_cert, c.server_key, ""});
+
+  // Re-verify live sessions whenever a plane's CRs or CAs change.
+  m.index.add_listener([&m](const plane::IndexChange& ch) {
+    for (const auto& [type, id] : ch.planes) reverify_plane(m.index, *m.registry, type, id);
+  });
+
+  m.source = std::make_unique<plane::FilePlaneSource>(c.planes_dir, m.index);
+  m.sink = std::make_unique<status::FileStatusSink>(c.status_dir);
+  status::StatusWriterOptions so;
+  so.heartbeat_interval = c.status_heartbeat_interval;
+  so.startup_grace = c.startup_grace;
+  m.writer = std::make_unique<status::StatusWriter>(m.index, *m.registry, *m.sink, so);
+  m.source->start();
+  m.writer->start();
+
+  AgentListenerDeps deps{m.index, *m.registry, std::make_shared<DroppingFrameHandler>(),
+                         session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout, c.max_message_size},
+                         c.handshake_timeout};
+  try {
+    m.agent_listener = std::make_unique<AgentListener>(m.ioc, ssl, c.bind, c.port, deps);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("--port " + std::to_string(c.port) + ": cannot listen on " + c.bind + ": " + e.what());
+  }
+  try {
+    m.health = std::make_unique<HttpServer>(m.ioc, c.bind, c.health_port, [this](const std::string& method, const std::string& target) {
+      std::string path = target.substr(0, target.find('?'));
+      if (method != "GET" && method != "HEAD") return HttpReply{405, "text/plain; charset=utf-8", "method not allowed\n"};
+      if (path == "/health" || path == "/healthz") return HttpReply{200, "text/plain; charset=utf-8", "OK"};
+      if (path == "/ready" || path == "/readyz") {
+        auto why = not_ready_reason();
+        if (why.empty()) return HttpReply{200, "text/plain; charset=utf-8", "OK"};
+        return HttpReply{503, "text/plain; charset=utf-8", "not ready: " + why + "\n"};
+      }
+      return HttpReply{404, "text/plain; charset=utf-8", "404 page not found\n"};
+    });
+  } catch (const std::exception& e) {
+    throw std::runtime_error("--health-port " + std::to_string(c.health_port) + ": cannot listen on " + c.bind + ": " + e.what());
+  }
+  m.work.emplace(m.ioc.get_executor());
+  int n = c.io_threads > 0 ? c.io_threads : std::max(1u, std::thread::hardware_concurrency());
+  for (int i = 0; i < n; ++i) m.threads.emplace_back([&m] { m.ioc.run(); });
+  m.agent_listener->start();
+  m.health->start();
+  m.started = true;
+  log::info("cluster-gateway started",
+            {{"agentPort", agent_port()}, {"healthPort", health_port()}, {"bind", c.bind}, {"ioThreads", n},
+             {"planesDir", c.planes_dir}, {"statusDir", c.status_dir},
+             {"heartbeatInterval", format_go_duration(c.heartbeat_interval)},
+             {"heartbeatTimeout", format_go_duration(c.heartbeat_timeout)}});
+}
+
+void Gateway::shutdown() {
+  auto& m = *impl_;
+  if (m.stopped.exchange(true)) return;
+  if (!m.started) {
+    if (m.writer) m.writer->stop();
+    if (m.source) m.source->stop();
+    return;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + m.cfg.shutdown_timeout;
+  m.draining = true;
+  log::info("shutting down", {{"sessions", m.registry->size()}, {"shutdownTimeout", format_go_duration(m.cfg.shutdown_timeout)}});
+  m.agent_listener->stop();
+  for (const auto& s : m.registry->all()) s.handle->close(1001, "gateway shutting down");
+  // Give sessions up to half the budget to finish their close handshakes.
+  const auto sessions_deadline = std::chrono::steady_clock::now() + m.cfg.shutdown_timeout / 2;
+  while (m.registry->size() > 0 && std::chrono::steady_clock::now() < sessions_deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (m.source) m.source->stop();
+  bool flushed = m.writer->flush(deadline);
+  if (!flushed) log::warn("shutdown timeout reached before every status was written");
+  m.writer->stop();
+  m.health->stop();
+  m.work.reset();
+  m.ioc.stop();
+  for (auto& t : m.threads) t.join();
+  m.threads.clear();
+  log::info("stopped", {{"statusFlushed", flushed}});
+}
+
+}  // namespace cg::gateway

@@ -1,0 +1,117 @@
+#include "gateway/http_server.hpp"
+
+#include "common/log.hpp"
+#include "common/net.hpp"
+
+namespace cg::gateway {
+using namespace cg::net;
+
+namespace {
+class HttpConn : public std::enable_shared_from_this<HttpConn> {
+ public:
+  HttpConn(tcp::socket s, std::shared_ptr<HttpHandler> h) : stream_(std::move(s)), handler_(std::move(h)) {}
+  void run() { read(); }
+
+ private:
+  void read() {
+    parser_.emplace();
+    parser_->header_limit(8 * 1024);
+    parser_->body_limit(64 * 1024);
+    stream_.expires_after(std::chrono::seconds(30));
+    http::async_read(stream_, buf_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) {
+        if (ec == http::error::header_limit || ec == http::error::body_limit) self->reply_error(431, "request too large\n");
+        return;
+      }
+      self->serve();
+    });
+  }
+  void reply_error(unsigned status, const char* body) {
+    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), 11);
+    res->set(http::field::content_type, "text/plain; charset=utf-8");
+    res->body() = body;
+    res->keep_alive(false);
+    res->prepare_payload();
+    http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) {
+      beast::error_code ig;
+      self->stream_.socket().shutdown(tcp::socket::shutdown_send, ig);
+    });
+  }
+  void serve() {
+    auto req = parser_->release();
+    HttpReply r;
+    try {
+      r = (*handler_)(std::string(req.method_string()), std::string(req.target()));
+    } catch (const std::exception& e) {
+      r = {500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n"};
+    }
+    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(r.status), req.version());
+    res->set(http::field::server, "cluster-gateway");
+    res->set(http::field::content_type, r.content_type);
+    res->body() = req.method() == http::verb::head ? std::string() : std::move(r.body);
+    res->keep_alive(req.keep_alive());
+    res->prepare_payload();
+    bool keep = req.keep_alive();
+    http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
+      if (ec) return;
+      if (keep) self->read();
+      else {
+        beast::error_code ig;
+        self->stream_.socket().shutdown(tcp::socket::shutdown_send, ig);
+      }
+    });
+  }
+  beast::tcp_stream stream_;
+  beast::flat_buffer buf_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::shared_ptr<HttpHandler> handler_;
+};
+}  // namespace
+
+struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
+  Impl(asio::io_context& ioc, HttpHandler h) : ioc(ioc), acceptor(asio::make_strand(ioc)), timer(ioc),
+                                               handler(std::make_shared<HttpHandler>(std::move(h))) {}
+  asio::io_context& ioc;
+  tcp::acceptor acceptor;
+  asio::steady_timer timer;
+  std::shared_ptr<HttpHandler> handler;
+  bool stopped = false;
+
+  void accept() {
+    acceptor.async_accept(asio::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
+      if (self->stopped || ec == asio::error::operation_aborted) return;
+      if (ec) {
+        // e.g. EMFILE: back off instead of spinning.
+        log::warn("health listener accept failed", {{"reason", ec.message()}});
+        self->timer.expires_after(std::chrono::milliseconds(100));
+        self->timer.async_wait([self](beast::error_code) { self->accept(); });
+        return;
+      }
+      std::make_shared<HttpConn>(std::move(s), self->handler)->run();
+      self->accept();
+    });
+  }
+};
+
+HttpServer::HttpServer(asio::io_context& ioc, const std::string& bind, uint16_t port, HttpHandler handler)
+    : impl_(std::make_shared<Impl>(ioc, std::move(handler))) {
+  tcp::endpoint ep(asio::ip::make_address(bind), port);
+  impl_->acceptor.open(ep.protocol());
+  impl_->acceptor.set_option(asio::socket_base::reuse_address(true));
+  impl_->acceptor.bind(ep);
+  impl_->acceptor.listen(asio::socket_base::max_listen_connections);
+}
+
+HttpServer::~HttpServer() { stop(); }
+uint16_t HttpServer::port() const { return impl_->acceptor.local_endpoint().port(); }
+void HttpServer::start() { asio::post(impl_->acceptor.get_executor(), [i = impl_] { i->accept(); }); }
+void HttpServer::stop() {
+  asio::post(impl_->acceptor.get_executor(), [i = impl_] {
+    i->stopped = true;
+    beast::error_code ig;
+    i->acceptor.close(ig);
+    i->timer.cancel();
+  });
+}
+
+}  // namespace cg::gateway

@@ -1,0 +1,195 @@
+#include "k8s_status_writer/status_writer.hpp"
+
+#include "common/log.hpp"
+
+namespace cg::status {
+
+StatusWriter::StatusWriter(plane::PlaneIndex& index, session::SessionRegistry& registry, StatusSink& sink,
+                           StatusWriterOptions opts)
+    : index_(index), registry_(registry), sink_(sink), opts_(opts), started_(steady::now()) {}
+
+StatusWriter::~StatusWriter() { stop(); }
+
+void StatusWriter::start() {
+  started_ = steady::now();
+  index_.add_listener([this](const plane::IndexChange& ch) {
+    for (const auto& r : ch.changed) enqueue(r, opts_.debounce);
+    for (const auto& r : ch.removed) enqueue(r, Duration::zero());
+  });
+  registry_.subscribe([this](const session::RegistryEvent& ev) {
+    for (const auto& e : index_.all()) {
+      if (e->cr.ref.plane_type() == ev.plane_type && ev.crs.count(e->cr.ref.auth_key())) enqueue(e->cr.ref, opts_.debounce);
+    }
+  });
+  for (const auto& e : index_.all()) enqueue(e->cr.ref, Duration::zero());
+  thread_ = std::thread([this] { run(); });
+}
+
+void StatusWriter::stop() {
+  {
+    std::lock_guard lk(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+StatusWriterStats StatusWriter::stats() const {
+  std::lock_guard lk(mu_);
+  return stats_;
+}
+
+void StatusWriter::enqueue(const plane::CrRef& ref, Duration delay) {
+  {
+    std::lock_guard lk(mu_);
+    schedule_locked(ref, steady::now() + delay);
+  }
+  cv_.notify_all();
+}
+
+void StatusWriter::schedule_locked(const plane::CrRef& ref, steady::time_point when) {
+  auto& k = keys_[ref];
+  if (k.in_flight) {
+    k.dirty_in_flight = true;
+    return;
+  }
+  if (!k.due || when < *k.due) k.due = when;
+}
+
+bool StatusWriter::flush(steady::time_point deadline) {
+  {
+    std::lock_guard lk(mu_);
+    flushing_ = true;
+    for (const auto& e : index_.all()) schedule_locked(e->cr.ref, steady::now());
+  }
+  cv_.notify_all();
+  std::unique_lock lk(mu_);
+  return cv_.wait_until(lk, deadline, [this] {
+    auto now = steady::now();
+    for (const auto& [_, k] : keys_) {
+      if (k.in_flight || k.dirty_in_flight) return false;
+      // Heartbeat refreshes far in the future do not count; anything due now does.
+      if (k.due && *k.due <= now + opts_.debounce) return false;
+    }
+    return true;
+  });
+}
+
+void StatusWriter::run() {
+  std::unique_lock lk(mu_);
+  while (!stopping_) {
+    auto now = steady::now();
+    std::optional<steady::time_point> next;
+    std::vector<plane::CrRef> ready;
+    for (auto& [ref, k] : keys_) {
+      if (!k.due || k.in_flight) continue;
+      if (*k.due <= now) ready.push_back(ref);
+      else if (!next || *k.due < *next) next = k.due;
+    }
+    if (ready.empty()) {
+      cv_.notify_all();  // flush() waiters re-check
+      if (next) cv_.wait_until(lk, *next);
+      else cv_.wait(lk);
+      continue;
+    }
+    for (const auto& ref : ready) {
+      if (stopping_) break;
+      process(ref, lk);
+    }
+  }
+}
+
+void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>& lk) {
+  auto it = keys_.find(ref);
+  if (it == keys_.end()) return;
+  it->second.due.reset();
+  auto entry = index_.find(ref);
+  if (!entry) {
+    keys_.erase(it);
+    lk.unlock();
+    sink_.remove(ref);
+    lk.lock();
+    return;
+  }
+  if (!it->second.loaded) {
+    it->second.loaded = true;
+    if (!entry->cr.status.is_null()) {
+      it->second.written = PlaneStatus::from_json(entry->cr.status);
+    } else {
+      lk.unlock();
+      auto st = sink_.read(ref);
+      lk.lock();
+      it = keys_.find(ref);
+      if (it == keys_.end()) return;
+      it->second.written = st;
+    }
+  }
+  KeyState& k = it->second;
+  const PlaneStatus prev = k.written.value_or(PlaneStatus{});
+  SpecFacts facts{entry->cr.generation, entry->spec_problems, entry->ca_error, entry->observability_problem};
+  const auto report = registry_.report(ref.plane_type(), ref.auth_key());
+  const auto now_sys = std::chrono::system_clock::now();
+  PlaneStatus desired = compute_status(prev, report, facts, now_sys);
+  const auto now = steady::now();
+  const bool connected = desired.agent && desired.agent->connected;
+
+  if (k.written && desired == prev) {
+    if (connected) schedule_locked(ref, k.last_write + opts_.heartbeat_interval);
+    return;
+  }
+  const bool hb_only = k.written && only_heartbeat_differs(desired, prev);
+  if (hb_only && now < k.last_write + opts_.heartbeat_interval) {
+    schedule_locked(ref, k.last_write + opts_.heartbeat_interval);
+    return;
+  }
+  if (!flushing_ && prev.agent && prev.agent->connected && !connected && now < started_ + opts_.startup_grace) {
+    // After a restart sessions are gone until agents reconnect: do not flap the CR.
+    schedule_locked(ref, started_ + opts_.startup_grace);
+    return;
+  }
+  k.in_flight = true;
+  lk.unlock();
+  sink_.write(ref, desired, [this, ref, desired, hb_only](WriteResult r) { on_written(ref, desired, r, hb_only); });
+  lk.lock();
+}
+
+void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, const WriteResult& r, bool hb_only) {
+  {
+    std::lock_guard lk(mu_);
+    auto it = keys_.find(ref);
+    if (it == keys_.end()) return;
+    KeyState& k = it->second;
+    k.in_flight = false;
+    const auto now = steady::now();
+    if (r.ok) {
+      ++stats_.writes_ok;
+      if (hb_only) ++stats_.writes_heartbeat;
+      k.written = st;
+      k.last_write = now;
+      k.failures = 0;
+      if (st.agent && st.agent->connected) schedule_locked(ref, now + opts_.heartbeat_interval);
+    } else if (r.gone) {
+      keys_.erase(it);
+      cv_.notify_all();
+      return;
+    } else {
+      ++stats_.writes_failed;
+      ++k.failures;
+      Duration backoff = opts_.retry_base * (1LL << std::min(k.failures - 1, 10));
+      if (backoff > opts_.retry_max) backoff = opts_.retry_max;
+      if (r.retry_after && *r.retry_after > backoff) backoff = *r.retry_after;
+      log::warn("status write failed; will retry",
+                {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)}, {"reason", r.error},
+                 {"retryInMs", std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count()}});
+      k.due.reset();
+      schedule_locked(ref, now + backoff);
+    }
+    if (k.dirty_in_flight) {
+      k.dirty_in_flight = false;
+      schedule_locked(ref, r.ok ? now + opts_.debounce : *k.due);
+    }
+  }
+  cv_.notify_all();
+}
+
+}  // namespace cg::status

@@ -1,0 +1,75 @@
+// Coalesced status writing: a keyed work queue (at most one write in flight per CR, transitions
+// written within `debounce`, heartbeat-only refreshes at most once per `heartbeat_interval`,
+// retries with backoff), fed by plane-index changes and session-registry events.
+#pragma once
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "k8s_status_writer/status_sink.hpp"
+#include "plane_index/index.hpp"
+#include "session/registry.hpp"
+
+namespace cg::status {
+
+struct StatusWriterOptions {
+  Duration heartbeat_interval = std::chrono::seconds(30);
+  Duration startup_grace = std::chrono::seconds(15);
+  Duration debounce = std::chrono::milliseconds(100);
+  Duration retry_base = std::chrono::milliseconds(250);
+  Duration retry_max = std::chrono::seconds(30);
+};
+
+struct StatusWriterStats {
+  uint64_t writes_ok = 0;
+  uint64_t writes_failed = 0;
+  uint64_t writes_heartbeat = 0;  // of writes_ok: heartbeat-only refreshes
+};
+
+class StatusWriter {
+ public:
+  StatusWriter(plane::PlaneIndex& index, session::SessionRegistry& registry, StatusSink& sink, StatusWriterOptions opts);
+  ~StatusWriter();
+  void start();
+  void stop();
+  // Disables the startup grace, re-evaluates every CR and waits until nothing is due or in flight.
+  // Returns false if `deadline` passed first.
+  bool flush(std::chrono::steady_clock::time_point deadline);
+  void enqueue(const plane::CrRef& ref, Duration delay);
+  StatusWriterStats stats() const;
+
+ private:
+  using steady = std::chrono::steady_clock;
+  struct KeyState {
+    std::optional<PlaneStatus> written;
+    bool loaded = false;
+    steady::time_point last_write{};
+    std::optional<steady::time_point> due;
+    bool in_flight = false;
+    bool dirty_in_flight = false;
+    int failures = 0;
+  };
+  void run();
+  void process(const plane::CrRef& ref, std::unique_lock<std::mutex>& lk);
+  void schedule_locked(const plane::CrRef& ref, steady::time_point when);
+  void on_written(const plane::CrRef& ref, const PlaneStatus& st, const WriteResult& r, bool heartbeat_only);
+
+  plane::PlaneIndex& index_;
+  session::SessionRegistry& registry_;
+  StatusSink& sink_;
+  StatusWriterOptions opts_;
+  steady::time_point started_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<plane::CrRef, KeyState> keys_;
+  bool stopping_ = false;
+  bool flushing_ = false;
+  StatusWriterStats stats_;
+  std::thread thread_;
+};
+
+}  // namespace cg::status

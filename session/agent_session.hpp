@@ -1,0 +1,58 @@
+// One agent's WebSocket session: accepts the upgrade, registers with the registry, sends pings
+// every heartbeat interval and drops the peer when no pong arrives within the timeout, closes
+// when the client certificate expires, serializes writes, and hands inbound frames to a handler.
+// Sessions live on their own strand; nothing here blocks an io thread.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "common/time.hpp"
+#include "session/registry.hpp"
+#include "tls/verifier.hpp"
+
+namespace boost::beast {
+template <class NextLayer>
+class ssl_stream;
+}
+
+namespace cg::session {
+
+struct AgentSessionOptions {
+  Duration heartbeat_interval = std::chrono::seconds(30);
+  Duration heartbeat_timeout = std::chrono::seconds(90);
+  size_t max_message_size = 64u << 20;        // inbound WebSocket message limit
+  size_t max_write_queue_bytes = 256u << 20;  // outbound bytes queued before send_text refuses
+};
+
+// Receives what agents send. Implemented by the tunnel layer; the default logs and drops.
+class FrameHandler {
+ public:
+  virtual ~FrameHandler() = default;
+  virtual void on_text(AgentHandle& session, std::string_view text) = 0;
+  virtual void on_closed(AgentHandle& session) = 0;
+};
+
+struct AgentIdentity {
+  std::string connection_id;
+  std::string plane_type;
+  std::string plane_id;
+  std::string remote;
+  tls::PeerChain peer;
+  std::set<std::string> authorized;
+};
+
+// Opaque handoff of an accepted TLS stream plus its upgrade request (defined in agent_session.cpp's
+// world: see common/net.hpp). Created by the agent listener.
+struct UpgradeHandoff;
+struct UpgradeHandoffDeleter {
+  void operator()(UpgradeHandoff* p) const;
+};
+using UpgradeHandoffPtr = std::unique_ptr<UpgradeHandoff, UpgradeHandoffDeleter>;
+
+// Completes the WebSocket upgrade and runs the session until it closes.
+void start_agent_session(UpgradeHandoffPtr handoff, AgentIdentity identity, const AgentSessionOptions& options,
+                         SessionRegistry& registry, std::shared_ptr<FrameHandler> handler);
+
+}  // namespace cg::session

@@ -1,0 +1,12 @@
+// The concrete handoff from the agent listener to the session (Beast types; .cpp files only).
+#pragma once
+#include "common/net.hpp"
+#include "session/agent_session.hpp"
+
+namespace cg::session {
+struct UpgradeHandoff {
+  UpgradeHandoff(net::TlsStream&& s, net::UpgradeRequest&& r) : stream(std::move(s)), request(std::move(r)) {}
+  net::TlsStream stream;
+  net::UpgradeRequest request;
+};
+}  // namespace cg::session

@@ -1,0 +1,25 @@
+// TLS server contexts for the agent listener (client certificate requested, verified by the
+// application per CR) and the internal listener (client certificate required, verified in the
+// handshake against one CA bundle).
+#pragma once
+#include <boost/asio/ssl/context.hpp>
+#include <memory>
+#include <string>
+
+namespace cg::tls {
+
+struct ServerTlsOptions {
+  std::string cert_file;
+  std::string key_file;
+  // Empty: request a client certificate but accept any (the agent port). Otherwise require one
+  // that chains to this bundle (the internal port).
+  std::string require_client_ca_file;
+};
+
+// Throws std::runtime_error with a readable message on bad files.
+std::shared_ptr<boost::asio::ssl::context> make_server_context(const ServerTlsOptions& opts);
+
+// TLS 1.2 cipher list: ECDHE with AEAD only (TLS 1.3 suites are all AEAD).
+extern const char* const kTls12Ciphers;
+
+}  // namespace cg::tls
