@@ -1,0 +1,290 @@
+// cluster-agent-sim: N simulated OpenChoreo cluster agents in one process. Speaks upstream's agent
+// protocol: dials wss://…/ws?planeID=…&planeType=… with a client certificate, answers pings (pongs
+// come from the WebSocket layer while reading), answers HTTP tunnel requests from a built-in
+// responder, reconnects after --reconnect-delay, and reconnects promptly (0–750 ms jitter) on GOAWAY.
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <deque>
+#include <boost/asio/signal_set.hpp>
+#include <boost/url/parse.hpp>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include "common/log.hpp"
+#include "common/net.hpp"
+#include "common/time.hpp"
+#include "responder.hpp"
+#include "session/frames.hpp"
+
+using namespace cg;
+using namespace cg::net;
+
+namespace {
+
+struct Options {
+  std::string server_url = "wss://cluster-gateway:8443/ws";
+  std::string plane_type = "dataplane";
+  std::string plane_id;
+  std::string client_cert = "/certs/tls.crt";
+  std::string client_key = "/certs/tls.key";
+  std::string server_ca = "/ca-certs/server-ca.crt";
+  bool tls_enabled = true;
+  Duration reconnect_delay = std::chrono::seconds(5);
+  int count = 1;
+  Duration duration = Duration::zero();
+  std::string host, port, path;
+};
+
+std::atomic<int> g_connected{0};
+
+class Agent : public std::enable_shared_from_this<Agent> {
+ public:
+  Agent(asio::io_context& ioc, asio::ssl::context& ctx, const Options& o, int index)
+      : ioc_(ioc), ctx_(ctx), o_(o), index_(index), resolver_(asio::make_strand(ioc)), timer_(resolver_.get_executor()) {}
+
+  void start() { connect(); }
+  void stop() {
+    asio::post(resolver_.get_executor(), [self = shared_from_this()] {
+      self->stopping_ = true;
+      self->timer_.cancel();
+      if (self->ws_ && self->open_) {
+        self->ws_->async_close(websocket::close_code::normal, [self](beast::error_code) {});
+      }
+    });
+  }
+
+ private:
+  nlohmann::json fields(nlohmann::json f = nlohmann::json::object()) const {
+    f["agent"] = index_;
+    f["planeType"] = o_.plane_type;
+    f["planeID"] = o_.plane_id;
+    return f;
+  }
+
+  void connect() {
+    if (stopping_) return;
+    log::info("connecting to control plane", fields({{"url", o_.server_url}}));
+    ws_.emplace(asio::make_strand(ioc_), ctx_);
+    resolver_.async_resolve(o_.host, o_.port, [self = shared_from_this()](beast::error_code ec, tcp::resolver::results_type r) {
+      if (ec) return self->retry("resolve: " + ec.message(), self->o_.reconnect_delay);
+      beast::get_lowest_layer(*self->ws_).expires_after(std::chrono::seconds(10));
+      beast::get_lowest_layer(*self->ws_).async_connect(r, [self](beast::error_code ec, const tcp::endpoint&) {
+        if (ec) return self->retry("connect: " + ec.message(), self->o_.reconnect_delay);
+        SSL_set_tlsext_host_name(self->ws_->next_layer().native_handle(), self->o_.host.c_str());
+        self->ws_->next_layer().set_verify_callback(asio::ssl::host_name_verification(self->o_.host));
+        self->ws_->next_layer().async_handshake(asio::ssl::stream_base::client, [self](beast::error_code ec) {
+          if (ec) return self->retry("tls: " + ec.message(), self->o_.reconnect_delay);
+          beast::get_lowest_layer(*self->ws_).expires_never();
+          websocket::stream_base::timeout t{};
+          t.handshake_timeout = std::chrono::seconds(10);
+          t.idle_timeout = websocket::stream_base::none();
+          self->ws_->set_option(t);
+          std::string target = self->o_.path + "?planeID=" + self->o_.plane_id + "&planeType=" + self->o_.plane_type;
+          self->ws_->async_handshake(self->resp_, self->o_.host, target, [self](beast::error_code ec) {
+            if (ec) {
+              std::string why = "websocket: bad handshake";
+              if (self->resp_.result_int() != 0)
+                why += " (HTTP " + std::to_string(self->resp_.result_int()) + ": " + self->resp_.body() + ")";
+              while (!why.empty() && why.back() == '\n') why.pop_back();
+              why.erase(std::remove(why.begin(), why.end(), '\n'), why.end());
+              return self->retry(why, self->o_.reconnect_delay);
+            }
+            self->open_ = true;
+            ++g_connected;
+            log::info("connected to control plane", self->fields());
+            self->read();
+          });
+        });
+      });
+    });
+  }
+
+  void retry(const std::string& why, Duration delay) {
+    if (open_) --g_connected;
+    open_ = false;
+    if (stopping_) return;
+    log::warn("connection failed", fields({{"reason", why}, {"retryAfter", format_go_duration(delay)}}));
+    timer_.expires_after(delay);
+    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (!ec) self->connect();
+    });
+  }
+
+  void read() {
+    ws_->async_read(buf_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) {
+        std::string why = ec == websocket::error::closed
+                              ? "closed by gateway (code " + std::to_string(self->ws_->reason().code) + ": " +
+                                    std::string(self->ws_->reason().reason.c_str()) + ")"
+                              : ec.message();
+        if (self->goaway_) {
+          std::uniform_int_distribution<int> jitter(0, 750);
+          std::mt19937 rng(std::random_device{}());
+          return self->retry("goaway: " + why, std::chrono::milliseconds(jitter(rng)));
+        }
+        return self->retry(why, self->o_.reconnect_delay);
+      }
+      std::string text = beast::buffers_to_string(self->buf_.data());
+      self->buf_.consume(self->buf_.size());
+      self->handle(text);
+      self->read();
+    });
+  }
+
+  void handle(const std::string& text) {
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      log::warn("invalid message from gateway", fields());
+      return;
+    }
+    if (j.value("type", "") == "goaway") {
+      log::info("goaway received; reconnecting promptly", fields({{"reason", j.value("reason", "")}}));
+      goaway_ = true;
+      beast::error_code ig;
+      beast::get_lowest_layer(*ws_).socket().close(ig);
+      return;
+    }
+    const std::string rid = j.value("requestID", "");
+    if (rid.empty()) {
+      log::warn("message without requestID", fields());
+      return;
+    }
+    if (j.value("isUpgrade", false)) {
+      // Streams (exec, wirelogs) are not simulated yet: refuse with a close chunk carrying the reason.
+      nlohmann::json close = {{"requestID", rid}, {"data", sim::b64encode("streams are not supported by cluster-agent-sim")}, {"isClose", true}};
+      send(close.dump());
+      return;
+    }
+    if ((j.contains("data") && !j["data"].is_null()) || j.value("isClose", false)) return;  // chunk for an unknown stream
+    log::debug("received HTTP tunnel request", fields({{"requestID", rid}, {"method", j.value("method", "")}, {"path", j.value("path", "")}}));
+    send(sim::respond(j, o_.plane_id, index_).dump());
+  }
+
+  void send(std::string text) {
+    queue_.push_back(std::move(text));
+    if (queue_.size() == 1) write();
+  }
+  void write() {
+    ws_->text(true);
+    ws_->async_write(asio::buffer(queue_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->queue_.pop_front();
+      if (ec) {
+        self->queue_.clear();
+        return;
+      }
+      if (!self->queue_.empty()) self->write();
+    });
+  }
+
+  asio::io_context& ioc_;
+  asio::ssl::context& ctx_;
+  const Options& o_;
+  int index_;
+  tcp::resolver resolver_;
+  asio::steady_timer timer_;
+  std::optional<websocket::stream<TlsStream>> ws_;
+  websocket::response_type resp_;
+  beast::flat_buffer buf_;
+  std::deque<std::string> queue_;
+  bool open_ = false, stopping_ = false, goaway_ = false;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"cluster-agent-sim: simulated OpenChoreo cluster agents (upstream agent protocol)"};
+  std::string reconnect = "5s", duration = "0", log_level = "info", unused_hb = "30s", unused_rt = "30s";
+  app.add_option("--server-url", o.server_url, "Gateway WebSocket URL")->envname("SERVER_URL")->capture_default_str();
+  app.add_option("--plane-type", o.plane_type, "dataplane, workflowplane or observabilityplane")->envname("PLANE_TYPE")->capture_default_str();
+  app.add_option("--plane-id", o.plane_id, "Plane ID (required)")->envname("PLANE_ID");
+  app.add_option("--client-cert", o.client_cert, "Client certificate chain (PEM)")->envname("CLIENT_CERT_PATH")->capture_default_str();
+  app.add_option("--client-key", o.client_key, "Client key (PEM)")->envname("CLIENT_KEY_PATH")->capture_default_str();
+  app.add_option("--server-ca", o.server_ca, "CA that signed the gateway's certificate")->envname("SERVER_CA_PATH")->capture_default_str();
+  app.add_option("--tls-enabled", o.tls_enabled, "Use TLS with the client certificate")->envname("TLS_ENABLED")->capture_default_str();
+  app.add_option("--reconnect-delay", reconnect, "Delay before reconnecting")->capture_default_str();
+  app.add_option("--heartbeat-interval", unused_hb, "Accepted for compatibility; unused (as upstream)");
+  app.add_option("--request-timeout", unused_rt, "Accepted for compatibility; unused (as upstream)");
+  app.add_option("--log-level", log_level, "debug, info, warn, error")->envname("LOG_LEVEL")->capture_default_str();
+  app.add_option("--count", o.count, "Number of agents to run in this process")->capture_default_str();
+  app.add_option("--duration", duration, "Exit after this long (0: until SIGINT/SIGTERM)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cout << app.help();
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "cluster-agent-sim: " << e.what() << "\n";
+    return 2;
+  }
+  auto fail = [](const std::string& m) {
+    std::cerr << "cluster-agent-sim: " << m << "\n";
+    return 1;
+  };
+  if (o.plane_id.empty()) return fail("--plane-id is required");
+  if (o.plane_type != "dataplane" && o.plane_type != "workflowplane" && o.plane_type != "observabilityplane")
+    return fail("--plane-type must be one of dataplane, workflowplane, observabilityplane");
+  auto rd = parse_go_duration(reconnect);
+  auto du = parse_go_duration(duration);
+  if (!rd) return fail("--reconnect-delay: '" + reconnect + "' is not a duration");
+  if (!du) return fail("--duration: '" + duration + "' is not a duration");
+  o.reconnect_delay = *rd;
+  o.duration = *du;
+  if (o.count < 1) return fail("--count must be at least 1");
+  log::Level lvl;
+  if (!log::parse_level(log_level, lvl)) return fail("--log-level: '" + log_level + "' is not a level");
+  log::init(lvl, log::Format::json);
+
+  auto url = boost::urls::parse_uri(o.server_url);
+  if (!url || (url->scheme() != "wss" && url->scheme() != "ws")) return fail("--server-url must be a wss:// URL");
+  if (url->scheme() == "ws") return fail("--server-url: plain ws:// is not supported; the gateway requires TLS");
+  o.host = url->host();
+  o.port = url->has_port() ? std::string(url->port()) : "443";
+  o.path = url->path().empty() ? "/" : std::string(url->path());
+
+  asio::ssl::context ctx(asio::ssl::context::tls_client);
+  SSL_CTX_set_min_proto_version(ctx.native_handle(), TLS1_2_VERSION);
+  try {
+    if (o.tls_enabled) {
+      ctx.use_certificate_chain_file(o.client_cert);
+      ctx.use_private_key_file(o.client_key, asio::ssl::context::pem);
+      ctx.load_verify_file(o.server_ca);
+      ctx.set_verify_mode(asio::ssl::verify_peer);
+    } else {
+      ctx.set_verify_mode(asio::ssl::verify_none);
+    }
+  } catch (const std::exception& e) {
+    return fail(std::string("TLS setup: ") + e.what());
+  }
+
+  asio::io_context ioc;
+  std::vector<std::shared_ptr<Agent>> agents;
+  for (int i = 0; i < o.count; ++i) agents.push_back(std::make_shared<Agent>(ioc, ctx, o, i));
+  for (auto& a : agents) a->start();
+
+  asio::signal_set signals(ioc, SIGINT, SIGTERM);
+  asio::steady_timer deadline(ioc);
+  auto stop_all = [&] {
+    for (auto& a : agents) a->stop();
+    // Give close handshakes a moment, then stop.
+    deadline.expires_after(std::chrono::milliseconds(500));
+    deadline.async_wait([&](beast::error_code) { ioc.stop(); });
+  };
+  signals.async_wait([&](beast::error_code ec, int) {
+    if (!ec) stop_all();
+  });
+  if (o.duration > Duration::zero()) {
+    deadline.expires_after(o.duration);
+    deadline.async_wait([&](beast::error_code ec) {
+      if (!ec) stop_all();
+    });
+  }
+  unsigned n = std::max(1u, std::min(2u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < n; ++i) threads.emplace_back([&] { ioc.run(); });
+  ioc.run();
+  for (auto& t : threads) t.join();
+  return 0;
+}

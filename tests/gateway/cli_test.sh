@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The command line is a contract: wrong flags or values exit non-zero with one line naming the flag.
+set -u
+bin="$1"
+fail=0
+expect() {  # expect <exit-code> <pattern> -- args...
+  local code="$1" pattern="$2"; shift 3
+  local out rc
+  out=$("$bin" "$@" 2>&1 >/dev/null); rc=$?
+  if [ "$rc" != "$code" ]; then echo "FAIL: $* exited $rc, want $code ($out)"; fail=1; return; fi
+  if [ "$code" != 0 ] && [ "$(printf '%s\n' "$out" | wc -l)" != 1 ]; then echo "FAIL: $*: not one line: $out"; fail=1; fi
+  if ! printf '%s' "$out" | grep -q -- "$pattern"; then echo "FAIL: $*: '$out' lacks '$pattern'"; fail=1; return; fi
+  echo "ok: $*"
+}
+d=$(mktemp -d)
+expect 2 "--heartbeat-interval" -- --planes-dir "$d" --heartbeat-interval abc
+expect 2 "--heartbeat-timeout" -- --planes-dir "$d" --heartbeat-timeout 10
+expect 2 "--shutdown-timeout" -- --planes-dir "$d" --shutdown-timeout -5s
+expect 2 "--log-level" -- --planes-dir "$d" --log-level loud
+expect 2 "--port" -- --planes-dir "$d" --port 70000
+expect 2 "--no-such-flag" -- --planes-dir "$d" --no-such-flag
+expect 2 "--planes-dir" --
+expect 1 "server certificate" -- --planes-dir "$d" --server-cert /nonexistent --port 0 --health-port 0
+out=$("$bin" --help); rc=$?
+for f in --port --server-cert --server-key --heartbeat-interval --heartbeat-timeout --shutdown-timeout --log-level \
+         --health-port --bind --planes-dir --status-dir --status-heartbeat-interval; do
+  printf '%s' "$out" | grep -q -- "$f" || { echo "FAIL: --help lacks $f"; fail=1; }
+done
+[ "$rc" = 0 ] || { echo "FAIL: --help exited $rc"; fail=1; }
+# Environment variables as upstream names them.
+out=$(AGENT_SERVER_PORT=notaport "$bin" --planes-dir "$d" 2>&1 >/dev/null); rc=$?
+[ "$rc" = 2 ] && printf '%s' "$out" | grep -q -- "--port" || { echo "FAIL: AGENT_SERVER_PORT=notaport: rc=$rc $out"; fail=1; }
+rm -rf "$d"
+if [ "$fail" = 0 ]; then echo "cli: 1 passed, 0 failed"; exit 0; fi
+echo "cli: 0 passed, 1 failed"; exit 1

@@ -1,0 +1,162 @@
+"""Drives the real cluster-gateway binary with an independent client: Python `websockets` over
+TLS with a client certificate from the openssl-generated dev PKI (scripts/dev-pki)."""
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.request
+
+import websockets
+
+ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
+
+
+def wait_for(pred, timeout=10.0, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    return pred()
+
+
+class PythonAgentTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="cg-py-")
+        d = cls.tmp.name
+        cls.pki = os.path.join(d, "pki")
+        subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), cls.pki], check=True)
+        cls.planes = os.path.join(d, "planes")
+        os.makedirs(cls.planes)
+        ca_b64 = base64.b64encode(open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb").read()).decode()
+        with open(os.path.join(cls.planes, "py.yaml"), "w") as f:
+            f.write(
+                "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterWorkflowPlane\nmetadata:\n  name: py\n"
+                "spec:\n  planeID: py-plane\n  clusterAgent:\n    clientCA:\n"
+                f"      value: {ca_b64}\n"
+            )
+        cls.proc = subprocess.Popen(
+            [BIN, "--port", "0", "--health-port", "0", "--bind", "127.0.0.1", "--planes-dir", cls.planes,
+             "--server-cert", os.path.join(cls.pki, "server.crt"), "--server-key", os.path.join(cls.pki, "server.key"),
+             "--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s", "--shutdown-timeout", "5s",
+             "--startup-grace", "0s"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cls.lines = []
+        cls.agent_port = cls.health_port = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = cls.proc.stdout.readline()
+            if not line:
+                break
+            cls.lines.append(line)
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("msg") == "cluster-gateway started":
+                cls.agent_port, cls.health_port = ev["agentPort"], ev["healthPort"]
+                break
+        assert cls.agent_port, "gateway did not start:\n" + "".join(cls.lines)
+        cls.status_file = os.path.join(cls.planes, "status", "ClusterWorkflowPlane._cluster.py.json")
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.proc.poll() is None:
+            cls.proc.kill()
+        cls.proc.wait()
+        cls.tmp.cleanup()
+
+    def ssl_ctx(self, cert, key):
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.path.join(self.pki, "gateway-ca.crt"))
+        ctx.load_cert_chain(os.path.join(self.pki, cert), os.path.join(self.pki, key))
+        return ctx
+
+    def status(self):
+        try:
+            with open(self.status_file) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def raw_get(self, target, cert, key):
+        ctx = self.ssl_ctx(cert, key)
+        with socket.create_connection(("127.0.0.1", self.agent_port), timeout=10) as s:
+            with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                t.sendall(f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                          "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+                data = b""
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1]), body.decode()
+
+    def test_1_health_and_ready(self):
+        for path in ("/health", "/ready"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=5) as r:
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.read(), b"OK")
+
+    def test_2_rejections_have_upstream_bodies(self):
+        status, body = self.raw_get("/ws?planeID=py-plane&planeType=workflowplane", "rogue-agent.crt", "rogue-agent.key")
+        self.assertEqual(status, 401)
+        self.assertEqual(body, "client certificate verification failed: certificate not valid for any CR with planeID 'py-plane'\n")
+        status, body = self.raw_get("/ws?planeID=py-plane", "agent-a.crt", "agent-a.key")
+        self.assertEqual((status, body), (400, "missing planeType parameter\n"))
+
+    def test_3_websockets_agent_connects_heartbeats_and_disconnects(self):
+        async def run():
+            url = f"wss://localhost:{self.agent_port}/ws?planeID=py-plane&planeType=workflowplane"
+            async with websockets.connect(url, ssl=self.ssl_ctx("agent-a.crt", "agent-a.key"),
+                                          ping_interval=None) as ws:
+                st = await asyncio.to_thread(wait_for, lambda: (self.status() or {}).get("agentConnection", {}).get("connected"))
+                self.assertTrue(st, "status never showed connected")
+                s = self.status()
+                self.assertEqual(s["agentConnection"]["connectedAgents"], 1)
+                self.assertEqual(s["agentConnection"]["message"], "1 agent connected")
+                # Stay connected for longer than the heartbeat timeout: websockets answers the pings.
+                await asyncio.sleep(3.0)
+                self.assertTrue(ws.open)
+                self.assertTrue(self.status()["agentConnection"]["connected"])
+                # A reply for a request the gateway never sent is dropped; the session survives it.
+                await ws.send(json.dumps({"requestID": "unknown", "statusCode": 200}))
+                await ws.send("not json")
+                await asyncio.sleep(0.3)
+                self.assertTrue(ws.open)
+            done = await asyncio.to_thread(
+                wait_for, lambda: (self.status() or {}).get("agentConnection", {}).get("connected") is False)
+            self.assertTrue(done, "status never showed disconnected")
+            self.assertIn("lastDisconnectedTime", self.status()["agentConnection"])
+        asyncio.run(run())
+
+    def test_4_sigterm_exits_cleanly_and_writes_disconnected(self):
+        async def connect_then_term():
+            url = f"wss://localhost:{self.agent_port}/ws?planeID=py-plane&planeType=workflowplane"
+            ws = await websockets.connect(url, ssl=self.ssl_ctx("agent-a.crt", "agent-a.key"), ping_interval=None)
+            await asyncio.to_thread(wait_for, lambda: (self.status() or {}).get("agentConnection", {}).get("connected"))
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(ws.wait_closed(), 10)
+            except asyncio.TimeoutError:
+                pass
+            return ws.close_code
+        code = asyncio.run(connect_then_term())
+        self.assertEqual(code, 1001)
+        self.assertEqual(self.proc.wait(timeout=10), 0)
+        self.assertFalse(self.status()["agentConnection"]["connected"])
+
+
+if __name__ == "__main__":
+    unittest.main()
