@@ -29,9 +29,24 @@ int parse_cli(int argc, char** argv, Config& cfg) {
       {"--status-heartbeat-interval", &cfg.status_heartbeat_interval, "30s"},
       {"--startup-grace", &cfg.startup_grace, "15s"},
       {"--handshake-timeout", &cfg.handshake_timeout, "10s"},
+      {"--request-timeout", &cfg.request_timeout, "30s"},
+      {"--read-timeout", &cfg.read_timeout, "60s"},
+      {"--write-timeout", &cfg.write_timeout, "60s"},
+      {"--idle-timeout", &cfg.idle_timeout, "120s"},
   };
   app.add_option("--port", port, "Agent WebSocket (TLS) port; 0 picks a free port")->envname("AGENT_SERVER_PORT");
   app.add_option("--health-port", health_port, "Plain HTTP port for /health, /ready and /metrics; 0 picks a free port");
+  int internal_port = cfg.internal_port;
+  bool skip_verify = false;
+  app.add_option("--internal-port", internal_port, "Internal API (TLS) port for control-plane callers; 0 picks a free port")
+      ->envname("AGENT_INTERNAL_PORT");
+  app.add_option("--internal-mtls", cfg.internal_mtls,
+                 "Require internal API clients to present a certificate from --internal-client-ca-cert")
+      ->envname("INTERNAL_MTLS_ENABLED");
+  app.add_option("--internal-client-ca-cert", cfg.internal_client_ca, "CA bundle for internal API client certificates")
+      ->envname("INTERNAL_CLIENT_CA_PATH");
+  app.add_option("--skip-client-cert-verify", skip_verify, "Deprecated; has no effect (as upstream)")
+      ->envname("SKIP_CLIENT_CERT_VERIFY");
   app.add_option("--bind", cfg.bind, "Address to listen on (default: all IPv4 interfaces)");
   app.add_option("--server-cert", cfg.server_cert, "Server certificate chain (PEM)")->envname("SERVER_CERT_PATH");
   app.add_option("--server-key", cfg.server_key, "Server private key (PEM)")->envname("SERVER_KEY_PATH");
@@ -39,7 +54,11 @@ int parse_cli(int argc, char** argv, Config& cfg) {
                         "Graceful shutdown budget (SIGTERM)",
                         "Minimum time between heartbeat-only status writes per CR",
                         "After start, wait this long before writing CRs disconnected that a previous run left connected",
-                        "TLS handshake and HTTP upgrade deadline"};
+                        "TLS handshake and HTTP upgrade deadline",
+                        "How long an internal API proxy request waits for the agent's answer",
+                        "Internal API: deadline to read a request body",
+                        "Internal API: deadline to write a response",
+                        "Internal API: how long an idle keep-alive connection stays open"};
   for (size_t i = 0; i < durations.size(); ++i)
     app.add_option(durations[i].name, durations[i].text, std::string(help[i]) + " (Go duration: 500ms, 30s, 1m30s)");
   app.add_option("--planes-dir", cfg.planes_dir,
@@ -68,6 +87,10 @@ int parse_cli(int argc, char** argv, Config& cfg) {
   };
   if (port < 0 || port > 65535) return fail("--port: " + std::to_string(port) + " is not a port number");
   if (health_port < 0 || health_port > 65535) return fail("--health-port: " + std::to_string(health_port) + " is not a port number");
+  if (internal_port < 0 || internal_port > 65535)
+    return fail("--internal-port: " + std::to_string(internal_port) + " is not a port number");
+  cfg.internal_port = static_cast<uint16_t>(internal_port);
+  if (skip_verify) std::cerr << "cluster-gateway: warning: --skip-client-cert-verify is deprecated and has no effect\n";
   cfg.port = static_cast<uint16_t>(port);
   cfg.health_port = static_cast<uint16_t>(health_port);
   for (auto& d : durations) {
@@ -83,9 +106,13 @@ int parse_cli(int argc, char** argv, Config& cfg) {
   if (!log::parse_format(log_format, cfg.log_format)) return fail("--log-format: '" + log_format + "' is not one of json, text");
   if (cfg.max_message_size < 1024) return fail("--max-message-size must be at least 1024");
   if (cfg.io_threads < 0) return fail("--io-threads must not be negative");
+  if (cfg.request_timeout <= Duration::zero()) return fail("--request-timeout must be greater than 0");
   if (cfg.planes_dir.empty())
     return fail("--planes-dir: no plane source configured (the Kubernetes source is not available in this build)");
   if (cfg.status_dir.empty()) cfg.status_dir = cfg.planes_dir + "/status";
+  if (cfg.internal_mtls && cfg.internal_client_ca.empty())
+    return fail("--internal-client-ca-cert is required while --internal-mtls is true (use --internal-mtls=false only for development)");
+
   return -1;
 }
 

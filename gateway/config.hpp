@@ -12,6 +12,13 @@ struct Config {
   std::string bind = "0.0.0.0";
   uint16_t port = 8443;         // agent listener; 0 picks a free port
   uint16_t health_port = 8080;  // /health, /ready, /metrics
+  uint16_t internal_port = 8444;  // internal API for control-plane callers
+  bool internal_mtls = true;
+  std::string internal_client_ca;
+  Duration request_timeout = std::chrono::seconds(30);
+  Duration read_timeout = std::chrono::seconds(60);
+  Duration write_timeout = std::chrono::seconds(60);
+  Duration idle_timeout = std::chrono::seconds(120);
   std::string server_cert = "/certs/tls.crt";
   std::string server_key = "/certs/tls.key";
   Duration heartbeat_interval = std::chrono::seconds(30);

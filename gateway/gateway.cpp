@@ -8,6 +8,8 @@
 #include "gateway/agent_listener.hpp"
 #include "gateway/authorizer.hpp"
 #include "gateway/http_server.hpp"
+#include "gateway/internal_api.hpp"
+#include "session/tunnel.hpp"
 #include "k8s_status_writer/file_sink.hpp"
 #include "plane_index/file_source.hpp"
 #include "session/frames.hpp"
@@ -16,24 +18,6 @@
 namespace cg::gateway {
 using namespace cg::net;
 
-namespace {
-// Until the tunnel layer lands, frames are classified and dropped with a log line.
-class DroppingFrameHandler final : public session::FrameHandler {
- public:
-  void on_text(session::AgentHandle& s, std::string_view text) override {
-    auto f = session::classify_agent_frame(text);
-    nlohmann::json fields = {{"planeType", s.plane_type()}, {"planeID", s.plane_id()}, {"connectionID", s.connection_id()}};
-    if (f.kind == session::FrameKind::invalid) {
-      fields["reason"] = f.error;
-      log::warn("invalid frame from agent dropped", fields);
-    } else {
-      fields["requestID"] = f.request_id;
-      log::warn("frame for an unknown request dropped", fields);
-    }
-  }
-  void on_closed(session::AgentHandle&) override {}
-};
-}  // namespace
 
 struct Gateway::Impl {
   Config cfg;
@@ -45,7 +29,9 @@ struct Gateway::Impl {
   std::unique_ptr<plane::PlaneSource> source;
   std::unique_ptr<status::StatusSink> sink;
   std::unique_ptr<status::StatusWriter> writer;
+  std::shared_ptr<session::Tunnel> tunnel_ref;
   std::unique_ptr<AgentListener> agent_listener;
+  std::unique_ptr<InternalApi> internal_api;
   std::unique_ptr<HttpServer> health;
   std::atomic<bool> started{false}, draining{false}, stopped{false};
 
@@ -60,6 +46,7 @@ session::SessionRegistry& Gateway::registry() { return *impl_->registry; }
 status::StatusWriter& Gateway::status_writer() { return *impl_->writer; }
 const Config& Gateway::config() const { return impl_->cfg; }
 uint16_t Gateway::agent_port() const { return impl_->agent_listener ? impl_->agent_listener->port() : 0; }
+uint16_t Gateway::internal_port() const { return impl_->internal_api ? impl_->internal_api->port() : 0; }
 uint16_t Gateway::health_port() const { return impl_->health ? impl_->health->port() : 0; }
 
 std::string Gateway::not_ready_reason() const {
@@ -88,13 +75,31 @@ void Gateway::start() {
   m.source->start();
   m.writer->start();
 
-  AgentListenerDeps deps{m.index, *m.registry, std::make_shared<DroppingFrameHandler>(),
+  auto tunnel = std::make_shared<session::Tunnel>(m.ioc, *m.registry);
+  m.tunnel_ref = tunnel;
+  AgentListenerDeps deps{m.index, *m.registry, tunnel,
                          session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout, c.max_message_size},
                          c.handshake_timeout};
   try {
     m.agent_listener = std::make_unique<AgentListener>(m.ioc, ssl, c.bind, c.port, deps);
   } catch (const std::exception& e) {
     throw std::runtime_error("--port " + std::to_string(c.port) + ": cannot listen on " + c.bind + ": " + e.what());
+  }
+  std::shared_ptr<boost::asio::ssl::context> internal_ssl;
+  if (c.internal_mtls) {
+    internal_ssl = tls::make_server_context({c.server_cert, c.server_key, c.internal_client_ca});
+  } else {
+    log::warn("internal API mTLS is disabled (--internal-mtls=false): any client can call /api/*; use only for development");
+    tls::ServerTlsOptions o{c.server_cert, c.server_key, ""};
+    o.request_client_cert = false;
+    internal_ssl = tls::make_server_context(o);
+  }
+  try {
+    m.internal_api = std::make_unique<InternalApi>(
+        m.ioc, internal_ssl, c.bind, c.internal_port,
+        InternalApiDeps{m.index, *m.registry, *tunnel, c.request_timeout, c.read_timeout, c.idle_timeout});
+  } catch (const std::exception& e) {
+    throw std::runtime_error("--internal-port " + std::to_string(c.internal_port) + ": cannot listen on " + c.bind + ": " + e.what());
   }
   try {
     m.health = std::make_unique<HttpServer>(m.ioc, c.bind, c.health_port, [this](const std::string& method, const std::string& target) {
@@ -115,10 +120,12 @@ void Gateway::start() {
   int n = c.io_threads > 0 ? c.io_threads : std::max(1u, std::thread::hardware_concurrency());
   for (int i = 0; i < n; ++i) m.threads.emplace_back([&m] { m.ioc.run(); });
   m.agent_listener->start();
+  m.internal_api->start();
   m.health->start();
   m.started = true;
   log::info("cluster-gateway started",
-            {{"agentPort", agent_port()}, {"healthPort", health_port()}, {"bind", c.bind}, {"ioThreads", n},
+            {{"agentPort", agent_port()}, {"healthPort", health_port()}, {"internalPort", internal_port()},
+             {"internalMTLS", c.internal_mtls}, {"bind", c.bind}, {"ioThreads", n},
              {"planesDir", c.planes_dir}, {"statusDir", c.status_dir},
              {"heartbeatInterval", format_go_duration(c.heartbeat_interval)},
              {"heartbeatTimeout", format_go_duration(c.heartbeat_timeout)}});
@@ -136,6 +143,7 @@ void Gateway::shutdown() {
   m.draining = true;
   log::info("shutting down", {{"sessions", m.registry->size()}, {"shutdownTimeout", format_go_duration(m.cfg.shutdown_timeout)}});
   m.agent_listener->stop();
+  m.internal_api->stop();
   for (const auto& s : m.registry->all()) s.handle->close(1001, "gateway shutting down");
   // Give sessions up to half the budget to finish their close handshakes.
   const auto sessions_deadline = std::chrono::steady_clock::now() + m.cfg.shutdown_timeout / 2;

@@ -24,6 +24,7 @@ class Gateway {
 
   uint16_t agent_port() const;
   uint16_t health_port() const;
+  uint16_t internal_port() const;
   // Empty when ready; otherwise why not (listeners down, plane source not synced, draining).
   std::string not_ready_reason() const;
 

@@ -49,7 +49,9 @@ std::shared_ptr<boost::asio::ssl::context> make_server_context(const ServerTlsOp
 
   static const unsigned char sid[] = "cluster-gateway";
   SSL_CTX_set_session_id_context(c, sid, sizeof sid - 1);
-  if (opts.require_client_ca_file.empty()) {
+  if (opts.require_client_ca_file.empty() && !opts.request_client_cert) {
+    SSL_CTX_set_verify(c, SSL_VERIFY_NONE, nullptr);
+  } else if (opts.require_client_ca_file.empty()) {
     SSL_CTX_set_verify(c, SSL_VERIFY_PEER, accept_any);
   } else {
     require_readable(opts.require_client_ca_file, "client CA");

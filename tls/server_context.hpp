@@ -14,6 +14,8 @@ struct ServerTlsOptions {
   // Empty: request a client certificate but accept any (the agent port). Otherwise require one
   // that chains to this bundle (the internal port).
   std::string require_client_ca_file;
+  // With no CA file: whether to ask the client for a certificate at all.
+  bool request_client_cert = true;
 };
 
 // Throws std::runtime_error with a readable message on bad files.

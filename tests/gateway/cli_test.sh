@@ -13,22 +13,27 @@ expect() {  # expect <exit-code> <pattern> -- args...
   echo "ok: $*"
 }
 d=$(mktemp -d)
-expect 2 "--heartbeat-interval" -- --planes-dir "$d" --heartbeat-interval abc
-expect 2 "--heartbeat-timeout" -- --planes-dir "$d" --heartbeat-timeout 10
-expect 2 "--shutdown-timeout" -- --planes-dir "$d" --shutdown-timeout -5s
-expect 2 "--log-level" -- --planes-dir "$d" --log-level loud
-expect 2 "--port" -- --planes-dir "$d" --port 70000
-expect 2 "--no-such-flag" -- --planes-dir "$d" --no-such-flag
+nm=--internal-mtls=false
+expect 2 "--heartbeat-interval" -- --planes-dir "$d" $nm --heartbeat-interval abc
+expect 2 "--heartbeat-timeout" -- --planes-dir "$d" $nm --heartbeat-timeout 10
+expect 2 "--shutdown-timeout" -- --planes-dir "$d" $nm --shutdown-timeout -5s
+expect 2 "--log-level" -- --planes-dir "$d" $nm --log-level loud
+expect 2 "--port" -- --planes-dir "$d" $nm --port 70000
+expect 2 "--no-such-flag" -- --planes-dir "$d" $nm --no-such-flag
 expect 2 "--planes-dir" --
-expect 1 "server certificate" -- --planes-dir "$d" --server-cert /nonexistent --port 0 --health-port 0
+expect 2 "--internal-client-ca-cert" -- --planes-dir "$d"
+expect 2 "--internal-port" -- --planes-dir "$d" $nm --internal-port -1
+expect 2 "--request-timeout" -- --planes-dir "$d" $nm --request-timeout 5
+expect 1 "server certificate" -- --planes-dir "$d" $nm --server-cert /nonexistent --port 0 --health-port 0
 out=$("$bin" --help); rc=$?
 for f in --port --server-cert --server-key --heartbeat-interval --heartbeat-timeout --shutdown-timeout --log-level \
-         --health-port --bind --planes-dir --status-dir --status-heartbeat-interval; do
+         --health-port --bind --planes-dir --status-dir --status-heartbeat-interval --internal-port --internal-mtls \
+         --internal-client-ca-cert --request-timeout; do
   printf '%s' "$out" | grep -q -- "$f" || { echo "FAIL: --help lacks $f"; fail=1; }
 done
 [ "$rc" = 0 ] || { echo "FAIL: --help exited $rc"; fail=1; }
 # Environment variables as upstream names them.
-out=$(AGENT_SERVER_PORT=notaport "$bin" --planes-dir "$d" 2>&1 >/dev/null); rc=$?
+out=$(AGENT_SERVER_PORT=notaport "$bin" --planes-dir "$d" $nm 2>&1 >/dev/null); rc=$?
 [ "$rc" = 2 ] && printf '%s' "$out" | grep -q -- "--port" || { echo "FAIL: AGENT_SERVER_PORT=notaport: rc=$rc $out"; fail=1; }
 rm -rf "$d"
 if [ "$fail" = 0 ]; then echo "cli: 1 passed, 0 failed"; exit 0; fi

@@ -80,7 +80,7 @@ TEST_CASE("agent endpoint answers upstream's 401 bodies exactly", "[gateway][end
   CHECK(fx.gw->registry().size() == 0);
 }
 
-TEST_CASE("TLS below 1.2 is refused; TLS 1.2 and 1.3 work", "[gateway][endpoint][tls]") {
+TEST_CASE("TLS below 1.2 is refused while TLS 1.2 and 1.3 work", "[gateway][endpoint][tls]") {
   GatewayFixture fx;
   Pki pki;
   fx.write_plane("a.yaml", plane_yaml("ClusterWorkflowPlane", "", "tenant-a", "shared", pki.ca_a.cert_pem()));

@@ -8,7 +8,7 @@
 using namespace cg::testing;
 using namespace std::chrono_literals;
 
-TEST_CASE("a peer that never answers pings is dropped; a responsive one stays", "[gateway][heartbeat]") {
+TEST_CASE("a peer that never answers pings is dropped while a responsive one stays", "[gateway][heartbeat]") {
   GatewayFixture fx([](cg::gateway::Config& c) {
     c.heartbeat_interval = 100ms;
     c.heartbeat_timeout = 500ms;

@@ -49,7 +49,8 @@ class PythonAgentTest(unittest.TestCase):
             [BIN, "--port", "0", "--health-port", "0", "--bind", "127.0.0.1", "--planes-dir", cls.planes,
              "--server-cert", os.path.join(cls.pki, "server.crt"), "--server-key", os.path.join(cls.pki, "server.key"),
              "--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s", "--shutdown-timeout", "5s",
-             "--startup-grace", "0s"],
+             "--startup-grace", "0s", "--internal-port", "0",
+             "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         cls.lines = []
         cls.agent_port = cls.health_port = None

@@ -62,9 +62,14 @@ GatewayFixture::GatewayFixture(std::function<void(gateway::Config&)> tweak) {
   server = make_server(server_ca);
   write_file(dir + "/server.crt", server.cert_pem());
   write_file(dir + "/server.key", server.key_pem());
+  internal_ca = make_ca("test internal CA");
+  caller = make_signed(CertSpec{.cn = "openchoreo-controller-manager"}, internal_ca);
+  write_file(dir + "/internal-ca.crt", internal_ca.cert_pem());
   cfg.bind = "127.0.0.1";
   cfg.port = 0;
   cfg.health_port = 0;
+  cfg.internal_port = 0;
+  cfg.internal_client_ca = dir + "/internal-ca.crt";
   cfg.server_cert = dir + "/server.crt";
   cfg.server_key = dir + "/server.key";
   cfg.planes_dir = planes_dir;
@@ -106,6 +111,8 @@ ClientTls GatewayFixture::client(const Cert& leaf, const std::vector<Cert>& chai
   t.ca_pem = server_ca.cert_pem();
   return t;
 }
+
+ClientTls GatewayFixture::internal_client() const { return client(caller); }
 
 std::string GatewayFixture::ws_target(const std::string& type, const std::string& id) const {
   return "/ws?planeID=" + id + "&planeType=" + type;

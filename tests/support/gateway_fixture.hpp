@@ -42,6 +42,9 @@ struct GatewayFixture {
 
   std::string dir, planes_dir, status_dir;
   Cert server_ca, server;
+  Cert internal_ca, caller;  // internal API: CA and a control-plane client certificate
+  // TLS settings for an internal API caller (the controller certificate by default).
+  ClientTls internal_client() const;
   gateway::Config cfg;
   std::unique_ptr<gateway::Gateway> gw;
 };
