@@ -46,6 +46,7 @@ session::SessionRegistry& Gateway::registry() { return *impl_->registry; }
 status::StatusWriter& Gateway::status_writer() { return *impl_->writer; }
 const Config& Gateway::config() const { return impl_->cfg; }
 uint16_t Gateway::agent_port() const { return impl_->agent_listener ? impl_->agent_listener->port() : 0; }
+size_t Gateway::pending_requests() const { return impl_->tunnel_ref ? impl_->tunnel_ref->pending() : 0; }
 uint16_t Gateway::internal_port() const { return impl_->internal_api ? impl_->internal_api->port() : 0; }
 uint16_t Gateway::health_port() const { return impl_->health ? impl_->health->port() : 0; }
 

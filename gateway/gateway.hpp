@@ -31,6 +31,7 @@ class Gateway {
   plane::PlaneIndex& index();
   session::SessionRegistry& registry();
   status::StatusWriter& status_writer();
+  size_t pending_requests() const;  // tunnel requests waiting for an agent
   const Config& config() const;
 
  private:

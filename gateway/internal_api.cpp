@@ -47,7 +47,9 @@ class Conn : public std::enable_shared_from_this<Conn> {
   void read_header() {
     parser_.emplace();
     parser_->header_limit(16 * 1024);
-    parser_->body_limit(kMaxProxyBody);
+    // Declared sizes are judged by the validator (in upstream's order); the real bytes are limited
+    // when the body is read.
+    parser_->body_limit(boost::none);
     beast::get_lowest_layer(stream_).expires_after(deps_->idle_timeout);
     http::async_read_header(stream_, buf_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec == http::error::header_limit) return self->error(431, "request header fields too large", false);
@@ -57,6 +59,9 @@ class Conn : public std::enable_shared_from_this<Conn> {
   }
 
   void read_body(std::function<void()> then) {
+    if (auto cl = parser_->content_length(); cl && *cl > kMaxProxyBody)
+      return error(413, "Request body too large: " + std::to_string(*cl) + " bytes (max: " + std::to_string(kMaxProxyBody) + ")", false);
+    parser_->body_limit(kMaxProxyBody);
     beast::get_lowest_layer(stream_).expires_after(deps_->read_timeout);
     http::async_read(stream_, buf_, *parser_, [self = shared_from_this(), then = std::move(then)](beast::error_code ec, size_t) {
       if (ec == http::error::body_limit)
@@ -322,15 +327,33 @@ class Conn : public std::enable_shared_from_this<Conn> {
     beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(60));
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
       if (ec) return;
-      if (!keep) {
-        self->stream_.async_shutdown([self](beast::error_code) {});
-        return;
-      }
+      if (!keep) return self->drain_and_close();
       if (self->watching_) self->resume_after_watch_ = true;  // continue when the watch read completes
       else self->read_header();
     });
   }
 
+  // After an early answer (the request body was not read), read and discard what the caller is
+  // still sending for a short while, so that closing does not reset the connection before the
+  // caller has read the answer.
+  void drain_and_close() {
+    if (drained_ == 0) beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(2));
+    if (drained_ > (32u << 20)) return close_now();
+    scratch_.resize(64 * 1024);
+    stream_.async_read_some(asio::buffer(scratch_), [self = shared_from_this()](beast::error_code ec, size_t n) {
+      if (ec) return self->close_now();
+      self->drained_ += n;
+      self->drain_and_close();
+    });
+  }
+  void close_now() {
+    beast::error_code ig;
+    beast::get_lowest_layer(stream_).socket().shutdown(tcp::socket::shutdown_both, ig);
+    beast::get_lowest_layer(stream_).socket().close(ig);
+  }
+
+  std::string scratch_;
+  size_t drained_ = 0;
   TlsStream stream_;
   std::shared_ptr<const InternalApiDeps> deps_;
   beast::flat_buffer buf_;

@@ -127,10 +127,10 @@ PlaneStatus compute_status(const PlaneStatus& prev, const session::SessionReport
   }
   next.agent = a;
 
-  Condition ac{kAgentConnected, is ? "True" : "False", is ? "AgentConnected" : "NoAgentConnected", a.message, {}, f.generation, {}};
+  Condition ac{kAgentConnected, is ? "True" : "False", is ? "AgentConnected" : "NoAgentConnected", a.message, {}, f.generation, nlohmann::json::object()};
   set_condition(next.conditions, ac, now);
 
-  Condition ready{kReady, "False", "", "", {}, f.generation, {}};
+  Condition ready{kReady, "False", "", "", {}, f.generation, nlohmann::json::object()};
   if (!f.spec_problems.empty()) {
     ready.reason = "InvalidSpec";
     ready.message = join(f.spec_problems);

@@ -69,6 +69,20 @@ void PeerChain::reset() {
 }
 
 namespace {
+// Go does not require keyCertSign on CA certificates (upstream §3.10); OpenSSL does. Certificates
+// that are CAs by basicConstraints are accepted as issuers whatever their keyUsage says.
+int go_compatible_callback(int ok, X509_STORE_CTX* ctx) {
+  if (ok) return ok;
+  int err = X509_STORE_CTX_get_error(ctx);
+  X509* cert = X509_STORE_CTX_get_current_cert(ctx);
+  if ((err == X509_V_ERR_INVALID_CA || err == X509_V_ERR_KEYUSAGE_NO_CERTSIGN) && cert &&
+      (X509_get_extension_flags(cert) & EXFLAG_CA)) {
+    X509_STORE_CTX_set_error(ctx, X509_V_OK);
+    return 1;
+  }
+  return ok;
+}
+
 bool eku_allows_client(X509* c, bool required) {
   uint32_t flags = X509_get_extension_flags(c);
   if (!(flags & EXFLAG_XKUSAGE)) return !required;
@@ -93,6 +107,7 @@ Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<S
   bool ok = false;
   if (ctx && X509_STORE_CTX_init(ctx, anchor.store->store(), chain.leaf(), untrusted) == 1) {
     X509_STORE_CTX_set_flags(ctx, X509_V_FLAG_PARTIAL_CHAIN);
+    X509_STORE_CTX_set_verify_cb(ctx, go_compatible_callback);
     if (now) X509_STORE_CTX_set_time(ctx, 0, std::chrono::system_clock::to_time_t(*now));
     if (X509_verify_cert(ctx) == 1) {
       ok = true;

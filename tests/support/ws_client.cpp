@@ -75,10 +75,7 @@ HttpResult https_get(unsigned short port, const std::string& target, const Clien
     req.set(http::field::connection, "close");
   }
   http::write(s, req, ec);
-  if (ec) {
-    r.error = "write: " + ec.message();
-    return r;
-  }
+  if (ec) r.error = "write: " + ec.message();  // the server may have answered early (413): read it
   beast::flat_buffer b;
   http::response_parser<http::string_body> p;
   p.skip(false);
@@ -92,6 +89,58 @@ HttpResult https_get(unsigned short port, const std::string& target, const Clien
     http::read(s, b, p, ec);
     r.body = p.get().body();
   }
+  return r;
+}
+
+std::string HttpResponse::header(const std::string& name) const {
+  for (const auto& [k, v] : headers)
+    if (beast::iequals(k, name)) return v;
+  return {};
+}
+
+HttpResponse https_request(unsigned short port, const std::string& method, const std::string& target,
+                           const ClientTls& tls, const std::vector<std::pair<std::string, std::string>>& headers,
+                           const std::string& body, bool chunked) {
+  HttpResponse r;
+  asio::io_context ioc;
+  auto ctx = make_ctx(tls);
+  TlsStream s(ioc, *ctx);
+  beast::error_code ec;
+  beast::get_lowest_layer(s).expires_after(std::chrono::seconds(60));
+  beast::get_lowest_layer(s).connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), ec);
+  if (ec) {
+    r.error = "connect: " + ec.message();
+    return r;
+  }
+  s.handshake(asio::ssl::stream_base::client, ec);
+  if (ec) {
+    r.error = "tls: " + ec.message();
+    return r;
+  }
+  http::request<http::string_body> req(http::string_to_verb(method), target, 11);
+  if (req.method() == http::verb::unknown) req.method_string(method);
+  req.set(http::field::host, "127.0.0.1");
+  for (const auto& [k, v] : headers) req.insert(k, v);
+  req.body() = body;
+  if (chunked) req.chunked(true);
+  else if (!body.empty() || method == "POST" || method == "PUT" || method == "PATCH") req.prepare_payload();
+  http::write(s, req, ec);
+  if (ec) {
+    r.error = "write: " + ec.message();
+    return r;
+  }
+  beast::flat_buffer b;
+  http::response_parser<http::string_body> p;
+  p.body_limit(64u << 20);
+  if (method == "HEAD") p.skip(true);
+  http::read(s, b, p, ec);
+  if (ec && ec != http::error::end_of_stream) {
+    r.error = "read: " + ec.message();
+    if (!p.is_header_done()) return r;
+  }
+  r.status = static_cast<int>(p.get().result_int());
+  for (const auto& f : p.get()) r.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+  r.body = p.get().body();
   return r;
 }
 

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace cg::testing {
 
@@ -22,6 +24,19 @@ struct HttpResult {
 
 // One HTTPS request (Connection: close). With `websocket_headers`, sends a WebSocket upgrade request.
 HttpResult https_get(unsigned short port, const std::string& target, const ClientTls& tls, bool websocket_headers = true);
+
+struct HttpResponse {
+  int status = 0;  // 0: no response (see error)
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::string error;
+  std::string header(const std::string& name) const;
+};
+
+// One HTTPS request with any method, headers and body. `chunked` sends the body with chunked encoding.
+HttpResponse https_request(unsigned short port, const std::string& method, const std::string& target,
+                           const ClientTls& tls, const std::vector<std::pair<std::string, std::string>>& headers = {},
+                           const std::string& body = "", bool chunked = false);
 
 class WsClient {
  public:

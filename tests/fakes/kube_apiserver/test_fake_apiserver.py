@@ -1,0 +1,761 @@
+"""Fidelity tests of the fake Kubernetes API server, with the real kubectl and with raw HTTP.
+
+Run: cd tests/fakes/kube_apiserver && /usr/bin/python3 -m unittest -v test_fake_apiserver
+Every wait is bounded; the whole file takes well under a minute.
+"""
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+
+import yaml
+
+import harness
+from harness import FakeApiServer
+
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+G = "/apis/openchoreo.dev/v1alpha1"
+CWP = G + "/clusterworkflowplanes"
+MERGE = "application/merge-patch+json"
+JSONPATCH = "application/json-patch+json"
+APPLY = "application/apply-patch+yaml"
+
+
+def cwp(name, plane_id=None, labels=None, **extra):
+    o = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterWorkflowPlane",
+         "metadata": {"name": name}, "spec": {"planeID": plane_id or name, "clusterAgent": {"clientCA": {"value": "pem"}}}}
+    if labels:
+        o["metadata"]["labels"] = labels
+    o.update(extra)
+    return o
+
+
+class ServerCase(unittest.TestCase):
+    server_args = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="fake-kube-")
+        cls.pki = harness.make_pki(cls.tmp)
+        cls.srv = FakeApiServer(cls.tmp, pki=cls.pki, extra_args=cls.server_args)
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.srv.stop()
+        with open(cls.srv.stderr_path) as f:
+            stderr = f.read()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+        assert rc == 0, f"fake apiserver exited with {rc}"
+        assert "Traceback" not in stderr and "Error handling request" not in stderr, stderr
+
+    def setUp(self):
+        self.srv.control("DELETE", "faults")
+        self.srv.control("DELETE", "requests")
+        self.srv.control("PUT", "config", {"bookmarkInterval": 1.0, "history": 1000})
+
+    # helpers
+    def req(self, method, path, body=None, ct=None, **kw):
+        return self.srv.request(method, path, body, ct, **kw)
+
+    def create(self, obj, path=CWP):
+        st, _, out = self.req("POST", path, obj)
+        self.assertEqual(st, 201, out)
+        return out
+
+    def assertStatus(self, payload, code, reason):
+        self.assertIsInstance(payload, dict, payload)
+        self.assertEqual(payload.get("kind"), "Status")
+        self.assertEqual(payload.get("apiVersion"), "v1")
+        self.assertEqual(payload.get("status"), "Failure")
+        self.assertEqual(payload.get("code"), code)
+        self.assertEqual(payload.get("reason"), reason)
+        self.assertTrue(payload.get("message"))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@unittest.skipUnless(os.path.exists(KUBECTL), "kubectl is not installed")
+class KubectlTest(ServerCase):
+    """The real kubectl against the fake: discovery, apply, get, patch, watch, errors."""
+
+    def kubectl(self, *args, check=True, timeout=20, stdin=None):
+        env = dict(os.environ, KUBECONFIG=self.srv.kubeconfig, HOME=self.tmp)
+        p = subprocess.run([KUBECTL, "--cache-dir", os.path.join(self.tmp, "kcache"), *args], input=stdin,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+        if check and p.returncode != 0:
+            self.fail(f"kubectl {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+        return p
+
+    def write(self, name, docs):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            yaml.safe_dump_all(docs, f, sort_keys=False)
+        return path
+
+    def test_apply_and_get(self):
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wf-ca", "namespace": "default"},
+                  "stringData": {"ca.crt": "PEM"}}
+        path = self.write("apply.yaml", [cwp("kc-apply", labels={"suite": "kubectl"}), secret])
+        out = self.kubectl("apply", "-f", path).stdout
+        self.assertIn("clusterworkflowplane.openchoreo.dev/kc-apply created", out)
+        self.assertIn("secret/wf-ca created", out)
+        out = self.kubectl("apply", "-f", path).stdout
+        self.assertIn("clusterworkflowplane.openchoreo.dev/kc-apply unchanged", out)
+
+        lst = json.loads(self.kubectl("get", "clusterworkflowplanes", "-o", "json").stdout)
+        names = [i["metadata"]["name"] for i in lst["items"]]
+        self.assertIn("kc-apply", names)
+        lst2 = json.loads(self.kubectl("get", "cwp", "-l", "suite=kubectl", "-o", "json").stdout)
+        self.assertEqual([i["metadata"]["name"] for i in lst2["items"]], ["kc-apply"])
+        obj = lst2["items"][0]
+        self.assertEqual(obj["metadata"]["generation"], 1)
+        self.assertTrue(obj["metadata"]["uid"])
+        self.assertIn("kubectl.kubernetes.io/last-applied-configuration", obj["metadata"]["annotations"])
+
+        s = json.loads(self.kubectl("get", "secret", "wf-ca", "-o", "json").stdout)
+        self.assertEqual(s["data"], {"ca.crt": "UEVN"})  # stringData converted to base64 data
+        self.assertNotIn("stringData", s)
+        self.assertEqual(s["type"], "Opaque")
+
+        table = self.kubectl("get", "cwp", "kc-apply").stdout
+        self.assertRegex(table, r"NAME\s+AGE")
+        self.assertIn("kc-apply", table)
+        self.assertIn("Active", self.kubectl("get", "ns", "default").stdout)
+        # Delete via kubectl; the object is gone afterwards.
+        self.assertIn("deleted", self.kubectl("delete", "-f", path).stdout)
+        p = self.kubectl("get", "cwp", "kc-apply", check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn('Error from server (NotFound): clusterworkflowplanes.openchoreo.dev "kc-apply" not found', p.stderr)
+
+    def test_typed_creates_use_protobuf(self):
+        # `kubectl create namespace/secret` send protobuf bodies, which the fake decodes like a real server.
+        self.kubectl("create", "namespace", "kc-team")
+        self.kubectl("-n", "kc-team", "create", "secret", "generic", "kc-sec", "--from-literal=ca.crt=PEM")
+        s = json.loads(self.kubectl("-n", "kc-team", "get", "secret", "kc-sec", "-o", "json").stdout)
+        self.assertEqual((s["data"], s["type"]), ({"ca.crt": "UEVN"}, "Opaque"))
+        posts = self.srv.control("GET", "requests?method=POST")["items"]
+        self.assertEqual({p["contentType"] for p in posts}, {"application/vnd.kubernetes.protobuf"})
+        dp = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "DataPlane", "metadata": {"name": "kc-dp", "namespace": "kc-team"},
+              "spec": {"planeID": "kc-dp"}}
+        self.kubectl("apply", "-f", self.write("dp.yaml", [dp]))
+        self.assertIn("kc-team", self.kubectl("get", "dp", "-A").stdout)
+        p = self.kubectl("-n", "kc-team", "create", "secret", "generic", "kc-sec", "--from-literal=a=b", check=False)
+        self.assertIn('secrets "kc-sec" already exists', p.stderr)
+        # Deleting the namespace removes its contents (kubectl waits for the namespace to go away).
+        self.kubectl("delete", "namespace", "kc-team", "--timeout=10s")
+        self.assertNotIn("kc-dp", self.kubectl("get", "dp", "-A").stdout)
+
+    def test_status_patch_keeps_generation_and_spec_patch_bumps_it(self):
+        self.create(cwp("kc-status"))
+        before = json.loads(self.kubectl("get", "cwp", "kc-status", "-o", "json").stdout)
+        self.kubectl("patch", "clusterworkflowplane", "kc-status", "--subresource=status", "--type=merge", "-p",
+                     '{"status":{"agentConnection":{"connected":true,"connectedAgents":1}}}')
+        after = json.loads(self.kubectl("get", "cwp", "kc-status", "-o", "json").stdout)
+        self.assertEqual(after["status"]["agentConnection"], {"connected": True, "connectedAgents": 1})
+        self.assertEqual(after["metadata"]["generation"], before["metadata"]["generation"])
+        self.assertEqual(after["spec"], before["spec"])
+        self.assertGreater(int(after["metadata"]["resourceVersion"]), int(before["metadata"]["resourceVersion"]))
+        log = self.srv.control("GET", "requests?subresource=status&method=PATCH")["items"]
+        self.assertEqual(len(log), 1)
+        self.assertEqual(log[0]["contentType"], MERGE)
+        self.assertEqual(log[0]["path"], CWP + "/kc-status/status")
+        self.assertEqual(log[0]["status"], 200)
+
+        self.kubectl("patch", "cwp", "kc-status", "--type=merge", "-p", '{"spec":{"planeID":"kc-status-2"}}')
+        spec = json.loads(self.kubectl("get", "cwp", "kc-status", "-o", "json").stdout)
+        self.assertEqual(spec["metadata"]["generation"], before["metadata"]["generation"] + 1)
+        self.assertEqual(spec["status"], after["status"])  # a spec write leaves status alone
+        # A status patch through the main resource is ignored (status is a subresource).
+        self.kubectl("patch", "cwp", "kc-status", "--type=merge", "-p", '{"status":{"agentConnection":{"connected":false,"connectedAgents":0}}}')
+        again = json.loads(self.kubectl("get", "cwp", "kc-status", "-o", "json").stdout)
+        self.assertEqual(again["status"], after["status"])
+        self.assertEqual(again["metadata"]["generation"], spec["metadata"]["generation"])
+
+    def test_watch_sees_modified(self):
+        self.create(cwp("kc-watch"))
+        env = dict(os.environ, KUBECONFIG=self.srv.kubeconfig, HOME=self.tmp)
+        proc = subprocess.Popen([KUBECTL, "--cache-dir", os.path.join(self.tmp, "kcache"), "get", "cwp", "--watch",
+                                 "-o", "json", "--output-watch-events"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        try:
+            events = KubectlEvents(proc)
+            ev = events.until(lambda e: e["type"] == "ADDED" and e["object"]["metadata"]["name"] == "kc-watch", 10)
+            self.assertEqual(ev["object"]["kind"], "ClusterWorkflowPlane")
+            harness_wait_watchers(self.srv, 1)
+            self.kubectl("patch", "cwp", "kc-watch", "--subresource=status", "--type=merge", "-p",
+                         '{"status":{"agentConnection":{"connected":true,"connectedAgents":2}}}')
+            ev = events.until(lambda e: e["type"] == "MODIFIED" and e["object"]["metadata"]["name"] == "kc-watch", 10)
+            self.assertEqual(ev["object"]["status"]["agentConnection"]["connectedAgents"], 2)
+            self.kubectl("delete", "cwp", "kc-watch")
+            events.until(lambda e: e["type"] == "DELETED" and e["object"]["metadata"]["name"] == "kc-watch", 10)
+        finally:
+            proc.kill()
+            proc.communicate(timeout=5)
+
+    def test_errors_as_kubectl_prints_them(self):
+        self.create(cwp("kc-err"))
+        p = self.kubectl("patch", "cwp", "kc-err", "--type=merge", "-p", '{"spec":{"planeID":"Not_Valid"}}', check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn('The ClusterWorkflowPlane "kc-err" is invalid: spec.planeID: Invalid value: "Not_Valid"', p.stderr)
+        # kubectl's default patch type is strategic merge, which CRs do not support (415), like a real server.
+        p = self.kubectl("patch", "cwp", "kc-err", "-p", '{"spec":{"planeID":"x"}}', check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("application/strategic-merge-patch+json is not supported", p.stderr)
+        p = self.kubectl("create", "-f", "-", stdin=json.dumps(cwp("kc-err")), check=False)
+        self.assertIn("Error from server (AlreadyExists)", p.stderr)
+        self.assertIn('clusterworkflowplanes.openchoreo.dev "kc-err" already exists', p.stderr)
+
+    def test_server_side_apply(self):
+        path = self.write("ssa.yaml", [cwp("kc-ssa", "one")])
+        self.assertIn("serverside-applied", self.kubectl("apply", "--server-side", "-f", path).stdout)
+        other = self.write("ssa2.yaml", [cwp("kc-ssa", "two")])
+        p = self.kubectl("apply", "--server-side", "--field-manager=other", "-f", other, check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn('conflict with "kubectl"', p.stderr)
+        self.assertIn(".spec.planeID", p.stderr)
+        self.kubectl("apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", other)
+        obj = json.loads(self.kubectl("get", "cwp", "kc-ssa", "-o", "json", "--show-managed-fields").stdout)
+        self.assertEqual(obj["spec"]["planeID"], "two")
+        self.assertEqual(obj["metadata"]["generation"], 2)
+        managers = {(m["manager"], m["operation"]) for m in obj["metadata"]["managedFields"]}
+        self.assertIn(("other", "Apply"), managers)
+        applies = [r for r in self.srv.control("GET", "requests?method=PATCH")["items"] if r["contentType"] == APPLY]
+        self.assertTrue(applies and all(r["query"].get("fieldManager") for r in applies))
+
+    def test_validate_false_without_openapi(self):
+        # With /openapi/v3 missing too, kubectl's client-side validation cannot run: --validate=false is needed.
+        d = tempfile.mkdtemp(dir=self.tmp)
+        srv = FakeApiServer(d, pki=self.pki, extra_args=["--no-openapi"])
+        try:
+            path = self.write("noapi.yaml", [cwp("kc-noapi")])
+            env = dict(os.environ, KUBECONFIG=srv.kubeconfig, HOME=d)
+            run = lambda *a: subprocess.run([KUBECTL, "--cache-dir", os.path.join(d, "c"), *a], stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True, timeout=20, env=env)
+            p = run("apply", "-f", path)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn("--validate=false", p.stderr)
+            p = run("apply", "--validate=false", "-f", path)
+            self.assertEqual(p.returncode, 0, p.stderr)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
+class KubectlEvents:
+    """Parses the concatenated (pretty-printed) JSON documents kubectl writes while watching."""
+
+    def __init__(self, proc):
+        self.proc, self.buf, self.dec = proc, "", json.JSONDecoder()
+        os.set_blocking(proc.stdout.fileno(), False)
+
+    def until(self, pred, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            while True:
+                s = self.buf.lstrip()
+                if not s:
+                    break
+                try:
+                    obj, end = self.dec.raw_decode(s)
+                except ValueError:
+                    break
+                self.buf = s[end:]
+                if pred(obj):
+                    return obj
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"kubectl watch: no matching event in {timeout}s; pending={self.buf[:200]!r}")
+            r, _, _ = select.select([self.proc.stdout], [], [], left)
+            if r:
+                chunk = self.proc.stdout.read()
+                if chunk == b"" and self.proc.poll() is not None:
+                    raise AssertionError("kubectl watch exited: " + self.proc.stderr.read().decode())
+                self.buf += (chunk or b"").decode()
+
+
+def harness_wait_watchers(srv, n, timeout=5):
+    deadline = time.monotonic() + timeout
+    while srv.control("GET", "watches")["count"] < n:
+        if time.monotonic() > deadline:
+            raise AssertionError("watch not established")
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class HttpTest(ServerCase):
+    """Raw HTTP checks of status codes, Status bodies and semantics."""
+
+    def test_auth(self):
+        st, _, body = self.req("GET", CWP, token=False)
+        self.assertEqual(st, 401)
+        self.assertStatus(body, 401, "Unauthorized")
+        st, _, body = self.req("GET", CWP, token="wrong")
+        self.assertEqual(st, 401)
+        st, _, body = self.req("GET", "/version", token=False)
+        self.assertEqual((st, body["major"]), (200, "1"))
+
+    def test_discovery(self):
+        st, _, body = self.req("GET", G)
+        self.assertEqual(st, 200)
+        res = {r["name"]: r for r in body["resources"]}
+        self.assertEqual(res["clusterworkflowplanes"]["shortNames"][0], "cwp")
+        self.assertEqual(res["clusterdataplanes"]["shortNames"][0], "cdp")
+        self.assertEqual(res["clusterobservabilityplanes"]["shortNames"][0], "cop")
+        self.assertEqual(res["dataplanes"]["shortNames"][0], "dp")
+        self.assertTrue(res["dataplanes"]["namespaced"])
+        self.assertFalse(res["clusterworkflowplanes"]["namespaced"])
+        self.assertEqual(res["clusterworkflowplanes/status"]["verbs"], ["get", "patch", "update"])
+        self.assertIn("watch", res["workflowplanes"]["verbs"])
+        st, _, body = self.req("GET", "/api/v1")
+        self.assertEqual({r["name"] for r in body["resources"]} >= {"secrets", "namespaces"}, True)
+        st, _, body = self.req("GET", "/apis")
+        self.assertEqual(body["groups"][0]["preferredVersion"]["groupVersion"], "openchoreo.dev/v1alpha1")
+        st, _, _ = self.req("GET", "/openapi/v2")
+        self.assertEqual(st, 404)
+
+    def test_not_found_and_already_exists(self):
+        st, _, body = self.req("GET", CWP + "/missing")
+        self.assertEqual(st, 404)
+        self.assertStatus(body, 404, "NotFound")
+        self.assertEqual(body["message"], 'clusterworkflowplanes.openchoreo.dev "missing" not found')
+        self.assertEqual(body["details"], {"name": "missing", "group": "openchoreo.dev", "kind": "clusterworkflowplanes"})
+        st, _, body = self.req("GET", "/api/v1/namespaces/default/secrets/missing")
+        self.assertEqual(body["message"], 'secrets "missing" not found')
+        self.assertEqual(body["details"]["group"], "")
+        st, _, body = self.req("GET", G + "/nosuchthings")
+        self.assertEqual(st, 404)
+        self.create(cwp("dup"))
+        st, _, body = self.req("POST", CWP, cwp("dup"))
+        self.assertEqual(st, 409)
+        self.assertStatus(body, 409, "AlreadyExists")
+        st, _, body = self.req("POST", G + "/namespaces/nope/dataplanes", {"metadata": {"name": "x"}, "spec": {}})
+        self.assertEqual(st, 404)
+        self.assertEqual(body["message"], 'namespaces "nope" not found')
+
+    def test_create_sets_metadata(self):
+        o = self.create(cwp("meta", status={"agentConnection": {"connected": True, "connectedAgents": 1}}))
+        m = o["metadata"]
+        self.assertEqual(m["generation"], 1)
+        self.assertTrue(m["uid"] and m["creationTimestamp"].endswith("Z"))
+        self.assertNotIn("status", o)  # status is reset on create, like a CRD with a status subresource
+        rv1 = int(m["resourceVersion"])
+        o2 = self.create(cwp("meta-2"))
+        self.assertGreater(int(o2["metadata"]["resourceVersion"]), rv1)
+        st, _, lst = self.req("GET", CWP)
+        self.assertEqual(lst["kind"], "ClusterWorkflowPlaneList")
+        self.assertGreaterEqual(int(lst["metadata"]["resourceVersion"]), int(o2["metadata"]["resourceVersion"]))
+        st, _, body = self.req("POST", CWP, {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterWorkflowPlane",
+                                             "metadata": {"generateName": "gen-"}, "spec": {}})
+        self.assertEqual(st, 201)
+        self.assertTrue(body["metadata"]["name"].startswith("gen-"))
+
+    def test_invalid(self):
+        st, _, body = self.req("POST", CWP, cwp("bad-id", "Bad_ID"))
+        self.assertEqual(st, 422)
+        self.assertStatus(body, 422, "Invalid")
+        self.assertEqual(body["details"]["kind"], "ClusterWorkflowPlane")
+        self.assertEqual(body["details"]["causes"][0]["field"], "spec.planeID")
+        self.assertEqual(body["details"]["causes"][0]["reason"], "FieldValueInvalid")
+        st, _, body = self.req("POST", CWP, cwp("long-id", "a" * 64))
+        self.assertEqual(st, 422)
+        self.assertEqual(body["details"]["causes"][0]["reason"], "FieldValueTooLong")
+        st, _, body = self.req("POST", CWP, {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterWorkflowPlane",
+                                             "metadata": {}, "spec": {}})
+        self.assertEqual(st, 422)
+        self.assertIn("metadata.name: Required value", body["message"])
+        st, _, body = self.req("POST", CWP, cwp("Upper"))
+        self.assertEqual(st, 422)
+        # Status is checked against the CRD's status schema.
+        self.create(cwp("bad-status"))
+        st, _, body = self.req("PATCH", CWP + "/bad-status/status",
+                               {"status": {"conditions": [{"type": "Ready", "status": "Maybe", "reason": "",
+                                                           "message": "m", "lastTransitionTime": "now"}]}}, MERGE)
+        self.assertEqual(st, 422)
+        fields = {c["field"] for c in body["details"]["causes"]}
+        self.assertEqual(fields, {"status.conditions[0].status", "status.conditions[0].reason",
+                                  "status.conditions[0].lastTransitionTime"})
+
+    def test_stale_put_conflicts(self):
+        o = self.create(cwp("put"))
+        o["spec"]["planeID"] = "put-2"
+        st, _, fresh = self.req("PUT", CWP + "/put", o)
+        self.assertEqual(st, 200)
+        self.assertEqual(fresh["metadata"]["generation"], 2)
+        o["spec"]["planeID"] = "put-3"  # still carries the old resourceVersion
+        st, _, body = self.req("PUT", CWP + "/put", o)
+        self.assertEqual(st, 409)
+        self.assertStatus(body, 409, "Conflict")
+        self.assertIn("the object has been modified", body["message"])
+        del o["metadata"]["resourceVersion"]
+        st, _, body = self.req("PUT", CWP + "/put", o)
+        self.assertEqual(st, 422)  # CRs do not allow unconditional updates
+        st, _, body = self.req("PATCH", CWP + "/put", {"metadata": {"resourceVersion": "1"}, "spec": {"planeID": "x"}}, MERGE)
+        self.assertEqual(st, 409)  # a resourceVersion in a patch is a precondition
+
+    def test_status_and_main_resource_are_separate(self):
+        o = self.create(cwp("sep"))
+        gen = o["metadata"]["generation"]
+        # PUT /status with a changed spec and labels: only status is taken.
+        o["spec"]["planeID"] = "changed"
+        o["metadata"]["labels"] = {"a": "b"}
+        o["status"] = {"agentConnection": {"connected": True, "connectedAgents": 1}}
+        st, _, s = self.req("PUT", CWP + "/sep/status", o)
+        self.assertEqual(st, 200, s)
+        self.assertEqual(s["spec"]["planeID"], "sep")
+        self.assertNotIn("labels", s["metadata"])
+        self.assertEqual(s["metadata"]["generation"], gen)
+        self.assertEqual(s["status"]["agentConnection"]["connectedAgents"], 1)
+        # PUT main resource with a changed status: status is kept, spec change bumps generation.
+        s["status"] = {"agentConnection": {"connected": False, "connectedAgents": 0}}
+        s["spec"]["planeID"] = "sep-2"
+        st, _, m = self.req("PUT", CWP + "/sep", s)
+        self.assertEqual(st, 200, m)
+        self.assertEqual(m["status"]["agentConnection"]["connectedAgents"], 1)
+        self.assertEqual(m["metadata"]["generation"], gen + 1)
+        # Metadata-only change: no generation bump.
+        st, _, m2 = self.req("PATCH", CWP + "/sep", {"metadata": {"labels": {"x": "y"}}}, MERGE)
+        self.assertEqual(m2["metadata"]["generation"], gen + 1)
+        # A no-op patch does not write: same resourceVersion.
+        st, _, m3 = self.req("PATCH", CWP + "/sep/status", {"status": {"agentConnection": {"connectedAgents": 1}}}, MERGE)
+        self.assertEqual(m3["metadata"]["resourceVersion"], m2["metadata"]["resourceVersion"])
+        # Unknown status fields are pruned with a warning, as with a structural schema.
+        st, h, m4 = self.req("PATCH", CWP + "/sep/status", {"status": {"bogus": 1}}, MERGE)
+        self.assertEqual(st, 200)
+        self.assertNotIn("bogus", m4["status"])
+        self.assertIn("unknown field", h.get("Warning", ""))
+
+    def test_patch_types(self):
+        self.create(cwp("jp", labels={"a": "1"}))
+        ops = [{"op": "test", "path": "/spec/planeID", "value": "jp"},
+               {"op": "replace", "path": "/spec/planeID", "value": "jp-2"},
+               {"op": "add", "path": "/metadata/labels/b", "value": "2"},
+               {"op": "remove", "path": "/metadata/labels/a"}]
+        st, _, o = self.req("PATCH", CWP + "/jp", ops, JSONPATCH)
+        self.assertEqual(st, 200, o)
+        self.assertEqual((o["spec"]["planeID"], o["metadata"]["labels"]), ("jp-2", {"b": "2"}))
+        self.assertEqual(o["metadata"]["generation"], 2)
+        st, _, body = self.req("PATCH", CWP + "/jp", [{"op": "test", "path": "/spec/planeID", "value": "nope"}], JSONPATCH)
+        self.assertEqual(st, 422)
+        st, _, o = self.req("PATCH", CWP + "/jp/status",
+                            [{"op": "add", "path": "/status", "value": {"agentConnection": {"connected": True, "connectedAgents": 3}}}],
+                            JSONPATCH)
+        self.assertEqual(st, 200)
+        self.assertEqual(o["status"]["agentConnection"]["connectedAgents"], 3)
+        st, _, body = self.req("PATCH", CWP + "/jp", {"spec": {}}, "application/strategic-merge-patch+json")
+        self.assertEqual(st, 415)
+        self.assertStatus(body, 415, "UnsupportedMediaType")
+        st, _, body = self.req("PATCH", CWP + "/missing", {"spec": {}}, MERGE)
+        self.assertEqual(st, 404)
+        # Server-side apply on the status subresource merges conditions by type.
+        apply = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "ClusterWorkflowPlane", "metadata": {"name": "jp"},
+                 "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ok", "message": "",
+                                            "lastTransitionTime": "2024-01-01T00:00:00Z"}]}}
+        st, _, o = self.req("PATCH", CWP + "/jp/status?fieldManager=gw&force=true", json.dumps(apply), APPLY)
+        self.assertEqual(st, 200, o)
+        self.assertEqual(o["status"]["agentConnection"]["connectedAgents"], 3)
+        self.assertEqual(o["status"]["conditions"][0]["type"], "Ready")
+        st, _, body = self.req("PATCH", CWP + "/jp/status", json.dumps(apply), APPLY)
+        self.assertEqual(st, 400)  # fieldManager is required for apply
+        # Apply creates a missing object (201).
+        st, _, o = self.req("PATCH", CWP + "/ssa-new?fieldManager=gw", json.dumps(cwp("ssa-new")), APPLY)
+        self.assertEqual(st, 201)
+        # Core types accept strategic merge patch.
+        self.create({"metadata": {"name": "smp"}, "data": {"k": "dg=="}}, "/api/v1/namespaces/default/secrets")
+        st, _, s = self.req("PATCH", "/api/v1/namespaces/default/secrets/smp", {"stringData": {"k2": "v"}},
+                            "application/strategic-merge-patch+json")
+        self.assertEqual((st, sorted(s["data"])), (200, ["k", "k2"]))
+
+    def test_secrets(self):
+        path = "/api/v1/namespaces/default/secrets"
+        st, _, body = self.req("POST", path, {"metadata": {"name": "b64"}, "data": {"k": "not base64!"}})
+        self.assertEqual(st, 400)
+        self.assertStatus(body, 400, "BadRequest")
+        s = self.create({"metadata": {"name": "sec", "labels": {"l": "1"}}, "stringData": {"ca.crt": "x"}}, path)
+        self.assertEqual(s["data"], {"ca.crt": "eA=="})
+        self.assertNotIn("generation", s["metadata"])
+        st, _, lst = self.req("GET", "/api/v1/secrets?labelSelector=l%3D1")
+        self.assertEqual([i["metadata"]["name"] for i in lst["items"]], ["sec"])
+        self.assertNotIn("kind", lst["items"][0])  # typed lists carry no per-item kind
+        st, _, body = self.req("DELETE", path + "/sec")
+        self.assertEqual((st, body["kind"], body["status"]), (200, "Status", "Success"))
+
+    def test_finalizers_and_delete(self):
+        self.create(cwp("fin", **{"metadata": {"name": "fin", "finalizers": ["example.com/keep"]}}))
+        st, _, o = self.req("DELETE", CWP + "/fin")
+        self.assertEqual(st, 200)
+        self.assertTrue(o["metadata"]["deletionTimestamp"])
+        self.assertEqual(o["metadata"]["generation"], 2)
+        st, _, _ = self.req("GET", CWP + "/fin")
+        self.assertEqual(st, 200)
+        w = self.srv.watch(CWP + f"?watch=true&resourceVersion={o['metadata']['resourceVersion']}")
+        try:
+            st, _, o = self.req("PATCH", CWP + "/fin", {"metadata": {"finalizers": None}}, MERGE)
+            self.assertEqual(st, 200)
+            ev = w.next(5)
+            self.assertEqual(ev["type"], "DELETED")
+        finally:
+            w.close()
+        st, _, _ = self.req("GET", CWP + "/fin")
+        self.assertEqual(st, 404)
+
+    def test_namespaced_kinds_and_namespace_deletion(self):
+        self.create({"metadata": {"name": "team-a"}}, "/api/v1/namespaces")
+        dp = {"apiVersion": "openchoreo.dev/v1alpha1", "kind": "DataPlane", "metadata": {"name": "dp1"},
+              "spec": {"planeID": "shared"}}
+        o = self.create(dp, G + "/namespaces/team-a/dataplanes")
+        self.assertEqual(o["metadata"]["namespace"], "team-a")
+        st, _, lst = self.req("GET", G + "/dataplanes")
+        self.assertIn(("team-a", "dp1"), [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in lst["items"]])
+        st, _, lst = self.req("GET", G + "/namespaces/default/dataplanes")
+        self.assertEqual(lst["items"], [])
+        st, _, ns = self.req("DELETE", "/api/v1/namespaces/team-a")
+        self.assertEqual(ns["status"]["phase"], "Terminating")
+        deadline = time.monotonic() + 5
+        while self.req("GET", "/api/v1/namespaces/team-a")[0] != 404:
+            self.assertLess(time.monotonic(), deadline, "namespace not finalized")
+            time.sleep(0.05)
+        self.assertEqual(self.req("GET", G + "/namespaces/team-a/dataplanes/dp1")[0], 404)
+
+    def test_dry_run(self):
+        st, _, o = self.req("POST", CWP + "?dryRun=All", cwp("dry"))
+        self.assertEqual(st, 201)
+        self.assertEqual(self.req("GET", CWP + "/dry")[0], 404)
+
+
+class WatchTest(ServerCase):
+    def test_initial_events_then_changes(self):
+        self.create(cwp("w-a", labels={"w": "1"}))
+        w = self.srv.watch(CWP + "?watch=true&labelSelector=w%3D1")
+        try:
+            ev = w.next(5)
+            self.assertEqual((ev["type"], ev["object"]["metadata"]["name"]), ("ADDED", "w-a"))
+            self.assertEqual(w.headers.get("Transfer-Encoding"), "chunked")
+            self.req("PATCH", CWP + "/w-a/status", {"status": {"agentConnection": {"connected": True, "connectedAgents": 1}}}, MERGE)
+            ev = w.next(5)
+            self.assertEqual(ev["type"], "MODIFIED")
+            self.assertEqual(ev["object"]["status"]["agentConnection"]["connectedAgents"], 1)
+            # Leaving the label selector looks like a deletion to this watcher.
+            self.req("PATCH", CWP + "/w-a", {"metadata": {"labels": {"w": "2"}}}, MERGE)
+            ev = w.next(5)
+            self.assertEqual(ev["type"], "DELETED")
+            self.create(cwp("w-b", labels={"w": "1"}))
+            self.assertEqual(w.next(5)["type"], "ADDED")
+            self.req("DELETE", CWP + "/w-b")
+            ev = w.next(5)
+            self.assertEqual(ev["type"], "DELETED")
+            self.assertEqual(ev["object"]["metadata"]["name"], "w-b")
+        finally:
+            w.close()
+
+    def test_watch_from_resource_version_replays_history(self):
+        o = self.create(cwp("w-rv"))
+        rv = o["metadata"]["resourceVersion"]
+        self.req("PATCH", CWP + "/w-rv", {"spec": {"planeID": "w-rv-2"}}, MERGE)
+        self.req("PATCH", CWP + "/w-rv", {"spec": {"planeID": "w-rv-3"}}, MERGE)
+        w = self.srv.watch(CWP + f"?watch=1&resourceVersion={rv}")
+        try:
+            a, b = w.next(5), w.next(5)
+            self.assertEqual([a["type"], b["type"]], ["MODIFIED", "MODIFIED"])
+            self.assertEqual(b["object"]["spec"]["planeID"], "w-rv-3")
+            self.assertLess(int(a["object"]["metadata"]["resourceVersion"]), int(b["object"]["metadata"]["resourceVersion"]))
+        finally:
+            w.close()
+
+    def test_expired_resource_version_gives_410(self):
+        o = self.create(cwp("w-old"))
+        old_rv = o["metadata"]["resourceVersion"]
+        self.srv.control("PUT", "config", {"history": 2})
+        for i in range(4):
+            self.req("PATCH", CWP + "/w-old", {"metadata": {"labels": {"i": str(i)}}}, MERGE)
+        w = self.srv.watch(CWP + f"?watch=true&resourceVersion={old_rv}")
+        try:
+            self.assertEqual(w.status, 200)
+            ev = w.next(5)
+            self.assertEqual(ev["type"], "ERROR")
+            self.assertEqual(ev["object"]["kind"], "Status")
+            self.assertEqual(ev["object"]["code"], 410)
+            self.assertEqual(ev["object"]["reason"], "Expired")
+            self.assertIn("too old resource version", ev["object"]["message"])
+            self.assertIsNone(w.next(5))
+        finally:
+            w.close()
+        # Explicit compaction does the same for any RV before it.
+        st, _, lst = self.req("GET", CWP)
+        rv = lst["metadata"]["resourceVersion"]
+        self.req("PATCH", CWP + "/w-old", {"metadata": {"labels": {"i": "x"}}}, MERGE)
+        self.srv.control("POST", "compact")
+        w = self.srv.watch(CWP + f"?watch=true&resourceVersion={rv}")
+        try:
+            self.assertEqual(w.next(5)["object"]["code"], 410)
+        finally:
+            w.close()
+
+    def test_bookmarks_and_timeout(self):
+        self.srv.control("PUT", "config", {"bookmarkInterval": 0.2})
+        st, _, lst = self.req("GET", CWP)
+        w = self.srv.watch(CWP + f"?watch=true&allowWatchBookmarks=true&timeoutSeconds=2&resourceVersion={lst['metadata']['resourceVersion']}")
+        try:
+            t0 = time.monotonic()
+            ev = w.next(3)
+            self.assertEqual(ev["type"], "BOOKMARK")
+            self.assertEqual(set(ev["object"]), {"kind", "apiVersion", "metadata"})
+            self.assertEqual(set(ev["object"]["metadata"]), {"resourceVersion"})
+            self.assertEqual(ev["object"]["kind"], "ClusterWorkflowPlane")
+            evs = w.until(lambda e: e is None, 4)
+            self.assertIsNone(evs[-1])  # timeoutSeconds ends the stream
+            self.assertTrue(all(e["type"] == "BOOKMARK" for e in evs[:-1]))
+            self.assertLess(time.monotonic() - t0, 3.5)
+        finally:
+            w.close()
+        # Without allowWatchBookmarks there are none.
+        w = self.srv.watch(CWP + f"?watch=true&timeoutSeconds=1&resourceVersion={lst['metadata']['resourceVersion']}")
+        try:
+            self.assertIsNone(w.next(3))
+        finally:
+            w.close()
+
+    def test_send_initial_events(self):
+        self.create(cwp("w-init"))
+        w = self.srv.watch(CWP + "?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
+        try:
+            evs = w.until(lambda e: e["type"] == "BOOKMARK", 5)
+            self.assertIn("w-init", [e["object"]["metadata"]["name"] for e in evs[:-1]])
+            self.assertEqual(evs[-1]["object"]["metadata"]["annotations"], {"k8s.io/initial-events-end": "true"})
+        finally:
+            w.close()
+
+    def test_drop_watches(self):
+        w = self.srv.watch(CWP + "?watch=true")
+        w2 = self.srv.watch(CWP + "?watch=true")
+        try:
+            harness_wait_watchers(self.srv, 2)
+            self.assertEqual(self.srv.control("POST", "drop-watches")["dropped"], 2)
+            self.assertIsNone(w.until(lambda e: e is None, 5)[-1])
+            self.assertIsNone(w2.until(lambda e: e is None, 5)[-1])
+            w3 = self.srv.watch(CWP + "?watch=true&resourceVersion=0")
+            harness_wait_watchers(self.srv, 1)
+            self.srv.control("POST", "drop-watches", {"mode": "abort"})
+            try:
+                self.assertIsNone(w3.until(lambda e: e is None, 5)[-1])
+            except OSError:
+                pass  # a reset connection is fine too
+            w3.close()
+        finally:
+            w.close()
+            w2.close()
+
+
+class FaultTest(ServerCase):
+    def test_throttle_429_with_retry_after(self):
+        self.srv.control("POST", "throttle", {"retryAfter": 3, "count": 1, "resource": "clusterworkflowplanes"})
+        st, h, body = self.req("GET", CWP)
+        self.assertEqual(st, 429)
+        self.assertEqual(h.get("Retry-After"), "3")
+        self.assertStatus(body, 429, "TooManyRequests")
+        self.assertEqual(body["details"]["retryAfterSeconds"], 3)
+        self.assertEqual(self.req("GET", CWP)[0], 200)
+
+    def test_errors_for_n_requests_and_for_a_duration(self):
+        self.srv.control("POST", "errors", {"code": 503, "count": 2})
+        self.assertEqual([self.req("GET", CWP)[0] for _ in range(3)], [503, 503, 200])
+        self.srv.control("POST", "errors", {"code": 500, "duration": 0.5, "method": "GET"})
+        st, _, body = self.req("GET", CWP)
+        self.assertEqual(st, 500)
+        self.assertStatus(body, 500, "InternalError")
+        time.sleep(0.6)
+        self.assertEqual(self.req("GET", CWP)[0], 200)
+
+    def test_delay(self):
+        self.srv.control("POST", "delay", {"seconds": 0.4, "count": 1, "verb": "list"})
+        t = time.monotonic()
+        self.assertEqual(self.req("GET", CWP)[0], 200)
+        self.assertGreaterEqual(time.monotonic() - t, 0.4)
+        t = time.monotonic()
+        self.req("GET", CWP)
+        self.assertLess(time.monotonic() - t, 0.4)
+
+    def test_conflict_on_next_status_writes_and_request_log(self):
+        self.create(cwp("f-status"))
+        self.srv.control("POST", "conflict-status", {"count": 2})
+        patch = {"status": {"agentConnection": {"connected": True, "connectedAgents": 1}}}
+        self.assertEqual(self.req("PATCH", CWP + "/f-status", {"metadata": {"labels": {"a": "b"}}}, MERGE)[0], 200)
+        codes = [self.req("PATCH", CWP + "/f-status/status", patch, MERGE)[0] for _ in range(3)]
+        self.assertEqual(codes, [409, 409, 200])
+        st, _, body = self.req("GET", CWP + "/f-status")
+        self.assertEqual(body["status"]["agentConnection"]["connected"], True)
+        log = self.srv.control("GET", "requests?subresource=status")["items"]
+        self.assertEqual([(e["method"], e["status"], e["contentType"]) for e in log], [("PATCH", 409, MERGE)] * 2 + [("PATCH", 200, MERGE)])
+        self.assertEqual(log[0]["verb"], "patch")
+        self.srv.control("DELETE", "requests")
+        self.assertEqual(self.srv.control("GET", "requests")["count"], 0)
+
+    def test_watch_error_event_fault_and_reset(self):
+        self.srv.control("POST", "faults", {"code": 500, "count": 1, "asWatchEvent": True, "match": {"watch": True}})
+        w = self.srv.watch(CWP + "?watch=true")
+        try:
+            self.assertEqual(w.status, 200)
+            ev = w.next(5)
+            self.assertEqual((ev["type"], ev["object"]["code"]), ("ERROR", 500))
+        finally:
+            w.close()
+        self.create(cwp("f-reset"))
+        self.srv.control("POST", "errors", {"code": 503, "count": 5})
+        self.srv.control("POST", "reset")
+        self.assertEqual(self.req("GET", CWP + "/f-reset")[0], 404)  # objects back to the seed state (none)
+        self.assertEqual(self.srv.control("GET", "faults")["items"], [])
+
+
+class SeedAndLifecycleTest(unittest.TestCase):
+    def test_seed_dir_plain_http_and_sigterm(self):
+        with tempfile.TemporaryDirectory() as d:
+            seed = os.path.join(d, "seed")
+            os.mkdir(seed)
+            with open(os.path.join(seed, "planes.yaml"), "w") as f:
+                f.write("""apiVersion: openchoreo.dev/v1alpha1
+kind: DataPlane
+metadata:
+  name: dp-seeded
+  namespace: org-a
+  creationTimestamp: 2024-01-01T00:00:00Z
+spec:
+  planeID: seeded
+status:
+  agentConnection:
+    connected: false
+    connectedAgents: 0
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: seeded-ca
+  namespace: org-a
+stringData:
+  ca.crt: PEM
+""")
+            srv = FakeApiServer(d, token="", plain=True, extra_args=["--seed-dir", seed])
+            try:
+                self.assertTrue(srv.url.startswith("http://"))
+                with open(os.path.join(d, "port")) as f:
+                    self.assertEqual(int(f.read()), srv.port)
+                st, _, o = srv.request("GET", G + "/namespaces/org-a/dataplanes/dp-seeded")
+                self.assertEqual(st, 200, o)
+                self.assertEqual(o["status"]["agentConnection"]["connectedAgents"], 0)  # seeds keep status
+                self.assertEqual(srv.request("GET", "/api/v1/namespaces/org-a/secrets/seeded-ca")[0], 200)
+                w = srv.watch(G + "/dataplanes?watch=true")
+                self.assertEqual(w.next(5)["type"], "ADDED")
+                t = time.monotonic()
+                self.assertEqual(srv.stop(), 0)  # SIGTERM with an open watch: clean and quick exit
+                self.assertLess(time.monotonic() - t, 5)
+                w.close()
+            finally:
+                srv.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
