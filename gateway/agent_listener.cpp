@@ -4,6 +4,7 @@
 
 #include "common/ids.hpp"
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 #include "common/net.hpp"
 #include "session/upgrade_handoff.hpp"
 
@@ -56,6 +57,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
       if (ec) {
         log::debug("agent TLS handshake failed", {{"remote", self->remote_}, {"reason", ec.message()}});
+        metrics::handshake("rejected", "tls_handshake_failed");
         return;
       }
       self->read_request();
@@ -67,7 +69,10 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     parser_.header_limit(8 * 1024);
     parser_.body_limit(0);
     http::async_read(stream_, buf_, parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (ec == http::error::header_limit) return self->reply(431, "request header fields too large\n", {});
+      if (ec == http::error::header_limit) {
+        metrics::handshake("rejected", "header_too_large");
+        return self->reply(431, "request header fields too large\n", {});
+      }
       if (ec == http::error::body_limit) return self->reply(413, "request body not allowed\n", {});
       if (ec) {
         log::debug("agent upgrade request not read", {{"remote", self->remote_}, {"reason", ec.message()}});
@@ -87,6 +92,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
       f["status"] = d.status;
       f["reason"] = d.body.substr(0, d.body.size() - 1);
       log::warn("agent connection rejected", f);
+      metrics::handshake("rejected", d.status == 404 ? "not_found" : "bad_request");
       return reply(d.status, d.body, {});
     }
     tls::PeerChain chain = tls::PeerChain::from_ssl(stream_.native_handle());
@@ -94,6 +100,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
       f["status"] = 401;
       f["reason"] = "no client certificate presented";
       log::warn("agent connection rejected", f);
+      metrics::handshake("rejected", "no_client_certificate");
       return reply(401, "no client certificate presented\n", {});
     }
     f["certificateSubject"] = chain.subject();
@@ -106,7 +113,10 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     for (size_t i = 0; i < verdicts.size(); ++i) {
       usable += anchors[i].store != nullptr;
       if (verdicts[i].ok) ok.insert(verdicts[i].key);
-      else per_cr.push_back({{"cr", verdicts[i].key}, {"reason", verdicts[i].reason}});
+      else {
+        per_cr.push_back({{"cr", verdicts[i].key}, {"reason", verdicts[i].reason}});
+        metrics::cr_verification_failure(d.plane_type, metrics::classify_verification_reason(verdicts[i].reason));
+      }
     }
     if (ok.empty()) {
       std::string why = usable == 0 ? "no " + d.plane_type + " CRs found with planeID '" + d.plane_id + "'"
@@ -115,12 +125,14 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
       f["reason"] = why;
       f["perCR"] = per_cr;
       log::warn("agent connection rejected", f);
+      metrics::handshake("rejected", usable == 0 ? "no_crs" : "not_authorized");
       return reply(401, "client certificate verification failed: " + why + "\n", {});
     }
     if (!websocket::is_upgrade(req_)) {
       f["status"] = 400;
       f["reason"] = "not a WebSocket upgrade request";
       log::warn("agent connection rejected", f);
+      metrics::handshake("rejected", "not_websocket");
       return reply(400, "websocket: the client is not using the websocket protocol: 'upgrade' token not found in 'Connection' header\n", {});
     }
     if (!per_cr.empty()) {

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 #include "common/net.hpp"
 #include "gateway/agent_listener.hpp"
 #include "gateway/authorizer.hpp"
@@ -106,6 +107,8 @@ void Gateway::start() {
     m.health = std::make_unique<HttpServer>(m.ioc, c.bind, c.health_port, [this](const std::string& method, const std::string& target) {
       std::string path = target.substr(0, target.find('?'));
       if (method != "GET" && method != "HEAD") return HttpReply{405, "text/plain; charset=utf-8", "method not allowed\n"};
+      if (path == "/metrics")
+        return HttpReply{200, "text/plain; version=0.0.4; charset=utf-8", metrics::serialize()};
       if (path == "/health" || path == "/healthz") return HttpReply{200, "text/plain; charset=utf-8", "OK"};
       if (path == "/ready" || path == "/readyz") {
         auto why = not_ready_reason();
@@ -117,6 +120,15 @@ void Gateway::start() {
   } catch (const std::exception& e) {
     throw std::runtime_error("--health-port " + std::to_string(c.health_port) + ": cannot listen on " + c.bind + ": " + e.what());
   }
+  metrics::set_scrape_hook([&m] {
+    std::optional<SysTime> earliest;
+    for (const auto& s : m.registry->all()) {
+      auto t = s.handle->peer().not_after();
+      if (!earliest || t < *earliest) earliest = t;
+    }
+    double secs = earliest ? std::chrono::duration<double>(*earliest - std::chrono::system_clock::now()).count() : 0;
+    metrics::set_earliest_agent_cert_expiry(secs, earliest.has_value());
+  });
   m.work.emplace(m.ioc.get_executor());
   int n = c.io_threads > 0 ? c.io_threads : std::max(1u, std::thread::hardware_concurrency());
   for (int i = 0; i < n; ++i) m.threads.emplace_back([&m] { m.ioc.run(); });
@@ -142,6 +154,7 @@ void Gateway::shutdown() {
   }
   const auto deadline = std::chrono::steady_clock::now() + m.cfg.shutdown_timeout;
   m.draining = true;
+  metrics::set_scrape_hook({});
   log::info("shutting down", {{"sessions", m.registry->size()}, {"shutdownTimeout", format_go_duration(m.cfg.shutdown_timeout)}});
   m.agent_listener->stop();
   m.internal_api->stop();

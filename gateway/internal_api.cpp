@@ -4,6 +4,7 @@
 
 #include "common/ids.hpp"
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 #include "common/net.hpp"
 #include "gateway/authorizer.hpp"
 #include "gateway/proxy_rules.hpp"
@@ -199,6 +200,12 @@ class Conn : public std::enable_shared_from_this<Conn> {
                         {"planeID", check_.plane_id}, {"cr", check_.cr_key}, {"target", check_.target}, {"durationMs", ms}};
     if (!r.connection_id.empty()) f["connectionID"] = r.connection_id;
     const std::string plane = check_.plane_type + "/" + check_.plane_id;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    int code = 502;
+    if (r.outcome == O::response) code = r.status_code;
+    else if (r.outcome == O::not_authorized) code = 403;
+    else if (r.outcome == O::cancelled) code = 499;  // caller went away (nginx's convention)
+    metrics::tunnel_request(check_.plane_type, code, check_.target, secs);
     switch (r.outcome) {
       case O::response: {
         f["statusCode"] = r.status_code;

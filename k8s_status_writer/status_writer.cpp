@@ -1,6 +1,7 @@
 #include "k8s_status_writer/status_writer.hpp"
 
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 
 namespace cg::status {
 
@@ -163,17 +164,20 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
     const auto now = steady::now();
     if (r.ok) {
       ++stats_.writes_ok;
+      metrics::status_write("ok");
       if (hb_only) ++stats_.writes_heartbeat;
       k.written = st;
       k.last_write = now;
       k.failures = 0;
       if (st.agent && st.agent->connected) schedule_locked(ref, now + opts_.heartbeat_interval);
     } else if (r.gone) {
+      metrics::status_write("gone");
       keys_.erase(it);
       cv_.notify_all();
       return;
     } else {
       ++stats_.writes_failed;
+      metrics::status_write("error");
       ++k.failures;
       Duration backoff = opts_.retry_base * (1LL << std::min(k.failures - 1, 10));
       if (backoff > opts_.retry_max) backoff = opts_.retry_max;

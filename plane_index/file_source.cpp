@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 
 namespace cg::plane {
 namespace fs = std::filesystem;
@@ -162,6 +163,7 @@ bool FilePlaneSource::scan() {
     FileParse fp = parse_yaml_documents(text);
     if (!fp.file_error.empty()) {
       new_problems.push_back({name, -1, fp.file_error});
+      metrics::plane_document_rejected();
       log::warn("plane file rejected; its last good documents stay in force", {{"file", name}, {"reason", fp.file_error}});
       continue;
     }
@@ -170,6 +172,7 @@ bool FilePlaneSource::scan() {
     for (size_t i = 0; i < fp.docs.size(); ++i) {
       if (!fp.docs[i].error.empty()) {
         new_problems.push_back({name, static_cast<int>(i), fp.docs[i].error});
+        metrics::plane_document_rejected();
         log::warn("plane document rejected; its last good version stays in force",
                     {{"file", name}, {"document", i}, {"reason", fp.docs[i].error}});
         continue;  // keep good[i] from before (if any)

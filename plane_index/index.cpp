@@ -1,6 +1,7 @@
 #include "plane_index/index.hpp"
 
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 
 namespace cg::plane {
 namespace {
@@ -56,6 +57,7 @@ void PlaneIndex::replace(const PlaneWorld& world) {
       return it->second;
     }
     auto st = tls::CaStore::from_bundle(bundle, err);
+    metrics::ca_reload(st ? "ok" : "error");
     if (st) next_cache[bundle] = st;
     return st;
   };

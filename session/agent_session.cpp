@@ -4,6 +4,7 @@
 #include <deque>
 
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 #include "session/upgrade_handoff.hpp"
 
 namespace cg::session {
@@ -50,6 +51,10 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
       if (kind == websocket::frame_type::pong) {
         last_pong_ = steady::now();
         touch();
+        if (ping_sent_ != steady::time_point{}) {
+          metrics::heartbeat_rtt(std::chrono::duration<double>(last_pong_ - ping_sent_).count());
+          ping_sent_ = {};
+        }
       }
     });
     ws_.async_accept(req_, [self = shared_from_this()](beast::error_code ec) { self->on_accept(ec); });
@@ -101,6 +106,15 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     return extra;
   }
 
+  static std::string reason_class_for(const std::string& r) {
+    if (r.rfind("heartbeat timeout", 0) == 0) return "heartbeat_timeout";
+    if (r.rfind("agent closed", 0) == 0) return "agent_closed";
+    if (r.rfind("closed by gateway", 0) == 0) return "gateway_closed";
+    if (r.rfind("message larger", 0) == 0) return "message_too_big";
+    if (r.rfind("write failed", 0) == 0) return "write_failed";
+    return "connection_lost";
+  }
+
   void touch() { last_seen_ns_.store(to_ns(std::chrono::system_clock::now())); }
 
   void on_accept(beast::error_code ec) {
@@ -119,6 +133,8 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
                       {"certificateIssuer", id_.peer.issuer()},
                       {"certificateNotAfter", format_rfc3339(id_.peer.not_after())}}));
     registry_.add(shared_from_this(), id_.authorized);
+    metrics::handshake("accepted", "ok");
+    metrics::session_opened(id_.plane_type, id_.plane_id);
     do_read();
     arm_ping();
     arm_deadline();
@@ -148,6 +164,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
       return;
     }
     touch();
+    metrics::bytes_in(n);
     std::string text = beast::buffers_to_string(buffer_.data());
     buffer_.consume(n);
     if (buffer_.capacity() > 64 * 1024) buffer_.shrink_to_fit();
@@ -161,6 +178,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
       if (ec || self->finished_ || self->closing_) return;
       if (!self->ping_pending_) {
         self->ping_pending_ = true;
+        self->ping_sent_ = steady::now();
         self->ws_.async_ping({}, [self](beast::error_code pec) {
           self->ping_pending_ = false;
           if (pec && !self->finished_) log::debug("ping failed", self->fields({{"reason", pec.message()}}));
@@ -216,6 +234,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
 
   void do_write() {
     writing_ = true;
+    metrics::bytes_out(queue_.front()->size());
     ws_.text(true);
     ws_.async_write(asio::buffer(*queue_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
       self->queued_bytes_.fetch_sub(self->queue_.front()->size());
@@ -248,6 +267,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     if (!writing_) queue_.clear();
     auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now() - connected_at_);
     if (registered_) {
+      metrics::session_closed(id_.plane_type, id_.plane_id, reason_class_for(reason));
       registry_.remove(*this);
       if (handler_) handler_->on_closed(*this);
     }
@@ -265,6 +285,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   const SysTime connected_at_;
   std::atomic<int64_t> last_seen_ns_;
   steady::time_point last_pong_{};
+  steady::time_point ping_sent_{};
   asio::steady_timer ping_timer_, deadline_timer_, expiry_timer_;
   beast::flat_buffer buffer_;
   std::deque<std::shared_ptr<const std::string>> queue_;

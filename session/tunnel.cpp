@@ -3,6 +3,7 @@
 #include "common/base64.hpp"
 #include "common/ids.hpp"
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 #include "common/net.hpp"
 #include "session/frames.hpp"
 
@@ -98,6 +99,7 @@ std::string Tunnel::send(const std::string& plane_type, const std::string& plane
     pending_[id] = p;
     by_session_[p->serial].insert(id);
     p->timer->expires_after(timeout);
+    metrics::tunnel_inflight(1);
     p->timer->async_wait([this, id](beast::error_code ec) {
       if (ec) return;
       TunnelReply r;
@@ -126,6 +128,7 @@ void Tunnel::complete(const std::string& id, TunnelReply reply, const AgentHandl
     std::lock_guard lk(mu_);
     auto it = pending_.find(id);
     if (it == pending_.end()) {
+      if (from) metrics::frames_dropped("unknown_request");
       if (from)
         log::warn("received HTTP tunnel response for unknown request",
                   {{"requestID", id}, {"planeType", from->plane_type()}, {"planeID", from->plane_id()},
@@ -133,6 +136,7 @@ void Tunnel::complete(const std::string& id, TunnelReply reply, const AgentHandl
       return;
     }
     if (from && it->second->serial != from->serial()) {
+      metrics::frames_dropped("wrong_session");
       log::warn("reply from a session that was not asked; dropped",
                 {{"requestID", id}, {"planeType", from->plane_type()}, {"planeID", from->plane_id()},
                  {"connectionID", from->connection_id()}, {"askedConnectionID", it->second->connection_id}});
@@ -147,6 +151,7 @@ void Tunnel::complete(const std::string& id, TunnelReply reply, const AgentHandl
     }
     p->timer->cancel();
   }
+  metrics::tunnel_inflight(-1);
   reply.request_id = id;
   reply.connection_id = p->connection_id;
   p->done(std::move(reply));
@@ -155,11 +160,13 @@ void Tunnel::complete(const std::string& id, TunnelReply reply, const AgentHandl
 void Tunnel::on_text(AgentHandle& s, std::string_view text) {
   auto f = classify_agent_frame(text);
   if (f.kind == FrameKind::invalid) {
+    metrics::frames_dropped("invalid");
     log::warn("invalid frame from agent dropped", {{"planeType", s.plane_type()}, {"planeID", s.plane_id()},
                                                     {"connectionID", s.connection_id()}, {"reason", f.error}});
     return;
   }
   if (f.kind == FrameKind::stream_chunk) {
+    metrics::frames_dropped("unknown_stream");
     log::warn("stream chunk for an unknown stream dropped", {{"planeType", s.plane_type()}, {"planeID", s.plane_id()},
                                                                {"connectionID", s.connection_id()}, {"requestID", f.request_id}});
     return;

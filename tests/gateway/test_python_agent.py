@@ -142,6 +142,55 @@ class PythonAgentTest(unittest.TestCase):
             self.assertIn("lastDisconnectedTime", self.status()["agentConnection"])
         asyncio.run(run())
 
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/metrics", timeout=5) as r:
+            self.assertEqual(r.status, 200)
+            self.assertTrue(r.headers["Content-Type"].startswith("text/plain; version=0.0.4"))
+            return r.read().decode()
+
+    @staticmethod
+    def value(text, name, **labels):
+        for line in text.splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            head, _, val = line.rpartition(" ")
+            if head.split("{")[0] != name:
+                continue
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                return float(val)
+        return 0.0
+
+    def test_3b_metrics_pass_promtool_and_move_with_events(self):
+        before = self.metrics()
+        promtool = "/opt/cluster-gateway-tools/promtool"
+        if os.path.exists(promtool):
+            p = subprocess.run([promtool, "check", "metrics"], input=before, capture_output=True, text=True)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        else:
+            self.fail("promtool missing: scripts/bootstrap unpacks it to " + promtool)
+        rejected0 = self.value(before, "cluster_gateway_agent_handshakes_total", result="rejected", reason="not_authorized")
+        self.raw_get("/ws?planeID=py-plane&planeType=workflowplane", "rogue-agent.crt", "rogue-agent.key")
+        after = self.metrics()
+        self.assertEqual(self.value(after, "cluster_gateway_agent_handshakes_total", result="rejected",
+                                    reason="not_authorized"), rejected0 + 1)
+        self.assertGreaterEqual(self.value(after, "cluster_gateway_cr_verification_failures_total",
+                                           plane_type="workflowplane", reason="unknown_authority"), 1)
+        self.assertGreater(self.value(after, "cluster_gateway_status_writes_total", result="ok"), 0)
+        self.assertEqual(self.value(after, "cluster_gateway_build_info"), 1)
+
+        async def connected_view():
+            url = f"wss://localhost:{self.agent_port}/ws?planeID=py-plane&planeType=workflowplane"
+            async with websockets.connect(url, ssl=self.ssl_ctx("agent-a.crt", "agent-a.key"), ping_interval=None):
+                await asyncio.sleep(0.6)  # a few pings at 200 ms
+                return self.metrics()
+        during = asyncio.run(connected_view())
+        self.assertEqual(self.value(during, "cluster_gateway_agent_sessions", plane_type="workflowplane",
+                                    plane_id="py-plane"), 1)
+        self.assertGreater(self.value(during, "cluster_gateway_heartbeat_rtt_seconds_count"), 0)
+        self.assertGreater(self.value(during, "cluster_gateway_agent_certificate_expiry_seconds"), 86400)
+        self.assertTrue(wait_for(lambda: self.value(self.metrics(), "cluster_gateway_agent_sessions",
+                                                    plane_type="workflowplane", plane_id="py-plane") == 0))
+
     def test_4_sigterm_exits_cleanly_and_writes_disconnected(self):
         async def connect_then_term():
             url = f"wss://localhost:{self.agent_port}/ws?planeID=py-plane&planeType=workflowplane"

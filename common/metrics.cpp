@@ -1,0 +1,121 @@
+#include "common/metrics.hpp"
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <mutex>
+
+namespace cg::metrics {
+namespace {
+using namespace prometheus;
+
+struct M {
+  std::shared_ptr<Registry> reg = std::make_shared<Registry>();
+  Family<Gauge>& sessions = BuildGauge().Name("cluster_gateway_agent_sessions").Help("Live agent sessions by plane").Register(*reg);
+  Family<Counter>& sessions_closed = BuildCounter().Name("cluster_gateway_agent_sessions_closed_total")
+                                         .Help("Agent sessions ended, by reason class").Register(*reg);
+  Family<Counter>& handshakes = BuildCounter().Name("cluster_gateway_agent_handshakes_total")
+                                    .Help("Agent connection attempts by result and reason").Register(*reg);
+  Family<Counter>& verify_fail = BuildCounter().Name("cluster_gateway_cr_verification_failures_total")
+                                     .Help("Per-CR certificate verification failures by reason").Register(*reg);
+  Family<Histogram>& rtt = BuildHistogram().Name("cluster_gateway_heartbeat_rtt_seconds")
+                               .Help("WebSocket ping to pong round-trip time").Register(*reg);
+  Histogram& rtt_h = rtt.Add({}, Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
+  Family<Counter>& bytes = BuildCounter().Name("cluster_gateway_agent_bytes_total")
+                               .Help("WebSocket payload bytes exchanged with agents").Register(*reg);
+  Counter& bytes_in = bytes.Add({{"direction", "in"}});
+  Counter& bytes_out = bytes.Add({{"direction", "out"}});
+  Family<Counter>& dropped = BuildCounter().Name("cluster_gateway_agent_frames_dropped_total")
+                                 .Help("Frames from agents that were dropped, by reason").Register(*reg);
+  Family<Counter>& tunnel = BuildCounter().Name("cluster_gateway_tunnel_requests_total")
+                                .Help("Proxied requests by plane type, HTTP code and target").Register(*reg);
+  Family<Histogram>& tunnel_lat = BuildHistogram().Name("cluster_gateway_tunnel_request_duration_seconds")
+                                      .Help("Proxied request latency through the agent tunnel").Register(*reg);
+  Family<Gauge>& inflight_f = BuildGauge().Name("cluster_gateway_tunnel_requests_in_flight")
+                                  .Help("Proxied requests waiting for an agent").Register(*reg);
+  Gauge& inflight = inflight_f.Add({});
+  Family<Counter>& status = BuildCounter().Name("cluster_gateway_status_writes_total")
+                                .Help("Status writes onto plane CRs by result").Register(*reg);
+  Family<Counter>& source = BuildCounter().Name("cluster_gateway_plane_source_events_total")
+                                .Help("Plane source events (watch restarts, relists, rescans)").Register(*reg);
+  Family<Counter>& ca = BuildCounter().Name("cluster_gateway_ca_reloads_total")
+                            .Help("CA bundle (re)loads for plane CRs by result").Register(*reg);
+  Family<Counter>& rejected_docs = BuildCounter().Name("cluster_gateway_plane_documents_rejected_total")
+                                       .Help("Plane documents rejected by the file source").Register(*reg);
+  Family<Gauge>& expiry_f = BuildGauge().Name("cluster_gateway_agent_certificate_expiry_seconds")
+                                .Help("Seconds until the earliest live agent certificate expires (absent without sessions)")
+                                .Register(*reg);
+  Family<Gauge>& build = BuildGauge().Name("cluster_gateway_build_info").Help("Build information").Register(*reg);
+  std::mutex hook_mu;
+  std::function<void()> hook;
+
+  M() { build.Add({{"version", CG_VERSION}}).Set(1); }
+};
+
+M& m() {
+  static M* inst = new M();  // never destroyed: metrics may be touched during static destruction
+  return *inst;
+}
+
+const std::vector<double>& latency_buckets() {
+  static const std::vector<double> b{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+  return b;
+}
+}  // namespace
+
+void session_opened(const std::string& t, const std::string& id) { m().sessions.Add({{"plane_type", t}, {"plane_id", id}}).Increment(); }
+void session_closed(const std::string& t, const std::string& id, const std::string& reason) {
+  m().sessions.Add({{"plane_type", t}, {"plane_id", id}}).Decrement();
+  m().sessions_closed.Add({{"plane_type", t}, {"reason", reason}}).Increment();
+}
+void handshake(const std::string& result, const std::string& reason) {
+  m().handshakes.Add({{"result", result}, {"reason", reason}}).Increment();
+}
+void cr_verification_failure(const std::string& t, const std::string& reason) {
+  m().verify_fail.Add({{"plane_type", t}, {"reason", reason}}).Increment();
+}
+std::string classify_verification_reason(const std::string& r) {
+  if (r.find("expired") != std::string::npos) return "expired";
+  if (r.find("not yet valid") != std::string::npos) return "not_yet_valid";
+  if (r.find("unknown authority") != std::string::npos) return "unknown_authority";
+  if (r.find("clientAuth") != std::string::npos) return "no_client_auth";
+  if (r.find("client CA") != std::string::npos || r.find("secret") != std::string::npos ||
+      r.find("clientCA") != std::string::npos || r.find("CA bundle") != std::string::npos)
+    return "ca_not_loaded";
+  return "other";
+}
+void heartbeat_rtt(double s) { m().rtt_h.Observe(s); }
+void bytes_in(uint64_t n) { m().bytes_in.Increment(static_cast<double>(n)); }
+void bytes_out(uint64_t n) { m().bytes_out.Increment(static_cast<double>(n)); }
+void frames_dropped(const std::string& reason) { m().dropped.Add({{"reason", reason}}).Increment(); }
+void tunnel_request(const std::string& t, int code, const std::string& target, double s) {
+  m().tunnel.Add({{"plane_type", t}, {"code", std::to_string(code)}, {"target", target}}).Increment();
+  m().tunnel_lat.Add({{"plane_type", t}}, latency_buckets()).Observe(s);
+}
+void tunnel_inflight(int d) { m().inflight.Increment(d); }
+void status_write(const std::string& r) { m().status.Add({{"result", r}}).Increment(); }
+void plane_source_event(const std::string& src, const std::string& ev) { m().source.Add({{"source", src}, {"event", ev}}).Increment(); }
+void ca_reload(const std::string& r) { m().ca.Add({{"result", r}}).Increment(); }
+void plane_document_rejected() { m().rejected_docs.Add({}).Increment(); }
+void set_scrape_hook(std::function<void()> h) {
+  std::lock_guard lk(m().hook_mu);
+  m().hook = std::move(h);
+}
+void set_earliest_agent_cert_expiry(double s, bool any) {
+  auto& g = m().expiry_f.Add({});
+  if (any) g.Set(s);
+  else m().expiry_f.Remove(&g);
+}
+
+std::string serialize() {
+  {
+    std::lock_guard lk(m().hook_mu);
+    if (m().hook) m().hook();
+  }
+  return TextSerializer().Serialize(m().reg->Collect());
+}
+
+}  // namespace cg::metrics

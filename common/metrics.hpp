@@ -1,0 +1,44 @@
+// Prometheus metrics (prometheus-cpp core registry, served by the gateway's own health listener).
+// Names follow Prometheus conventions: cluster_gateway_ prefix, _total counters, base units.
+// No label takes unbounded values: plane_id is bounded by the plane CRs (a session exists only
+// for a configured plane); request ids, certificate serials and peer-supplied strings never
+// become labels.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace cg::metrics {
+
+// Agent sessions.
+void session_opened(const std::string& plane_type, const std::string& plane_id);
+void session_closed(const std::string& plane_type, const std::string& plane_id, const std::string& reason);
+// result: accepted | rejected; reason: ok | not_found | bad_request | no_client_certificate | no_crs |
+// not_authorized | not_websocket | header_too_large | tls_handshake_failed
+void handshake(const std::string& result, const std::string& reason);
+// reason: unknown_authority | expired | not_yet_valid | no_client_auth | ca_not_loaded | other
+void cr_verification_failure(const std::string& plane_type, const std::string& reason);
+std::string classify_verification_reason(const std::string& reason_text);
+void heartbeat_rtt(double seconds);
+void bytes_in(uint64_t n);
+void bytes_out(uint64_t n);
+void frames_dropped(const std::string& reason);  // invalid | unknown_request | wrong_session | unknown_stream
+
+// Tunnel.
+void tunnel_request(const std::string& plane_type, int code, const std::string& target, double seconds);
+void tunnel_inflight(int delta);
+
+// Status writing and plane sources.
+void status_write(const std::string& result);  // ok | error | gone | heartbeat
+void plane_source_event(const std::string& source, const std::string& event);  // e.g. kubernetes/relist
+void ca_reload(const std::string& result);  // ok | error
+void plane_document_rejected();
+
+// Values computed at scrape time (earliest agent certificate expiry, ...).
+void set_scrape_hook(std::function<void()> hook);
+void set_earliest_agent_cert_expiry(double seconds_from_now, bool any);
+
+// Text exposition format (version 0.0.4).
+std::string serialize();
+
+}  // namespace cg::metrics
