@@ -158,7 +158,20 @@ void Gateway::shutdown() {
   log::info("shutting down", {{"sessions", m.registry->size()}, {"shutdownTimeout", format_go_duration(m.cfg.shutdown_timeout)}});
   m.agent_listener->stop();
   m.internal_api->stop();
-  for (const auto& s : m.registry->all()) s.handle->close(1001, "gateway shutting down");
+  // Agents that understand GOAWAY (upstream's newer agents, the simulator) reconnect promptly with
+  // jitter; older agents ignore the frame and see the close. GOAWAYs are spread over a drain window
+  // (at most a quarter of the shutdown budget, 2 s) so that reconnects do not arrive as one storm.
+  {
+    auto sessions = m.registry->all();
+    auto goaway = std::make_shared<const std::string>(R"({"type":"goaway","reason":"gateway draining"})");
+    const auto window = std::min<Duration>(m.cfg.shutdown_timeout / 4, std::chrono::seconds(2));
+    const auto step = sessions.empty() ? Duration::zero() : window / static_cast<int64_t>(sessions.size());
+    for (const auto& s : sessions) {
+      s.handle->send_text(goaway);
+      s.handle->close(1001, "gateway shutting down");
+      if (step > Duration::zero()) std::this_thread::sleep_for(step);
+    }
+  }
   // Give sessions up to half the budget to finish their close handshakes.
   const auto sessions_deadline = std::chrono::steady_clock::now() + m.cfg.shutdown_timeout / 2;
   while (m.registry->size() > 0 && std::chrono::steady_clock::now() < sessions_deadline)

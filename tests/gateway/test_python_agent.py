@@ -197,12 +197,14 @@ class PythonAgentTest(unittest.TestCase):
             ws = await websockets.connect(url, ssl=self.ssl_ctx("agent-a.crt", "agent-a.key"), ping_interval=None)
             await asyncio.to_thread(wait_for, lambda: (self.status() or {}).get("agentConnection", {}).get("connected"))
             self.proc.send_signal(signal.SIGTERM)
+            first = await asyncio.wait_for(ws.recv(), 10)
             try:
                 await asyncio.wait_for(ws.wait_closed(), 10)
             except asyncio.TimeoutError:
                 pass
-            return ws.close_code
-        code = asyncio.run(connect_then_term())
+            return json.loads(first), ws.close_code
+        goaway, code = asyncio.run(connect_then_term())
+        self.assertEqual(goaway, {"type": "goaway", "reason": "gateway draining"})
         self.assertEqual(code, 1001)
         self.assertEqual(self.proc.wait(timeout=10), 0)
         self.assertFalse(self.status()["agentConnection"]["connected"])
