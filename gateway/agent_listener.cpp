@@ -6,6 +6,7 @@
 #include "common/log.hpp"
 #include "common/metrics.hpp"
 #include "common/net.hpp"
+#include "gateway/acceptor.hpp"
 #include "session/upgrade_handoff.hpp"
 
 namespace cg::gateway {
@@ -178,54 +179,25 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
 
 }  // namespace
 
-struct AgentListener::Impl : std::enable_shared_from_this<AgentListener::Impl> {
-  Impl(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl, AgentListenerDeps deps)
-      : ioc(ioc), ssl(std::move(ssl)), deps(std::make_shared<const AgentListenerDeps>(std::move(deps))), acceptor(asio::make_strand(ioc)), timer(ioc) {}
-  asio::io_context& ioc;
+struct AgentListener::Impl {
+  Impl(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl_ctx, const std::string& bind, uint16_t port,
+       AgentListenerDeps d)
+      : ssl(std::move(ssl_ctx)),
+        deps(std::make_shared<const AgentListenerDeps>(std::move(d))),
+        acceptor(ioc, bind, port, "agent", [this](tcp::socket s) {
+          std::make_shared<Handshake>(std::move(s), *ssl, deps)->run();
+        }) {}
   std::shared_ptr<asio::ssl::context> ssl;
   std::shared_ptr<const AgentListenerDeps> deps;
-  tcp::acceptor acceptor;
-  asio::steady_timer timer;
-  bool stopped = false;
-
-  void accept() {
-    acceptor.async_accept(asio::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
-      if (self->stopped || ec == asio::error::operation_aborted) return;
-      if (ec) {
-        // EMFILE and friends: pause accepting instead of spinning.
-        log::warn("agent listener accept failed; pausing 100ms", {{"reason", ec.message()}});
-        self->timer.expires_after(std::chrono::milliseconds(100));
-        self->timer.async_wait([self](beast::error_code) { self->accept(); });
-        return;
-      }
-      beast::error_code ig;
-      s.set_option(tcp::no_delay(true), ig);
-      std::make_shared<Handshake>(std::move(s), *self->ssl, self->deps)->run();
-      self->accept();
-    });
-  }
+  Acceptor acceptor;
 };
 
 AgentListener::AgentListener(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl, const std::string& bind,
                              uint16_t port, AgentListenerDeps deps)
-    : impl_(std::make_shared<Impl>(ioc, std::move(ssl), std::move(deps))) {
-  tcp::endpoint ep(asio::ip::make_address(bind), port);
-  impl_->acceptor.open(ep.protocol());
-  impl_->acceptor.set_option(asio::socket_base::reuse_address(true));
-  impl_->acceptor.bind(ep);
-  impl_->acceptor.listen(asio::socket_base::max_listen_connections);
-}
-
+    : impl_(std::make_shared<Impl>(ioc, std::move(ssl), bind, port, std::move(deps))) {}
 AgentListener::~AgentListener() { stop(); }
-uint16_t AgentListener::port() const { return impl_->acceptor.local_endpoint().port(); }
-void AgentListener::start() { asio::post(impl_->acceptor.get_executor(), [i = impl_] { i->accept(); }); }
-void AgentListener::stop() {
-  asio::post(impl_->acceptor.get_executor(), [i = impl_] {
-    i->stopped = true;
-    beast::error_code ig;
-    i->acceptor.close(ig);
-    i->timer.cancel();
-  });
-}
+uint16_t AgentListener::port() const { return impl_->acceptor.port(); }
+void AgentListener::start() { impl_->acceptor.start(); }
+void AgentListener::stop() { impl_->acceptor.stop(); }
 
 }  // namespace cg::gateway

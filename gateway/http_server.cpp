@@ -2,6 +2,7 @@
 
 #include "common/log.hpp"
 #include "common/net.hpp"
+#include "gateway/acceptor.hpp"
 
 namespace cg::gateway {
 using namespace cg::net;
@@ -68,50 +69,19 @@ class HttpConn : public std::enable_shared_from_this<HttpConn> {
 };
 }  // namespace
 
-struct HttpServer::Impl : std::enable_shared_from_this<HttpServer::Impl> {
-  Impl(asio::io_context& ioc, HttpHandler h) : ioc(ioc), acceptor(asio::make_strand(ioc)), timer(ioc),
-                                               handler(std::make_shared<HttpHandler>(std::move(h))) {}
-  asio::io_context& ioc;
-  tcp::acceptor acceptor;
-  asio::steady_timer timer;
+struct HttpServer::Impl {
+  Impl(asio::io_context& ioc, const std::string& bind, uint16_t port, HttpHandler h)
+      : handler(std::make_shared<HttpHandler>(std::move(h))),
+        acceptor(ioc, bind, port, "health", [this](tcp::socket s) { std::make_shared<HttpConn>(std::move(s), handler)->run(); }) {}
   std::shared_ptr<HttpHandler> handler;
-  bool stopped = false;
-
-  void accept() {
-    acceptor.async_accept(asio::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
-      if (self->stopped || ec == asio::error::operation_aborted) return;
-      if (ec) {
-        // e.g. EMFILE: back off instead of spinning.
-        log::warn("health listener accept failed", {{"reason", ec.message()}});
-        self->timer.expires_after(std::chrono::milliseconds(100));
-        self->timer.async_wait([self](beast::error_code) { self->accept(); });
-        return;
-      }
-      std::make_shared<HttpConn>(std::move(s), self->handler)->run();
-      self->accept();
-    });
-  }
+  Acceptor acceptor;
 };
 
 HttpServer::HttpServer(asio::io_context& ioc, const std::string& bind, uint16_t port, HttpHandler handler)
-    : impl_(std::make_shared<Impl>(ioc, std::move(handler))) {
-  tcp::endpoint ep(asio::ip::make_address(bind), port);
-  impl_->acceptor.open(ep.protocol());
-  impl_->acceptor.set_option(asio::socket_base::reuse_address(true));
-  impl_->acceptor.bind(ep);
-  impl_->acceptor.listen(asio::socket_base::max_listen_connections);
-}
-
+    : impl_(std::make_shared<Impl>(ioc, bind, port, std::move(handler))) {}
 HttpServer::~HttpServer() { stop(); }
-uint16_t HttpServer::port() const { return impl_->acceptor.local_endpoint().port(); }
-void HttpServer::start() { asio::post(impl_->acceptor.get_executor(), [i = impl_] { i->accept(); }); }
-void HttpServer::stop() {
-  asio::post(impl_->acceptor.get_executor(), [i = impl_] {
-    i->stopped = true;
-    beast::error_code ig;
-    i->acceptor.close(ig);
-    i->timer.cancel();
-  });
-}
+uint16_t HttpServer::port() const { return impl_->acceptor.port(); }
+void HttpServer::start() { impl_->acceptor.start(); }
+void HttpServer::stop() { impl_->acceptor.stop(); }
 
 }  // namespace cg::gateway

@@ -6,6 +6,7 @@
 #include "common/log.hpp"
 #include "common/metrics.hpp"
 #include "common/net.hpp"
+#include "gateway/acceptor.hpp"
 #include "gateway/authorizer.hpp"
 #include "gateway/proxy_rules.hpp"
 
@@ -373,52 +374,25 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
 }  // namespace
 
-struct InternalApi::Impl : std::enable_shared_from_this<InternalApi::Impl> {
-  Impl(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl, InternalApiDeps deps)
-      : ioc(ioc), ssl(std::move(ssl)), deps(std::make_shared<const InternalApiDeps>(std::move(deps))),
-        acceptor(asio::make_strand(ioc)), timer(ioc) {}
-  asio::io_context& ioc;
+struct InternalApi::Impl {
+  Impl(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl_ctx, const std::string& bind, uint16_t port,
+       InternalApiDeps d)
+      : ssl(std::move(ssl_ctx)),
+        deps(std::make_shared<const InternalApiDeps>(std::move(d))),
+        acceptor(ioc, bind, port, "internal", [this](tcp::socket s) {
+          std::make_shared<Conn>(std::move(s), *ssl, deps)->run();
+        }) {}
   std::shared_ptr<asio::ssl::context> ssl;
   std::shared_ptr<const InternalApiDeps> deps;
-  tcp::acceptor acceptor;
-  asio::steady_timer timer;
-  bool stopped = false;
-
-  void accept() {
-    acceptor.async_accept(asio::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
-      if (self->stopped || ec == asio::error::operation_aborted) return;
-      if (ec) {
-        log::warn("internal listener accept failed; pausing 100ms", {{"reason", ec.message()}});
-        self->timer.expires_after(std::chrono::milliseconds(100));
-        self->timer.async_wait([self](beast::error_code) { self->accept(); });
-        return;
-      }
-      std::make_shared<Conn>(std::move(s), *self->ssl, self->deps)->run();
-      self->accept();
-    });
-  }
+  Acceptor acceptor;
 };
 
 InternalApi::InternalApi(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl, const std::string& bind,
                          uint16_t port, InternalApiDeps deps)
-    : impl_(std::make_shared<Impl>(ioc, std::move(ssl), std::move(deps))) {
-  tcp::endpoint ep(asio::ip::make_address(bind), port);
-  impl_->acceptor.open(ep.protocol());
-  impl_->acceptor.set_option(asio::socket_base::reuse_address(true));
-  impl_->acceptor.bind(ep);
-  impl_->acceptor.listen(asio::socket_base::max_listen_connections);
-}
-
+    : impl_(std::make_shared<Impl>(ioc, std::move(ssl), bind, port, std::move(deps))) {}
 InternalApi::~InternalApi() { stop(); }
-uint16_t InternalApi::port() const { return impl_->acceptor.local_endpoint().port(); }
-void InternalApi::start() { asio::post(impl_->acceptor.get_executor(), [i = impl_] { i->accept(); }); }
-void InternalApi::stop() {
-  asio::post(impl_->acceptor.get_executor(), [i = impl_] {
-    i->stopped = true;
-    beast::error_code ig;
-    i->acceptor.close(ig);
-    i->timer.cancel();
-  });
-}
+uint16_t InternalApi::port() const { return impl_->acceptor.port(); }
+void InternalApi::start() { impl_->acceptor.start(); }
+void InternalApi::stop() { impl_->acceptor.stop(); }
 
 }  // namespace cg::gateway

@@ -26,6 +26,22 @@ std::shared_ptr<asio::ssl::context> make_ctx(const ClientTls& t) {
   if (t.max_version && t.max_version < TLS1_2_VERSION) SSL_CTX_set_security_level(ctx->native_handle(), 0);
   return ctx;
 }
+// Connects to 127.0.0.1:port and completes the TLS handshake; false with `error` set otherwise.
+bool open_tls(TlsStream& s, unsigned short port, std::chrono::seconds timeout, std::string& error) {
+  beast::error_code ec;
+  beast::get_lowest_layer(s).expires_after(timeout);
+  beast::get_lowest_layer(s).connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), ec);
+  if (ec) {
+    error = "connect: " + ec.message();
+    return false;
+  }
+  s.handshake(asio::ssl::stream_base::client, ec);
+  if (ec) {
+    error = "tls: " + ec.message();
+    return false;
+  }
+  return true;
+}
 }  // namespace
 
 struct WsClient::Impl {
@@ -53,17 +69,7 @@ HttpResult https_get(unsigned short port, const std::string& target, const Clien
   auto ctx = make_ctx(tls);
   TlsStream s(ioc, *ctx);
   beast::error_code ec;
-  beast::get_lowest_layer(s).expires_after(std::chrono::seconds(10));
-  beast::get_lowest_layer(s).connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), ec);
-  if (ec) {
-    r.error = "connect: " + ec.message();
-    return r;
-  }
-  s.handshake(asio::ssl::stream_base::client, ec);
-  if (ec) {
-    r.error = "tls: " + ec.message();
-    return r;
-  }
+  if (!open_tls(s, port, std::chrono::seconds(10), r.error)) return r;
   http::request<http::empty_body> req(http::verb::get, target, 11);
   req.set(http::field::host, "127.0.0.1");
   if (ws_headers) {
@@ -106,17 +112,7 @@ HttpResponse https_request(unsigned short port, const std::string& method, const
   auto ctx = make_ctx(tls);
   TlsStream s(ioc, *ctx);
   beast::error_code ec;
-  beast::get_lowest_layer(s).expires_after(std::chrono::seconds(60));
-  beast::get_lowest_layer(s).connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port), ec);
-  if (ec) {
-    r.error = "connect: " + ec.message();
-    return r;
-  }
-  s.handshake(asio::ssl::stream_base::client, ec);
-  if (ec) {
-    r.error = "tls: " + ec.message();
-    return r;
-  }
+  if (!open_tls(s, port, std::chrono::seconds(60), r.error)) return r;
   http::request<http::string_body> req(http::string_to_verb(method), target, 11);
   if (req.method() == http::verb::unknown) req.method_string(method);
   req.set(http::field::host, "127.0.0.1");
