@@ -29,7 +29,7 @@ void tunnel_request(const std::string& plane_type, int code, const std::string& 
 void tunnel_inflight(int delta);
 
 // Status writing and plane sources.
-void status_write(const std::string& result);  // ok | error | gone | heartbeat
+void status_write(const std::string& result);  // ok | error | gone
 void plane_source_event(const std::string& source, const std::string& event);  // e.g. kubernetes/relist
 void ca_reload(const std::string& result);  // ok | error
 void plane_document_rejected();

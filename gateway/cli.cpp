@@ -63,6 +63,12 @@ int parse_cli(int argc, char** argv, Config& cfg) {
     app.add_option(durations[i].name, durations[i].text, std::string(help[i]) + " (Go duration: 500ms, 30s, 1m30s)");
   app.add_option("--planes-dir", cfg.planes_dir,
                  "Directory of plane CR and Secret YAML files (selects the embedded file plane source)");
+  app.add_option("--kubeconfig", cfg.kubeconfig,
+                 "Kubeconfig for the Kubernetes plane source (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
+      ->envname("KUBECONFIG");
+  app.add_option("--kube-context", cfg.kube_context, "Kubeconfig context (default: current-context)");
+  app.add_option("--kube-api-qps", cfg.kube_api_qps, "Client-side rate limit for Kubernetes API calls (requests/s; 0: none)");
+  app.add_option("--kube-api-burst", cfg.kube_api_burst, "Burst for --kube-api-qps");
   app.add_option("--status-dir", cfg.status_dir, "Where status files go with --planes-dir (default: DIR/status)");
   app.add_option("--max-message-size", cfg.max_message_size, "Largest WebSocket message accepted from an agent, bytes");
   app.add_option("--io-threads", cfg.io_threads, "I/O threads (0: one per core)");
@@ -107,9 +113,11 @@ int parse_cli(int argc, char** argv, Config& cfg) {
   if (cfg.max_message_size < 1024) return fail("--max-message-size must be at least 1024");
   if (cfg.io_threads < 0) return fail("--io-threads must not be negative");
   if (cfg.request_timeout <= Duration::zero()) return fail("--request-timeout must be greater than 0");
-  if (cfg.planes_dir.empty())
-    return fail("--planes-dir: no plane source configured (the Kubernetes source is not available in this build)");
-  if (cfg.status_dir.empty()) cfg.status_dir = cfg.planes_dir + "/status";
+  if (cfg.kube_api_qps < 0) return fail("--kube-api-qps must not be negative");
+  if (cfg.kube_api_burst < 1) return fail("--kube-api-burst must be at least 1");
+  if (!cfg.planes_dir.empty() && cfg.status_dir.empty()) cfg.status_dir = cfg.planes_dir + "/status";
+  if (cfg.planes_dir.empty() && !cfg.status_dir.empty())
+    return fail("--status-dir goes with --planes-dir (with the Kubernetes source, status is written onto the CRs)");
   if (cfg.internal_mtls && cfg.internal_client_ca.empty())
     return fail("--internal-client-ca-cert is required while --internal-mtls is true (use --internal-mtls=false only for development)");
 

@@ -27,7 +27,11 @@ struct Config {
   Duration status_heartbeat_interval = std::chrono::seconds(30);
   Duration startup_grace = std::chrono::seconds(15);
   Duration handshake_timeout = std::chrono::seconds(10);
-  std::string planes_dir;
+  std::string planes_dir;  // empty: the Kubernetes plane source
+  std::string kubeconfig;  // empty: $KUBECONFIG, ~/.kube/config, else in-cluster
+  std::string kube_context;
+  double kube_api_qps = 20;
+  int kube_api_burst = 30;
   std::string status_dir;  // default: <planes_dir>/status
   size_t max_message_size = 64u << 20;
   int io_threads = 0;  // 0: one per core

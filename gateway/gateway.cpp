@@ -12,6 +12,10 @@
 #include "gateway/internal_api.hpp"
 #include "session/tunnel.hpp"
 #include "k8s_status_writer/file_sink.hpp"
+#include "k8s_status_writer/kube_sink.hpp"
+#include "plane_index/kube_client.hpp"
+#include "plane_index/kube_config.hpp"
+#include "plane_index/kube_source.hpp"
 #include "plane_index/file_source.hpp"
 #include "session/frames.hpp"
 #include "tls/server_context.hpp"
@@ -27,6 +31,7 @@ struct Gateway::Impl {
   std::vector<std::thread> threads;
   plane::PlaneIndex index;
   std::unique_ptr<session::SessionRegistry> registry = session::make_local_registry();
+  std::unique_ptr<kube::KubeClient> kube;
   std::unique_ptr<plane::PlaneSource> source;
   std::unique_ptr<status::StatusSink> sink;
   std::unique_ptr<status::StatusWriter> writer;
@@ -68,8 +73,25 @@ void Gateway::start() {
     for (const auto& [type, id] : ch.planes) reverify_plane(m.index, *m.registry, type, id);
   });
 
-  m.source = std::make_unique<plane::FilePlaneSource>(c.planes_dir, m.index);
-  m.sink = std::make_unique<status::FileStatusSink>(c.status_dir);
+  if (!c.planes_dir.empty()) {
+    m.source = std::make_unique<plane::FilePlaneSource>(c.planes_dir, m.index);
+    m.sink = std::make_unique<status::FileStatusSink>(c.status_dir);
+  } else {
+    kube::KubeConfig kc;
+    try {
+      kc = kube::load_default(c.kubeconfig, c.kube_context);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string("no plane source: pass --planes-dir DIR, or make the Kubernetes API reachable "
+                                           "(--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): ") + e.what());
+    }
+    log::info("Kubernetes plane source", {{"api", kc.source}, {"qps", c.kube_api_qps}, {"burst", c.kube_api_burst}});
+    kube::ClientOptions co;
+    co.qps = c.kube_api_qps;
+    co.burst = c.kube_api_burst;
+    m.kube = std::make_unique<kube::KubeClient>(m.ioc, std::move(kc), co);
+    m.source = std::make_unique<plane::KubePlaneSource>(*m.kube, m.index);
+    m.sink = std::make_unique<status::KubeStatusSink>(*m.kube);
+  }
   status::StatusWriterOptions so;
   so.heartbeat_interval = c.status_heartbeat_interval;
   so.startup_grace = c.startup_grace;
@@ -80,7 +102,8 @@ void Gateway::start() {
   auto tunnel = std::make_shared<session::Tunnel>(m.ioc, *m.registry);
   m.tunnel_ref = tunnel;
   AgentListenerDeps deps{m.index, *m.registry, tunnel,
-                         session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout, c.max_message_size},
+                         session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout, c.max_message_size,
+                                                      256u << 20, c.handshake_timeout},
                          c.handshake_timeout};
   try {
     m.agent_listener = std::make_unique<AgentListener>(m.ioc, ssl, c.bind, c.port, deps);
@@ -99,7 +122,8 @@ void Gateway::start() {
   try {
     m.internal_api = std::make_unique<InternalApi>(
         m.ioc, internal_ssl, c.bind, c.internal_port,
-        InternalApiDeps{m.index, *m.registry, *tunnel, c.request_timeout, c.read_timeout, c.idle_timeout});
+        InternalApiDeps{m.index, *m.registry, *tunnel, c.request_timeout, c.read_timeout, c.idle_timeout,
+                        c.write_timeout, c.handshake_timeout});
   } catch (const std::exception& e) {
     throw std::runtime_error("--internal-port " + std::to_string(c.internal_port) + ": cannot listen on " + c.bind + ": " + e.what());
   }
@@ -139,7 +163,8 @@ void Gateway::start() {
   log::info("cluster-gateway started",
             {{"agentPort", agent_port()}, {"healthPort", health_port()}, {"internalPort", internal_port()},
              {"internalMTLS", c.internal_mtls}, {"bind", c.bind}, {"ioThreads", n},
-             {"planesDir", c.planes_dir}, {"statusDir", c.status_dir},
+             {"planeSource", c.planes_dir.empty() ? "kubernetes" : "file"}, {"planesDir", c.planes_dir},
+             {"statusDir", c.status_dir},
              {"heartbeatInterval", format_go_duration(c.heartbeat_interval)},
              {"heartbeatTimeout", format_go_duration(c.heartbeat_timeout)}});
 }
@@ -177,9 +202,10 @@ void Gateway::shutdown() {
   while (m.registry->size() > 0 && std::chrono::steady_clock::now() < sessions_deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   if (m.source) m.source->stop();
-  bool flushed = m.writer->flush(deadline);
+  bool flushed = m.writer->flush(deadline, /*as_disconnected=*/true);
   if (!flushed) log::warn("shutdown timeout reached before every status was written");
   m.writer->stop();
+  if (m.kube) m.kube->shutdown();
   m.health->stop();
   m.work.reset();
   m.ioc.stop();

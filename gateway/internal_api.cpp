@@ -35,7 +35,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   }
 
   void run() {
-    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(10));
+    beast::get_lowest_layer(stream_).expires_after(deps_->handshake_timeout);
     stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
       if (ec) {
         log::warn("internal API TLS handshake refused", {{"remote", self->remote_}, {"reason", ec.message()}});
@@ -332,7 +332,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     res->set(http::field::server, "cluster-gateway");
     res->keep_alive(keep);
     res->prepare_payload();
-    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(60));
+    beast::get_lowest_layer(stream_).expires_after(deps_->write_timeout);
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep](beast::error_code ec, size_t) {
       if (ec) return;
       if (!keep) return self->drain_and_close();

@@ -27,6 +27,8 @@ struct InternalApiDeps {
   Duration request_timeout = std::chrono::seconds(30);
   Duration read_timeout = std::chrono::seconds(60);
   Duration idle_timeout = std::chrono::seconds(120);
+  Duration write_timeout = std::chrono::seconds(60);
+  Duration handshake_timeout = std::chrono::seconds(10);
 };
 
 class InternalApi {

@@ -57,10 +57,11 @@ void StatusWriter::schedule_locked(const plane::CrRef& ref, steady::time_point w
   if (!k.due || when < *k.due) k.due = when;
 }
 
-bool StatusWriter::flush(steady::time_point deadline) {
+bool StatusWriter::flush(steady::time_point deadline, bool as_disconnected) {
   {
     std::lock_guard lk(mu_);
     flushing_ = true;
+    as_disconnected_ = as_disconnected;
     for (const auto& e : index_.all()) schedule_locked(e->cr.ref, steady::now());
   }
   cv_.notify_all();
@@ -128,8 +129,10 @@ void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>
   KeyState& k = it->second;
   const PlaneStatus prev = k.written.value_or(PlaneStatus{});
   SpecFacts facts{entry->cr.generation, entry->spec_problems, entry->ca_error, entry->observability_problem};
-  const auto report = registry_.report(ref.plane_type(), ref.auth_key());
   const auto now_sys = std::chrono::system_clock::now();
+  session::SessionReport report;
+  if (as_disconnected_) report.last_zero = now_sys;  // shutting down: every session is going away
+  else report = registry_.report(ref.plane_type(), ref.auth_key());
   PlaneStatus desired = compute_status(prev, report, facts, now_sys);
   const auto now = steady::now();
   const bool connected = desired.agent && desired.agent->connected;

@@ -38,7 +38,9 @@ class StatusWriter {
   void stop();
   // Disables the startup grace, re-evaluates every CR and waits until nothing is due or in flight.
   // Returns false if `deadline` passed first.
-  bool flush(std::chrono::steady_clock::time_point deadline);
+  // With `as_disconnected` (shutdown), every CR is written as if no agent were connected, whether or
+  // not sessions have finished closing.
+  bool flush(std::chrono::steady_clock::time_point deadline, bool as_disconnected = false);
   void enqueue(const plane::CrRef& ref, Duration delay);
   StatusWriterStats stats() const;
 
@@ -68,6 +70,7 @@ class StatusWriter {
   std::map<plane::CrRef, KeyState> keys_;
   bool stopping_ = false;
   bool flushing_ = false;
+  bool as_disconnected_ = false;
   StatusWriterStats stats_;
   std::thread thread_;
 };

@@ -40,7 +40,8 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   void start() {
     beast::get_lowest_layer(ws_).expires_never();
     websocket::stream_base::timeout t{};
-    t.handshake_timeout = std::chrono::seconds(10);
+    t.handshake_timeout = std::chrono::duration_cast<std::chrono::seconds>(opts_.handshake_timeout);
+    if (t.handshake_timeout < std::chrono::seconds(1)) t.handshake_timeout = std::chrono::seconds(1);
     t.idle_timeout = websocket::stream_base::none();
     t.keep_alive_pings = false;
     ws_.set_option(t);

@@ -24,6 +24,7 @@ struct AgentSessionOptions {
   Duration heartbeat_timeout = std::chrono::seconds(90);
   size_t max_message_size = 64u << 20;        // inbound WebSocket message limit
   size_t max_write_queue_bytes = 256u << 20;  // outbound bytes queued before send_text refuses
+  Duration handshake_timeout = std::chrono::seconds(10);  // WebSocket upgrade and close handshakes
 };
 
 // Receives what agents send. Implemented by the tunnel layer; the default logs and drops.

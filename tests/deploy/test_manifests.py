@@ -553,21 +553,20 @@ class RenderTest(unittest.TestCase):
         self.assertEqual(c["image"], "cluster-gateway:latest")
         self.assertEqual(c["args"], ["--port=8443", "--health-port=8080", "--server-cert=/certs/tls.crt",
                                      "--server-key=/certs/tls.key", "--heartbeat-interval=30s",
-                                     "--heartbeat-timeout=90s", "--log-level=info"])
+                                     "--heartbeat-timeout=90s", "--log-level=info", "--internal-port=8444",
+                                     "--internal-client-ca-cert=/internal-ca/ca.crt"])
         self.assertEqual(c["resources"], {"requests": {"cpu": "100m", "memory": "64Mi"},
                                           "limits": {"cpu": "500m", "memory": "256Mi"}})
         labels = dep["spec"]["template"]["metadata"]["labels"]
         for k, v in dep["spec"]["selector"]["matchLabels"].items():
             self.assertEqual(labels.get(k), v)
 
-    def test_internal_port_is_only_a_commented_todo(self):
-        with open(os.path.join(DEPLOY, "gateway", "deployment.yaml"), encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        for flag in ("--internal-port=8444", "--internal-client-ca-cert=/internal-ca/ca.crt"):
-            hits = [l for l in lines if flag in l]
-            self.assertTrue(hits, flag)
-            self.assertTrue(all(l.lstrip().startswith("#") for l in hits), hits)
-            self.assertNotIn(flag, self.container()["args"])
+    def test_internal_api_port_and_ca_are_wired(self):
+        c = self.container()
+        self.assertIn({"name": "internal-api", "containerPort": 8444, "protocol": "TCP"}, c["ports"])
+        self.assertIn({"name": "internal-ca", "mountPath": "/internal-ca", "readOnly": True}, c["volumeMounts"])
+        vols = {v["name"]: v for v in self.deployment()["spec"]["template"]["spec"]["volumes"]}
+        self.assertEqual(vols["internal-ca"]["secret"]["secretName"], "cluster-gateway-internal-ca")
 
     def test_deployment_security_context(self):
         pod = self.deployment()["spec"]["template"]["spec"]

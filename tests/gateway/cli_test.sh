@@ -20,7 +20,13 @@ expect 2 "--shutdown-timeout" -- --planes-dir "$d" $nm --shutdown-timeout -5s
 expect 2 "--log-level" -- --planes-dir "$d" $nm --log-level loud
 expect 2 "--port" -- --planes-dir "$d" $nm --port 70000
 expect 2 "--no-such-flag" -- --planes-dir "$d" $nm --no-such-flag
-expect 2 "--planes-dir" --
+expect 2 "--status-dir" -- $nm --status-dir "$d/status"
+expect 2 "--kube-api-burst" -- $nm --kube-api-burst 0
+# Without --planes-dir and without any reachable Kubernetes configuration: a clear startup error.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=t \
+  -keyout "$d/k.pem" -out "$d/c.pem" 2>/dev/null
+HOME="$d" KUBERNETES_SERVICE_HOST= expect 1 "no plane source" -- $nm --kubeconfig "$d/missing-kubeconfig" \
+  --server-cert "$d/c.pem" --server-key "$d/k.pem" --port 0 --health-port 0 --internal-port 0
 expect 2 "--internal-client-ca-cert" -- --planes-dir "$d"
 expect 2 "--internal-port" -- --planes-dir "$d" $nm --internal-port -1
 expect 2 "--request-timeout" -- --planes-dir "$d" $nm --request-timeout 5
