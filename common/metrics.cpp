@@ -43,6 +43,8 @@ struct M {
                                 .Help("Plane source events (watch restarts, relists, rescans)").Register(*reg);
   Family<Counter>& ca = BuildCounter().Name("cluster_gateway_ca_reloads_total")
                             .Help("CA bundle (re)loads for plane CRs by result").Register(*reg);
+  Family<Counter>& tls = BuildCounter().Name("cluster_gateway_tls_reloads_total")
+                             .Help("Server certificate / internal CA reloads by result").Register(*reg);
   Family<Counter>& rejected_docs = BuildCounter().Name("cluster_gateway_plane_documents_rejected_total")
                                        .Help("Plane documents rejected by the file source").Register(*reg);
   Family<Gauge>& expiry_f = BuildGauge().Name("cluster_gateway_agent_certificate_expiry_seconds")
@@ -99,6 +101,7 @@ void tunnel_inflight(int d) { m().inflight.Increment(d); }
 void status_write(const std::string& r) { m().status.Add({{"result", r}}).Increment(); }
 void plane_source_event(const std::string& src, const std::string& ev) { m().source.Add({{"source", src}, {"event", ev}}).Increment(); }
 void ca_reload(const std::string& r) { m().ca.Add({{"result", r}}).Increment(); }
+void tls_reload(const std::string& r) { m().tls.Add({{"result", r}}).Increment(); }
 void plane_document_rejected() { m().rejected_docs.Add({}).Increment(); }
 void set_scrape_hook(std::function<void()> h) {
   std::lock_guard lk(m().hook_mu);

@@ -31,7 +31,8 @@ void tunnel_inflight(int delta);
 // Status writing and plane sources.
 void status_write(const std::string& result);  // ok | error | gone
 void plane_source_event(const std::string& source, const std::string& event);  // e.g. kubernetes/relist
-void ca_reload(const std::string& result);  // ok | error
+void ca_reload(const std::string& result);   // ok | error (plane CR CA bundles)
+void tls_reload(const std::string& result);  // ok | error (server certificate, internal CA)
 void plane_document_rejected();
 
 // Values computed at scrape time (earliest agent certificate expiry, ...).

@@ -1,5 +1,7 @@
 #include "gateway/agent_listener.hpp"
 
+#include <mutex>
+
 #include <boost/url/parse.hpp>
 
 #include "common/ids.hpp"
@@ -46,8 +48,8 @@ namespace {
 
 class Handshake : public std::enable_shared_from_this<Handshake> {
  public:
-  Handshake(tcp::socket s, asio::ssl::context& ctx, std::shared_ptr<const AgentListenerDeps> deps)
-      : stream_(std::move(s), ctx), deps_(std::move(deps)) {
+  Handshake(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const AgentListenerDeps> deps)
+      : ctx_(std::move(ctx)), stream_(std::move(s), *ctx_), deps_(std::move(deps)) {
     beast::error_code ec;
     auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -169,6 +171,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     });
   }
 
+  std::shared_ptr<asio::ssl::context> ctx_;  // the context this connection started with
   TlsStream stream_;
   std::shared_ptr<const AgentListenerDeps> deps_;
   beast::flat_buffer buf_;
@@ -185,9 +188,15 @@ struct AgentListener::Impl {
       : ssl(std::move(ssl_ctx)),
         deps(std::make_shared<const AgentListenerDeps>(std::move(d))),
         acceptor(ioc, bind, port, "agent", [this](tcp::socket s) {
-          std::make_shared<Handshake>(std::move(s), *ssl, deps)->run();
+          auto ctx = context();
+          std::make_shared<Handshake>(std::move(s), ctx, deps)->run();
         }) {}
-  std::shared_ptr<asio::ssl::context> ssl;
+  std::shared_ptr<asio::ssl::context> context() {
+    std::lock_guard lk(mu);
+    return ssl;
+  }
+  std::mutex mu;
+  std::shared_ptr<asio::ssl::context> ssl;  // replaced when certificates are reloaded
   std::shared_ptr<const AgentListenerDeps> deps;
   Acceptor acceptor;
 };
@@ -199,5 +208,9 @@ AgentListener::~AgentListener() { stop(); }
 uint16_t AgentListener::port() const { return impl_->acceptor.port(); }
 void AgentListener::start() { impl_->acceptor.start(); }
 void AgentListener::stop() { impl_->acceptor.stop(); }
+void AgentListener::set_ssl_context(std::shared_ptr<asio::ssl::context> ctx) {
+  std::lock_guard lk(impl_->mu);
+  impl_->ssl = std::move(ctx);
+}
 
 }  // namespace cg::gateway

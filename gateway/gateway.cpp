@@ -1,6 +1,9 @@
 #include "gateway/gateway.hpp"
 
 #include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "common/log.hpp"
@@ -42,6 +45,52 @@ struct Gateway::Impl {
   std::atomic<bool> started{false}, draining{false}, stopped{false};
 
   explicit Impl(Config c) : cfg(std::move(c)) {}
+
+  // Certificate reload (cert-manager renewals): the server certificate, key and internal CA files are
+  // checked every 2 s; on a change new contexts are built and used by new connections, live sessions
+  // keep theirs. A bad new file is logged and the previous certificates stay in use.
+  std::thread reloader;
+  std::mutex reload_mu;
+  std::condition_variable reload_cv;
+  bool reload_stop = false;
+  std::string tls_stamp;
+
+  std::shared_ptr<boost::asio::ssl::context> internal_context() const {
+    tls::ServerTlsOptions o{cfg.server_cert, cfg.server_key, cfg.internal_mtls ? cfg.internal_client_ca : ""};
+    o.request_client_cert = cfg.internal_mtls;
+    return tls::make_server_context(o);
+  }
+  std::string tls_files_stamp() const {
+    std::string stamp;
+    for (const auto& f : {cfg.server_cert, cfg.server_key, cfg.internal_client_ca}) {
+      std::ifstream in(f, std::ios::binary);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      stamp += std::to_string(std::hash<std::string>{}(ss.str())) + ";";
+    }
+    return stamp;
+  }
+  void reload_loop() {
+    std::unique_lock lk(reload_mu);
+    while (!reload_stop) {
+      reload_cv.wait_for(lk, std::chrono::seconds(2));
+      if (reload_stop) break;
+      std::string stamp = tls_files_stamp();
+      if (stamp == tls_stamp) continue;
+      tls_stamp = stamp;
+      try {
+        auto agent_ctx = tls::make_server_context({cfg.server_cert, cfg.server_key, ""});
+        auto internal_ctx = internal_context();
+        agent_listener->set_ssl_context(agent_ctx);
+        internal_api->set_ssl_context(internal_ctx);
+        metrics::tls_reload("ok");
+        log::info("TLS certificates reloaded", {{"serverCert", cfg.server_cert}, {"internalClientCA", cfg.internal_client_ca}});
+      } catch (const std::exception& e) {
+        metrics::tls_reload("error");
+        log::error("TLS certificate reload failed; the previous certificates stay in use", {{"reason", e.what()}});
+      }
+    }
+  }
 };
 
 Gateway::Gateway(Config cfg) : impl_(std::make_unique<Impl>(std::move(cfg))) {}
@@ -67,6 +116,7 @@ void Gateway::start() {
   auto& m = *impl_;
   const Config& c = m.cfg;
   auto ssl = tls::make_server_context({c.server_cert, c.server_key, ""});
+  m.tls_stamp = m.tls_files_stamp();
 
   // Re-verify live sessions whenever a plane's CRs or CAs change.
   m.index.add_listener([&m](const plane::IndexChange& ch) {
@@ -110,15 +160,9 @@ void Gateway::start() {
   } catch (const std::exception& e) {
     throw std::runtime_error("--port " + std::to_string(c.port) + ": cannot listen on " + c.bind + ": " + e.what());
   }
-  std::shared_ptr<boost::asio::ssl::context> internal_ssl;
-  if (c.internal_mtls) {
-    internal_ssl = tls::make_server_context({c.server_cert, c.server_key, c.internal_client_ca});
-  } else {
+  if (!c.internal_mtls)
     log::warn("internal API mTLS is disabled (--internal-mtls=false): any client can call /api/*; use only for development");
-    tls::ServerTlsOptions o{c.server_cert, c.server_key, ""};
-    o.request_client_cert = false;
-    internal_ssl = tls::make_server_context(o);
-  }
+  auto internal_ssl = m.internal_context();
   try {
     m.internal_api = std::make_unique<InternalApi>(
         m.ioc, internal_ssl, c.bind, c.internal_port,
@@ -158,6 +202,7 @@ void Gateway::start() {
   for (int i = 0; i < n; ++i) m.threads.emplace_back([&m] { m.ioc.run(); });
   m.agent_listener->start();
   m.internal_api->start();
+  m.reloader = std::thread([&m] { m.reload_loop(); });
   m.health->start();
   m.started = true;
   log::info("cluster-gateway started",
@@ -181,6 +226,12 @@ void Gateway::shutdown() {
   m.draining = true;
   metrics::set_scrape_hook({});
   log::info("shutting down", {{"sessions", m.registry->size()}, {"shutdownTimeout", format_go_duration(m.cfg.shutdown_timeout)}});
+  {
+    std::lock_guard lk(m.reload_mu);
+    m.reload_stop = true;
+  }
+  m.reload_cv.notify_all();
+  if (m.reloader.joinable()) m.reloader.join();
   m.agent_listener->stop();
   m.internal_api->stop();
   // Agents that understand GOAWAY (upstream's newer agents, the simulator) reconnect promptly with

@@ -1,5 +1,7 @@
 #include "gateway/internal_api.hpp"
 
+#include <mutex>
+
 #include <boost/url/parse.hpp>
 
 #include "common/ids.hpp"
@@ -27,8 +29,8 @@ nlohmann::json plane_status_json(const std::string& type, const std::string& id,
 
 class Conn : public std::enable_shared_from_this<Conn> {
  public:
-  Conn(tcp::socket s, asio::ssl::context& ctx, std::shared_ptr<const InternalApiDeps> deps)
-      : stream_(std::move(s), ctx), deps_(std::move(deps)) {
+  Conn(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const InternalApiDeps> deps)
+      : ctx_(std::move(ctx)), stream_(std::move(s), *ctx_), deps_(std::move(deps)) {
     beast::error_code ec;
     auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -362,6 +364,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
   std::string scratch_;
   size_t drained_ = 0;
+  std::shared_ptr<asio::ssl::context> ctx_;  // the context this connection started with
   TlsStream stream_;
   std::shared_ptr<const InternalApiDeps> deps_;
   beast::flat_buffer buf_;
@@ -380,9 +383,15 @@ struct InternalApi::Impl {
       : ssl(std::move(ssl_ctx)),
         deps(std::make_shared<const InternalApiDeps>(std::move(d))),
         acceptor(ioc, bind, port, "internal", [this](tcp::socket s) {
-          std::make_shared<Conn>(std::move(s), *ssl, deps)->run();
+          auto ctx = context();
+          std::make_shared<Conn>(std::move(s), ctx, deps)->run();
         }) {}
-  std::shared_ptr<asio::ssl::context> ssl;
+  std::shared_ptr<asio::ssl::context> context() {
+    std::lock_guard lk(mu);
+    return ssl;
+  }
+  std::mutex mu;
+  std::shared_ptr<asio::ssl::context> ssl;  // replaced when certificates are reloaded
   std::shared_ptr<const InternalApiDeps> deps;
   Acceptor acceptor;
 };
@@ -394,5 +403,9 @@ InternalApi::~InternalApi() { stop(); }
 uint16_t InternalApi::port() const { return impl_->acceptor.port(); }
 void InternalApi::start() { impl_->acceptor.start(); }
 void InternalApi::stop() { impl_->acceptor.stop(); }
+void InternalApi::set_ssl_context(std::shared_ptr<asio::ssl::context> ctx) {
+  std::lock_guard lk(impl_->mu);
+  impl_->ssl = std::move(ctx);
+}
 
 }  // namespace cg::gateway

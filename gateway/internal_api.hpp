@@ -39,6 +39,8 @@ class InternalApi {
   uint16_t port() const;
   void start();
   void stop();
+  // New connections use `ctx` from now on (certificate reload); live connections keep theirs.
+  void set_ssl_context(std::shared_ptr<boost::asio::ssl::context> ctx);
 
  private:
   struct Impl;

@@ -3,6 +3,7 @@
 #include <openssl/ssl.h>
 
 #include <catch2/catch.hpp>
+#include <thread>
 
 #include "tests/support/gateway_fixture.hpp"
 
@@ -156,4 +157,34 @@ TEST_CASE("an agent certificate issued through an intermediate works when the ag
   auto ws = fx.connect("dataplane", "prod", fx.client(leaf, {inter}), &with);
   CHECK(with.status == 101);
   CHECK(ws);
+}
+
+TEST_CASE("a renewed server certificate is used for new connections without dropping sessions", "[gateway][tls][reload]") {
+  GatewayFixture fx;
+  Pki pki;
+  fx.write_plane("a.yaml", plane_yaml("ClusterWorkflowPlane", "", "tenant-a", "shared", pki.ca_a.cert_pem()));
+  fx.start();
+  auto live = fx.connect("workflowplane", "shared", fx.client(pki.agent_a));
+  REQUIRE(live);
+
+  // A broken renewal (half-written key) is refused; the old certificate keeps serving.
+  write_file(fx.dir + "/server.key", "-----BEGIN PRIVATE KEY-----\ngarbage\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  CHECK(https_get(fx.port(), "/other", fx.client(pki.agent_a)).status == 404);
+
+  // cert-manager renews with a new issuer: new handshakes must verify against it.
+  Cert new_ca = make_ca("renewed gateway CA");
+  Cert renewed = make_server(new_ca);
+  write_file(fx.dir + "/server.crt", renewed.cert_pem());
+  write_file(fx.dir + "/server.key", renewed.key_pem());
+  auto with_new_ca = fx.client(pki.agent_a);
+  with_new_ca.ca_pem = new_ca.cert_pem();
+  CHECK(wait_until([&] { return https_get(fx.port(), "/other", with_new_ca).status == 404; }, std::chrono::seconds(15)));
+  auto with_old_ca = fx.client(pki.agent_a);
+  CHECK(https_get(fx.port(), "/other", with_old_ca).status == 0);  // old issuer no longer matches
+
+  std::string msg;
+  live->read(msg, std::chrono::milliseconds(100));
+  CHECK_FALSE(live->closed());
+  CHECK(fx.gw->registry().size() == 1);
 }
