@@ -234,6 +234,7 @@ void Gateway::shutdown() {
   if (m.reloader.joinable()) m.reloader.join();
   m.agent_listener->stop();
   m.internal_api->stop();
+  m.registry->close_admission();
   // Agents that understand GOAWAY (upstream's newer agents, the simulator) reconnect promptly with
   // jitter; older agents ignore the frame and see the close. GOAWAYs are spread over a drain window
   // (at most a quarter of the shutdown budget, 2 s) so that reconnects do not arrive as one storm.

@@ -124,7 +124,6 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
       finished_ = true;
       return;
     }
-    registered_ = true;
     last_pong_ = steady::now();
     touch();
     nlohmann::json crs = nlohmann::json::array();
@@ -133,7 +132,17 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
               fields({{"validCRs", crs}, {"remote", id_.remote}, {"certificateSubject", id_.peer.subject()},
                       {"certificateIssuer", id_.peer.issuer()},
                       {"certificateNotAfter", format_rfc3339(id_.peer.not_after())}}));
-    registry_.add(shared_from_this(), id_.authorized);
+    if (!registry_.add(shared_from_this(), id_.authorized)) {
+      // The gateway started draining while this upgrade completed: announce it and close.
+      log::info("agent upgraded during shutdown; closing", fields());
+      registered_ = true;  // lets do_close run; finish() must not unregister what was never added
+      admitted_ = false;
+      send_text(std::make_shared<const std::string>(R"({"type":"goaway","reason":"gateway draining"})"));
+      close(1001, "gateway shutting down");
+      do_read();
+      return;
+    }
+    registered_ = true;
     metrics::handshake("accepted", "ok");
     metrics::session_opened(id_.plane_type, id_.plane_id);
     do_read();
@@ -267,7 +276,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     for (const auto& f : queue_) queued_bytes_.fetch_sub(f->size());
     if (!writing_) queue_.clear();
     auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now() - connected_at_);
-    if (registered_) {
+    if (registered_ && admitted_) {
       metrics::session_closed(id_.plane_type, id_.plane_id, reason_class_for(reason));
       registry_.remove(*this);
       if (handler_) handler_->on_closed(*this);
@@ -295,6 +304,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   bool writing_ = false;
   bool finished_ = false;
   bool registered_ = false;
+  bool admitted_ = true;
   bool ping_pending_ = false;
   std::string close_reason_;
 };

@@ -31,11 +31,12 @@ namespace {
 
 class LocalRegistry final : public SessionRegistry {
  public:
-  void add(std::shared_ptr<AgentHandle> h, std::set<std::string> authorized) override {
+  bool add(std::shared_ptr<AgentHandle> h, std::set<std::string> authorized) override {
     RegistryEvent ev{RegistryEvent::Type::connected, h->plane_type(), h->plane_id(), h->connection_id(), authorized};
     size_t plane_count, total;
     {
       std::lock_guard lk(mu_);
+      if (admission_closed_) return false;
       auto now = std::chrono::system_clock::now();
       Entry e{h, authorized};
       for (const auto& k : authorized) join(h->plane_type(), k, h->serial(), now);
@@ -47,6 +48,12 @@ class LocalRegistry final : public SessionRegistry {
                                    {"connectionID", h->connection_id()}, {"connectionsForPlane", plane_count},
                                    {"totalConnections", total}});
     notify(ev);
+    return true;
+  }
+
+  void close_admission() override {
+    std::lock_guard lk(mu_);
+    admission_closed_ = true;
   }
 
   bool remove(const AgentHandle& h) override {
@@ -206,6 +213,7 @@ class LocalRegistry final : public SessionRegistry {
   }
 
   mutable std::mutex mu_;
+  bool admission_closed_ = false;
   std::map<uint64_t, Entry> sessions_;
   std::map<std::string, Track> tracks_;
   std::map<std::string, uint64_t> rr_;

@@ -60,7 +60,11 @@ class SessionRegistry {
  public:
   using Listener = std::function<void(const RegistryEvent&)>;
   virtual ~SessionRegistry() = default;
-  virtual void add(std::shared_ptr<AgentHandle> h, std::set<std::string> authorized) = 0;
+  // Returns false (and registers nothing) once close_admission() was called: the gateway is draining.
+  virtual bool add(std::shared_ptr<AgentHandle> h, std::set<std::string> authorized) = 0;
+  // From now on add() refuses new sessions (shutdown): an upgrade that completes during the drain is
+  // closed by its session instead of slipping past the drain unannounced.
+  virtual void close_admission() = 0;
   // Returns false when the session was not (or no longer) registered: removal happens once.
   virtual bool remove(const AgentHandle& h) = 0;
   // Replaces the session's authorized CR set; returns (granted, revoked) keys.

@@ -38,7 +38,8 @@ class PythonAgentTest(unittest.TestCase):
         subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), cls.pki], check=True)
         cls.planes = os.path.join(d, "planes")
         os.makedirs(cls.planes)
-        ca_b64 = base64.b64encode(open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb").read()).decode()
+        with open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb") as f:
+            ca_b64 = base64.b64encode(f.read()).decode()
         with open(os.path.join(cls.planes, "py.yaml"), "w") as f:
             f.write(
                 "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterWorkflowPlane\nmetadata:\n  name: py\n"
@@ -68,6 +69,9 @@ class PythonAgentTest(unittest.TestCase):
                 cls.agent_port, cls.health_port = ev["agentPort"], ev["healthPort"]
                 break
         assert cls.agent_port, "gateway did not start:\n" + "".join(cls.lines)
+        # Keep reading the gateway's output so that a full pipe never blocks its logging.
+        import threading
+        threading.Thread(target=lambda: [None for _ in cls.proc.stdout], daemon=True).start()
         cls.status_file = os.path.join(cls.planes, "status", "ClusterWorkflowPlane._cluster.py.json")
 
     @classmethod
@@ -195,7 +199,9 @@ class PythonAgentTest(unittest.TestCase):
         async def connect_then_term():
             url = f"wss://localhost:{self.agent_port}/ws?planeID=py-plane&planeType=workflowplane"
             ws = await websockets.connect(url, ssl=self.ssl_ctx("agent-a.crt", "agent-a.key"), ping_interval=None)
-            await asyncio.to_thread(wait_for, lambda: (self.status() or {}).get("agentConnection", {}).get("connected"))
+            # Registered (not just upgraded) before the signal: the status file may still be stale.
+            await asyncio.to_thread(wait_for, lambda: self.value(self.metrics(), "cluster_gateway_agent_sessions",
+                                                                 plane_type="workflowplane", plane_id="py-plane") == 1)
             self.proc.send_signal(signal.SIGTERM)
             first = await asyncio.wait_for(ws.recv(), 10)
             try:

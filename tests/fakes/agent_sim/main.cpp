@@ -2,12 +2,18 @@
 // protocol: dials wss://…/ws?planeID=…&planeType=… with a client certificate, answers pings (pongs
 // come from the WebSocket layer while reading), answers HTTP tunnel requests from a built-in
 // responder, reconnects after --reconnect-delay, and reconnects promptly (0–750 ms jitter) on GOAWAY.
+// For load tests (bench/): --source-ip spreads connections over several local addresses (more than
+// one address's ephemeral ports), --connect-rate paces the first connections, --plane-spread spreads
+// the agents over several planeIDs.
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <deque>
 #include <boost/asio/signal_set.hpp>
 #include <boost/url/parse.hpp>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <iostream>
 #include <random>
 #include <thread>
@@ -33,6 +39,9 @@ struct Options {
   bool tls_enabled = true;
   Duration reconnect_delay = std::chrono::seconds(5);
   int count = 1;
+  int plane_spread = 0;      // >0: agent i uses planeID "<plane_id>-<i mod plane_spread>"
+  double connect_rate = 0;   // >0: first connections started at this many per second
+  std::vector<asio::ip::address> source_ips;  // agent i binds to source_ips[i mod n]
   Duration duration = Duration::zero();
   std::string host, port, path;
 };
@@ -42,7 +51,9 @@ std::atomic<int> g_connected{0};
 class Agent : public std::enable_shared_from_this<Agent> {
  public:
   Agent(asio::io_context& ioc, asio::ssl::context& ctx, const Options& o, int index)
-      : ioc_(ioc), ctx_(ctx), o_(o), index_(index), resolver_(asio::make_strand(ioc)), timer_(resolver_.get_executor()) {}
+      : ioc_(ioc), ctx_(ctx), o_(o), index_(index),
+        plane_id_(o.plane_spread > 0 ? o.plane_id + "-" + std::to_string(index % o.plane_spread) : o.plane_id),
+        resolver_(asio::make_strand(ioc)), timer_(resolver_.get_executor()) {}
 
   void start() { connect(); }
   void stop() {
@@ -59,7 +70,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
   nlohmann::json fields(nlohmann::json f = nlohmann::json::object()) const {
     f["agent"] = index_;
     f["planeType"] = o_.plane_type;
-    f["planeID"] = o_.plane_id;
+    f["planeID"] = plane_id_;
     return f;
   }
 
@@ -69,34 +80,62 @@ class Agent : public std::enable_shared_from_this<Agent> {
     ws_.emplace(asio::make_strand(ioc_), ctx_);
     resolver_.async_resolve(o_.host, o_.port, [self = shared_from_this()](beast::error_code ec, tcp::resolver::results_type r) {
       if (ec) return self->retry("resolve: " + ec.message(), self->o_.reconnect_delay);
-      beast::get_lowest_layer(*self->ws_).expires_after(std::chrono::seconds(10));
-      beast::get_lowest_layer(*self->ws_).async_connect(r, [self](beast::error_code ec, const tcp::endpoint&) {
-        if (ec) return self->retry("connect: " + ec.message(), self->o_.reconnect_delay);
-        SSL_set_tlsext_host_name(self->ws_->next_layer().native_handle(), self->o_.host.c_str());
-        self->ws_->next_layer().set_verify_callback(asio::ssl::host_name_verification(self->o_.host));
-        self->ws_->next_layer().async_handshake(asio::ssl::stream_base::client, [self](beast::error_code ec) {
-          if (ec) return self->retry("tls: " + ec.message(), self->o_.reconnect_delay);
-          beast::get_lowest_layer(*self->ws_).expires_never();
-          websocket::stream_base::timeout t{};
-          t.handshake_timeout = std::chrono::seconds(10);
-          t.idle_timeout = websocket::stream_base::none();
-          self->ws_->set_option(t);
-          std::string target = self->o_.path + "?planeID=" + self->o_.plane_id + "&planeType=" + self->o_.plane_type;
-          self->ws_->async_handshake(self->resp_, self->o_.host, target, [self](beast::error_code ec) {
-            if (ec) {
-              std::string why = "websocket: bad handshake";
-              if (self->resp_.result_int() != 0)
-                why += " (HTTP " + std::to_string(self->resp_.result_int()) + ": " + self->resp_.body() + ")";
-              while (!why.empty() && why.back() == '\n') why.pop_back();
-              why.erase(std::remove(why.begin(), why.end(), '\n'), why.end());
-              return self->retry(why, self->o_.reconnect_delay);
-            }
-            self->open_ = true;
-            ++g_connected;
-            log::info("connected to control plane", self->fields());
-            self->read();
-          });
-        });
+      auto& lowest = beast::get_lowest_layer(*self->ws_);
+      lowest.expires_after(std::chrono::seconds(10));
+      if (self->o_.source_ips.empty()) {
+        lowest.async_connect(r, [self](beast::error_code ec, const tcp::endpoint&) { self->on_connect(ec); });
+        return;
+      }
+      // A chosen source address: bind before connecting (the port is picked at connect time, so each
+      // source address has its own ephemeral port range towards the gateway).
+      const auto& src = self->o_.source_ips[static_cast<size_t>(self->index_) % self->o_.source_ips.size()];
+      std::optional<tcp::endpoint> dst;
+      for (const auto& e : r)
+        if (e.endpoint().address().is_v4() == src.is_v4()) {
+          dst = e.endpoint();
+          break;
+        }
+      if (!dst) return self->retry("connect: " + self->o_.host + " has no address of the family of " + src.to_string(), self->o_.reconnect_delay);
+      auto& sock = lowest.socket();
+      sock.open(dst->protocol(), ec);
+      if (!ec) {
+#ifdef IP_BIND_ADDRESS_NO_PORT
+        int one = 1;
+        if (src.is_v4()) ::setsockopt(sock.native_handle(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+#endif
+        sock.bind(tcp::endpoint(src, 0), ec);
+      }
+      if (ec) return self->retry("bind " + src.to_string() + ": " + ec.message(), self->o_.reconnect_delay);
+      lowest.async_connect(*dst, [self](beast::error_code ec) { self->on_connect(ec); });
+    });
+  }
+
+  void on_connect(beast::error_code ec) {
+    if (ec) return retry("connect: " + ec.message(), o_.reconnect_delay);
+    auto self = shared_from_this();
+    SSL_set_tlsext_host_name(ws_->next_layer().native_handle(), o_.host.c_str());
+    ws_->next_layer().set_verify_callback(asio::ssl::host_name_verification(o_.host));
+    ws_->next_layer().async_handshake(asio::ssl::stream_base::client, [self](beast::error_code ec) {
+      if (ec) return self->retry("tls: " + ec.message(), self->o_.reconnect_delay);
+      beast::get_lowest_layer(*self->ws_).expires_never();
+      websocket::stream_base::timeout t{};
+      t.handshake_timeout = std::chrono::seconds(10);
+      t.idle_timeout = websocket::stream_base::none();
+      self->ws_->set_option(t);
+      std::string target = self->o_.path + "?planeID=" + self->plane_id_ + "&planeType=" + self->o_.plane_type;
+      self->ws_->async_handshake(self->resp_, self->o_.host, target, [self](beast::error_code ec) {
+        if (ec) {
+          std::string why = "websocket: bad handshake";
+          if (self->resp_.result_int() != 0)
+            why += " (HTTP " + std::to_string(self->resp_.result_int()) + ": " + self->resp_.body() + ")";
+          while (!why.empty() && why.back() == '\n') why.pop_back();
+          why.erase(std::remove(why.begin(), why.end(), '\n'), why.end());
+          return self->retry(why, self->o_.reconnect_delay);
+        }
+        self->open_ = true;
+        ++g_connected;
+        log::info("connected to control plane", self->fields());
+        self->read();
       });
     });
   }
@@ -159,7 +198,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
     }
     if ((j.contains("data") && !j["data"].is_null()) || j.value("isClose", false)) return;  // chunk for an unknown stream
     log::debug("received HTTP tunnel request", fields({{"requestID", rid}, {"method", j.value("method", "")}, {"path", j.value("path", "")}}));
-    send(sim::respond(j, o_.plane_id, index_).dump());
+    send(sim::respond(j, plane_id_, index_).dump());
   }
 
   void send(std::string text) {
@@ -182,6 +221,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
   asio::ssl::context& ctx_;
   const Options& o_;
   int index_;
+  std::string plane_id_;
   tcp::resolver resolver_;
   asio::steady_timer timer_;
   std::optional<websocket::stream<TlsStream>> ws_;
@@ -210,6 +250,13 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", log_level, "debug, info, warn, error")->envname("LOG_LEVEL")->capture_default_str();
   app.add_option("--count", o.count, "Number of agents to run in this process")->capture_default_str();
   app.add_option("--duration", duration, "Exit after this long (0: until SIGINT/SIGTERM)");
+  std::string source_ips;
+  app.add_option("--source-ip", source_ips,
+                 "Comma-separated local addresses to connect from (agent i uses address i mod n), e.g. "
+                 "127.0.0.2,127.0.0.3 to go beyond one address's ephemeral ports");
+  app.add_option("--connect-rate", o.connect_rate, "Start the first connections at this many agents per second (0: all at once)");
+  app.add_option("--plane-spread", o.plane_spread,
+                 "Spread the agents over this many planeIDs: agent i uses <plane-id>-<i mod N> (0: all use --plane-id)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
@@ -233,6 +280,18 @@ int main(int argc, char** argv) {
   o.reconnect_delay = *rd;
   o.duration = *du;
   if (o.count < 1) return fail("--count must be at least 1");
+  if (o.plane_spread < 0) return fail("--plane-spread must not be negative");
+  if (o.connect_rate < 0) return fail("--connect-rate must not be negative");
+  for (size_t pos = 0; !source_ips.empty() && pos <= source_ips.size();) {
+    size_t end = source_ips.find(',', pos);
+    if (end == std::string::npos) end = source_ips.size();
+    std::string one = source_ips.substr(pos, end - pos);
+    boost::system::error_code aec;
+    auto a = asio::ip::make_address(one, aec);
+    if (aec) return fail("--source-ip: '" + one + "' is not an IP address");
+    o.source_ips.push_back(a);
+    pos = end + 1;
+  }
   log::Level lvl;
   if (!log::parse_level(log_level, lvl)) return fail("--log-level: '" + log_level + "' is not a level");
   log::init(lvl, log::Format::json);
@@ -262,11 +321,31 @@ int main(int argc, char** argv) {
   asio::io_context ioc;
   std::vector<std::shared_ptr<Agent>> agents;
   for (int i = 0; i < o.count; ++i) agents.push_back(std::make_shared<Agent>(ioc, ctx, o, i));
-  for (auto& a : agents) a->start();
+  // Pacing, signals and the deadline share one strand: no agent is started after stop_all.
+  auto ctl = asio::make_strand(ioc);
+  asio::steady_timer pacer(ctl);
+  size_t started = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::function<void()> pace = [&] {
+    // Start every agent whose turn has come (agent k at t0 + k / rate), then wait for the next one.
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    size_t due = std::min(agents.size(), static_cast<size_t>(elapsed * o.connect_rate) + 1);
+    while (started < due) agents[started++]->start();
+    if (started >= agents.size()) return;
+    pacer.expires_at(t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::duration<double>(static_cast<double>(started) / o.connect_rate)));
+    pacer.async_wait([&](beast::error_code ec) {
+      if (!ec) pace();
+    });
+  };
+  if (o.connect_rate > 0) asio::post(ctl, pace);
+  else
+    for (auto& a : agents) a->start();
 
-  asio::signal_set signals(ioc, SIGINT, SIGTERM);
-  asio::steady_timer deadline(ioc);
+  asio::signal_set signals(ctl, SIGINT, SIGTERM);
+  asio::steady_timer deadline(ctl);
   auto stop_all = [&] {
+    pacer.cancel();
     for (auto& a : agents) a->stop();
     // Give close handshakes a moment, then stop.
     deadline.expires_after(std::chrono::milliseconds(500));
