@@ -4,7 +4,8 @@
 
 namespace cg::status {
 
-KubeStatusSink::KubeStatusSink(kube::KubeClient& client, KubeSinkOptions opts) : client_(client), opts_(std::move(opts)) {}
+KubeStatusSink::KubeStatusSink(kube::KubeClient& client, KubeSinkOptions opts)
+    : client_(client), opts_(std::move(opts)) {}
 
 std::optional<PlaneStatus> KubeStatusSink::read(const plane::CrRef&) { return std::nullopt; }
 

@@ -14,15 +14,30 @@ StatusWriter::~StatusWriter() { stop(); }
 void StatusWriter::start() {
   started_ = steady::now();
   index_.add_listener([this](const plane::IndexChange& ch) {
+    {
+      std::lock_guard lk(mu_);
+      for (const auto& r : ch.changed) by_auth_[{r.plane_type(), r.auth_key()}] = r;
+      for (const auto& r : ch.removed) by_auth_.erase({r.plane_type(), r.auth_key()});
+    }
     for (const auto& r : ch.changed) enqueue(r, opts_.debounce);
     for (const auto& r : ch.removed) enqueue(r, Duration::zero());
   });
   registry_.subscribe([this](const session::RegistryEvent& ev) {
-    for (const auto& e : index_.all()) {
-      if (e->cr.ref.plane_type() == ev.plane_type && ev.crs.count(e->cr.ref.auth_key())) enqueue(e->cr.ref, opts_.debounce);
+    {
+      std::lock_guard lk(mu_);
+      const auto when = steady::now() + opts_.debounce;
+      for (const auto& key : ev.crs)
+        if (auto it = by_auth_.find({ev.plane_type, key}); it != by_auth_.end()) schedule_locked(it->second, when);
     }
+    cv_.notify_all();
   });
-  for (const auto& e : index_.all()) enqueue(e->cr.ref, Duration::zero());
+  for (const auto& e : index_.all()) {
+    {
+      std::lock_guard lk(mu_);
+      by_auth_[{e->cr.ref.plane_type(), e->cr.ref.auth_key()}] = e->cr.ref;
+    }
+    enqueue(e->cr.ref, Duration::zero());
+  }
   thread_ = std::thread([this] { run(); });
 }
 
@@ -54,7 +69,15 @@ void StatusWriter::schedule_locked(const plane::CrRef& ref, steady::time_point w
     k.dirty_in_flight = true;
     return;
   }
-  if (!k.due || when < *k.due) k.due = when;
+  if (k.due && *k.due <= when) return;
+  unschedule_locked(k);
+  k.due = when;
+  k.due_it = queue_.emplace(when, ref);
+}
+
+void StatusWriter::unschedule_locked(KeyState& k) {
+  if (k.due) queue_.erase(k.due_it);
+  k.due.reset();
 }
 
 bool StatusWriter::flush(steady::time_point deadline, bool as_disconnected) {
@@ -83,11 +106,11 @@ void StatusWriter::run() {
     auto now = steady::now();
     std::optional<steady::time_point> next;
     std::vector<plane::CrRef> ready;
-    for (auto& [ref, k] : keys_) {
-      if (!k.due || k.in_flight) continue;
-      if (*k.due <= now) ready.push_back(ref);
-      else if (!next || *k.due < *next) next = k.due;
+    while (!queue_.empty() && queue_.begin()->first <= now) {
+      ready.push_back(queue_.begin()->second);
+      unschedule_locked(keys_[queue_.begin()->second]);
     }
+    if (!queue_.empty()) next = queue_.begin()->first;
     if (ready.empty()) {
       cv_.notify_all();  // flush() waiters re-check
       if (next) cv_.wait_until(lk, *next);
@@ -104,7 +127,7 @@ void StatusWriter::run() {
 void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>& lk) {
   auto it = keys_.find(ref);
   if (it == keys_.end()) return;
-  it->second.due.reset();
+  unschedule_locked(it->second);
   auto entry = index_.find(ref);
   if (!entry) {
     keys_.erase(it);
@@ -175,6 +198,7 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
       if (st.agent && st.agent->connected) schedule_locked(ref, now + opts_.heartbeat_interval);
     } else if (r.gone) {
       metrics::status_write("gone");
+      unschedule_locked(k);
       keys_.erase(it);
       cv_.notify_all();
       return;
@@ -188,7 +212,7 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
       log::warn("status write failed; will retry",
                 {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)}, {"reason", r.error},
                  {"retryInMs", std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count()}});
-      k.due.reset();
+      unschedule_locked(k);
       schedule_locked(ref, now + backoff);
     }
     if (k.dirty_in_flight) {

@@ -51,6 +51,7 @@ class StatusWriter {
     bool loaded = false;
     steady::time_point last_write{};
     std::optional<steady::time_point> due;
+    std::multimap<steady::time_point, plane::CrRef>::iterator due_it;  // valid while `due` is set
     bool in_flight = false;
     bool dirty_in_flight = false;
     int failures = 0;
@@ -58,6 +59,7 @@ class StatusWriter {
   void run();
   void process(const plane::CrRef& ref, std::unique_lock<std::mutex>& lk);
   void schedule_locked(const plane::CrRef& ref, steady::time_point when);
+  void unschedule_locked(KeyState& k);
   void on_written(const plane::CrRef& ref, const PlaneStatus& st, const WriteResult& r, bool heartbeat_only);
 
   plane::PlaneIndex& index_;
@@ -68,6 +70,10 @@ class StatusWriter {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<plane::CrRef, KeyState> keys_;
+  // Due times in order, so that a wake-up costs O(log n) instead of a scan of every CR.
+  std::multimap<steady::time_point, plane::CrRef> queue_;
+  // (planeType, CR auth key) → CR, so that a session event finds its CRs without a scan.
+  std::map<std::pair<std::string, std::string>, plane::CrRef> by_auth_;
   bool stopping_ = false;
   bool flushing_ = false;
   bool as_disconnected_ = false;
