@@ -64,8 +64,8 @@ int parse_cli(int argc, char** argv, Config& cfg) {
   app.add_option("--planes-dir", cfg.planes_dir,
                  "Directory of plane CR and Secret YAML files (selects the embedded file plane source)");
   app.add_option("--kubeconfig", cfg.kubeconfig,
-                 "Kubeconfig for the Kubernetes plane source (default: $KUBECONFIG, ~/.kube/config, else in-cluster)")
-      ->envname("KUBECONFIG");
+                 "Kubeconfig for the Kubernetes plane source (default: the first file in $KUBECONFIG, else the "
+                 "in-cluster service account, else ~/.kube/config)");
   app.add_option("--kube-context", cfg.kube_context, "Kubeconfig context (default: current-context)");
   app.add_option("--kube-api-qps", cfg.kube_api_qps, "Client-side rate limit for Kubernetes API calls (requests/s; 0: none)");
   app.add_option("--kube-api-burst", cfg.kube_api_burst, "Burst for --kube-api-qps");
