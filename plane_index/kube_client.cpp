@@ -149,7 +149,11 @@ struct WatchOp;
 
 struct KubeClient::Impl : std::enable_shared_from_this<KubeClient::Impl> {
   Impl(asio::io_context& ioc, KubeConfig c, ClientOptions o)
-      : ioc(ioc), cfg(std::move(c)), opts(std::move(o)), ssl(asio::ssl::context::tls_client), limiter(opts.qps, opts.burst) {
+      : ioc(ioc),
+        cfg(std::move(c)),
+        opts(std::move(o)),
+        ssl(asio::ssl::context::tls_client),
+        limiter(opts.qps, opts.burst) {
     if (opts.user_agent.empty()) opts.user_agent = std::string("cluster-gateway/") + CG_VERSION;
     if (opts.max_connections == 0) opts.max_connections = 1;
     SSL_CTX_set_min_proto_version(ssl.native_handle(), TLS1_2_VERSION);
@@ -282,7 +286,8 @@ void connect_conn(const ImplPtr& impl, const std::shared_ptr<Conn>& c, std::chro
                               c->timer.cancel();
                               if (ec) return done(timed_out ? beast::error::timeout : ec, "resolve");
                               beast::get_lowest_layer(c->stream).async_connect(
-                                  results, [on_connected](beast::error_code ec, const tcp::endpoint&) { on_connected(ec); });
+                                  results,
+                                  [on_connected](beast::error_code ec, const tcp::endpoint&) { on_connected(ec); });
                             });
 }
 
@@ -376,7 +381,8 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
     }
     Response r;
     r.error = std::string(phase) + ": " + ec_text(ec);
-    if (ec == beast::error::timeout) r.error = "timeout after " + std::to_string(req.timeout.count()) + "ms (" + phase + ")";
+    if (ec == beast::error::timeout)
+      r.error = "timeout after " + std::to_string(req.timeout.count()) + "ms (" + phase + ")";
     {
       std::lock_guard lk(impl->mu);
       if (impl->shut) r.error = std::string(kShutDownError);
@@ -469,31 +475,34 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
     hreq.version(11);
     set_common_headers(*impl, hreq);
     beast::get_lowest_layer(conn->stream).expires_after(impl->opts.watch_header_timeout);
-    connect_conn(impl, conn, impl->opts.watch_header_timeout, [self = shared_from_this()](beast::error_code ec, const char* phase) {
-      if (ec) return self->fail(ec, phase);
-      http::async_write(self->conn->stream, self->hreq, [self](beast::error_code ec, size_t) {
-        if (ec) return self->fail(ec, "write");
-        self->read_header();
-      });
-    });
+    connect_conn(impl, conn, impl->opts.watch_header_timeout,
+                 [self = shared_from_this()](beast::error_code ec, const char* phase) {
+                   if (ec) return self->fail(ec, phase);
+                   http::async_write(self->conn->stream, self->hreq, [self](beast::error_code ec, size_t) {
+                     if (ec) return self->fail(ec, "write");
+                     self->read_header();
+                   });
+                 });
   }
 
   void read_header() {
     parser.emplace();
     parser->header_limit(64 * 1024);
     parser->body_limit(std::numeric_limits<std::uint64_t>::max());
-    http::async_read_header(conn->stream, conn->buf, *parser, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (ec) return self->fail(ec, "read");
-      if (self->parser->get().result_int() != 200) return self->read_error_body();
-      self->streaming = true;
-      self->chunk_cb = [op = self.get()](std::uint64_t, beast::string_view body, beast::error_code& ec) -> std::uint64_t {
-        op->pending.append(body.data(), body.size());
-        if (op->pending.size() > kMaxLine) ec = http::error::body_limit;
-        return body.size();
-      };
-      self->parser->on_chunk_body(self->chunk_cb);
-      self->read_some();
-    });
+    http::async_read_header(conn->stream, conn->buf, *parser,
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              if (ec) return self->fail(ec, "read");
+                              if (self->parser->get().result_int() != 200) return self->read_error_body();
+                              self->streaming = true;
+                              self->chunk_cb = [op = self.get()](std::uint64_t, beast::string_view body,
+                                                                 beast::error_code& ec) -> std::uint64_t {
+                                op->pending.append(body.data(), body.size());
+                                if (op->pending.size() > kMaxLine) ec = http::error::body_limit;
+                                return body.size();
+                              };
+                              self->parser->on_chunk_body(self->chunk_cb);
+                              self->read_some();
+                            });
   }
 
   void read_error_body() {
@@ -708,7 +717,8 @@ void KubeClient::request(Request req, Callback done) {
                        });
 }
 
-std::shared_ptr<WatchHandle> KubeClient::watch(std::string path_with_query, LineCallback on_line, DoneCallback on_done) {
+std::shared_ptr<WatchHandle> KubeClient::watch(std::string path_with_query, LineCallback on_line,
+                                               DoneCallback on_done) {
   auto op = std::make_shared<WatchOp>();
   op->impl = impl_;
   op->path = std::move(path_with_query);

@@ -92,14 +92,16 @@ bool boolean(const YAML::Node& n, const char* key) {
 }
 
 // The entry named `name` in a kubeconfig list (clusters, users, contexts): {name, <field>: {...}}.
-std::optional<YAML::Node> find_named(const YAML::Node& root, const char* list, const char* field, const std::string& name) {
+std::optional<YAML::Node> find_named(const YAML::Node& root, const char* list, const char* field,
+                                     const std::string& name) {
   const YAML::Node l = root[list];
   if (!l || l.IsNull()) return std::nullopt;
   if (!l.IsSequence()) throw std::runtime_error(std::string("'") + list + "' must be a list");
   for (const auto& e : l) {
     if (!e.IsMap() || scalar(e, "name") != name) continue;
     const YAML::Node f = e[field];
-    if (f && !f.IsNull() && !f.IsMap()) throw std::runtime_error(std::string(list) + " entry \"" + name + "\" must hold a mapping");
+    if (f && !f.IsNull() && !f.IsMap())
+      throw std::runtime_error(std::string(list) + " entry \"" + name + "\" must hold a mapping");
     return f && f.IsMap() ? f : YAML::Node(YAML::NodeType::Map);
   }
   return std::nullopt;
@@ -184,7 +186,8 @@ void parse_server_url(const std::string& url, KubeConfig& cfg) {
     path = rest.substr(s);
     if (auto q = path.find_first_of("?#"); q != std::string::npos) path = path.substr(0, q);
   }
-  if (authority.find('@') != std::string::npos) throw std::runtime_error("server " + url + ": user info is not supported");
+  if (authority.find('@') != std::string::npos)
+    throw std::runtime_error("server " + url + ": user info is not supported");
   std::string host, port = "443";
   if (!authority.empty() && authority[0] == '[') {
     auto e = authority.find(']');
@@ -262,7 +265,8 @@ KubeConfig load_kubeconfig_file(const std::string& path, const std::string& cont
     std::string cluster_name = scalar(ctx, "cluster"), user_name = scalar(ctx, "user");
     if (cluster_name.empty()) throw std::runtime_error("context \"" + ctx_name + "\" names no cluster");
     auto cluster_found = find_named(root, "clusters", "cluster", cluster_name);
-    if (!cluster_found) throw std::runtime_error("cluster \"" + cluster_name + "\" (of context \"" + ctx_name + "\") not found");
+    if (!cluster_found)
+      throw std::runtime_error("cluster \"" + cluster_name + "\" (of context \"" + ctx_name + "\") not found");
     const YAML::Node cluster = *cluster_found;
     const std::string cl = "cluster \"" + cluster_name + "\": ";
     std::string server = scalar(cluster, "server");
@@ -289,7 +293,8 @@ KubeConfig load_kubeconfig_file(const std::string& path, const std::string& cont
 
     if (!user_name.empty()) {
       auto user_found = find_named(root, "users", "user", user_name);
-      if (!user_found) throw std::runtime_error("user \"" + user_name + "\" (of context \"" + ctx_name + "\") not found");
+      if (!user_found)
+        throw std::runtime_error("user \"" + user_name + "\" (of context \"" + ctx_name + "\") not found");
       const YAML::Node user = *user_found;
       const std::string ul = "user \"" + user_name + "\": ";
       std::string token = scalar(user, "token");
@@ -320,8 +325,9 @@ KubeConfig load_kubeconfig_file(const std::string& path, const std::string& cont
         if (!read_file(p, cfg.client_key_pem)) throw std::runtime_error(ul + "client-key " + p + " cannot be read");
       }
       if (cfg.client_cert_pem.empty() != cfg.client_key_pem.empty())
-        throw std::runtime_error(ul + (cfg.client_cert_pem.empty() ? "client-key is set but client-certificate is not"
-                                                                    : "client-certificate is set but client-key is not"));
+        throw std::runtime_error(ul + (cfg.client_cert_pem.empty()
+                                           ? "client-key is set but client-certificate is not"
+                                           : "client-certificate is set but client-key is not"));
       bool has_auth = cfg.token_source || !cfg.client_cert_pem.empty();
       if (!has_auth && user["exec"] && !user["exec"].IsNull())
         throw std::runtime_error(ul + "exec credential plugins are not supported; use a token, tokenFile or a client "

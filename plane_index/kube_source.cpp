@@ -119,7 +119,8 @@ struct KubePlaneSource::State : std::enable_shared_from_this<KubePlaneSource::St
   // Recomputes the referenced secrets; informers to start/stop are returned to be acted on unlocked.
   void update_secret_refs_locked(std::vector<std::shared_ptr<Informer>>& start,
                                  std::vector<std::shared_ptr<Informer>>& stop);
-  void start_stop(const std::vector<std::shared_ptr<Informer>>& start, const std::vector<std::shared_ptr<Informer>>& stop);
+  void start_stop(const std::vector<std::shared_ptr<Informer>>& start,
+                  const std::vector<std::shared_ptr<Informer>>& stop);
   void run_applier();
   PlaneWorld world_locked() const;
 };
@@ -181,7 +182,8 @@ class Informer : public std::enable_shared_from_this<Informer> {
     if (stopped()) return;
     if (r.status == 0 && r.error == kube::kShutDownError) return;  // the client is gone: nothing to follow with
     if (!r.ok()) {
-      log::warn("kubernetes list failed; will retry", {{"resource", what_}, {"status", r.status}, {"reason", r.message()}});
+      log::warn("kubernetes list failed; will retry",
+                {{"resource", what_}, {"status", r.status}, {"reason", r.message()}});
       return retry_later(true, r.retry_after);
     }
     json j;
@@ -230,8 +232,9 @@ class Informer : public std::enable_shared_from_this<Informer> {
     // Like client-go: a server-side timeout in [watch_timeout, 2*watch_timeout) spreads the re-watches.
     auto timeout = std::chrono::seconds(static_cast<int64_t>(st_->opts.watch_timeout.count() * uniform(1.0, 2.0)));
     if (timeout.count() < 1) timeout = std::chrono::seconds(1);
-    std::string path = collection_ + "?" + (selector_.empty() ? "" : selector_ + "&") + "watch=true&resourceVersion=" +
-                       kube::url_encode(rv_) + "&allowWatchBookmarks=true&timeoutSeconds=" + std::to_string(timeout.count());
+    std::string path = collection_ + "?" + (selector_.empty() ? "" : selector_ + "&") +
+                       "watch=true&resourceVersion=" + kube::url_encode(rv_) +
+                       "&allowWatchBookmarks=true&timeoutSeconds=" + std::to_string(timeout.count());
     st_->begin_op();
     st_->count(&KubeSourceStats::watches);
     auto self = shared_from_this();
@@ -259,7 +262,8 @@ class Informer : public std::enable_shared_from_this<Informer> {
     std::string type = ev.value("type", "");
     json obj = ev.contains("object") ? ev["object"] : json();
     if (type == "ERROR") {
-      int code = obj.is_object() && obj.contains("code") && obj["code"].is_number_integer() ? obj["code"].get<int>() : 0;
+      int code =
+          obj.is_object() && obj.contains("code") && obj["code"].is_number_integer() ? obj["code"].get<int>() : 0;
       if (code == 410) gone_ = true;
       else watch_error_ = "watch ERROR event: " + (obj.is_object() ? obj.value("message", obj.dump()) : ev.dump());
       return cancel_watch();
@@ -314,7 +318,8 @@ class Informer : public std::enable_shared_from_this<Informer> {
     if (e.cancelled) return;  // not by us (that sets gone_/watch_error_) nor stop(): the client was shut down
     // A clean end (timeoutSeconds or the server closed the stream): resume at once, unless it ended
     // immediately without a single event, which must not turn into a tight loop.
-    if (events_ == 0 && steady::now() - watch_started_ < std::chrono::seconds(1)) return retry_later(false, std::nullopt);
+    if (events_ == 0 && steady::now() - watch_started_ < std::chrono::seconds(1))
+      return retry_later(false, std::nullopt);
     watch();
   }
 
@@ -496,10 +501,9 @@ void KubePlaneSource::State::update_secret_refs_locked(std::vector<std::shared_p
     hooks.on_event = [weak, id, holder](const std::string& type, const json& obj) {
       if (auto s = weak.lock()) s->apply_secret_event(id, *holder, type, obj);
     };
-    auto inf = std::make_shared<Informer>(shared_from_this(), "secret " + id.first + "/" + id.second,
-                                          "/api/v1/namespaces/" + id.first + "/secrets",
-                                          "fieldSelector=" + kube::url_encode("metadata.name=" + id.second), "v1", "Secret",
-                                          std::move(hooks));
+    auto inf = std::make_shared<Informer>(
+        shared_from_this(), "secret " + id.first + "/" + id.second, "/api/v1/namespaces/" + id.first + "/secrets",
+        "fieldSelector=" + kube::url_encode("metadata.name=" + id.second), "v1", "Secret", std::move(hooks));
     *holder = inf.get();
     SecretEntry e;
     e.informer = inf;

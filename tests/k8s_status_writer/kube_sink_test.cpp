@@ -132,7 +132,8 @@ TEST_CASE("KubeStatusSink writes only the gateway's part of the status", "[kube_
   CHECK(reqs[0]["path"] == sink.status_path(ref).substr(0, sink.status_path(ref).find('?')));
   bool gateway_manages = false;
   for (const auto& mf : after["metadata"]["managedFields"])
-    gateway_manages = gateway_manages || (mf["manager"] == "cluster-gateway" && mf.value("subresource", "") == "status");
+    gateway_manages =
+        gateway_manages || (mf["manager"] == "cluster-gateway" && mf.value("subresource", "") == "status");
   CHECK(gateway_manages);
 
   // The next transition: disconnected. The foreign condition is still untouched.
@@ -222,7 +223,8 @@ TEST_CASE("KubeStatusSink maps API answers to write results", "[kube_sink]") {
     json nb = KubeStatusSink::apply_body(CrRef{Kind::WorkflowPlane, "ns1", "wp"}, st);
     CHECK(nb["metadata"] == json{{"name", "wp"}, {"namespace", "ns1"}});
     CHECK(sink.status_path(CrRef{Kind::WorkflowPlane, "ns1", "wp"}) ==
-          "/apis/openchoreo.dev/v1alpha1/namespaces/ns1/workflowplanes/wp/status?fieldManager=cluster-gateway&force=true");
+          "/apis/openchoreo.dev/v1alpha1/namespaces/ns1/workflowplanes/wp/"
+          "status?fieldManager=cluster-gateway&force=true");
   }
   client.shutdown();
 }

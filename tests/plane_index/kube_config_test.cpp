@@ -167,7 +167,8 @@ TEST_CASE("kubeconfig with CA and client certificate files relative to it, and a
 
 TEST_CASE("kubeconfig: a context can be chosen explicitly", "[kube_config]") {
   TempDir d;
-  auto p = d.file("config", kubeconfig("    server: https://k:1\n    insecure-skip-tls-verify: true\n", "    token: t\n"));
+  auto p =
+      d.file("config", kubeconfig("    server: https://k:1\n    insecure-skip-tls-verify: true\n", "    token: t\n"));
   CHECK(cg::kube::load_kubeconfig_file(p).default_namespace == "default");
   CHECK(cg::kube::load_kubeconfig_file(p, "other").default_namespace == "other-ns");
 }
@@ -197,12 +198,14 @@ TEST_CASE("kubeconfig errors name what is missing", "[kube_config]") {
     CHECK_THAT(load_error(p), Contains("certificate-authority /nonexistent/ca.crt cannot be read"));
   }
   SECTION("bad CA data") {
-    auto p = d.file("config", kubeconfig("    server: https://k:1\n    certificate-authority-data: '%%%'\n", "    token: t\n"));
+    auto p = d.file("config",
+                    kubeconfig("    server: https://k:1\n    certificate-authority-data: '%%%'\n", "    token: t\n"));
     CHECK_THAT(load_error(p), Contains("certificate-authority-data is not valid base64"));
   }
   SECTION("insecure together with a CA") {
     auto p = d.file("config", kubeconfig("    server: https://k:1\n    insecure-skip-tls-verify: true\n"
-                                         "    certificate-authority-data: " + base64(cg::testing::make_ca("x").cert_pem()) + "\n",
+                                         "    certificate-authority-data: " +
+                                             base64(cg::testing::make_ca("x").cert_pem()) + "\n",
                                          "    token: t\n"));
     CHECK_THAT(load_error(p), Contains("insecure"));
   }
@@ -247,7 +250,8 @@ TEST_CASE("kubeconfig path: explicit, else the first KUBECONFIG entry, else ~/.k
     CHECK(cg::kube::load_default().host == "home");
     fs::remove(home);
     CHECK(cg::kube::kubeconfig_path().empty());
-    CHECK_THROWS_WITH(cg::kube::load_default(), Contains("no Kubernetes configuration found") && Contains(".kube/config"));
+    CHECK_THROWS_WITH(cg::kube::load_default(),
+                      Contains("no Kubernetes configuration found") && Contains(".kube/config"));
   }
 }
 

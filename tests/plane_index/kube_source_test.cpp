@@ -103,8 +103,8 @@ cg::plane::KubeSourceOptions fast_options() {
 
 // A fake API server, a client on two io threads, an index and a source (started by start()).
 struct World {
-  explicit World(cg::plane::KubeSourceOptions o = fast_options(), std::vector<std::string> fake_args = {"--bookmark-interval",
-                                                                                                       "0.3"})
+  explicit World(cg::plane::KubeSourceOptions o = fast_options(),
+                 std::vector<std::string> fake_args = {"--bookmark-interval", "0.3"})
       : fake(std::move(fake_args)), opts(o) {
     client = std::make_unique<KubeClient>(io.ioc(), fake.kube_config());
   }
@@ -167,7 +167,8 @@ std::vector<std::string> unreferenced_secret_requests(FakeApiServer& f, const st
     std::string ns = r.value("namespace", "");
     std::string fs = r.contains("query") ? r["query"].value("fieldSelector", "") : "";
     std::string who = !name.empty() ? name : (fs.rfind("metadata.name=", 0) == 0 ? fs.substr(14) : "");
-    if (who.empty() || !referenced.count(ns + "/" + who)) bad.push_back(r.value("path", "") + "?" + r.value("rawQuery", ""));
+    if (who.empty() || !referenced.count(ns + "/" + who))
+      bad.push_back(r.value("path", "") + "?" + r.value("rawQuery", ""));
   }
   return bad;
 }
@@ -317,7 +318,8 @@ TEST_CASE("KubeClient: a watch streams events line by line and ends when cancell
   client.shutdown();
 }
 
-TEST_CASE("KubeClient: a refused watch reports the status and body; shutdown ends running watches", "[kube_client]") {
+TEST_CASE("KubeClient: a refused watch reports the status and body, and shutdown ends running watches",
+          "[kube_client]") {
   FakeApiServer fake;
   IoRunner io;
   KubeClient client(io.ioc(), fake.kube_config());
@@ -412,7 +414,7 @@ TEST_CASE("KubePlaneSource follows CR changes and deletions", "[kube_source]") {
   CHECK(w.index.all().size() == 6);
 }
 
-TEST_CASE("KubePlaneSource: a rotated secret reaches the index; references come and go", "[kube_source]") {
+TEST_CASE("KubePlaneSource: a rotated secret reaches the index, and references come and go", "[kube_source]") {
   World w;
   Seed s;
   s.apply(w.fake);
@@ -491,7 +493,10 @@ TEST_CASE("KubePlaneSource relists after 410 Gone", "[kube_source]") {
   SECTION("an ERROR event carrying a 410 Status") {
     auto before = w.source->stats().relists_gone;
     w.fake.control("POST", "faults",
-                   {{"match", {{"verb", "watch"}, {"resource", "dataplanes"}}}, {"code", 410}, {"asWatchEvent", true}, {"count", 1}});
+                   {{"match", {{"verb", "watch"}, {"resource", "dataplanes"}}},
+                    {"code", 410},
+                    {"asWatchEvent", true},
+                    {"count", 1}});
     w.fake.control("POST", "drop-watches", {{"mode", "close"}, {"resource", "dataplanes"}});
     w.fake.apply(cr_inline("DataPlane", "team-a", "dp-new", "dp-new", s.ca_inline.cert_pem()));
     CHECK(wait_until([&] { return w.index.find({Kind::DataPlane, "team-a", "dp-new"}) != nullptr; }, kWait));
@@ -500,7 +505,8 @@ TEST_CASE("KubePlaneSource relists after 410 Gone", "[kube_source]") {
   }
   SECTION("an HTTP 410 answer to the watch") {
     auto before = w.source->stats().relists_gone;
-    w.fake.control("POST", "errors", {{"code", 410}, {"verb", "watch"}, {"resource", "clusterdataplanes"}, {"count", 1}});
+    w.fake.control("POST", "errors",
+                   {{"code", 410}, {"verb", "watch"}, {"resource", "clusterdataplanes"}, {"count", 1}});
     w.fake.control("POST", "drop-watches", {{"mode", "close"}, {"resource", "clusterdataplanes"}});
     CHECK(wait_until([&] { return w.source->stats().relists_gone > before; }, kWait));
     w.fake.apply(cr_inline("ClusterDataPlane", "", "cdp-new", "cdp-new", s.ca_inline.cert_pem()));
@@ -542,7 +548,8 @@ TEST_CASE("KubePlaneSource is not synced until the referenced secrets were read"
   w.start();
   // All six kinds listed, the secrets refused: not synced, nothing applied.
   REQUIRE(wait_until([&] { return count_requests(w.fake, "verb=list&resource=secrets", 403) >= 4; }, kWait));
-  for (const auto& k : cg::plane::all_kinds()) REQUIRE_FALSE(w.fake.requests("verb=list&resource=" + std::string(k.plural)).empty());
+  for (const auto& k : cg::plane::all_kinds())
+    REQUIRE_FALSE(w.fake.requests("verb=list&resource=" + std::string(k.plural)).empty());
   CHECK_FALSE(w.source->synced());
   CHECK_FALSE(w.index.synced());
   CHECK(w.index.all().empty());
@@ -552,7 +559,7 @@ TEST_CASE("KubePlaneSource is not synced until the referenced secrets were read"
   CHECK(index_ca(w.index, s.dp) == fingerprint_of(s.ca_dp.cert_pem()));
 }
 
-TEST_CASE("KubePlaneSource: start() can wait for the first sync; stop() ends every watch", "[kube_source]") {
+TEST_CASE("KubePlaneSource: start() can wait for the first sync, and stop() ends every watch", "[kube_source]") {
   auto o = fast_options();
   o.start_wait = std::chrono::milliseconds(15000);
   World w(o);

@@ -45,9 +45,9 @@ FakeApiServer::FakeApiServer(std::vector<std::string> extra_args, std::string to
   write_file(dir_ + "/server.key", server_.key_pem());
   const std::string script = std::string(CG_SOURCE_DIR) + "/tests/fakes/kube_apiserver/fake_apiserver.py";
   const std::string port_file = dir_ + "/port";
-  std::vector<std::string> args = {"/usr/bin/python3", "-B", script, "--port", "0", "--port-file", port_file,
-                                   "--cert", dir_ + "/server.crt", "--key", dir_ + "/server.key", "--ca", dir_ + "/ca.crt",
-                                   "--write-kubeconfig", kubeconfig_path()};
+  std::vector<std::string> args = {"/usr/bin/python3", "-B", script, "--port", "0", "--port-file", port_file};
+  args.insert(args.end(), {"--cert", dir_ + "/server.crt", "--key", dir_ + "/server.key", "--ca", dir_ + "/ca.crt"});
+  args.insert(args.end(), {"--write-kubeconfig", kubeconfig_path()});
   if (!token_.empty()) {
     args.push_back("--token");
     args.push_back(token_);
