@@ -6,11 +6,31 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "common/net.hpp"
 
 namespace cg::gateway {
+
+// The TLS context a listener hands to new connections; replaced when certificates are reloaded
+// (live connections keep the one they started with).
+class TlsContextSlot {
+ public:
+  explicit TlsContextSlot(std::shared_ptr<net::asio::ssl::context> ctx) : ctx_(std::move(ctx)) {}
+  std::shared_ptr<net::asio::ssl::context> get() const {
+    std::lock_guard lk(mu_);
+    return ctx_;
+  }
+  void set(std::shared_ptr<net::asio::ssl::context> ctx) {
+    std::lock_guard lk(mu_);
+    ctx_ = std::move(ctx);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::shared_ptr<net::asio::ssl::context> ctx_;
+};
 
 class Acceptor {
  public:

@@ -1,6 +1,5 @@
 #include "gateway/agent_listener.hpp"
 
-#include <mutex>
 
 #include <boost/url/parse.hpp>
 
@@ -188,15 +187,9 @@ struct AgentListener::Impl {
       : ssl(std::move(ssl_ctx)),
         deps(std::make_shared<const AgentListenerDeps>(std::move(d))),
         acceptor(ioc, bind, port, "agent", [this](tcp::socket s) {
-          auto ctx = context();
-          std::make_shared<Handshake>(std::move(s), ctx, deps)->run();
+          std::make_shared<Handshake>(std::move(s), ssl.get(), deps)->run();
         }) {}
-  std::shared_ptr<asio::ssl::context> context() {
-    std::lock_guard lk(mu);
-    return ssl;
-  }
-  std::mutex mu;
-  std::shared_ptr<asio::ssl::context> ssl;  // replaced when certificates are reloaded
+  TlsContextSlot ssl;
   std::shared_ptr<const AgentListenerDeps> deps;
   Acceptor acceptor;
 };
@@ -208,9 +201,6 @@ AgentListener::~AgentListener() { stop(); }
 uint16_t AgentListener::port() const { return impl_->acceptor.port(); }
 void AgentListener::start() { impl_->acceptor.start(); }
 void AgentListener::stop() { impl_->acceptor.stop(); }
-void AgentListener::set_ssl_context(std::shared_ptr<asio::ssl::context> ctx) {
-  std::lock_guard lk(impl_->mu);
-  impl_->ssl = std::move(ctx);
-}
+void AgentListener::set_ssl_context(std::shared_ptr<asio::ssl::context> ctx) { impl_->ssl.set(std::move(ctx)); }
 
 }  // namespace cg::gateway

@@ -1,6 +1,5 @@
 #include "gateway/internal_api.hpp"
 
-#include <mutex>
 
 #include <boost/url/parse.hpp>
 
@@ -383,15 +382,9 @@ struct InternalApi::Impl {
       : ssl(std::move(ssl_ctx)),
         deps(std::make_shared<const InternalApiDeps>(std::move(d))),
         acceptor(ioc, bind, port, "internal", [this](tcp::socket s) {
-          auto ctx = context();
-          std::make_shared<Conn>(std::move(s), ctx, deps)->run();
+          std::make_shared<Conn>(std::move(s), ssl.get(), deps)->run();
         }) {}
-  std::shared_ptr<asio::ssl::context> context() {
-    std::lock_guard lk(mu);
-    return ssl;
-  }
-  std::mutex mu;
-  std::shared_ptr<asio::ssl::context> ssl;  // replaced when certificates are reloaded
+  TlsContextSlot ssl;
   std::shared_ptr<const InternalApiDeps> deps;
   Acceptor acceptor;
 };
@@ -403,9 +396,6 @@ InternalApi::~InternalApi() { stop(); }
 uint16_t InternalApi::port() const { return impl_->acceptor.port(); }
 void InternalApi::start() { impl_->acceptor.start(); }
 void InternalApi::stop() { impl_->acceptor.stop(); }
-void InternalApi::set_ssl_context(std::shared_ptr<asio::ssl::context> ctx) {
-  std::lock_guard lk(impl_->mu);
-  impl_->ssl = std::move(ctx);
-}
+void InternalApi::set_ssl_context(std::shared_ptr<asio::ssl::context> ctx) { impl_->ssl.set(std::move(ctx)); }
 
 }  // namespace cg::gateway
