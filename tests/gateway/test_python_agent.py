@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -17,16 +18,8 @@ import websockets
 
 ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
-
-
-def wait_for(pred, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return pred()
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+from gateway_proc import start_gateway, wait_for  # noqa: E402
 
 
 class PythonAgentTest(unittest.TestCase):
@@ -46,32 +39,13 @@ class PythonAgentTest(unittest.TestCase):
                 "spec:\n  planeID: py-plane\n  clusterAgent:\n    clientCA:\n"
                 f"      value: {ca_b64}\n"
             )
-        cls.proc = subprocess.Popen(
+        cls.proc, started = start_gateway(
             [BIN, "--port", "0", "--health-port", "0", "--bind", "127.0.0.1", "--planes-dir", cls.planes,
              "--server-cert", os.path.join(cls.pki, "server.crt"), "--server-key", os.path.join(cls.pki, "server.key"),
              "--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s", "--shutdown-timeout", "5s",
              "--startup-grace", "0s", "--internal-port", "0",
-             "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        cls.lines = []
-        cls.agent_port = cls.health_port = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = cls.proc.stdout.readline()
-            if not line:
-                break
-            cls.lines.append(line)
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("msg") == "cluster-gateway started":
-                cls.agent_port, cls.health_port = ev["agentPort"], ev["healthPort"]
-                break
-        assert cls.agent_port, "gateway did not start:\n" + "".join(cls.lines)
-        # Keep reading the gateway's output so that a full pipe never blocks its logging.
-        import threading
-        threading.Thread(target=lambda: [None for _ in cls.proc.stdout], daemon=True).start()
+             "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt")])
+        cls.agent_port, cls.health_port = started["agentPort"], started["healthPort"]
         cls.status_file = os.path.join(cls.planes, "status", "ClusterWorkflowPlane._cluster.py.json")
 
     @classmethod

@@ -18,6 +18,8 @@ ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirna
 BIN = os.environ.get("CG_BIN_DIR", os.path.join(ROOT, "build", "bin"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "fakes", "kube_apiserver"))
 from harness import FakeApiServer  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+from gateway_proc import start_gateway, wait_for  # noqa: E402
 
 CWP = "/apis/openchoreo.dev/v1alpha1/clusterworkflowplanes"
 
@@ -25,16 +27,6 @@ CWP = "/apis/openchoreo.dev/v1alpha1/clusterworkflowplanes"
 def read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def wait_for(pred, timeout=15.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    return pred()
 
 
 class KubeModeE2E(unittest.TestCase):
@@ -83,38 +75,14 @@ status:
 """)
         cls.api = FakeApiServer(d, extra_args=["--seed-dir", seed])
         cls.gw_log = open(os.path.join(d, "gateway.log"), "w")
-        cls.gw = subprocess.Popen(
+        cls.gw, cls.ports = start_gateway(
             [os.path.join(BIN, "cluster-gateway"), "--kubeconfig", cls.api.kubeconfig, "--bind", "127.0.0.1",
              "--port", "0", "--health-port", "0", "--internal-port", "0",
              "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt"),
              "--server-cert", os.path.join(cls.pki, "server.crt"), "--server-key", os.path.join(cls.pki, "server.key"),
              "--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s", "--status-heartbeat-interval", "2s",
-             "--startup-grace", "0s", "--shutdown-timeout", "8s"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        cls.ports = None
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and cls.ports is None:
-            line = cls.gw.stdout.readline()
-            if not line:
-                break
-            cls.gw_log.write(line)
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("msg") == "cluster-gateway started":
-                cls.ports = ev
-        assert cls.ports, "gateway did not start"
-        # Keep draining the gateway's output into the log file.
-        import threading
-        threading.Thread(target=cls._pump, daemon=True).start()
+             "--startup-grace", "0s", "--shutdown-timeout", "8s"], log=cls.gw_log)
         cls.agent = None
-
-    @classmethod
-    def _pump(cls):
-        for line in cls.gw.stdout:
-            cls.gw_log.write(line)
-            cls.gw_log.flush()
 
     @classmethod
     def tearDownClass(cls):
