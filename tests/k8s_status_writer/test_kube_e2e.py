@@ -4,7 +4,6 @@ wait, that faults (5xx on status writes, dropped watches, compaction) are surviv
 that a rotated CA secret closes the revoked session, that heartbeat-only writes are coalesced, and
 that SIGTERM writes the CR disconnected."""
 import base64
-import json
 import os
 import signal
 import subprocess
