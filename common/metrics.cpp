@@ -50,6 +50,14 @@ struct M {
   Family<Gauge>& expiry_f = BuildGauge().Name("cluster_gateway_agent_certificate_expiry_seconds")
                                 .Help("Seconds until the earliest live agent certificate expires (absent without sessions)")
                                 .Register(*reg);
+  Family<Gauge>& streams = BuildGauge().Name("cluster_gateway_tunnel_streams")
+                               .Help("Open tunnel streams by kind (http, exec, wirelogs)").Register(*reg);
+  Family<Counter>& stream_bytes = BuildCounter().Name("cluster_gateway_tunnel_stream_bytes_total")
+                                      .Help("Stream payload bytes by direction (to_caller, to_agent)").Register(*reg);
+  Family<Counter>& streams_ended = BuildCounter().Name("cluster_gateway_tunnel_streams_ended_total")
+                                       .Help("Ended tunnel streams by kind and reason").Register(*reg);
+  Family<Counter>& limits = BuildCounter().Name("cluster_gateway_limit_refusals_total")
+                                .Help("Requests, streams or sessions refused by a configured limit").Register(*reg);
   Family<Gauge>& build = BuildGauge().Name("cluster_gateway_build_info").Help("Build information").Register(*reg);
   std::mutex hook_mu;
   std::function<void()> hook;
@@ -98,6 +106,15 @@ void tunnel_request(const std::string& t, int code, const std::string& target, d
   m().tunnel_lat.Add({{"plane_type", t}}, latency_buckets()).Observe(s);
 }
 void tunnel_inflight(int d) { m().inflight.Increment(d); }
+void stream_opened(const std::string& kind) { m().streams.Add({{"kind", kind}}).Increment(); }
+void stream_ended(const std::string& kind, const std::string& reason) {
+  m().streams.Add({{"kind", kind}}).Decrement();
+  m().streams_ended.Add({{"kind", kind}, {"reason", reason}}).Increment();
+}
+void stream_bytes(const std::string& direction, uint64_t n) {
+  m().stream_bytes.Add({{"direction", direction}}).Increment(static_cast<double>(n));
+}
+void limit_refused(const std::string& limit) { m().limits.Add({{"limit", limit}}).Increment(); }
 void status_write(const std::string& r) { m().status.Add({{"result", r}}).Increment(); }
 void plane_source_event(const std::string& src, const std::string& ev) { m().source.Add({{"source", src}, {"event", ev}}).Increment(); }
 void ca_reload(const std::string& r) { m().ca.Add({{"result", r}}).Increment(); }

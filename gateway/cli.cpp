@@ -71,6 +71,17 @@ int parse_cli(int argc, char** argv, Config& cfg) {
   app.add_option("--kube-api-burst", cfg.kube_api_burst, "Burst for --kube-api-qps");
   app.add_option("--status-dir", cfg.status_dir, "Where status files go with --planes-dir (default: DIR/status)");
   app.add_option("--max-message-size", cfg.max_message_size, "Largest WebSocket message accepted from an agent, bytes");
+  app.add_option("--max-agent-sessions", cfg.max_sessions, "Most agent sessions this gateway holds; more are refused with 503")
+      ->envname("MAX_AGENT_SESSIONS")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-agents-per-plane", cfg.max_sessions_per_plane,
+                 "Most agent sessions per planeType/planeID; more are refused with 503")
+      ->envname("MAX_AGENTS_PER_PLANE")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-pending-per-agent", cfg.max_pending_per_agent,
+                 "Most proxied requests waiting for one agent connection; more get 503")
+      ->envname("MAX_PENDING_PER_AGENT")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-streams-per-agent", cfg.max_streams_per_agent,
+                 "Most open streams (watch, logs -f, exec, wirelogs) per agent connection; more get 503")
+      ->envname("MAX_STREAMS_PER_AGENT")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--io-threads", cfg.io_threads, "I/O threads (0: one per core)");
   app.add_option("--log-level", log_level, "debug, info, warn or error")->envname("LOG_LEVEL");
   app.add_option("--log-format", log_format, "json or text");

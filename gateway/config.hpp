@@ -35,6 +35,11 @@ struct Config {
   std::string status_dir;  // default: <planes_dir>/status
   size_t max_message_size = 64u << 20;
   int io_threads = 0;  // 0: one per core
+  // Limits (each refusal is logged and counted in cluster_gateway_limit_refusals_total).
+  size_t max_sessions = 100000;          // agent sessions in this gateway
+  size_t max_sessions_per_plane = 64;    // agent sessions per planeType/planeID
+  size_t max_pending_per_agent = 1000;   // proxied requests waiting for one agent connection
+  size_t max_streams_per_agent = 100;    // open streams (watch, logs -f, exec, wirelogs) per agent connection
   log::Level log_level = log::Level::info;
   log::Format log_format = log::Format::json;
 };

@@ -149,7 +149,8 @@ void Gateway::start() {
   m.source->start();
   m.writer->start();
 
-  auto tunnel = std::make_shared<session::Tunnel>(m.ioc, *m.registry);
+  auto tunnel = std::make_shared<session::Tunnel>(
+      m.ioc, *m.registry, session::TunnelLimits{c.max_pending_per_agent, c.max_streams_per_agent});
   m.tunnel_ref = tunnel;
   AgentListenerDeps deps{m.index, *m.registry, tunnel,
                          session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout, c.max_message_size,

@@ -2,6 +2,8 @@
 
 
 #include <boost/url/parse.hpp>
+#include <boost/url/url.hpp>
+#include <deque>
 
 #include "common/ids.hpp"
 #include "common/log.hpp"
@@ -9,6 +11,7 @@
 #include "common/net.hpp"
 #include "gateway/acceptor.hpp"
 #include "gateway/authorizer.hpp"
+#include "gateway/exec_bridge.hpp"
 #include "gateway/proxy_rules.hpp"
 
 namespace cg::gateway {
@@ -116,8 +119,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
         return reconnect(seg[0], seg[1]);
       }
     }
-    if (path_.rfind("/api/exec/", 0) == 0 || path_.rfind("/api/wirelogs/", 0) == 0)
-      return error(501, "exec and wirelogs streams are not supported by this gateway yet", false);
+    if (path_.rfind("/api/exec/", 0) == 0) return exec(*u);
+    if (path_.rfind("/api/wirelogs/", 0) == 0) return wirelogs(*u);
     error(404, "404 page not found", true);
   }
 
@@ -137,8 +140,10 @@ class Conn : public std::enable_shared_from_this<Conn> {
                  {"status", check_.status}, {"reason", check_.message}});
       return error(check_.status, check_.message, false);
     }
+    if (check_.streaming && !check_.upgrade)
+      return read_body([self = shared_from_this()] { self->proxy_stream(); });
     if (check_.streaming) {
-      log::info("HTTP streaming proxy request refused (not supported)",
+      log::info("HTTP upgrade proxy request refused (not supported)",
                 {{"requestID", gateway_request_id_}, {"planeType", check_.plane_type}, {"planeID", check_.plane_id},
                  {"cr", check_.cr_key}, {"path", check_.path}, {"query", query_}});
       return error(501, kStreamingNotSupported, false);
@@ -146,7 +151,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     read_body([self = shared_from_this()] { self->proxy_send(); });
   }
 
-  void proxy_send() {
+  session::TunnelRequest tunnel_request() {
     auto& req = parser_->get();
     session::TunnelRequest tr;
     tr.target = check_.target;
@@ -159,6 +164,11 @@ class Conn : public std::enable_shared_from_this<Conn> {
       tr.headers.emplace_back(canonical_header_key(f.name_string()), std::string(f.value()));
     }
     tr.body = std::move(req.body());
+    return tr;
+  }
+
+  void proxy_send() {
+    auto tr = tunnel_request();
     started_ = std::chrono::steady_clock::now();
     log::info("HTTP proxy request received",
               {{"requestID", gateway_request_id_}, {"planeType", check_.plane_type}, {"planeID", check_.plane_id},
@@ -181,10 +191,16 @@ class Conn : public std::enable_shared_from_this<Conn> {
     stream_.async_read_some(buf_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
       self->watching_ = false;
       if (ec) {
-        if (self->waiting_) {
+        if (self->waiting_ && !self->caller_gone_) {
           log::info("caller went away; request cancelled", {{"requestID", self->gateway_request_id_}, {"hopRequestID", self->hop_id_}});
           self->caller_gone_ = true;
-          self->deps_->tunnel.cancel(self->hop_id_);
+          if (self->streaming_) {
+            self->stream_done_ = true;
+            self->deps_->tunnel.stream_close(self->hop_id_);
+            self->close_now();
+          } else {
+            self->deps_->tunnel.cancel(self->hop_id_);
+          }
         }
         return;
       }
@@ -207,6 +223,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     if (r.outcome == O::response) code = r.status_code;
     else if (r.outcome == O::not_authorized) code = 403;
     else if (r.outcome == O::cancelled) code = 499;  // caller went away (nginx's convention)
+    else if (r.outcome == O::overloaded) code = 503;
     metrics::tunnel_request(check_.plane_type, code, check_.target, secs);
     switch (r.outcome) {
       case O::response: {
@@ -244,9 +261,321 @@ class Conn : public std::enable_shared_from_this<Conn> {
         f["reason"] = "agent connection closed before responding";
         log::warn("HTTP tunnel request failed", f);
         return error(502, "proxy request failed: agent connection closed before responding", true);
+      case O::overloaded:
+        f["reason"] = r.agent_error;
+        log::warn("HTTP tunnel request refused", f);
+        return error(503, "proxy request failed: " + r.agent_error, true);
+      case O::not_capable:  // not produced for plain requests
       case O::cancelled:
         return;  // the caller is gone
     }
+  }
+
+  // ---- streams: watch / logs follow (http mode) and wirelogs (SSE) ------------------------------
+  void proxy_stream() {
+    session::StreamRequest sr;
+    sr.mode = session::StreamRequest::Mode::http;
+    sr.kind = "http";
+    sr.request = tunnel_request();
+    sr.first_timeout = deps_->request_timeout;
+    log::info("HTTP stream request received",
+              {{"requestID", gateway_request_id_}, {"planeType", check_.plane_type}, {"planeID", check_.plane_id},
+               {"cr", check_.cr_key}, {"target", check_.target}, {"path", check_.path}, {"query", query_}});
+    start_stream(std::move(sr), false);
+  }
+
+  void wirelogs(const boost::urls::url_view& u) {
+    gateway_request_id_ = parser_->get()["X-Request-ID"].empty() ? "gw-" + random_hex(8)
+                                                                  : std::string(parser_->get()["X-Request-ID"]);
+    std::vector<std::string> seg = split_path(path_.substr(std::string("/api/wirelogs/").size()));
+    if (seg.size() != 4 || seg[0].empty() || seg[1].empty() || seg[2].empty() || seg[3].empty())
+      return error(400, "invalid path: expected /api/wirelogs/{planeType}/{planeID}/{crNamespace}/{crName}", false);
+    if (method_ != "GET") return method_not_allowed("GET");
+    std::string environment, ns, project, component;
+    for (auto p : u.params()) {
+      if (p.key == "environment") environment = p.value;
+      else if (p.key == "namespace") ns = p.value;
+      else if (p.key == "project") project = p.value;
+      else if (p.key == "component") component = p.value;
+    }
+    if (environment.empty() || ns.empty()) return error(400, "environment and namespace query parameters are required", false);
+    check_ = ProxyCheck{};
+    check_.plane_type = seg[0];
+    check_.plane_id = seg[1];
+    check_.cr_key = (seg[2] == "_cluster" ? std::string() : seg[2]) + "/" + seg[3];
+    check_.target = "hubble";
+    check_.path = "/wirelogs";
+    boost::urls::url q;
+    q.params().append({"namespace", ns});
+    q.params().append({"environment", environment});
+    if (!project.empty()) q.params().append({"project", project});
+    if (!component.empty()) q.params().append({"component", component});
+    session::StreamRequest sr;
+    sr.mode = session::StreamRequest::Mode::upgrade;
+    sr.kind = "wirelogs";
+    sr.request.target = "hubble";
+    sr.request.method = "GET";
+    sr.request.path = "/wirelogs";
+    sr.request.query = std::string(q.encoded_query());
+    sr.request.gateway_request_id = gateway_request_id_;
+    sr.upgrade_proto = "hubble/v1";
+    sr.first_timeout = deps_->request_timeout;
+    log::info("wirelogs stream requested", {{"requestID", gateway_request_id_}, {"planeType", check_.plane_type},
+                                            {"planeID", check_.plane_id}, {"cr", check_.cr_key}});
+    start_stream(std::move(sr), true);
+  }
+
+  void exec(const boost::urls::url_view& u) {
+    auto& req = parser_->get();
+    gateway_request_id_ = req["X-Request-ID"].empty() ? "gw-" + random_hex(8) : std::string(req["X-Request-ID"]);
+    std::vector<std::string> seg = split_path(path_.substr(std::string("/api/exec/").size()));
+    if (seg.size() != 4 || seg[0].empty() || seg[1].empty() || seg[2].empty() || seg[3].empty())
+      return error(400, "invalid path: expected /api/exec/{planeType}/{planeID}/{crNamespace}/{crName}", false);
+    std::string pod_ns, pod, container, tty, stdin_;
+    std::vector<std::string> command;
+    for (auto p : u.params()) {
+      if (p.key == "podNamespace") pod_ns = p.value;
+      else if (p.key == "podName") pod = p.value;
+      else if (p.key == "container") container = p.value;
+      else if (p.key == "command") command.push_back(p.value);
+      else if (p.key == "tty") tty = p.value;
+      else if (p.key == "stdin") stdin_ = p.value;
+    }
+    if (pod_ns.empty() || pod.empty()) return error(400, "podNamespace and podName query parameters are required", false);
+    if (pod_ns.find('/') != std::string::npos || pod.find('/') != std::string::npos || pod_ns == ".." || pod == "..")
+      return error(400, "invalid podNamespace or podName", false);
+    const std::string cr_key = (seg[2] == "_cluster" ? std::string() : seg[2]) + "/" + seg[3];
+    bool plane_has = false;
+    if (!deps_->registry.pick(seg[0], seg[1], cr_key, plane_has)) {
+      std::string why = plane_has ? "no agents authorized for CR " + cr_key : "no agents found for plane " + seg[0] + "/" + seg[1];
+      log::warn("exec refused: no agent", {{"requestID", gateway_request_id_}, {"planeType", seg[0]}, {"planeID", seg[1]},
+                                           {"cr", cr_key}, {"reason", why}});
+      return error(503, "no agent available: " + why, false);
+    }
+    if (!websocket::is_upgrade(req)) return error(400, "exec requires a WebSocket upgrade request", false);
+    boost::urls::url q;
+    q.params().append({"stdout", "true"});
+    q.params().append({"stderr", "true"});
+    if (!stdin_.empty()) q.params().append({"stdin", stdin_});
+    if (!tty.empty()) q.params().append({"tty", tty});
+    if (!container.empty()) q.params().append({"container", container});
+    for (const auto& c : command) q.params().append({"command", c});
+    ExecTarget t;
+    t.plane_type = seg[0];
+    t.plane_id = seg[1];
+    t.cr_key = cr_key;
+    t.gateway_request_id = gateway_request_id_;
+    t.path = "/api/v1/namespaces/" + pod_ns + "/pods/" + pod + "/exec";
+    t.query = std::string(q.encoded_query());
+    t.first_timeout = deps_->request_timeout;
+    t.write_timeout = deps_->write_timeout;
+    beast::get_lowest_layer(stream_).expires_never();
+    start_exec_bridge(std::move(stream_), parser_->release(), deps_, deps_->tunnel, std::move(t));
+  }
+
+  static std::vector<std::string> split_path(const std::string& rest) {
+    std::vector<std::string> seg;
+    size_t pos = 0;
+    while (true) {
+      size_t n = rest.find('/', pos);
+      seg.push_back(rest.substr(pos, n == std::string::npos ? std::string::npos : n - pos));
+      if (n == std::string::npos) break;
+      pos = n + 1;
+    }
+    return seg;
+  }
+
+  void start_stream(session::StreamRequest sr, bool sse) {
+    sse_ = sse;
+    streaming_ = true;
+    waiting_ = true;
+    started_ = std::chrono::steady_clock::now();
+    beast::get_lowest_layer(stream_).expires_never();
+    auto self = shared_from_this();
+    auto exec = stream_.get_executor();
+    hop_id_ = deps_->tunnel.open_stream(check_.plane_type, check_.plane_id, check_.cr_key, std::move(sr),
+                                        [self, exec](session::StreamEvent ev) {
+                                          asio::post(exec, [self, ev = std::move(ev)]() mutable { self->on_stream_event(std::move(ev)); });
+                                        });
+    watch_caller();
+  }
+
+  nlohmann::json stream_fields() const {
+    return {{"requestID", gateway_request_id_}, {"hopRequestID", hop_id_}, {"planeType", check_.plane_type},
+            {"planeID", check_.plane_id}, {"cr", check_.cr_key}, {"target", check_.target}};
+  }
+
+  void on_stream_event(session::StreamEvent ev) {
+    if (caller_gone_ || stream_done_) return;
+    using K = session::StreamEvent::Kind;
+    using O = session::TunnelReply::Outcome;
+    if (ev.kind == K::head) {
+      if (sse_) return;  // not sent on upgrade streams
+      head_status_ = ev.status_code;
+      auto res = std::make_shared<http::response<http::empty_body>>(static_cast<http::status>(ev.status_code), 11);
+      for (const auto& [k, v] : ev.headers) {
+        auto fld = http::string_to_field(k);
+        if (fld == http::field::content_length || fld == http::field::transfer_encoding || fld == http::field::connection)
+          continue;
+        res->insert(k, v);
+      }
+      return send_stream_head(res);
+    }
+    if (ev.kind == K::data) {
+      if (sse_ && !head_sent_) {
+        head_status_ = 200;
+        auto res = std::make_shared<http::response<http::empty_body>>(http::status::ok, 11);
+        res->set(http::field::content_type, "text/event-stream");
+        res->set(http::field::cache_control, "no-cache, no-transform");
+        res->set("X-Accel-Buffering", "no");
+        send_stream_head(res);
+      }
+      if (ev.data.empty()) return;  // the wirelogs sentinel, or an empty chunk
+      if (sse_) {
+        out_bytes_.push_back(ev.data.size());  // credit accounting is on the agent's bytes
+        out_.push_back(sse_event(ev.data));
+      } else {
+        out_bytes_.push_back(ev.data.size());
+        out_.push_back(std::move(ev.data));
+      }
+      return pump();
+    }
+    // end
+    stream_done_ = true;
+    if (head_sent_) {
+      end_error_ = ev.error;
+      end_pending_ = true;
+      return pump();
+    }
+    waiting_ = false;
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started_).count();
+    auto f = stream_fields();
+    f["durationMs"] = ms;
+    if (!ev.connection_id.empty()) f["connectionID"] = ev.connection_id;
+    const std::string plane = check_.plane_type + "/" + check_.plane_id;
+    unsigned code = 502;
+    std::string msg;
+    if (sse_) {
+      switch (ev.outcome) {
+        case O::no_agent: code = 503; msg = "no agent available: no agents found for plane " + plane; break;
+        case O::not_authorized: code = 503; msg = "no agent available: no agents authorized for CR " + check_.cr_key; break;
+        case O::timeout: code = 504; msg = "timeout waiting for the agent to start the stream"; break;
+        case O::response: msg = "agent rejected stream: " + (ev.error.empty() ? std::string("stream closed") : ev.error); break;
+        case O::overloaded: code = 503; msg = "no agent available: " + ev.error; break;
+        default: msg = "agent stream failed: " + (ev.error.empty() ? std::string("agent connection closed") : ev.error); break;
+      }
+    } else {
+      switch (ev.outcome) {
+        case O::no_agent: msg = "proxy request failed: no agents found for plane " + plane; break;
+        case O::not_authorized: code = 403; msg = "Forbidden: Agent not authorized for CR " + check_.cr_key; break;
+        case O::not_capable: code = 501; msg = kStreamingNotSupported; break;
+        case O::overloaded: code = 503; msg = "proxy request failed: " + ev.error; break;
+        case O::timeout: msg = "proxy request failed: HTTP tunnel request timeout"; break;
+        case O::connection_closed: msg = "proxy request failed: agent connection closed before responding"; break;
+        default:
+          msg = "proxy request failed: " + (ev.error.empty() ? std::string("agent closed the stream before responding") : ev.error);
+          break;
+      }
+    }
+    f["statusCode"] = code;
+    f["reason"] = msg;
+    metrics::tunnel_request(check_.plane_type, static_cast<int>(code), check_.target,
+                            std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+    log::warn(sse_ ? "wirelogs stream failed" : "HTTP stream request failed", f);
+    error(code, msg, true);
+  }
+
+  static std::string sse_event(const std::string& payload) {
+    std::string out;
+    size_t pos = 0;
+    std::string_view p = payload;
+    if (!p.empty() && p.back() == '\n') p.remove_suffix(1);
+    while (true) {
+      size_t n = p.find('\n', pos);
+      std::string_view line = p.substr(pos, n == std::string_view::npos ? std::string_view::npos : n - pos);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      out += "data: ";
+      out += line;
+      out += '\n';
+      if (n == std::string_view::npos) break;
+      pos = n + 1;
+    }
+    out += '\n';
+    return out;
+  }
+
+  void send_stream_head(std::shared_ptr<http::response<http::empty_body>> res) {
+    head_sent_ = true;
+    res->set(http::field::server, "cluster-gateway");
+    res->keep_alive(false);  // a stream ends the connection: simpler for callers and proxies alike
+    res->chunked(true);
+    head_ = res;
+    head_sr_.emplace(*head_);
+    writing_ = true;
+    beast::get_lowest_layer(stream_).expires_after(deps_->write_timeout);
+    http::async_write_header(stream_, *head_sr_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->writing_ = false;
+      beast::get_lowest_layer(self->stream_).expires_never();
+      if (ec) return self->stream_caller_gone("writing the response head failed: " + ec.message());
+      log::info("stream started", [&] { auto f = self->stream_fields(); f["statusCode"] = self->head_status_; return f; }());
+      self->pump();
+    });
+  }
+
+  void pump() {
+    if (writing_ || caller_gone_ || !head_sent_) return;
+    if (!out_.empty()) {
+      writing_ = true;
+      cur_ = std::move(out_.front());
+      cur_bytes_ = out_bytes_.front();
+      out_.pop_front();
+      out_bytes_.pop_front();
+      beast::get_lowest_layer(stream_).expires_after(deps_->write_timeout);
+      asio::async_write(stream_, http::make_chunk(asio::buffer(cur_)), [self = shared_from_this()](beast::error_code ec, size_t) {
+        self->writing_ = false;
+        beast::get_lowest_layer(self->stream_).expires_never();
+        if (ec) return self->stream_caller_gone("write to caller failed: " + ec.message());
+        self->deps_->tunnel.stream_consumed(self->hop_id_, self->cur_bytes_);
+        self->pump();
+      });
+      return;
+    }
+    if (!end_pending_) return;
+    end_pending_ = false;
+    waiting_ = false;
+    auto f = stream_fields();
+    f["durationMs"] = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started_).count();
+    metrics::tunnel_request(check_.plane_type, head_status_, check_.target,
+                            std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+    if (!end_error_.empty()) {
+      // The head is out: the only way to say "broken" is to end the connection without the last chunk.
+      f["reason"] = end_error_;
+      log::warn("stream aborted", f);
+      return close_now();
+    }
+    log::info("stream completed", f);
+    writing_ = true;
+    beast::get_lowest_layer(stream_).expires_after(deps_->write_timeout);
+    asio::async_write(stream_, http::make_chunk_last(), [self = shared_from_this()](beast::error_code, size_t) {
+      self->writing_ = false;
+      // Connection: close was announced. The caller closes; a read still watching for that ends
+      // by itself, or by this deadline.
+      beast::get_lowest_layer(self->stream_).expires_after(std::chrono::seconds(2));
+      if (!self->watching_) self->drain_and_close();
+    });
+  }
+
+  void stream_caller_gone(const std::string& why) {
+    if (caller_gone_) return;
+    caller_gone_ = true;
+    auto f = stream_fields();
+    f["reason"] = why;
+    log::info("stream caller went away; stream closed", f);
+    if (!stream_done_) {
+      stream_done_ = true;
+      deps_->tunnel.stream_close(hop_id_);
+    }
+    close_now();
   }
 
   // ---- /api/v1/planes ----------------------------------------------------------------------
@@ -371,6 +700,15 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::string remote_, path_, query_, method_, gateway_request_id_, hop_id_;
   ProxyCheck check_;
   bool keep_alive_ = false, waiting_ = false, watching_ = false, resume_after_watch_ = false, caller_gone_ = false;
+  // Streams.
+  bool streaming_ = false, sse_ = false, stream_done_ = false, head_sent_ = false, writing_ = false, end_pending_ = false;
+  int head_status_ = 0;
+  std::string end_error_, cur_;
+  size_t cur_bytes_ = 0;
+  std::deque<std::string> out_;
+  std::deque<size_t> out_bytes_;
+  std::shared_ptr<http::response<http::empty_body>> head_;
+  std::optional<http::response_serializer<http::empty_body>> head_sr_;
   std::chrono::steady_clock::time_point started_{};
 };
 

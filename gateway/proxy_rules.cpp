@@ -117,6 +117,7 @@ ProxyCheck check_proxy_request(std::string_view method, std::string_view decoded
   c.streaming = raw_query.find("watch=true") != std::string_view::npos ||
                 (c.path.find("/log") != std::string::npos && raw_query.find("follow=true") != std::string_view::npos) ||
                 upgrade_headers;
+  c.upgrade = upgrade_headers;
   return c;
 }
 

@@ -14,7 +14,8 @@ struct ProxyCheck {
   std::string message;  // plain-text error (without the trailing newline)
   std::string plane_type, plane_id, cr_namespace, cr_name, target, path;
   std::string cr_key;      // "ns/name", "/name" for _cluster
-  bool streaming = false;  // watch=true, logs follow=true, or upgrade headers (501 for now)
+  bool streaming = false;  // watch=true, logs follow=true, or upgrade headers
+  bool upgrade = false;    // Connection: Upgrade / Upgrade headers (port-forward, SPDY): always 501
 };
 
 // `decoded_path` is the percent-decoded URL path starting with /api/proxy/.

@@ -33,7 +33,19 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
         last_seen_ns_(to_ns(connected_at_)),
         ping_timer_(ws_.get_executor()),
         deadline_timer_(ws_.get_executor()),
-        expiry_timer_(ws_.get_executor()) {}
+        expiry_timer_(ws_.get_executor()) {
+    // Capability tokens: split on commas and whitespace; unknown tokens are kept and ignored.
+    std::string v(req_[kCapabilitiesHeader]);
+    std::string tok;
+    for (char c : v + ",") {
+      if (c == ',' || c == ' ' || c == '\t') {
+        if (!tok.empty() && caps_.size() < 16 && tok.size() <= 64) caps_.insert(tok);
+        tok.clear();
+      } else {
+        tok += c;
+      }
+    }
+  }
 
   ~AgentSession() override = default;
 
@@ -72,6 +84,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   }
   const tls::PeerChain& peer() const override { return id_.peer; }
   bool closing() const override { return closing_.load(); }
+  bool has_capability(std::string_view c) const override { return caps_.count(std::string(c)) > 0; }
 
   void close(uint16_t code, std::string reason) override {
     if (closing_.exchange(true)) return;
@@ -128,8 +141,10 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     touch();
     nlohmann::json crs = nlohmann::json::array();
     for (const auto& k : id_.authorized) crs.push_back(k);
+    nlohmann::json caps = nlohmann::json::array();
+    for (const auto& c : caps_) caps.push_back(c);
     log::info("agent connected successfully",
-              fields({{"validCRs", crs}, {"remote", id_.remote}, {"certificateSubject", id_.peer.subject()},
+              fields({{"validCRs", crs}, {"remote", id_.remote}, {"capabilities", caps}, {"certificateSubject", id_.peer.subject()},
                       {"certificateIssuer", id_.peer.issuer()},
                       {"certificateNotAfter", format_rfc3339(id_.peer.not_after())}}));
     if (!registry_.add(shared_from_this(), id_.authorized)) {
@@ -288,6 +303,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   websocket::stream<TlsStream> ws_;
   UpgradeRequest req_;
   AgentIdentity id_;
+  std::set<std::string> caps_;
   AgentSessionOptions opts_;
   SessionRegistry& registry_;
   std::shared_ptr<FrameHandler> handler_;

@@ -19,6 +19,9 @@ class ssl_stream;
 
 namespace cg::session {
 
+// Upgrade request header where an agent lists capability tokens (comma or space separated).
+inline constexpr const char* kCapabilitiesHeader = "X-Cluster-Agent-Capabilities";
+
 struct AgentSessionOptions {
   Duration heartbeat_interval = std::chrono::seconds(30);
   Duration heartbeat_timeout = std::chrono::seconds(90);

@@ -145,14 +145,18 @@ class LocalRegistry final : public SessionRegistry {
   }
 
   std::shared_ptr<AgentHandle> pick(const std::string& t, const std::string& id, const std::string& cr_key,
-                                    bool& plane_has_sessions) override {
+                                    bool& plane_has_sessions, std::string_view capability,
+                                    bool* authorized_exists) override {
     std::lock_guard lk(mu_);
     plane_has_sessions = false;
+    if (authorized_exists) *authorized_exists = false;
     std::vector<const Entry*> candidates;
     for (const auto& [_, e] : sessions_) {
       if (e.handle->plane_type() != t || e.handle->plane_id() != id) continue;
       plane_has_sessions = true;
-      if (e.authorized.count(cr_key) && !e.handle->closing()) candidates.push_back(&e);
+      if (!e.authorized.count(cr_key) || e.handle->closing()) continue;
+      if (authorized_exists) *authorized_exists = true;
+      if (capability.empty() || e.handle->has_capability(capability)) candidates.push_back(&e);
     }
     if (candidates.empty()) return nullptr;
     auto& counter = rr_[track_key(t, cr_key)];

@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/time.hpp"
@@ -37,6 +38,8 @@ class AgentHandle {
   virtual SysTime last_seen() const = 0;
   virtual const tls::PeerChain& peer() const = 0;
   virtual bool closing() const = 0;
+  // Whether the agent announced this capability token on its upgrade request.
+  virtual bool has_capability(std::string_view) const { return false; }
   // Starts a WebSocket close handshake with this code and reason (asynchronous).
   virtual void close(uint16_t code, std::string reason) = 0;
   // Queues one text frame; false when the session is closing or its write queue is full.
@@ -77,10 +80,13 @@ class SessionRegistry {
   virtual SessionReport report(const std::string& plane_type, const std::string& cr_key) const = 0;
   // Plane-level report (every session of plane_type/plane_id).
   virtual SessionReport plane_report(const std::string& plane_type, const std::string& plane_id) const = 0;
-  // Round-robin among live, non-closing sessions authorized for the CR. Empty when none; then
-  // `plane_has_sessions` tells "no agent at all" (502) from "none authorized" (403).
+  // Round-robin among live, non-closing sessions authorized for the CR (and, when `capability` is
+  // not empty, announcing it). Empty when none; then `plane_has_sessions` tells "no agent at all"
+  // (502) from "none authorized" (403), and `*authorized_exists` (if given) tells "authorized
+  // sessions exist, none with the capability".
   virtual std::shared_ptr<AgentHandle> pick(const std::string& plane_type, const std::string& plane_id,
-                                            const std::string& cr_key, bool& plane_has_sessions) = 0;
+                                            const std::string& cr_key, bool& plane_has_sessions,
+                                            std::string_view capability = {}, bool* authorized_exists = nullptr) = 0;
   virtual void subscribe(Listener l) = 0;
 };
 

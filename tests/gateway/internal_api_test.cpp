@@ -67,10 +67,13 @@ TEST_CASE("proxy validation answers in upstream's order with upstream's bodies",
       {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/namespaces/a%2F..%2Fb/pods", 400,
        "Path contains directory traversal\n"},
       {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/pods%00x", 400, "Path contains null bytes\n"},
-      {"GET", kPods + "?watch=true", 501, std::string(
+      // A watch is streamed when an agent announces the capability (tests/gateway/test_streams.py); with no
+      // agent at all the answer is the plain "no agents" 502 rather than upstream's blanket 501.
+      {"GET", kPods + "?watch=true", 502, "proxy request failed: no agents found for plane dataplane/prod\n"},
+      {"GET", kPods + "/x/portforward", 501, std::string(
        "Streaming operations (watch, logs -f, exec, port-forward) are not yet supported through the HTTP proxy. "
        "Use the CQRS API (/api/k8s-resources/) for resource operations, or connect directly to the data plane for "
-       "streaming operations.\n")},
+       "streaming operations.\n"), {{"Connection", "Upgrade"}, {"Upgrade", "SPDY/3.1"}}},
       {"GET", "/api/nothing", 404, "404 page not found\n"},
       {"GET", "/api/proxy/dataplane/other/_cluster/x/k8s/api", 502, "proxy request failed: no agents found for plane dataplane/other\n"},
   };

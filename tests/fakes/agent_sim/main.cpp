@@ -22,6 +22,7 @@
 #include "common/net.hpp"
 #include "common/time.hpp"
 #include "responder.hpp"
+#include "streams.hpp"
 #include "session/frames.hpp"
 
 using namespace cg;
@@ -43,6 +44,8 @@ struct Options {
   double connect_rate = 0;   // >0: first connections started at this many per second
   std::vector<asio::ip::address> source_ips;  // agent i binds to source_ips[i mod n]
   Duration duration = Duration::zero();
+  std::string capabilities = "http-stream/v1";  // announced on the upgrade request; "" = as upstream's agent
+  sim::StreamOptions streams;
   std::string host, port, path;
 };
 
@@ -122,6 +125,10 @@ class Agent : public std::enable_shared_from_this<Agent> {
       t.handshake_timeout = std::chrono::seconds(10);
       t.idle_timeout = websocket::stream_base::none();
       self->ws_->set_option(t);
+      if (!self->o_.capabilities.empty())
+        self->ws_->set_option(websocket::stream_base::decorator([caps = self->o_.capabilities](websocket::request_type& req) {
+          req.set("X-Cluster-Agent-Capabilities", caps);
+        }));
       std::string target = self->o_.path + "?planeID=" + self->plane_id_ + "&planeType=" + self->o_.plane_type;
       self->ws_->async_handshake(self->resp_, self->o_.host, target, [self](beast::error_code ec) {
         if (ec) {
@@ -134,6 +141,12 @@ class Agent : public std::enable_shared_from_this<Agent> {
         }
         self->open_ = true;
         ++g_connected;
+        std::weak_ptr<Agent> weak = self;
+        self->streams_ = std::make_unique<sim::SimStreams>(self->ws_->get_executor(), self->o_.streams, self->plane_id_,
+                                                           self->index_, [weak](std::string text) {
+                                                             if (auto a = weak.lock()) a->send(std::move(text));
+                                                           });
+        self->streams_->queued_bytes = &self->queued_bytes_;
         log::info("connected to control plane", self->fields());
         self->read();
       });
@@ -141,6 +154,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
   }
 
   void retry(const std::string& why, Duration delay) {
+    if (streams_) streams_->reset();
     if (open_) --g_connected;
     open_ = false;
     if (stopping_) return;
@@ -190,30 +204,30 @@ class Agent : public std::enable_shared_from_this<Agent> {
       log::warn("message without requestID", fields());
       return;
     }
-    if (j.value("isUpgrade", false)) {
-      // Streams (exec, wirelogs) are not simulated yet: refuse with a close chunk carrying the reason.
-      nlohmann::json close = {{"requestID", rid}, {"data", sim::b64encode("streams are not supported by cluster-agent-sim")}, {"isClose", true}};
-      send(close.dump());
-      return;
-    }
-    if ((j.contains("data") && !j["data"].is_null()) || j.value("isClose", false)) return;  // chunk for an unknown stream
+    if (streams_ && streams_->handle(j)) return;  // stream init, chunk, credit or streamed request
     log::debug("received HTTP tunnel request", fields({{"requestID", rid}, {"method", j.value("method", "")}, {"path", j.value("path", "")}}));
     send(sim::respond(j, plane_id_, index_).dump());
   }
 
   void send(std::string text) {
+    if (!open_) return;
+    queued_bytes_ += text.size();
     queue_.push_back(std::move(text));
     if (queue_.size() == 1) write();
   }
   void write() {
     ws_->text(true);
     ws_->async_write(asio::buffer(queue_.front()), [self = shared_from_this()](beast::error_code ec, size_t) {
+      const size_t before = self->queued_bytes_;
+      self->queued_bytes_ -= self->queue_.front().size();
       self->queue_.pop_front();
       if (ec) {
         self->queue_.clear();
+        self->queued_bytes_ = 0;
         return;
       }
       if (!self->queue_.empty()) self->write();
+      if (before > (1u << 20) && self->queued_bytes_ <= (1u << 20) && self->streams_) self->streams_->writable();
     });
   }
 
@@ -228,6 +242,8 @@ class Agent : public std::enable_shared_from_this<Agent> {
   websocket::response_type resp_;
   beast::flat_buffer buf_;
   std::deque<std::string> queue_;
+  size_t queued_bytes_ = 0;
+  std::unique_ptr<sim::SimStreams> streams_;
   bool open_ = false, stopping_ = false, goaway_ = false;
 };
 
@@ -255,6 +271,15 @@ int main(int argc, char** argv) {
                  "Comma-separated local addresses to connect from (agent i uses address i mod n), e.g. "
                  "127.0.0.2,127.0.0.3 to go beyond one address's ephemeral ports");
   app.add_option("--connect-rate", o.connect_rate, "Start the first connections at this many agents per second (0: all at once)");
+  app.add_option("--capabilities", o.capabilities,
+                 "Capability tokens announced in the X-Cluster-Agent-Capabilities upgrade header (\"\" to behave like "
+                 "upstream's agent: no HTTP streaming)")
+      ->capture_default_str();
+  std::string stream_interval = "200ms";
+  app.add_option("--stream-interval", stream_interval,
+                 "Pace of simulated watch events, log lines and flows (logs of container \"flood\" go as fast as "
+                 "flow control allows)")
+      ->capture_default_str();
   app.add_option("--plane-spread", o.plane_spread,
                  "Spread the agents over this many planeIDs: agent i uses <plane-id>-<i mod N> (0: all use --plane-id)");
   try {
@@ -278,6 +303,9 @@ int main(int argc, char** argv) {
   if (!rd) return fail("--reconnect-delay: '" + reconnect + "' is not a duration");
   if (!du) return fail("--duration: '" + duration + "' is not a duration");
   o.reconnect_delay = *rd;
+  auto si = parse_go_duration(stream_interval);
+  if (!si || *si <= Duration::zero()) return fail("--stream-interval: '" + stream_interval + "' is not a positive duration");
+  o.streams.interval = *si;
   o.duration = *du;
   if (o.count < 1) return fail("--count must be at least 1");
   if (o.plane_spread < 0) return fail("--plane-spread must not be negative");

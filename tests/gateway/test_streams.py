@@ -1,0 +1,318 @@
+"""Streams through the internal API, end to end with independent clients (Python http.client, ssl
+sockets and `websockets`, each with a client certificate): watches and logs -f to stream-capable
+agents (X-Cluster-Agent-Capabilities: http-stream/v1) with per-stream flow control, 501 for
+agents that do not announce it (upstream's agents), exec over WebSocket (1-byte channel prefix,
+0x01 started chunk, close), wirelogs as Server-Sent Events, and a stalled watch consumer while
+1000 requests pass on the same agent connection."""
+import asyncio
+import base64
+import concurrent.futures
+import http.client
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import websockets
+
+ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
+SIM = os.environ.get("CG_SIM_BIN", os.path.join(ROOT, "build", "bin", "cluster-agent-sim"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+from gateway_proc import LogLines, metric_sum, start_gateway, wait_for  # noqa: E402
+
+STREAMING_501 = (
+    "Streaming operations (watch, logs -f, exec, port-forward) are not yet supported through the HTTP proxy. "
+    "Use the CQRS API (/api/k8s-resources/) for resource operations, or connect directly to the data plane for "
+    "streaming operations.\n")
+
+
+def plane_yaml(name, plane_id, ca_b64):
+    return ("apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterWorkflowPlane\nmetadata:\n"
+            f"  name: {name}\nspec:\n  planeID: {plane_id}\n  clusterAgent:\n    clientCA:\n      value: {ca_b64}\n")
+
+
+class StreamsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="cg-streams-")
+        d = cls.tmp.name
+        cls.pki = os.path.join(d, "pki")
+        subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), cls.pki], check=True)
+        planes = os.path.join(d, "planes")
+        os.makedirs(planes)
+        with open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb") as f:
+            ca_b64 = base64.b64encode(f.read()).decode()
+        for name, pid in (("streams", "sp"), ("legacy", "legacy-plane")):
+            with open(os.path.join(planes, name + ".yaml"), "w") as f:
+                f.write(plane_yaml(name, pid, ca_b64))
+        cls.log = LogLines()
+        cls.proc, started = start_gateway(
+            [BIN, "--port", "0", "--health-port", "0", "--internal-port", "0", "--bind", "127.0.0.1",
+             "--planes-dir", planes, "--server-cert", os.path.join(cls.pki, "server.crt"),
+             "--server-key", os.path.join(cls.pki, "server.key"),
+             "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt"),
+             "--startup-grace", "0s", "--request-timeout", "5s", "--write-timeout", "60s"], log=cls.log)
+        cls.agent_port, cls.health_port, cls.api_port = started["agentPort"], started["healthPort"], started["internalPort"]
+        cls.sims = []
+
+        def sim(plane_id, *extra):
+            p = subprocess.Popen(
+                [SIM, "--server-url", f"wss://localhost:{cls.agent_port}/ws", "--plane-type", "workflowplane",
+                 "--plane-id", plane_id, "--client-cert", os.path.join(cls.pki, "agent-a.crt"),
+                 "--client-key", os.path.join(cls.pki, "agent-a.key"),
+                 "--server-ca", os.path.join(cls.pki, "gateway-ca.crt"), "--reconnect-delay", "200ms",
+                 "--log-level", "warn", "--stream-interval", "100ms", *extra],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cls.sims.append(p)
+        sim("sp")                         # announces http-stream/v1 (the simulator's default)
+        sim("legacy-plane", "--capabilities", "")  # like upstream's agent
+        ok = wait_for(lambda: cls.log.find("agent connected successfully", planeID="sp") and
+                      cls.log.find("agent connected successfully", planeID="legacy-plane"), 20)
+        if not ok:
+            cls.tearDownClass()
+            raise AssertionError("simulated agents did not connect")
+
+    @classmethod
+    def tearDownClass(cls):
+        for p in cls.sims:
+            p.kill()
+            p.wait()
+        if cls.proc.poll() is None:
+            cls.proc.kill()
+        cls.proc.wait()
+        cls.tmp.cleanup()
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def ctx(self, cert="controller"):
+        c = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.path.join(self.pki, "gateway-ca.crt"))
+        c.load_cert_chain(os.path.join(self.pki, cert + ".crt"), os.path.join(self.pki, cert + ".key"))
+        return c
+
+    def conn(self, timeout=15):
+        return http.client.HTTPSConnection("localhost", self.api_port, context=self.ctx(), timeout=timeout)
+
+    def get(self, path, headers=None):
+        c = self.conn()
+        c.request("GET", path, headers=headers or {})
+        r = c.getresponse()
+        body = r.read().decode()
+        c.close()
+        return r.status, body, r
+
+    def metrics(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=5)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+        c.close()
+        return text
+
+    def open_streams(self, kind):
+        return metric_sum(self.metrics(), "cluster_gateway_tunnel_streams", kind=kind)
+
+    proxy = "/api/proxy/workflowplane/sp/_cluster/streams/k8s"
+
+    # ---- HTTP streams --------------------------------------------------------------------------
+    def test_watch_streams_events_until_the_backend_ends_it(self):
+        c = self.conn()
+        c.request("GET", self.proxy + "/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=1")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Transfer-Encoding"), "chunked")
+        self.assertEqual(r.getheader("Content-Type"), "application/json")
+        events = [json.loads(line) for line in r.read().decode().splitlines() if line]  # ends: timeoutSeconds
+        c.close()
+        self.assertGreaterEqual(len(events), 3, events)
+        self.assertEqual([e["type"] for e in events[:2]], ["ADDED", "ADDED"])
+        self.assertEqual(events[2]["type"], "MODIFIED")
+        self.assertEqual(events[0]["object"]["metadata"]["name"], "sp-worker-0")
+        self.assertTrue(self.log.wait("stream completed", planeID="sp", target="k8s"))
+
+    def test_logs_follow_streams_and_caller_leaving_closes_the_stream(self):
+        mark = self.log.mark()
+        c = self.conn()
+        c.request("GET", self.proxy + "/api/v1/namespaces/default/pods/web-1/log?follow=true",
+                  headers={"X-Request-ID": "follow-1"})
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        lines = [r.readline().decode() for _ in range(3)]
+        self.assertEqual(lines, [f"log line {i} from web-1 on sp\n" for i in (1, 2, 3)])
+        self.assertEqual(self.open_streams("http"), 1.0)
+        r.close()  # the response holds the socket too
+        c.close()
+        self.assertTrue(self.log.wait("stream caller went away; stream closed", since=mark, requestID="follow-1") or
+                        self.log.wait("caller went away; request cancelled", since=mark, requestID="follow-1"))
+        self.assertTrue(wait_for(lambda: self.open_streams("http") == 0.0, 10), "stream not released")
+        self.assertGreaterEqual(metric_sum(self.metrics(), "cluster_gateway_tunnel_streams_ended_total",
+                                           kind="http", reason="caller_gone"), 1)
+
+    def test_agents_without_the_capability_keep_upstreams_501(self):
+        status, body, _ = self.get("/api/proxy/workflowplane/legacy-plane/_cluster/legacy/k8s/api/v1/pods?watch=true")
+        self.assertEqual((status, body), (501, STREAMING_501))
+        # Plain requests to the same agent still work.
+        status, body, _ = self.get("/api/proxy/workflowplane/legacy-plane/_cluster/legacy/k8s/api/v1/namespaces/x/pods")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["kind"], "PodList")
+
+    def test_upgrade_requests_stay_501(self):
+        status, body, _ = self.get(self.proxy + "/api/v1/namespaces/default/pods/p/portforward",
+                                   headers={"Connection": "Upgrade", "Upgrade": "SPDY/3.1"})
+        self.assertEqual((status, body), (501, STREAMING_501))
+
+    def test_stream_errors_before_the_head(self):
+        # A backend answer that is not a stream (404 from the simulated API server) passes through.
+        status, body, _ = self.get(self.proxy + "/api/v1/namespaces/default/secrets-ish?watch=true")
+        self.assertEqual(status, 404)
+        self.assertEqual(json.loads(body)["reason"], "NotFound")
+        status, body, _ = self.get("/api/proxy/workflowplane/nope/_cluster/streams/k8s/api/v1/pods?watch=true")
+        self.assertEqual((status, body), (502, "proxy request failed: no agents found for plane workflowplane/nope\n"))
+
+    def test_stalled_watch_consumer_does_not_delay_1000_requests(self):
+        # A caller that opens a fast log stream and then stops reading.
+        raw = self.ctx().wrap_socket(__import__("socket").create_connection(("localhost", self.api_port)),
+                                     server_hostname="localhost")
+        raw.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 64 * 1024)
+        raw.sendall((f"GET {self.proxy}/api/v1/namespaces/default/pods/big/log?follow=true&container=flood HTTP/1.1\r\n"
+                     "Host: gw\r\nX-Request-ID: stalled-1\r\n\r\n").encode())
+        head = raw.recv(4096)
+        self.assertIn(b"200 OK", head)
+        # Let the stream fill every buffer on the way (socket buffers, then the flow-control window).
+        plateau = wait_for(lambda: self._delivered_plateau(), 30, 0.5)
+        self.assertTrue(plateau, "the stalled stream kept receiving data: no back-pressure")
+        stalled_bytes = metric_sum(self.metrics(), "cluster_gateway_tunnel_stream_bytes_total", direction="to_caller")
+
+        def one(i):
+            c = self.conn(timeout=20)
+            c.request("GET", self.proxy + f"/api/v1/namespaces/ns{i % 7}/pods")
+            r = c.getresponse()
+            b = r.read()
+            c.close()
+            return r.status, json.loads(b)["kind"]
+
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            results = list(ex.map(one, range(1000)))
+        elapsed = time.monotonic() - t0
+        self.assertEqual(results.count((200, "PodList")), 1000, f"{elapsed:.1f}s")
+        # The stalled stream is still open and still held back.
+        self.assertEqual(self.open_streams("http"), 1.0)
+        self.assertLessEqual(metric_sum(self.metrics(), "cluster_gateway_tunnel_stream_bytes_total", direction="to_caller"),
+                             stalled_bytes + 512 * 1024)
+        # Reading again resumes the stream: data keeps coming.
+        got = 0
+        raw.settimeout(10)
+        while got < 4 << 20:
+            chunk = raw.recv(1 << 16)
+            self.assertTrue(chunk)
+            got += len(chunk)
+        raw.close()
+        self.assertTrue(wait_for(lambda: self.open_streams("http") == 0.0, 10), "stream not released")
+
+    def _delivered_plateau(self):
+        a = metric_sum(self.metrics(), "cluster_gateway_tunnel_stream_bytes_total", direction="to_caller")
+        time.sleep(1.0)
+        b = metric_sum(self.metrics(), "cluster_gateway_tunnel_stream_bytes_total", direction="to_caller")
+        return a > 0 and a == b
+
+    # ---- exec ------------------------------------------------------------------------------------
+    def exec_url(self, plane="sp", cr="streams", query="podNamespace=default&podName=web-1&stdin=true&tty=false"):
+        return f"wss://localhost:{self.api_port}/api/exec/workflowplane/{plane}/_cluster/{cr}?{query}"
+
+    def test_exec_round_trip_with_stdin_stdout_and_resize(self):
+        async def run(plane, cr):
+            async with websockets.connect(self.exec_url(plane, cr), ssl=self.ctx()) as ws:
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), b"\x01")  # started
+                await ws.send(b"\x00hello\n")
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), b"\x01hello\n")
+                await ws.send(b"\x03" + json.dumps({"width": 80, "height": 24}).encode())
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), b"\x02resized to 80x24\n")
+                await ws.send(b"\x00")  # stdin EOF ends the simulated `cat`
+                with self.assertRaises(websockets.exceptions.ConnectionClosedOK) as cm:
+                    await asyncio.wait_for(ws.recv(), 10)
+                self.assertEqual(cm.exception.rcvd.code, 1000)
+        asyncio.run(run("sp", "streams"))
+        asyncio.run(run("legacy-plane", "legacy"))  # upstream's protocol: no capability needed
+        self.assertTrue(wait_for(lambda: self.open_streams("exec") == 0.0, 10))
+
+    def test_exec_command_output_and_exit_code(self):
+        async def run():
+            q = "podNamespace=default&podName=web-1&command=echo&command=hi&command=there"
+            async with websockets.connect(self.exec_url(query=q), ssl=self.ctx()) as ws:
+                frames = [await asyncio.wait_for(ws.recv(), 10), await asyncio.wait_for(ws.recv(), 10)]
+                self.assertEqual(frames, [b"\x01", b"\x01hi there\n"])
+                with self.assertRaises(websockets.exceptions.ConnectionClosedOK):
+                    await asyncio.wait_for(ws.recv(), 10)
+            q = "podNamespace=default&podName=web-1&command=exit&command=3"
+            async with websockets.connect(self.exec_url(query=q), ssl=self.ctx()) as ws:
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), b"\x01")
+                with self.assertRaises(websockets.exceptions.ConnectionClosedOK) as cm:
+                    await asyncio.wait_for(ws.recv(), 10)
+                self.assertEqual(cm.exception.rcvd.code, 1000)
+                self.assertEqual(cm.exception.rcvd.reason, "command terminated with non-zero exit code: 3")
+        asyncio.run(run())
+
+    def test_exec_caller_leaving_closes_the_agent_stream(self):
+        async def run():
+            ws = await websockets.connect(self.exec_url(), ssl=self.ctx())
+            self.assertEqual(await asyncio.wait_for(ws.recv(), 10), b"\x01")
+            self.assertEqual(self.open_streams("exec"), 1.0)
+            await ws.close()
+        asyncio.run(run())
+        self.assertTrue(wait_for(lambda: self.open_streams("exec") == 0.0, 10), "exec stream not released")
+
+    def test_exec_refusals_before_the_upgrade(self):
+        base = "/api/exec/workflowplane/sp/_cluster/streams"
+        self.assertEqual(self.get(base + "?podName=x")[:2],
+                         (400, "podNamespace and podName query parameters are required\n"))
+        self.assertEqual(self.get("/api/exec/workflowplane/nope/_cluster/streams?podNamespace=a&podName=b")[:2],
+                         (503, "no agent available: no agents found for plane workflowplane/nope\n"))
+        self.assertEqual(self.get("/api/exec/workflowplane/sp/_cluster/other?podNamespace=a&podName=b")[:2],
+                         (503, "no agent available: no agents authorized for CR /other\n"))
+        self.assertEqual(self.get(base + "?podNamespace=a&podName=b")[:2],
+                         (400, "exec requires a WebSocket upgrade request\n"))
+
+    def test_exec_and_proxy_refuse_an_agent_certificate(self):
+        with self.assertRaises((ssl.SSLError, ConnectionResetError, OSError)):
+            c = http.client.HTTPSConnection("localhost", self.api_port, context=self.ctx("agent-a"), timeout=5)
+            c.request("GET", "/api/v1/planes/status")
+            c.getresponse().read()
+
+    # ---- wirelogs (SSE) --------------------------------------------------------------------------
+    def test_wirelogs_sse_framing_of_multiline_chunks(self):
+        c = self.conn()
+        c.request("GET", "/api/wirelogs/workflowplane/sp/_cluster/streams?environment=dev&namespace=shop&project=multiline")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Content-Type"), "text/event-stream")
+        self.assertEqual(r.getheader("Cache-Control"), "no-cache, no-transform")
+        self.assertEqual(r.getheader("X-Accel-Buffering"), "no")
+        lines = []
+        while True:  # one event: "data: " lines up to a blank line
+            line = r.readline().decode()
+            if line == "\n":
+                break
+            lines.append(line)
+        r.close()
+        c.close()
+        self.assertGreater(len(lines), 3, "a pretty-printed flow spans several lines")
+        self.assertTrue(all(line.startswith("data: ") and line.endswith("\n") for line in lines), lines)
+        flow = json.loads("\n".join(line[len("data: "):-1] for line in lines))
+        self.assertEqual(flow["flow"]["source"]["namespace"], "shop")
+        self.assertTrue(wait_for(lambda: self.open_streams("wirelogs") == 0.0, 10), "wirelogs stream not released")
+
+    def test_wirelogs_errors(self):
+        base = "/api/wirelogs/workflowplane/sp/_cluster/streams"
+        self.assertEqual(self.get(base + "?namespace=shop")[:2],
+                         (400, "environment and namespace query parameters are required\n"))
+        self.assertEqual(self.get(base + "?environment=dev&namespace=reject")[:2],
+                         (502, "agent rejected stream: hubble relay unavailable\n"))
+        self.assertEqual(self.get("/api/wirelogs/workflowplane/nope/_cluster/streams?environment=d&namespace=n")[:2],
+                         (503, "no agent available: no agents found for plane workflowplane/nope\n"))
+
+
+if __name__ == "__main__":
+    unittest.main()
