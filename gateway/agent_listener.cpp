@@ -137,6 +137,24 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
       metrics::handshake("rejected", "not_websocket");
       return reply(400, "websocket: the client is not using the websocket protocol: 'upgrade' token not found in 'Connection' header\n", {});
     }
+    // Limits: soft (checked before the upgrade, so a few concurrent upgrades may pass together).
+    std::string limit, limit_msg;
+    if (deps_->registry.size() >= deps_->max_sessions) {
+      limit = "sessions";
+      limit_msg = "too many agent sessions on this gateway (limit " + std::to_string(deps_->max_sessions) + ")";
+    } else if (deps_->registry.sessions_of(d.plane_type, d.plane_id).size() >= deps_->max_sessions_per_plane) {
+      limit = "plane_sessions";
+      limit_msg = "too many agent connections for plane " + d.plane_type + "/" + d.plane_id + " (limit " +
+                  std::to_string(deps_->max_sessions_per_plane) + ")";
+    }
+    if (!limit.empty()) {
+      f["status"] = 503;
+      f["reason"] = limit_msg;
+      log::warn("agent connection rejected", f);
+      metrics::handshake("rejected", "limit");
+      metrics::limit_refused(limit);
+      return reply(503, limit_msg + "\n", {});
+    }
     if (!per_cr.empty()) {
       f["notAuthorizedFor"] = per_cr;
       log::info("certificate not valid for some CRs sharing the planeID", f);

@@ -25,6 +25,8 @@ struct AgentListenerDeps {
   std::shared_ptr<session::FrameHandler> frames;
   session::AgentSessionOptions session_options;
   Duration handshake_timeout = std::chrono::seconds(10);
+  size_t max_sessions = 100000;        // agent sessions in this gateway; more get 503
+  size_t max_sessions_per_plane = 64;  // per planeType/planeID; more get 503
 };
 
 // Pre-upgrade decision for one request, separated from I/O so it can be tested and fuzzed.

@@ -155,7 +155,7 @@ void Gateway::start() {
   AgentListenerDeps deps{m.index, *m.registry, tunnel,
                          session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout, c.max_message_size,
                                                       256u << 20, c.handshake_timeout},
-                         c.handshake_timeout};
+                         c.handshake_timeout, c.max_sessions, c.max_sessions_per_plane};
   try {
     m.agent_listener = std::make_unique<AgentListener>(m.ioc, ssl, c.bind, c.port, deps);
   } catch (const std::exception& e) {

@@ -56,7 +56,8 @@ class StreamsTest(unittest.TestCase):
              "--planes-dir", planes, "--server-cert", os.path.join(cls.pki, "server.crt"),
              "--server-key", os.path.join(cls.pki, "server.key"),
              "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt"),
-             "--startup-grace", "0s", "--request-timeout", "5s", "--write-timeout", "60s"], log=cls.log)
+             "--startup-grace", "0s", "--request-timeout", "5s", "--write-timeout", "60s",
+             "--max-agents-per-plane", "1", "--max-streams-per-agent", "3", "--max-pending-per-agent", "8"], log=cls.log)
         cls.agent_port, cls.health_port, cls.api_port = started["agentPort"], started["healthPort"], started["internalPort"]
         cls.sims = []
 
@@ -194,7 +195,7 @@ class StreamsTest(unittest.TestCase):
             return r.status, json.loads(b)["kind"]
 
         t0 = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:  # within --max-pending-per-agent
             results = list(ex.map(one, range(1000)))
         elapsed = time.monotonic() - t0
         self.assertEqual(results.count((200, "PodList")), 1000, f"{elapsed:.1f}s")
@@ -217,6 +218,65 @@ class StreamsTest(unittest.TestCase):
         time.sleep(1.0)
         b = metric_sum(self.metrics(), "cluster_gateway_tunnel_stream_bytes_total", direction="to_caller")
         return a > 0 and a == b
+
+    # ---- limits ----------------------------------------------------------------------------------
+    def test_limit_on_streams_per_agent(self):
+        conns = []
+        for i in range(3):
+            c = self.conn()
+            c.request("GET", self.proxy + f"/api/v1/namespaces/default/pods/p{i}/log?follow=true")
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            r.readline()
+            conns.append((c, r))
+        status, body, _ = self.get(self.proxy + "/api/v1/namespaces/default/pods/p9/log?follow=true")
+        self.assertEqual((status, body), (503, "proxy request failed: agent connection has 3 open streams (limit 3)\n"))
+        self.assertGreaterEqual(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total",
+                                           limit="streams_per_session"), 1)
+        # Plain requests still pass, and closing one stream makes room again.
+        self.assertEqual(self.get(self.proxy + "/api/v1/namespaces/default/pods")[0], 200)
+        for c, r in conns:
+            r.close()
+            c.close()
+        self.assertTrue(wait_for(lambda: self.open_streams("http") == 0.0, 10))
+        c = self.conn()
+        c.request("GET", self.proxy + "/api/v1/namespaces/default/pods/p9/log?follow=true")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        r.close()
+        c.close()
+
+    def test_limit_on_pending_requests_per_agent(self):
+        def hang(_):
+            return self.get(self.proxy + "/sim/hang")[:2]
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            hung = [ex.submit(hang, i) for i in range(8)]
+            wait_for(lambda: metric_sum(self.metrics(), "cluster_gateway_tunnel_requests_in_flight") >= 8, 10)
+            status, body, _ = self.get(self.proxy + "/api/v1/namespaces/default/pods")
+            self.assertEqual((status, body), (503, "proxy request failed: agent connection has 8 requests pending (limit 8)\n"))
+            self.assertEqual([f.result() for f in hung], [(502, "proxy request failed: HTTP tunnel request timeout\n")] * 8)
+        self.assertGreaterEqual(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total",
+                                           limit="pending_per_session"), 1)
+        self.assertEqual(self.get(self.proxy + "/api/v1/namespaces/default/pods")[0], 200)
+
+    def test_limit_on_agents_per_plane(self):
+        mark = self.log.mark()
+        extra = subprocess.Popen(
+            [SIM, "--server-url", f"wss://localhost:{self.agent_port}/ws", "--plane-type", "workflowplane",
+             "--plane-id", "sp", "--client-cert", os.path.join(self.pki, "agent-a.crt"),
+             "--client-key", os.path.join(self.pki, "agent-a.key"),
+             "--server-ca", os.path.join(self.pki, "gateway-ca.crt"), "--reconnect-delay", "10s", "--log-level", "warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ev = self.log.wait("agent connection rejected", since=mark, planeID="sp", status=503, timeout=15)
+            self.assertTrue(ev)
+            self.assertEqual(ev[0]["reason"], "too many agent connections for plane workflowplane/sp (limit 1)")
+            self.assertGreaterEqual(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total",
+                                               limit="plane_sessions"), 1)
+        finally:
+            extra.kill()
+            extra.wait()
+        self.assertEqual(self.get(self.proxy + "/api/v1/namespaces/default/pods")[0], 200)
 
     # ---- exec ------------------------------------------------------------------------------------
     def exec_url(self, plane="sp", cr="streams", query="podNamespace=default&podName=web-1&stdin=true&tty=false"):

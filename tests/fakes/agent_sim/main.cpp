@@ -205,6 +205,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
       return;
     }
     if (streams_ && streams_->handle(j)) return;  // stream init, chunk, credit or streamed request
+    if (j.value("path", "") == "/sim/hang") return;  // tests: a request this agent never answers
     log::debug("received HTTP tunnel request", fields({{"requestID", rid}, {"method", j.value("method", "")}, {"path", j.value("path", "")}}));
     send(sim::respond(j, plane_id_, index_).dump());
   }
