@@ -28,7 +28,7 @@ void frames_dropped(const std::string& reason);  // invalid | unknown_request | 
 void tunnel_request(const std::string& plane_type, int code, const std::string& target, double seconds);
 void tunnel_inflight(int delta);
 // Streams (kind: http | exec | wirelogs; reason: completed | agent_error | caller_gone | connection_closed |
-// timeout | flow_control | too_slow | refused).
+// timeout | flow_control | too_slow | send_failed).
 void stream_opened(const std::string& kind);
 void stream_ended(const std::string& kind, const std::string& reason);
 void stream_bytes(const std::string& direction, uint64_t n);  // to_caller | to_agent

@@ -69,6 +69,7 @@ void StatusWriter::schedule_locked(const plane::CrRef& ref, steady::time_point w
     k.dirty_in_flight = true;
     return;
   }
+  if (k.not_before && when < *k.not_before) when = *k.not_before;
   if (k.due && *k.due <= when) return;
   unschedule_locked(k);
   k.due = when;
@@ -195,6 +196,7 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
       k.written = st;
       k.last_write = now;
       k.failures = 0;
+      k.not_before.reset();
       if (st.agent && st.agent->connected) schedule_locked(ref, now + opts_.heartbeat_interval);
     } else if (r.gone) {
       metrics::status_write("gone");
@@ -213,6 +215,7 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
                 {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)}, {"reason", r.error},
                  {"retryInMs", std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count()}});
       unschedule_locked(k);
+      k.not_before = now + backoff;
       schedule_locked(ref, now + backoff);
     }
     if (k.dirty_in_flight) {

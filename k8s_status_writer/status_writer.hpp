@@ -55,6 +55,8 @@ class StatusWriter {
     bool in_flight = false;
     bool dirty_in_flight = false;
     int failures = 0;
+    // After a failed write: no attempt before this (backoff or Retry-After), whatever else happens.
+    std::optional<steady::time_point> not_before;
   };
   void run();
   void process(const plane::CrRef& ref, std::unique_lock<std::mutex>& lk);

@@ -145,6 +145,8 @@ void PlaneIndex::replace(const PlaneWorld& world) {
     }
     crs_ = std::move(next);
     ca_cache_ = std::move(next_cache);
+    by_plane_.clear();
+    for (const auto& [ref, e] : crs_) by_plane_[{ref.plane_type(), e->cr.plane_id}].push_back(ref);
     bool first = !synced_;
     synced_ = true;
     if (first || !change.changed.empty() || !change.removed.empty() || !change.planes.empty()) ++version_;
@@ -174,11 +176,14 @@ void PlaneIndex::replace(const PlaneWorld& world) {
 std::vector<tls::Anchor> PlaneIndex::anchors(const std::string& plane_type, const std::string& plane_id) const {
   std::vector<tls::Anchor> out;
   std::lock_guard lk(mu_);
+  auto bp = by_plane_.find({plane_type, plane_id});
+  if (bp == by_plane_.end()) return out;
   // Cluster-scoped kinds first, then namespaced ones (all_kinds() order is cluster, namespaced).
   for (const auto& ki : all_kinds()) {
     if (ki.plane_type != plane_type) continue;
-    for (const auto& [ref, e] : crs_) {
-      if (ref.kind != ki.kind || e->cr.plane_id != plane_id) continue;
+    for (const auto& ref : bp->second) {  // in CrRef order, as crs_ iterates
+      if (ref.kind != ki.kind) continue;
+      const auto& e = crs_.at(ref);
       out.push_back({ref.auth_key(), e->ca, e->ca_error});
     }
   }

@@ -52,6 +52,7 @@ class PlaneIndex {
  private:
   mutable std::mutex mu_;
   std::map<CrRef, std::shared_ptr<const CrEntry>> crs_;
+  std::map<std::pair<std::string, std::string>, std::vector<CrRef>> by_plane_;  // (planeType, planeID) → CRs
   std::map<std::string, std::shared_ptr<const tls::CaStore>> ca_cache_;  // bundle text → store
   uint64_t version_ = 0;
   bool synced_ = false;

@@ -1,6 +1,7 @@
 #include "session/registry.hpp"
 
 #include <map>
+#include <unordered_map>
 #include <mutex>
 
 #include "common/log.hpp"
@@ -41,6 +42,7 @@ class LocalRegistry final : public SessionRegistry {
       Entry e{h, authorized};
       for (const auto& k : authorized) join(h->plane_type(), k, h->serial(), now);
       sessions_[h->serial()] = std::move(e);
+      by_plane_[plane_key(h->plane_type(), h->plane_id())].insert(h->serial());
       plane_count = count_plane(h->plane_type(), h->plane_id());
       total = sessions_.size();
     }
@@ -67,6 +69,10 @@ class LocalRegistry final : public SessionRegistry {
       ev.crs = it->second.authorized;
       for (const auto& k : it->second.authorized) leave(h.plane_type(), k, h.serial(), now);
       sessions_.erase(it);
+      if (auto bp = by_plane_.find(plane_key(h.plane_type(), h.plane_id())); bp != by_plane_.end()) {
+        bp->second.erase(h.serial());
+        if (bp->second.empty()) by_plane_.erase(bp);
+      }
       plane_count = count_plane(h.plane_type(), h.plane_id());
       total = sessions_.size();
     }
@@ -104,8 +110,7 @@ class LocalRegistry final : public SessionRegistry {
   std::vector<SessionView> sessions_of(const std::string& t, const std::string& id) const override {
     std::lock_guard lk(mu_);
     std::vector<SessionView> out;
-    for (const auto& [_, e] : sessions_)
-      if (e.handle->plane_type() == t && e.handle->plane_id() == id) out.push_back({e.handle, e.authorized});
+    for_plane(t, id, [&](const Entry& e) { out.push_back({e.handle, e.authorized}); });
     return out;
   }
 
@@ -139,8 +144,7 @@ class LocalRegistry final : public SessionRegistry {
   SessionReport plane_report(const std::string& t, const std::string& id) const override {
     std::lock_guard lk(mu_);
     SessionReport r;
-    for (const auto& [_, e] : sessions_)
-      if (e.handle->plane_type() == t && e.handle->plane_id() == id) add_session(r, *e.handle);
+    for_plane(t, id, [&](const Entry& e) { add_session(r, *e.handle); });
     return r;
   }
 
@@ -151,13 +155,12 @@ class LocalRegistry final : public SessionRegistry {
     plane_has_sessions = false;
     if (authorized_exists) *authorized_exists = false;
     std::vector<const Entry*> candidates;
-    for (const auto& [_, e] : sessions_) {
-      if (e.handle->plane_type() != t || e.handle->plane_id() != id) continue;
+    for_plane(t, id, [&](const Entry& e) {
       plane_has_sessions = true;
-      if (!e.authorized.count(cr_key) || e.handle->closing()) continue;
+      if (!e.authorized.count(cr_key) || e.handle->closing()) return;
       if (authorized_exists) *authorized_exists = true;
       if (capability.empty() || e.handle->has_capability(capability)) candidates.push_back(&e);
-    }
+    });
     if (candidates.empty()) return nullptr;
     auto& counter = rr_[track_key(t, cr_key)];
     return candidates[counter++ % candidates.size()]->handle;
@@ -203,9 +206,17 @@ class LocalRegistry final : public SessionRegistry {
     }
   }
   size_t count_plane(const std::string& t, const std::string& id) const {
-    size_t n = 0;
-    for (const auto& [_, e] : sessions_) n += e.handle->plane_type() == t && e.handle->plane_id() == id;
-    return n;
+    auto it = by_plane_.find(plane_key(t, id));
+    return it == by_plane_.end() ? 0 : it->second.size();
+  }
+  static std::string plane_key(const std::string& t, const std::string& id) { return t + "\n" + id; }
+  // Visits the plane's sessions in serial order (the order round-robin relies on). Under mu_.
+  template <class F>
+  void for_plane(const std::string& t, const std::string& id, F&& f) const {
+    auto it = by_plane_.find(plane_key(t, id));
+    if (it == by_plane_.end()) return;
+    for (uint64_t serial : it->second)
+      if (auto s = sessions_.find(serial); s != sessions_.end()) f(s->second);
   }
   void notify(const RegistryEvent& ev) {
     std::vector<Listener> ls;
@@ -219,6 +230,7 @@ class LocalRegistry final : public SessionRegistry {
   mutable std::mutex mu_;
   bool admission_closed_ = false;
   std::map<uint64_t, Entry> sessions_;
+  std::unordered_map<std::string, std::set<uint64_t>> by_plane_;  // "type\nid" → serials
   std::map<std::string, Track> tracks_;
   std::map<std::string, uint64_t> rr_;
   std::mutex listeners_mu_;

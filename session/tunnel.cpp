@@ -373,6 +373,7 @@ bool Tunnel::on_stream_frame(AgentHandle& s, const std::string& id, const nlohma
     }
     if (!decode_tunnel_response(body, r, err)) {
       end = true;
+      abort_agent = true;
       end_ev.outcome = TunnelReply::Outcome::send_failed;
       end_ev.error = "malformed response from agent: " + err;
       end_reason = "agent_error";
@@ -388,6 +389,7 @@ bool Tunnel::on_stream_frame(AgentHandle& s, const std::string& id, const nlohma
         StreamEvent d;
         d.kind = StreamEvent::Kind::data;
         d.data = std::move(r.body);
+        d.stream_id = -1;  // marks a complete answer's body: not sent under credit, not counted against it
         events.push_back(std::move(d));
       }
       if (!streamed) {
@@ -403,6 +405,7 @@ bool Tunnel::on_stream_frame(AgentHandle& s, const std::string& id, const nlohma
       if (!d) {
         end = true;
         abort_agent = true;
+        end_ev.outcome = TunnelReply::Outcome::send_failed;
         end_ev.error = "stream chunk data is not valid base64";
         end_reason = "agent_error";
       } else {
@@ -411,6 +414,7 @@ bool Tunnel::on_stream_frame(AgentHandle& s, const std::string& id, const nlohma
     } else if (dit != body.end() && !dit->is_null()) {
       end = true;
       abort_agent = true;
+      end_ev.outcome = TunnelReply::Outcome::send_failed;
       end_ev.error = "stream chunk data is not a base64 string";
       end_reason = "agent_error";
     }
@@ -445,20 +449,29 @@ bool Tunnel::on_stream_frame(AgentHandle& s, const std::string& id, const nlohma
       st->started = true;
       st->timer->cancel();
     }
-    for (const auto& e : events) {
+    for (auto& e : events) {
       if (e.kind != StreamEvent::Kind::data) continue;
+      if (e.stream_id == -1) {
+        // A complete answer's body: the caller still consumes it, so it is credited like stream data.
+        e.stream_id = 0;
+        st->received += e.data.size();
+        st->granted += e.data.size();
+        continue;
+      }
       st->received += e.data.size();
       const uint64_t unconsumed = st->received - st->consumed;
       if (st->flow_controlled && st->received > st->granted) {
         end = true;
         abort_agent = true;
         end_ev = StreamEvent{};
+        end_ev.outcome = TunnelReply::Outcome::send_failed;
         end_ev.error = "agent exceeded the stream's flow-control window";
         end_reason = "flow_control";
       } else if (!st->flow_controlled && unconsumed > st->max_unconsumed) {
         end = true;
         abort_agent = true;
         end_ev = StreamEvent{};
+        end_ev.outcome = TunnelReply::Outcome::overloaded;
         end_ev.error = "caller too slow: " + std::to_string(unconsumed) + " bytes not yet consumed";
         end_reason = "too_slow";
       }

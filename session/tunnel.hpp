@@ -130,7 +130,6 @@ class Tunnel final : public FrameHandler {
   void complete(const std::string& id, TunnelReply reply, const AgentHandle* from);
   bool on_stream_frame(AgentHandle& s, const std::string& id, const nlohmann::json& body, bool is_chunk);
   void end_stream(const std::string& id, StreamEvent ev, bool tell_agent, const std::string& reason);
-  size_t load_of(uint64_t serial) const;  // pending + streams (under mu_)
 
   boost::asio::io_context& ioc_;
   SessionRegistry& registry_;

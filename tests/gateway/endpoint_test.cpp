@@ -123,18 +123,19 @@ TEST_CASE("a session is authorized for exactly the CRs whose CA verified it", "[
   CHECK(reg.report("workflowplane", "/tenant-a").connected_agents == 1);
   CHECK(reg.report("workflowplane", "/tenant-b").connected_agents == 0);
 
-  // Status per CR: tenant-a and team-a connected, tenant-b not.
+  // Status per CR: tenant-a and team-a connected, tenant-b not. The writer handles the CRs one
+  // after the other, so all three files are waited for (team-a may be written after tenant-a).
   REQUIRE(wait_until([&] {
     auto a = fx.status("ClusterWorkflowPlane", "", "tenant-a");
     auto b = fx.status("ClusterWorkflowPlane", "", "tenant-b");
+    auto team = fx.status("WorkflowPlane", "team", "team-a");
     return a.is_object() && a["agentConnection"]["connected"] == true && b.is_object() &&
-           b["agentConnection"]["connected"] == false;
+           b["agentConnection"]["connected"] == false && team.is_object() &&
+           team["agentConnection"]["connected"] == true;
   }));
   auto a = fx.status("ClusterWorkflowPlane", "", "tenant-a");
   CHECK(a["agentConnection"]["connectedAgents"] == 1);
   CHECK(a["agentConnection"]["message"] == "1 agent connected");
-  auto team = fx.status("WorkflowPlane", "team", "team-a");
-  CHECK(team["agentConnection"]["connected"] == true);
 }
 
 TEST_CASE("an agent certificate issued through an intermediate works when the agent sends it", "[gateway][endpoint][authz]") {

@@ -14,18 +14,8 @@ import unittest
 import urllib.request
 
 ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-BIN = os.environ.get("CG_BIN_DIR", os.path.join(ROOT, "build", "bin"))
-sys.path.insert(0, os.path.join(ROOT, "tests", "fakes", "kube_apiserver"))
-from harness import FakeApiServer  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
-from gateway_proc import start_gateway, wait_for  # noqa: E402
-
-CWP = "/apis/openchoreo.dev/v1alpha1/clusterworkflowplanes"
-
-
-def read_bytes(path):
-    with open(path, "rb") as f:
-        return f.read()
+from kube_e2e_support import BIN, CWP, FakeApiServer, read_bytes, start_gateway, wait_for  # noqa: E402
 
 
 class KubeModeE2E(unittest.TestCase):

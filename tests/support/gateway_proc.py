@@ -1,6 +1,7 @@
 """Shared by the Python tests that drive the real cluster-gateway binary: bounded polling, and
 starting the gateway until its "cluster-gateway started" log line (which names the chosen ports)."""
 import json
+import os
 import subprocess
 import threading
 import time
@@ -17,10 +18,13 @@ def wait_for(pred, timeout=10.0, step=0.05):
     return pred()
 
 
-def start_gateway(cmd, log=None, timeout=20.0):
+def start_gateway(cmd, log=None, timeout=20.0, preexec_fn=None, env=None):
     """Starts the gateway; returns (process, the "cluster-gateway started" event). Its output keeps
-    being read afterwards (into `log`, a text file, when given) so that a full pipe never blocks it."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    being read afterwards (into `log`, a text file or a `LogLines`, when given) so that a full pipe
+    never blocks it. `preexec_fn` runs in the child before exec (e.g. to lower RLIMIT_NOFILE);
+    `env` replaces the environment (None: inherit)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn,
+                            env=env)
     lines, started = [], None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and started is None:
@@ -48,3 +52,103 @@ def start_gateway(cmd, log=None, timeout=20.0):
                 log.flush()
     threading.Thread(target=pump, daemon=True).start()
     return proc, started
+
+
+class LogLines:
+    """A `log` for start_gateway that keeps the gateway's JSON log lines in memory (thread-safe), so
+    tests can look for an event: `mark()` before provoking something, then `find(msg, since=mark,
+    **fields)` or `wait(...)`. Non-JSON lines are kept as {"msg": None, "raw": line}."""
+
+    def __init__(self, echo=None):
+        self._lock = threading.Lock()
+        self._events = []
+        self._echo = echo  # optional text file that also receives every line
+
+    def write(self, line):
+        for part in line.splitlines():
+            try:
+                ev = json.loads(part)
+                if not isinstance(ev, dict):
+                    raise ValueError
+            except ValueError:
+                ev = {"msg": None, "raw": part}
+            with self._lock:
+                self._events.append(ev)
+        if self._echo is not None:
+            self._echo.write(line)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        if self._echo is not None:
+            self._echo.flush()
+
+    def mark(self):
+        with self._lock:
+            return len(self._events)
+
+    def find(self, msg=None, since=0, **fields):
+        """Events after index `since` whose msg equals `msg` (any when None) and whose fields equal
+        `fields` (a callable value is used as a predicate on the field)."""
+        with self._lock:
+            events = self._events[since:]
+        out = []
+        for ev in events:
+            if msg is not None and ev.get("msg") != msg:
+                continue
+            ok = True
+            for k, v in fields.items():
+                if callable(v):
+                    if k not in ev or not v(ev[k]):
+                        ok = False
+                        break
+                elif ev.get(k) != v:
+                    ok = False
+                    break
+            if ok:
+                out.append(ev)
+        return out
+
+    def wait(self, msg=None, since=0, count=1, timeout=10.0, **fields):
+        """Waits until at least `count` matching events exist; returns them (maybe fewer on timeout)."""
+        return wait_for(lambda: len(self.find(msg, since, **fields)) >= count and self.find(msg, since, **fields),
+                        timeout, 0.05) or self.find(msg, since, **fields)
+
+
+def metric_sum(text, name, **labels):
+    """Sum of the samples of metric `name` in Prometheus text `text` whose labels include `labels`
+    (0.0 when there are none)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, val = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(val)
+    return total
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU time of process `pid` (all threads) from /proc/<pid>/stat, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # After the ")" that ends comm: fields[0] is state (field 3), so utime (14) and stime (15) are 11, 12.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status_kib(pid, key="VmRSS"):
+    """A kB value from /proc/<pid>/status (VmRSS by default), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def proc_fd_count(pid):
+    """Open file descriptors of process `pid`."""
+    return len(os.listdir(f"/proc/{pid}/fd"))

@@ -39,6 +39,7 @@ from kubeconfig import write_kubeconfig  # noqa: E402
 log = logging.getLogger("fake-apiserver")
 
 TRUE = ("true", "1", "True")
+BODY_LOG_LIMIT = 64 * 1024  # bytes of a request body kept in the request log (--log-bodies)
 AGG_CT = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 PATCH_TYPES = {
     "application/merge-patch+json": "merge",
@@ -365,8 +366,9 @@ class FakeApiServer:
         self.store = ks.Store(history_size=args.history, initial_rv=args.initial_rv,
                               status_schema=not args.no_status_schema, lenient_smp=args.lenient_smp)
         self.hub = WatchHub(self.store)
-        self.faults = []
+        self.faults = [FaultRule(json.loads(spec)) for spec in (args.fault or [])]
         self.requests = []
+        self.log_bodies = bool(args.log_bodies)
         self.bookmark_interval = args.bookmark_interval
         self.address = "127.0.0.1:0"
         self.seed_docs = []
@@ -419,6 +421,7 @@ class FakeApiServer:
         self.faults.clear()
         self.requests.clear()
         self.bookmark_interval = self.args.bookmark_interval
+        self.log_bodies = bool(self.args.log_bodies)
         self.store.clear()
         self._seed()
 
@@ -444,6 +447,7 @@ class FakeApiServer:
             del self.requests[: len(self.requests) // 2]
         e = {
             "time": ks.now_rfc3339(),
+            "receivedAt": request.get("received_at", time.time()),
             "method": request.method,
             "path": request.path,
             "query": {k: v for k, v in request.query.items()},
@@ -454,6 +458,8 @@ class FakeApiServer:
             "durationMs": round((time.monotonic() - started) * 1000, 1),
         }
         e.update(info.as_log())
+        if request.get("logged_body") is not None:
+            e["body"] = request["logged_body"]
         self.requests.append(e)
 
     # -- entry point ---------------------------------------------------------------------------
@@ -467,8 +473,13 @@ class FakeApiServer:
             except (ValueError, KeyError, TypeError) as e:
                 return self.error(ks.bad_request(f"control API: {e}"))
         started = time.monotonic()
+        request["received_at"] = time.time()
         info = classify(request.method, request.path, request.query)
         request["logged"] = False
+        if self.log_bodies and request.body_exists:
+            # aiohttp keeps the bytes, so the handler's own read() sees the same body.
+            raw = await request.read()
+            request["logged_body"] = raw[:BODY_LOG_LIMIT].decode("utf-8", errors="replace")
         try:
             resp = await self._handle(request, info)
         except ks.ApiError as e:
@@ -982,6 +993,9 @@ class FakeApiServer:
                     items = [e for e in items if str(e.get(k, "")) == q[k]]
             if "pathContains" in q:
                 items = [e for e in items if q["pathContains"] in e["path"]]
+            if "since" in q:
+                since = float(q["since"])
+                items = [e for e in items if e["receivedAt"] >= since]
             return self.respond({"items": items, "count": len(items)})
         if path == "/fake/faults":
             if m == "GET":
@@ -1049,9 +1063,11 @@ class FakeApiServer:
                 self.store.status_schema = bool(body["statusSchema"])
             if "lenientStrategicMergePatch" in body:
                 self.store.lenient_smp = bool(body["lenientStrategicMergePatch"])
+            if "logBodies" in body:
+                self.log_bodies = bool(body["logBodies"])
             return self.respond({"bookmarkInterval": self.bookmark_interval, "history": self.store.history_size,
                                  "statusSchema": self.store.status_schema,
-                                 "lenientStrategicMergePatch": self.store.lenient_smp})
+                                 "lenientStrategicMergePatch": self.store.lenient_smp, "logBodies": self.log_bodies})
         raise ks.ApiError(404, "NotFound", f"no control endpoint {m} {path}", {})
 
 
@@ -1084,6 +1100,11 @@ def parse_args(argv=None):
     p.add_argument("--no-openapi", action="store_true", help="answer 404 on /openapi/v3 too (kubectl then needs --validate=false)")
     p.add_argument("--legacy-discovery", action="store_true", help="serve only legacy (non-aggregated) discovery")
     p.add_argument("--request-log-limit", type=int, default=100000)
+    p.add_argument("--log-bodies", action="store_true",
+                   help="keep each request's body (first 64 KiB, as text) in the request log")
+    p.add_argument("--fault", action="append", metavar="JSON",
+                   help='a fault rule active from the first request, as for POST /fake/faults '
+                        '(e.g. \'{"code": 503, "duration": 5}\'); repeatable')
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.plain and not (args.cert and args.key):

@@ -40,16 +40,17 @@ def make_pki(d, cn="fake-kube-apiserver"):
 
 
 class FakeApiServer:
-    """Starts fake_apiserver.py as a subprocess and waits for its {"port": N} line."""
+    """Starts fake_apiserver.py as a subprocess and waits for its {"port": N} line. `port` 0 picks a
+    free port; a fixed one lets a client be configured (and started) before the server listens."""
 
-    def __init__(self, workdir, token="test-token", pki=None, extra_args=(), kubeconfig=True, plain=False):
+    def __init__(self, workdir, token="test-token", pki=None, extra_args=(), kubeconfig=True, plain=False, port=0):
         self.workdir = workdir
         self.token = token
         self.plain = plain
         self.pki = pki if pki is not None or plain else make_pki(workdir)
         self.kubeconfig = os.path.join(workdir, "kubeconfig") if kubeconfig else None
         self.stderr_path = os.path.join(workdir, "fake-apiserver.stderr")
-        cmd = [PYTHON, SERVER, "--port", "0", "--port-file", os.path.join(workdir, "port")]
+        cmd = [PYTHON, SERVER, "--port", str(port), "--port-file", os.path.join(workdir, "port")]
         if plain:
             cmd.append("--plain")
         else:

@@ -55,7 +55,7 @@ class ServerCase(unittest.TestCase):
     def setUp(self):
         self.srv.control("DELETE", "faults")
         self.srv.control("DELETE", "requests")
-        self.srv.control("PUT", "config", {"bookmarkInterval": 1.0, "history": 1000})
+        self.srv.control("PUT", "config", {"bookmarkInterval": 1.0, "history": 1000, "logBodies": False})
 
     # helpers
     def req(self, method, path, body=None, ct=None, **kw):
@@ -695,6 +695,30 @@ class FaultTest(ServerCase):
         self.srv.control("DELETE", "requests")
         self.assertEqual(self.srv.control("GET", "requests")["count"], 0)
 
+    def test_request_log_arrival_times_since_filter_and_bodies(self):
+        self.create(cwp("f-bodies"))
+        t0 = time.time()
+        patch = {"status": {"agentConnection": {"connected": True, "connectedAgents": 1}}}
+        self.srv.control("PUT", "config", {"logBodies": True})
+        try:
+            self.assertEqual(self.req("PATCH", CWP + "/f-bodies/status", patch, MERGE)[0], 200)
+            self.srv.control("POST", "throttle", {"retryAfter": 2, "count": 1, "subresource": "status"})
+            self.assertEqual(self.req("PATCH", CWP + "/f-bodies/status", patch, MERGE)[0], 429)  # faulted: body kept too
+            self.assertEqual(self.req("GET", CWP + "/f-bodies")[0], 200)
+        finally:
+            self.srv.control("PUT", "config", {"logBodies": False})
+        self.assertEqual(self.req("PATCH", CWP + "/f-bodies/status", patch, MERGE)[0], 200)
+        log = self.srv.control("GET", f"requests?since={t0}")["items"]  # the create is older than t0
+        self.assertEqual([(e["method"], e["status"]) for e in log], [("PATCH", 200), ("PATCH", 429), ("GET", 200), ("PATCH", 200)])
+        self.assertEqual([json.loads(e["body"]) for e in log[:2]], [patch, patch])
+        self.assertNotIn("body", log[2])  # no body sent
+        self.assertNotIn("body", log[3])  # logging bodies switched off again
+        times = [e["receivedAt"] for e in log]
+        self.assertEqual(times, sorted(times))
+        self.assertGreaterEqual(times[0], t0)
+        self.assertLessEqual(times[-1], time.time())
+        self.assertEqual(self.srv.control("GET", f"requests?since={time.time() + 60}")["count"], 0)
+
     def test_watch_error_event_fault_and_reset(self):
         self.srv.control("POST", "faults", {"code": 500, "count": 1, "asWatchEvent": True, "match": {"watch": True}})
         w = self.srv.watch(CWP + "?watch=true")
@@ -755,6 +779,23 @@ stringData:
                 w.close()
             finally:
                 srv.stop()
+
+    def test_fault_rules_from_the_command_line_apply_from_the_first_request(self):
+        with tempfile.TemporaryDirectory() as d:
+            srv = FakeApiServer(d, token="", plain=True, extra_args=[
+                "--fault", json.dumps({"code": 503, "count": 2}),
+                "--fault", json.dumps({"code": 429, "retryAfter": 4, "count": 1, "match": {"verb": "list"}})])
+            try:
+                self.assertEqual(len(srv.control("GET", "faults")["items"]), 2)
+                st, _, body = srv.request("GET", CWP)
+                self.assertEqual((st, body["reason"]), (503, "ServiceUnavailable"))
+                self.assertEqual(srv.request("GET", CWP)[0], 503)
+                st, h, _ = srv.request("GET", CWP)
+                self.assertEqual((st, h.get("Retry-After")), (429, "4"))
+                self.assertEqual(srv.request("GET", CWP)[0], 200)
+                self.assertEqual(srv.control("GET", "faults")["items"], [])
+            finally:
+                self.assertEqual(srv.stop(), 0)
 
 
 if __name__ == "__main__":
