@@ -58,6 +58,11 @@ struct M {
                                        .Help("Ended tunnel streams by kind and reason").Register(*reg);
   Family<Counter>& limits = BuildCounter().Name("cluster_gateway_limit_refusals_total")
                                 .Help("Requests, streams or sessions refused by a configured limit").Register(*reg);
+  Family<Counter>& internal_hs = BuildCounter().Name("cluster_gateway_internal_handshakes_total")
+                                     .Help("Internal API TLS handshakes by result").Register(*reg);
+  Family<Counter>& accept_errs = BuildCounter().Name("cluster_gateway_accept_errors_total")
+                                     .Help("Failed accept() calls by listener and reason (the listener pauses 100ms)")
+                                     .Register(*reg);
   Family<Gauge>& build = BuildGauge().Name("cluster_gateway_build_info").Help("Build information").Register(*reg);
   std::mutex hook_mu;
   std::function<void()> hook;
@@ -113,6 +118,10 @@ void stream_ended(const std::string& kind, const std::string& reason) {
 }
 void stream_bytes(const std::string& direction, uint64_t n) {
   m().stream_bytes.Add({{"direction", direction}}).Increment(static_cast<double>(n));
+}
+void internal_handshake(const std::string& r) { m().internal_hs.Add({{"result", r}}).Increment(); }
+void accept_error(const std::string& l, const std::string& r) {
+  m().accept_errs.Add({{"listener", l}, {"reason", r}}).Increment();
 }
 void limit_refused(const std::string& limit) { m().limits.Add({{"limit", limit}}).Increment(); }
 void status_write(const std::string& r) { m().status.Add({{"result", r}}).Increment(); }

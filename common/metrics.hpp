@@ -14,8 +14,13 @@ namespace cg::metrics {
 void session_opened(const std::string& plane_type, const std::string& plane_id);
 void session_closed(const std::string& plane_type, const std::string& plane_id, const std::string& reason);
 // result: accepted | rejected; reason: ok | not_found | bad_request | no_client_certificate | no_crs |
-// not_authorized | not_websocket | header_too_large | tls_handshake_failed | limit
+// not_authorized | not_websocket | header_too_large | tls_handshake_failed | limit | handshake_timeout |
+// request_not_read
 void handshake(const std::string& result, const std::string& reason);
+// Internal API TLS handshakes (result: accepted | rejected).
+void internal_handshake(const std::string& result);
+// accept() failures by listener (agent | internal | health) and reason (emfile | enfile | enobufs | other).
+void accept_error(const std::string& listener, const std::string& reason);
 // reason: unknown_authority | expired | not_yet_valid | no_client_auth | ca_not_loaded | other
 void cr_verification_failure(const std::string& plane_type, const std::string& reason);
 std::string classify_verification_reason(const std::string& reason_text);

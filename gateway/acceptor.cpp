@@ -1,6 +1,9 @@
 #include "gateway/acceptor.hpp"
 
+#include <cerrno>
+
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 
 namespace cg::gateway {
 using namespace cg::net;
@@ -15,12 +18,28 @@ struct Acceptor::Impl : std::enable_shared_from_this<Acceptor::Impl> {
   std::string name;
   OnAccept on_accept;
   bool stopped = false;
+  std::chrono::steady_clock::time_point last_log{};
+  uint64_t failures = 0;
 
   void accept() {
     acceptor.async_accept(asio::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
       if (self->stopped || ec == asio::error::operation_aborted) return;
       if (ec) {
-        log::warn("accept failed; pausing 100ms", {{"listener", self->name}, {"reason", ec.message()}});
+        const char* why = ec == asio::error::no_descriptors ? "emfile"
+                          : ec.value() == ENFILE               ? "enfile"
+                          : ec == asio::error::no_buffer_space ? "enobufs"
+                                                               : "other";
+        metrics::accept_error(self->name, why);
+        // One line per second at most while it lasts (a full fd table fails every accept).
+        auto now = std::chrono::steady_clock::now();
+        if (now - self->last_log >= std::chrono::seconds(1)) {
+          log::warn("accept failed; pausing 100ms",
+                    {{"listener", self->name}, {"reason", ec.message()}, {"failuresSinceLastLog", self->failures + 1}});
+          self->last_log = now;
+          self->failures = 0;
+        } else {
+          ++self->failures;
+        }
         self->timer.expires_after(std::chrono::milliseconds(100));
         self->timer.async_wait([self](beast::error_code) { self->accept(); });
         return;

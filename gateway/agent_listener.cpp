@@ -47,15 +47,16 @@ namespace {
 
 class Handshake : public std::enable_shared_from_this<Handshake> {
  public:
-  Handshake(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const AgentListenerDeps> deps)
-      : ctx_(std::move(ctx)), stream_(std::move(s), *ctx_), deps_(std::move(deps)) {
+  Handshake(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const AgentListenerDeps> deps,
+            std::chrono::steady_clock::time_point deadline)
+      : ctx_(std::move(ctx)), stream_(std::move(s), *ctx_), deps_(std::move(deps)), deadline_(deadline) {
     beast::error_code ec;
     auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
   }
 
   void run() {
-    beast::get_lowest_layer(stream_).expires_after(deps_->handshake_timeout);
+    beast::get_lowest_layer(stream_).expires_at(deadline_);
     stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
       if (ec) {
         log::debug("agent TLS handshake failed", {{"remote", self->remote_}, {"reason", ec.message()}});
@@ -71,13 +72,23 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     parser_.header_limit(8 * 1024);
     parser_.body_limit(0);
     http::async_read(stream_, buf_, parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (ec == http::error::header_limit) {
-        metrics::handshake("rejected", "header_too_large");
-        return self->reply(431, "request header fields too large\n", {});
+      auto refuse = [&](unsigned status, const char* reason_class, const std::string& body) {
+        log::warn("agent connection rejected", {{"remote", self->remote_}, {"status", status},
+                                                {"reason", body.substr(0, body.size() - 1)}});
+        metrics::handshake("rejected", reason_class);
+        self->reply(status, body, {});
+      };
+      if (ec == http::error::header_limit) return refuse(431, "header_too_large", "request header fields too large\n");
+      if (ec == http::error::body_limit) return refuse(413, "bad_request", "request body not allowed\n");
+      if (ec && ec.category() == http::make_error_code(http::error::bad_version).category() &&
+          ec != http::error::end_of_stream && ec != http::error::partial_message) {
+        // Not HTTP/1.1 (a binary blob, an HTTP/2 preface): answered like Go's net/http does.
+        log::debug("agent upgrade request not read", {{"remote", self->remote_}, {"reason", ec.message()}});
+        return refuse(400, "bad_request", "400 Bad Request: malformed HTTP request (" + ec.message() + ")\n");
       }
-      if (ec == http::error::body_limit) return self->reply(413, "request body not allowed\n", {});
       if (ec) {
         log::debug("agent upgrade request not read", {{"remote", self->remote_}, {"reason", ec.message()}});
+        metrics::handshake("rejected", ec == beast::error::timeout ? "handshake_timeout" : "request_not_read");
         return;
       }
       self->decide();
@@ -195,7 +206,32 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
   http::request_parser<http::empty_body> parser_;
   UpgradeRequest req_;
   std::string remote_;
+  std::chrono::steady_clock::time_point deadline_;
 };
+
+// Holds an accepted socket until its first byte arrives (or the handshake timeout passes), so that
+// idle and half-open connections cost a socket and a timer, not a TLS stream with its buffers.
+void await_first_byte(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const AgentListenerDeps> deps) {
+  const auto deadline = std::chrono::steady_clock::now() + deps->handshake_timeout;
+  auto sock = std::make_shared<tcp::socket>(std::move(s));
+  auto timer = std::make_shared<asio::steady_timer>(sock->get_executor());
+  timer->expires_at(deadline);
+  timer->async_wait([sock](beast::error_code ec) {
+    if (ec) return;
+    beast::error_code ig;
+    auto ep = sock->remote_endpoint(ig);
+    log::debug("agent TLS handshake failed",
+               {{"remote", ig ? std::string() : ep.address().to_string() + ":" + std::to_string(ep.port())},
+                {"reason", beast::error_code(beast::error::timeout).message()}});
+    metrics::handshake("rejected", "tls_handshake_failed");
+    sock->close(ig);
+  });
+  sock->async_wait(tcp::socket::wait_read, [sock, timer, ctx = std::move(ctx), deps = std::move(deps), deadline](beast::error_code ec) {
+    if (!timer->cancel() && !ec) return;  // the timer already fired and closed the socket
+    if (ec) return;
+    std::make_shared<Handshake>(std::move(*sock), ctx, deps, deadline)->run();
+  });
+}
 
 }  // namespace
 
@@ -205,7 +241,7 @@ struct AgentListener::Impl {
       : ssl(std::move(ssl_ctx)),
         deps(std::make_shared<const AgentListenerDeps>(std::move(d))),
         acceptor(ioc, bind, port, "agent", [this](tcp::socket s) {
-          std::make_shared<Handshake>(std::move(s), ssl.get(), deps)->run();
+          await_first_byte(std::move(s), ssl.get(), deps);
         }) {}
   TlsContextSlot ssl;
   std::shared_ptr<const AgentListenerDeps> deps;

@@ -43,8 +43,10 @@ class Conn : public std::enable_shared_from_this<Conn> {
     stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
       if (ec) {
         log::warn("internal API TLS handshake refused", {{"remote", self->remote_}, {"reason", ec.message()}});
+        metrics::internal_handshake("rejected");
         return;
       }
+      metrics::internal_handshake("accepted");
       self->read_header();
     });
   }

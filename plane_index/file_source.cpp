@@ -1,5 +1,8 @@
 #include "plane_index/file_source.hpp"
 
+#include <cerrno>
+#include <cstring>
+
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
@@ -16,8 +19,36 @@ namespace fs = std::filesystem;
 namespace {
 const int kMaxDepth = 64;
 
+// Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF), as nlohmann::json
+// requires to dump: yaml-cpp passes other bytes through, and a CR whose spec cannot be dumped would
+// make every later scan throw.
+bool valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t n = (c >= 0xC2 && c <= 0xDF) ? 1 : (c >= 0xE0 && c <= 0xEF) ? 2 : (c >= 0xF0 && c <= 0xF4) ? 3 : 0;
+    if (n == 0 || s.size() - i <= n) return false;  // not a lead byte, or truncated
+    for (size_t k = 1; k <= n; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + k]);
+      unsigned char lo = 0x80, hi = 0xBF;
+      if (k == 1 && c == 0xE0) lo = 0xA0;       // overlong
+      if (k == 1 && c == 0xED) hi = 0x9F;       // surrogates
+      if (k == 1 && c == 0xF0) lo = 0x90;       // overlong
+      if (k == 1 && c == 0xF4) hi = 0x8F;       // above U+10FFFF
+      if (cc < lo || cc > hi) return false;
+    }
+    i += n + 1;
+  }
+  return true;
+}
+
 nlohmann::json scalar_to_json(const YAML::Node& n) {
   const std::string& s = n.Scalar();
+  if (!valid_utf8(s)) throw std::runtime_error("document is not valid UTF-8");
   if (n.Tag() == "!") return s;  // quoted: always a string
   if (s == "true" || s == "True" || s == "TRUE") return true;
   if (s == "false" || s == "False" || s == "FALSE") return false;
@@ -29,22 +60,27 @@ nlohmann::json scalar_to_json(const YAML::Node& n) {
   return s;
 }
 
-nlohmann::json to_json(const YAML::Node& n, int depth) {
+// `budget`: values left for the whole file. Without aliases a file holds fewer values than bytes;
+// aliases are expanded, and a few hundred bytes of nested aliases would expand to billions.
+nlohmann::json to_json(const YAML::Node& n, int depth, size_t& budget) {
   if (depth > kMaxDepth) throw std::runtime_error("document nests deeper than 64 levels");
+  if (budget == 0) throw std::runtime_error("document expands to too many values (nested YAML aliases)");
+  --budget;
   switch (n.Type()) {
     case YAML::NodeType::Null:
     case YAML::NodeType::Undefined: return nullptr;
     case YAML::NodeType::Scalar: return scalar_to_json(n);
     case YAML::NodeType::Sequence: {
       nlohmann::json a = nlohmann::json::array();
-      for (const auto& c : n) a.push_back(to_json(c, depth + 1));
+      for (const auto& c : n) a.push_back(to_json(c, depth + 1, budget));
       return a;
     }
     case YAML::NodeType::Map: {
       nlohmann::json o = nlohmann::json::object();
       for (const auto& kv : n) {
         if (!kv.first.IsScalar()) throw std::runtime_error("mapping keys must be scalars");
-        o[kv.first.Scalar()] = to_json(kv.second, depth + 1);
+        if (!valid_utf8(kv.first.Scalar())) throw std::runtime_error("document is not valid UTF-8");
+        o[kv.first.Scalar()] = to_json(kv.second, depth + 1, budget);
       }
       return o;
     }
@@ -62,10 +98,11 @@ FileParse parse_yaml_documents(const std::string& text) {
     out.file_error = std::string("YAML syntax error: ") + e.what();
     return out;
   }
+  size_t budget = 2 * text.size() + 1024;
   for (const auto& n : nodes) {
     ParsedObject p;
     try {
-      nlohmann::json j = to_json(n, 0);
+      nlohmann::json j = to_json(n, 0, budget);
       if (j.is_null()) continue;  // empty document
       p = parse_object(j);
     } catch (const std::exception& e) {
@@ -132,10 +169,26 @@ bool FilePlaneSource::scan() {
     if (p.filename().string().rfind('.', 0) == 0) continue;  // hidden/temporary files
     if (!it->is_regular_file(ec)) continue;
     std::ifstream f(p, std::ios::binary);
-    if (!f) continue;  // vanished between listing and opening
+    if (!f) {
+      // Vanished between listing and opening, or not readable right now (EMFILE, EACCES, EIO):
+      // a file that is still there keeps its last content rather than counting as removed.
+      std::error_code e2;
+      auto known = files_.find(p.filename().string());
+      if (fs::exists(p, e2) && known != files_.end()) {
+        log::warn("plane file not readable; keeping its last content",
+                  {{"file", p.filename().string()}, {"reason", std::strerror(errno)}});
+        contents[known->first] = known->second.content;
+      }
+      continue;
+    }
     std::ostringstream ss;
     ss << f.rdbuf();
     contents[p.filename().string()] = ss.str();
+  }
+  if (ec) {
+    // An incomplete listing (e.g. no file descriptor left) must not read as "every file removed".
+    log::warn("plane directory scan failed; keeping the previous state", {{"dir", dir_}, {"reason", ec.message()}});
+    return false;
   }
   bool first = files_.empty() && !index_.synced();
   bool changed = first;
