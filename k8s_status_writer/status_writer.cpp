@@ -13,9 +13,16 @@ StatusWriter::~StatusWriter() { stop(); }
 
 void StatusWriter::start() {
   started_ = steady::now();
+  grace_started_ = index_.synced();
   index_.add_listener([this](const plane::IndexChange& ch) {
     {
       std::lock_guard lk(mu_);
+      // The startup grace counts from the first full view of the CRs: agents cannot connect before
+      // it (a slow or unreachable API server at start must not use the grace up).
+      if (!grace_started_) {
+        grace_started_ = true;
+        started_ = steady::now();
+      }
       for (const auto& r : ch.changed) by_auth_[{r.plane_type(), r.auth_key()}] = r;
       for (const auto& r : ch.removed) by_auth_.erase({r.plane_type(), r.auth_key()});
     }

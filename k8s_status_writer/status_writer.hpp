@@ -68,7 +68,8 @@ class StatusWriter {
   session::SessionRegistry& registry_;
   StatusSink& sink_;
   StatusWriterOptions opts_;
-  steady::time_point started_;
+  steady::time_point started_;  // when the startup grace began: the plane index's first sync
+  bool grace_started_ = false;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<plane::CrRef, KeyState> keys_;
