@@ -218,9 +218,11 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
       Duration backoff = opts_.retry_base * (1LL << std::min(k.failures - 1, 10));
       if (backoff > opts_.retry_max) backoff = opts_.retry_max;
       if (r.retry_after && *r.retry_after > backoff) backoff = *r.retry_after;
-      log::warn("status write failed; will retry",
-                {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)}, {"reason", r.error},
-                 {"retryInMs", std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count()}});
+      nlohmann::json f = {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)}, {"reason", r.error},
+                          {"retryInMs", std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count()}};
+      // Writes cut off by shutdown will not be retried: one summary line is logged by flush().
+      if (stopping_) log::debug("status write cancelled by shutdown", f);
+      else log::warn("status write failed; will retry", f);
       unschedule_locked(k);
       k.not_before = now + backoff;
       schedule_locked(ref, now + backoff);

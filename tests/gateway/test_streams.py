@@ -47,7 +47,7 @@ class StreamsTest(unittest.TestCase):
         os.makedirs(planes)
         with open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb") as f:
             ca_b64 = base64.b64encode(f.read()).decode()
-        for name, pid in (("streams", "sp"), ("legacy", "legacy-plane")):
+        for name, pid in (("streams", "sp"), ("legacy", "legacy-plane"), ("raw", "raw-plane")):
             with open(os.path.join(planes, name + ".yaml"), "w") as f:
                 f.write(plane_yaml(name, pid, ca_b64))
         cls.log = LogLines()
@@ -218,6 +218,107 @@ class StreamsTest(unittest.TestCase):
         time.sleep(1.0)
         b = metric_sum(self.metrics(), "cluster_gateway_tunnel_stream_bytes_total", direction="to_caller")
         return a > 0 and a == b
+
+    # ---- a misbehaving stream-capable agent (Python websockets) -----------------------------------
+    def run_raw_agent(self, behaviour, client):
+        """Runs a Python agent on raw-plane that announces http-stream/v1 and answers each request
+        with `behaviour(msg)` (a list of frames to send), while `client()` runs in a thread. Returns
+        (client result, frames the agent received)."""
+        received = []
+
+        async def main():
+            url = f"wss://localhost:{self.agent_port}/ws?planeID=raw-plane&planeType=workflowplane"
+            async with websockets.connect(url, ssl=self.ctx("agent-a"), ping_interval=None, max_size=None,
+                                          extra_headers={"X-Cluster-Agent-Capabilities": "http-stream/v1"}) as ws:
+                ok = await asyncio.to_thread(self.log.wait, "agent connected successfully", planeID="raw-plane",
+                                             count=len(self.log.find("agent connected successfully", planeID="raw-plane")))
+                self.assertTrue(ok)
+
+                async def serve():
+                    async for text in ws:
+                        msg = json.loads(text)
+                        received.append(msg)
+                        for frame in behaviour(msg):
+                            await ws.send(json.dumps(frame))
+                server = asyncio.create_task(serve())
+                try:
+                    return await asyncio.to_thread(client)
+                finally:
+                    server.cancel()
+        result = asyncio.run(main())
+        return result, received
+
+    raw = "/api/proxy/workflowplane/raw-plane/_cluster/raw/k8s"
+
+    def test_complete_answer_larger_than_the_window_is_not_cut(self):
+        body = b"z" * (600 * 1024)
+
+        def behaviour(msg):
+            if msg.get("stream"):
+                return [{"requestID": msg["requestID"], "statusCode": 200,
+                         "headers": {"Content-Type": ["text/plain"]}, "body": base64.b64encode(body).decode()}]
+            return []
+        (status, got, _), _ = self.run_raw_agent(behaviour, lambda: self.get(self.raw + "/api/v1/pods?watch=true"))
+        self.assertEqual(status, 200)
+        self.assertEqual(len(got), len(body))
+
+    def test_agent_exceeding_the_window_has_its_stream_aborted(self):
+        ended0 = metric_sum(self.metrics(), "cluster_gateway_tunnel_streams_ended_total", reason="flow_control")
+        chunk = base64.b64encode(b"w" * (300 * 1024)).decode()  # more than the whole window at once
+
+        def behaviour(msg):
+            if msg.get("stream"):
+                self.assertEqual(msg["window"], 256 * 1024)
+                rid = msg["requestID"]
+                return [{"requestID": rid, "statusCode": 200, "stream": True, "headers": {"Content-Type": ["text/plain"]}},
+                        {"requestID": rid, "data": chunk}]
+            return []
+
+        def client():
+            c = self.conn()
+            c.request("GET", self.raw + "/api/v1/namespaces/default/pods/x/log?follow=true")
+            r = c.getresponse()
+            status = r.status
+            try:
+                r.read()
+                complete = True
+            except http.client.IncompleteRead:
+                complete = False
+            c.close()
+            time.sleep(0.3)  # the agent's close chunk
+            return status, complete
+        (status, complete), received = self.run_raw_agent(behaviour, client)
+        self.assertEqual(status, 200)
+        self.assertFalse(complete, "an aborted stream must not end like a complete one")
+        closes = [m for m in received if m.get("isClose")]
+        self.assertEqual(len(closes), 1)
+        self.assertIsNone(closes[0]["data"])
+        self.assertEqual(metric_sum(self.metrics(), "cluster_gateway_tunnel_streams_ended_total", reason="flow_control"),
+                         ended0 + 1)
+
+    def test_silent_agent_times_out_streams_exec_and_wirelogs(self):
+        def client():
+            out = {"watch": self.get(self.raw + "/api/v1/pods?watch=true")[:2],
+                   "wirelogs": self.get("/api/wirelogs/workflowplane/raw-plane/_cluster/raw?environment=d&namespace=n")[:2]}
+
+            async def ex():
+                url = (f"wss://localhost:{self.api_port}/api/exec/workflowplane/raw-plane/_cluster/raw"
+                       "?podNamespace=a&podName=b&command=sh")
+                async with websockets.connect(url, ssl=self.ctx()) as ws:
+                    with self.assertRaises(websockets.exceptions.ConnectionClosedError) as cm:
+                        await asyncio.wait_for(ws.recv(), 30)
+                    return cm.exception.rcvd.code, cm.exception.rcvd.reason
+            out["exec"] = asyncio.run(ex())
+            return out
+        out, received = self.run_raw_agent(lambda msg: [], client)
+        self.assertEqual(out["watch"], (502, "proxy request failed: HTTP tunnel request timeout\n"))
+        self.assertEqual(out["wirelogs"], (504, "timeout waiting for the agent to start the stream\n"))
+        self.assertEqual(out["exec"], (1011, "timeout waiting for the agent to start the exec stream"))
+        # Each timed-out stream was closed towards the agent.
+        inits = {m["requestID"] for m in received if m.get("stream") or m.get("isUpgrade")}
+        closed = {m["requestID"] for m in received if m.get("isClose")}
+        self.assertEqual(len(inits), 3)
+        self.assertEqual(inits, closed)
 
     # ---- limits ----------------------------------------------------------------------------------
     def test_limit_on_streams_per_agent(self):
