@@ -12,6 +12,14 @@ std::string base64_encode(std::string_view in) {
   return out;
 }
 
+void base64_append(std::string& out, std::string_view in) {
+  const size_t at = out.size();
+  out.resize(at + 4 * ((in.size() + 2) / 3) + 1);
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data() + at), reinterpret_cast<const unsigned char*>(in.data()),
+                          static_cast<int>(in.size()));
+  out.resize(at + static_cast<size_t>(n));
+}
+
 std::optional<std::string> base64_decode(std::string_view in) {
   if (in.size() % 4 != 0) return std::nullopt;
   if (in.empty()) return std::string();

@@ -29,8 +29,16 @@ std::string encode_tunnel_request(const std::string& id, const TunnelRequest& r)
     for (const auto& [k, v] : r.headers) h[k].push_back(v);
     j["headers"] = std::move(h);
   }
-  if (!r.body.empty()) j["body"] = base64_encode(r.body);
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::string out = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (!r.body.empty()) {
+    // The body goes straight into the frame as base64 (no JSON copy of it): one buffer per request.
+    out.pop_back();  // '}'
+    out.reserve(out.size() + 11 + 4 * ((r.body.size() + 2) / 3));
+    out += ",\"body\":\"";
+    base64_append(out, r.body);
+    out += "\"}";
+  }
+  return out;
 }
 
 bool decode_tunnel_response(const nlohmann::json& j, TunnelReply& out, std::string& error) {

@@ -3,7 +3,9 @@
 
 #include <string>
 
+#include "common/base64.hpp"
 #include "session/frames.hpp"
+#include "session/tunnel.hpp"
 
 using cg::session::classify_agent_frame;
 using cg::session::FrameKind;
@@ -139,4 +141,26 @@ TEST_CASE("deep nesting is refused without crashing", "[session][frames]") {
     CHECK(f.kind == FrameKind::stream_chunk);
     CHECK(f.request_id == "r1");
   }
+}
+
+TEST_CASE("encode_tunnel_request writes upstream's HTTPTunnelRequest with the body as base64", "[session][tunnel]") {
+  cg::session::TunnelRequest r;
+  r.target = "k8s";
+  r.method = "POST";
+  r.path = "/api/v1/namespaces/a/pods";
+  r.query = "dryRun=All";
+  r.headers = {{"Content-Type", "application/json"}, {"Accept", "a"}, {"Accept", "b"}};
+  r.gateway_request_id = "gw-1";
+  r.body = std::string("{\"x\":\"\xff\x00\"}", 10);
+  auto j = nlohmann::json::parse(cg::session::encode_tunnel_request("id-1", r));
+  CHECK(j["requestID"] == "id-1");
+  CHECK(j["gatewayRequestID"] == "gw-1");
+  CHECK(j["query"] == "dryRun=All");
+  CHECK(j["headers"]["Accept"] == nlohmann::json::array({"a", "b"}));
+  CHECK(cg::base64_decode(j["body"].get<std::string>()).value() == r.body);
+  r.body.clear();
+  r.query.clear();
+  auto k = nlohmann::json::parse(cg::session::encode_tunnel_request("id-2", r));
+  CHECK_FALSE(k.contains("body"));
+  CHECK_FALSE(k.contains("query"));
 }
