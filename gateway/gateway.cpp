@@ -246,9 +246,20 @@ void Gateway::shutdown() {
     const auto step = sessions.empty() ? Duration::zero() : window / static_cast<int64_t>(sessions.size());
     for (const auto& s : sessions) {
       s.handle->send_text(goaway);
-      s.handle->close(1001, "gateway shutting down");
       if (step > Duration::zero()) std::this_thread::sleep_for(step);
     }
+    // In-flight requests finish: replies still flow on the open sessions, and nothing new is
+    // dispatched once admission is closed (pick() finds no session). Bounded by a quarter of the
+    // budget (at most 5 s) after the GOAWAYs.
+    const auto drain_deadline =
+        std::chrono::steady_clock::now() + std::min<Duration>(m.cfg.shutdown_timeout / 4, std::chrono::seconds(5));
+    size_t waited_for = m.tunnel_ref ? m.tunnel_ref->pending() : 0;
+    while (m.tunnel_ref && m.tunnel_ref->pending() > 0 && std::chrono::steady_clock::now() < drain_deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const size_t left = m.tunnel_ref ? m.tunnel_ref->pending() : 0;
+    log::info("agent sessions drained", {{"sessions", sessions.size()}, {"inFlightAtGoaway", waited_for},
+                                         {"inFlightLeft", left}});
+    for (const auto& s : sessions) s.handle->close(1001, "gateway shutting down");
   }
   // Give sessions up to half the budget to finish their close handshakes.
   const auto sessions_deadline = std::chrono::steady_clock::now() + m.cfg.shutdown_timeout / 2;

@@ -99,6 +99,7 @@ bool StatusWriter::flush(steady::time_point deadline, bool as_disconnected) {
   std::unique_lock lk(mu_);
   return cv_.wait_until(lk, deadline, [this] {
     auto now = steady::now();
+    if (batch_left_ > 0) return false;
     for (const auto& [_, k] : keys_) {
       if (k.in_flight || k.dirty_in_flight) return false;
       // Heartbeat refreshes far in the future do not count; anything due now does.
@@ -125,10 +126,15 @@ void StatusWriter::run() {
       else cv_.wait(lk);
       continue;
     }
+    // Keys taken off the queue are neither due nor in flight until processed: flush() must still
+    // wait for them (the lock is released while each is written).
+    batch_left_ = ready.size();
     for (const auto& ref : ready) {
       if (stopping_) break;
       process(ref, lk);
+      --batch_left_;
     }
+    batch_left_ = 0;
   }
 }
 
@@ -183,6 +189,8 @@ void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>
     return;
   }
   k.in_flight = true;
+  log::debug("writing status", {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)},
+                                {"connected", connected}, {"heartbeatOnly", hb_only}, {"flushing", flushing_}});
   lk.unlock();
   sink_.write(ref, desired, [this, ref, desired, hb_only](WriteResult r) { on_written(ref, desired, r, hb_only); });
   lk.lock();

@@ -70,6 +70,7 @@ class StatusWriter {
   StatusWriterOptions opts_;
   steady::time_point started_;  // when the startup grace began: the plane index's first sync
   bool grace_started_ = false;
+  size_t batch_left_ = 0;  // keys of the run loop's current batch not processed yet
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::map<plane::CrRef, KeyState> keys_;

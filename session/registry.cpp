@@ -154,6 +154,7 @@ class LocalRegistry final : public SessionRegistry {
     std::lock_guard lk(mu_);
     plane_has_sessions = false;
     if (authorized_exists) *authorized_exists = false;
+    if (admission_closed_) return nullptr;  // draining: in-flight requests finish, no new ones start
     std::vector<const Entry*> candidates;
     for_plane(t, id, [&](const Entry& e) {
       plane_has_sessions = true;

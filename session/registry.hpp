@@ -65,8 +65,9 @@ class SessionRegistry {
   virtual ~SessionRegistry() = default;
   // Returns false (and registers nothing) once close_admission() was called: the gateway is draining.
   virtual bool add(std::shared_ptr<AgentHandle> h, std::set<std::string> authorized) = 0;
-  // From now on add() refuses new sessions (shutdown): an upgrade that completes during the drain is
-  // closed by its session instead of slipping past the drain unannounced.
+  // From now on add() refuses new sessions and pick() picks none (shutdown): an upgrade that
+  // completes during the drain is closed by its session instead of slipping past the drain
+  // unannounced, and no new request starts on a session that got GOAWAY.
   virtual void close_admission() = 0;
   // Returns false when the session was not (or no longer) registered: removal happens once.
   virtual bool remove(const AgentHandle& h) = 0;

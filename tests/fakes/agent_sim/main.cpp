@@ -140,6 +140,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
           return self->retry(why, self->o_.reconnect_delay);
         }
         self->open_ = true;
+        self->goaway_ = false;
         ++g_connected;
         std::weak_ptr<Agent> weak = self;
         self->streams_ = std::make_unique<sim::SimStreams>(self->ws_->get_executor(), self->o_.streams, self->plane_id_,
@@ -195,8 +196,12 @@ class Agent : public std::enable_shared_from_this<Agent> {
     if (j.value("type", "") == "goaway") {
       log::info("goaway received; reconnecting promptly", fields({{"reason", j.value("reason", "")}}));
       goaway_ = true;
-      beast::error_code ig;
-      beast::get_lowest_layer(*ws_).socket().close(ig);
+      if (streams_) streams_->reset();
+      // Replies already queued still go out; then the connection closes and the agent reconnects.
+      if (queue_.empty()) {
+        beast::error_code ig;
+        beast::get_lowest_layer(*ws_).socket().close(ig);
+      }
       return;
     }
     const std::string rid = j.value("requestID", "");
@@ -228,6 +233,10 @@ class Agent : public std::enable_shared_from_this<Agent> {
         return;
       }
       if (!self->queue_.empty()) self->write();
+      else if (self->goaway_) {
+        beast::error_code ig;
+        beast::get_lowest_layer(*self->ws_).socket().close(ig);
+      }
       if (before > (1u << 20) && self->queued_bytes_ <= (1u << 20) && self->streams_) self->streams_->writable();
     });
   }
