@@ -237,7 +237,10 @@ class Gateway:
                "--bind", "127.0.0.1", "--planes-dir", planes_dir, "--status-dir", self.status_dir,
                "--server-cert", os.path.join(env.pki, "server.crt"), "--server-key", os.path.join(env.pki, "server.key"),
                "--internal-client-ca-cert", os.path.join(env.pki, "internal-ca.crt"), "--startup-grace", "0s",
-               "--shutdown-timeout", "10s", *extra]
+               "--shutdown-timeout", "10s",
+               # The production limits (sessions per gateway and per plane) would refuse the benchmark's own
+               # agents (e.g. 100 agents per CR in the storm); the benchmark measures capacity, not the limits.
+               "--max-agent-sessions", "1000000", "--max-agents-per-plane", "1000000", *extra]
         self.cmdline = cmd
         self.proc = Proc(f"gateway-{name}", cmd, env.path(name, "gateway.log"), cpu=cpu)
         deadline = time.time() + 30
@@ -1266,6 +1269,9 @@ def main():
                     "<work>/benchmarks-tiny.md)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--perf", action="store_true", help="perf-record the gateway in the handshake and heartbeat windows")
+    ap.add_argument("--idle-targets", default=None,
+                    help="comma-separated session counts for the idle mode (overrides the size's; for profiling)")
+    ap.add_argument("--hb-window", type=float, default=None, help="heartbeat CPU window in seconds (idle mode)")
     ap.add_argument("--report-only", action="store_true",
                     help="Do not measure: render the table and the report again from <work>/results.json of a previous run")
     args = ap.parse_args()
@@ -1278,6 +1284,10 @@ def main():
             ap.error(f"unknown mode {m} (modes: {', '.join(MODES)})")
     os.makedirs(args.work, exist_ok=True)
     env = Env(args)
+    if args.idle_targets:
+        env.size = dict(env.size, idle_targets=[int(x) for x in args.idle_targets.split(",") if x.strip()])
+    if args.hb_window:
+        env.size = dict(env.size, hb_window=args.hb_window)
     if args.report_only:
         with open(os.path.join(args.work, "results.json")) as f:
             data = json.load(f)

@@ -1,6 +1,15 @@
 #include "session/agent_session.hpp"
 
+#include <boost/asio/compose.hpp>
+#include <boost/asio/post.hpp>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <deque>
 
 #include "common/log.hpp"
@@ -18,11 +27,288 @@ std::atomic<uint64_t> g_serial{0};
 
 int64_t to_ns(SysTime t) { return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count(); }
 
+// ---- LeanTls -------------------------------------------------------------------------------------
+// The TLS stream of an established session. The handshake and the upgrade request run on Asio's
+// ssl::stream (gateway/agent_listener.cpp); once the request is read, the session takes the socket and
+// the SSL object over and talks to the socket directly through a small BIO. Asio's stream keeps two
+// 17 KiB buffers in its core plus a BIO pair with two more 17 KiB buffers for as long as it lives,
+// about 68 KiB of every idle session's memory; here OpenSSL's own record buffers are the only ones,
+// and SSL_MODE_RELEASE_BUFFERS (set by Asio on every SSL) frees them whenever a session is idle.
+struct SockBio {
+  int fd = -1;
+  bool eof = false;
+  std::string pre;  // ciphertext Asio's BIO pair had received but OpenSSL had not read yet
+  size_t pre_off = 0;
+};
+
+int sockbio_write(BIO* b, const char* data, int len) {
+  auto* st = static_cast<SockBio*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  for (;;) {
+    ssize_t r = ::send(st->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL);
+    if (r >= 0) return static_cast<int>(r);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(b);
+    return -1;
+  }
+}
+
+int sockbio_read(BIO* b, char* data, int len) {
+  auto* st = static_cast<SockBio*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  if (len <= 0) return 0;
+  if (st->pre_off < st->pre.size()) {
+    size_t n = std::min(st->pre.size() - st->pre_off, static_cast<size_t>(len));
+    std::memcpy(data, st->pre.data() + st->pre_off, n);
+    st->pre_off += n;
+    if (st->pre_off == st->pre.size()) std::string().swap(st->pre), st->pre_off = 0;
+    return static_cast<int>(n);
+  }
+  for (;;) {
+    ssize_t r = ::recv(st->fd, data, static_cast<size_t>(len), 0);
+    if (r > 0) return static_cast<int>(r);
+    if (r == 0) {
+      st->eof = true;
+      return 0;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_read(b);
+    return -1;
+  }
+}
+
+long sockbio_ctrl(BIO* b, int cmd, long, void*) {
+  auto* st = static_cast<SockBio*>(BIO_get_data(b));
+  switch (cmd) {
+    case BIO_CTRL_FLUSH: return 1;
+    case BIO_CTRL_EOF: return st && st->eof ? 1 : 0;
+    default: return 0;
+  }
+}
+
+int sockbio_create(BIO* b) {
+  BIO_set_data(b, nullptr);
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+int sockbio_destroy(BIO* b) {
+  delete static_cast<SockBio*>(BIO_get_data(b));
+  BIO_set_data(b, nullptr);
+  return 1;
+}
+
+const BIO_METHOD* sockbio_method() {
+  static const BIO_METHOD* m = [] {
+    BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "cg-session-socket");
+    BIO_meth_set_write(bm, sockbio_write);
+    BIO_meth_set_read(bm, sockbio_read);
+    BIO_meth_set_ctrl(bm, sockbio_ctrl);
+    BIO_meth_set_create(bm, sockbio_create);
+    BIO_meth_set_destroy(bm, sockbio_destroy);
+    return bm;
+  }();
+  return m;
+}
+
+class LeanTls {
+ public:
+  using executor_type = tcp::socket::executor_type;
+  using next_layer_type = tcp::socket;
+
+  // Takes the socket and the SSL object over from `from` (which must not be used afterwards).
+  explicit LeanTls(TlsStream& from) : sock_(std::move(from.next_layer().socket())), ssl_(from.native_handle()) {
+    SSL_up_ref(ssl_);  // Asio's engine frees its reference when `from` is destroyed
+    BIO* old = SSL_get_rbio(ssl_);
+    if (BIO_ctrl_wpending(SSL_get_wbio(ssl_)) != 0) {
+      adopt_error_ = "unsent TLS output left in the handshake stream";
+    }
+    auto* st = new SockBio;
+    st->fd = sock_.native_handle();
+    if (size_t pending = old ? BIO_ctrl_pending(old) : 0; pending > 0) {
+      st->pre.resize(pending);
+      int got = BIO_read(old, st->pre.data(), static_cast<int>(pending));
+      st->pre.resize(got > 0 ? static_cast<size_t>(got) : 0);
+    }
+    BIO* b = BIO_new(sockbio_method());
+    if (!b) {
+      delete st;
+      adopt_error_ = "BIO_new failed";
+      return;
+    }
+    BIO_set_data(b, st);
+    SSL_set_bio(ssl_, b, b);  // frees Asio's half of the pair
+    beast::error_code ec;
+    sock_.native_non_blocking(true, ec);
+    if (ec && adopt_error_.empty()) adopt_error_ = ec.message();
+  }
+  LeanTls(const LeanTls&) = delete;
+  LeanTls& operator=(const LeanTls&) = delete;
+  ~LeanTls() {
+    if (ssl_) SSL_free(ssl_);
+  }
+
+  executor_type get_executor() noexcept { return sock_.get_executor(); }
+  tcp::socket& next_layer() noexcept { return sock_; }
+  const tcp::socket& next_layer() const noexcept { return sock_; }
+  const std::string& adopt_error() const { return adopt_error_; }
+
+  template <class MutableBuffers, class Handler>
+  auto async_read_some(const MutableBuffers& buffers, Handler&& handler) {
+    asio::mutable_buffer b;
+    for (auto it = asio::buffer_sequence_begin(buffers); it != asio::buffer_sequence_end(buffers); ++it) {
+      if (asio::mutable_buffer(*it).size()) {
+        b = *it;
+        break;
+      }
+    }
+    return asio::async_compose<Handler, void(beast::error_code, size_t)>(
+        IoOp{this, [b](SSL* s, size_t& n) { return SSL_read_ex(s, b.data(), b.size(), &n); }, b.size() == 0},
+        handler, sock_);
+  }
+
+  template <class ConstBuffers, class Handler>
+  auto async_write_some(const ConstBuffers& buffers, Handler&& handler) {
+    // One TLS record per call: small leading buffers (a frame header) are coalesced with what follows
+    // (up to one record), a large first buffer is written from where it is.
+    auto it = asio::buffer_sequence_begin(buffers), end = asio::buffer_sequence_end(buffers);
+    while (it != end && asio::const_buffer(*it).size() == 0) ++it;
+    asio::const_buffer first = it != end ? asio::const_buffer(*it) : asio::const_buffer();
+    std::shared_ptr<std::string> copy;
+    if (first.size() < 4096 && asio::buffer_size(buffers) > first.size()) {
+      copy = std::make_shared<std::string>();
+      copy->reserve(std::min<size_t>(asio::buffer_size(buffers), kRecord));
+      for (; it != end && copy->size() < kRecord; ++it) {
+        asio::const_buffer c(*it);
+        size_t take = std::min(c.size(), kRecord - copy->size());
+        copy->append(static_cast<const char*>(c.data()), take);
+      }
+      first = asio::buffer(*copy);
+    }
+    return asio::async_compose<Handler, void(beast::error_code, size_t)>(
+        IoOp{this, [first, copy](SSL* s, size_t& n) { return SSL_write_ex(s, first.data(), first.size(), &n); },
+             first.size() == 0},
+        handler, sock_);
+  }
+
+  // close_notify, then wait for the peer's (or its end of stream), as Asio's async_shutdown does.
+  template <class Handler>
+  auto async_shutdown(Handler&& handler) {
+    return asio::async_compose<Handler, void(beast::error_code, size_t)>(
+        IoOp{this, [](SSL* s, size_t& n) {
+               n = 0;
+               int r = SSL_shutdown(s);
+               if (r == 0) r = SSL_shutdown(s);
+               return r;
+             },
+             false, true},
+        handler, sock_);
+  }
+
+ private:
+  static constexpr size_t kRecord = 16 * 1024;
+
+  // Runs `fn` until it succeeds or fails, waiting on the socket for what OpenSSL asks for; never
+  // completes inside the initiating call.
+  template <class Fn>
+  struct IoOp {
+    LeanTls* s;
+    Fn fn;
+    bool empty = false;
+    bool shutdown = false;
+    int state = 0;  // 0 first call, 1 waiting, 2 result ready (posted)
+    beast::error_code result{};
+    size_t n = 0;
+
+    template <class Self>
+    void operator()(Self& self, beast::error_code ec = {}) {
+      if (state == 2) return self.complete(result, n);
+      bool first = state == 0;
+      state = 1;
+      if (ec) return self.complete(ec, 0);
+      if (!empty) {
+        ERR_clear_error();
+        size_t got = 0;
+        int r = fn(s->ssl_, got);
+        if (r == 1) {
+          n = got;
+        } else {
+          int e = SSL_get_error(s->ssl_, r);
+          if (e == SSL_ERROR_WANT_READ) return s->sock_.async_wait(tcp::socket::wait_read, std::move(self));
+          if (e == SSL_ERROR_WANT_WRITE) return s->sock_.async_wait(tcp::socket::wait_write, std::move(self));
+          result = map_error(e);
+          if (shutdown && result == asio::ssl::error::stream_truncated) result = asio::error::eof;
+        }
+      }
+      if (first) {
+        state = 2;
+        return asio::post(std::move(self));
+      }
+      self.complete(result, n);
+    }
+
+    beast::error_code map_error(int e) {
+      // As Asio's engine reports them: a close_notify is eof, an end of stream without one is
+      // stream_truncated, anything else the OpenSSL error.
+      unsigned long err = ERR_peek_last_error();
+      if (e == SSL_ERROR_ZERO_RETURN) return asio::error::eof;
+      if (e == SSL_ERROR_SYSCALL && err == 0) {
+        if (errno != 0 && !static_cast<SockBio*>(BIO_get_data(SSL_get_rbio(s->ssl_)))->eof)
+          return beast::error_code(errno, asio::error::get_system_category());
+        return asio::ssl::error::stream_truncated;
+      }
+      if (e == SSL_ERROR_SSL && ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+        ERR_clear_error();
+        return asio::ssl::error::stream_truncated;
+      }
+      ERR_clear_error();
+      if (err == 0) return asio::ssl::error::stream_truncated;
+      return beast::error_code(static_cast<int>(err), asio::error::get_ssl_category());
+    }
+  };
+  template <class Fn>
+  IoOp(LeanTls*, Fn, bool, bool = false) -> IoOp<Fn>;
+
+  tcp::socket sock_;
+  SSL* ssl_;
+  std::string adopt_error_;
+};
+
+// WebSocket teardown for LeanTls (found by argument-dependent lookup): TLS close_notify as for
+// Asio's ssl::stream, then Beast's TCP teardown.
+struct LeanTeardownOp {
+  beast::role_type role;
+  LeanTls& s;
+  int state = 0;
+  beast::error_code first{};
+  template <class Self>
+  void operator()(Self& self, beast::error_code ec = {}, size_t = 0) {
+    switch (state) {
+      case 0:
+        state = 1;
+        return s.async_shutdown(std::move(self));
+      case 1: {
+        state = 2;
+        first = ec;
+        using boost::beast::websocket::async_teardown;
+        return async_teardown(role, s.next_layer(), std::move(self));
+      }
+      default:
+        self.complete(first ? first : ec);
+    }
+  }
+};
+
+template <class Handler>
+void async_teardown(beast::role_type role, LeanTls& s, Handler&& handler) {
+  asio::async_compose<Handler, void(beast::error_code)>(LeanTeardownOp{role, s}, handler, s.next_layer());
+}
+
 class AgentSession final : public AgentHandle, public std::enable_shared_from_this<AgentSession> {
  public:
   AgentSession(UpgradeHandoff& h, AgentIdentity id, const AgentSessionOptions& opts, SessionRegistry& registry,
                std::shared_ptr<FrameHandler> handler)
-      : ws_(std::move(h.stream)),
+      : ws_(h.stream),
         req_(std::move(h.request)),
         id_(std::move(id)),
         opts_(opts),
@@ -50,7 +336,11 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   ~AgentSession() override = default;
 
   void start() {
-    beast::get_lowest_layer(ws_).expires_never();
+    if (!ws_.next_layer().adopt_error().empty()) {
+      log::warn("websocket upgrade failed", fields({{"reason", ws_.next_layer().adopt_error()}, {"remote", id_.remote}}));
+      finished_ = true;
+      return;
+    }
     websocket::stream_base::timeout t{};
     t.handshake_timeout = std::chrono::duration_cast<std::chrono::seconds>(opts_.handshake_timeout);
     if (t.handshake_timeout < std::chrono::seconds(1)) t.handshake_timeout = std::chrono::seconds(1);
@@ -132,6 +422,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   void touch() { last_seen_ns_.store(to_ns(std::chrono::system_clock::now())); }
 
   void on_accept(beast::error_code ec) {
+    req_ = UpgradeRequest{};  // the upgrade request is not needed after the handshake (capabilities are parsed)
     if (ec) {
       log::warn("websocket upgrade failed", fields({{"reason", ec.message()}, {"remote", id_.remote}}));
       finished_ = true;
@@ -190,10 +481,12 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     }
     touch();
     metrics::bytes_in(n);
-    std::string text = beast::buffers_to_string(buffer_.data());
-    buffer_.consume(n);
-    if (buffer_.capacity() > 64 * 1024) buffer_.shrink_to_fit();
-    if (handler_) handler_->on_text(*this, text);
+    // The handler sees the message where it was read (flat_buffer is contiguous): no copy.
+    auto d = buffer_.data();
+    if (handler_) handler_->on_text(*this, std::string_view(static_cast<const char*>(d.data()), d.size()));
+    buffer_.consume(buffer_.size());
+    // Idle sessions keep no large read buffer: anything above a typical small frame is given back.
+    if (buffer_.capacity() > 16 * 1024) buffer_.shrink_to_fit();
     if (!finished_) do_read();
   }
 
@@ -277,8 +570,8 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
 
   void teardown() {
     beast::error_code ignored;
-    beast::get_lowest_layer(ws_).socket().shutdown(tcp::socket::shutdown_both, ignored);
-    beast::get_lowest_layer(ws_).socket().close(ignored);
+    ws_.next_layer().next_layer().shutdown(tcp::socket::shutdown_both, ignored);
+    ws_.next_layer().next_layer().close(ignored);
   }
 
   void finish(const std::string& reason) {
@@ -300,7 +593,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     teardown();
   }
 
-  websocket::stream<TlsStream> ws_;
+  websocket::stream<LeanTls> ws_;
   UpgradeRequest req_;
   AgentIdentity id_;
   std::set<std::string> caps_;
