@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
@@ -87,12 +88,41 @@ nlohmann::json to_json(const YAML::Node& n, int depth, size_t& budget) {
   }
   return nullptr;
 }
+
+// yaml-cpp 0.7's LoadAll loops forever, allocating an empty document per turn, on some malformed
+// streams ("," or "{}, a" at the top level; jbeder/yaml-cpp#1040, fixed upstream after 0.8).
+// The same parse with an event handler that keeps nothing, in a loop bounded by the text's length
+// (every real document takes at least one byte), finds those streams before LoadAll sees them.
+struct IgnoreEvents : YAML::EventHandler {
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+bool parser_loops(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  IgnoreEvents events;
+  for (size_t docs = 0; parser.HandleNextDocument(events);)
+    if (++docs > text.size() + 1) return true;
+  return false;
+}
 }  // namespace
 
 FileParse parse_yaml_documents(const std::string& text) {
   FileParse out;
   std::vector<YAML::Node> nodes;
   try {
+    if (parser_loops(text)) {
+      out.file_error = "YAML syntax error: the parser makes no progress (a stray ',' or flow collection?)";
+      return out;
+    }
     nodes = YAML::LoadAll(text);
   } catch (const YAML::Exception& e) {
     out.file_error = std::string("YAML syntax error: ") + e.what();

@@ -603,15 +603,17 @@ void KubeClient::Impl::after_limiter(std::function<void()> fn, std::function<voi
     return;
   }
   auto t = std::make_shared<asio::steady_timer>(ioc);
-  {
-    std::lock_guard lk(mu);
-    if (shut) {
-      asio::post(ioc, std::move(fail));
-      return;
-    }
-    ++stats.throttled;
-    timers.insert(t);
+  // The wait is armed under `mu`: once the timer is in `timers`, shutdown() may post its cancel() to
+  // an io thread, which must not run while this thread is still inside expires_after()/async_wait()
+  // (a timer is not safe for concurrent use, and a cancel() before async_wait() would be lost). The
+  // handler never runs inline from async_wait(), so taking `mu` in it cannot deadlock.
+  std::lock_guard lk(mu);
+  if (shut) {
+    asio::post(ioc, std::move(fail));
+    return;
   }
+  ++stats.throttled;
+  timers.insert(t);
   t->expires_after(wait);
   t->async_wait([self = shared_from_this(), t, fn = std::move(fn), fail = std::move(fail)](beast::error_code) {
     bool shut_now;

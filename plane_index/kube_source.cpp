@@ -15,6 +15,7 @@
 #include "common/log.hpp"
 #include "common/net.hpp"
 #include "plane_index/kube_client.hpp"
+#include "plane_index/watch_event.hpp"
 
 namespace cg::plane {
 using namespace cg::net;
@@ -40,13 +41,6 @@ bool valid_subdomain(const std::string& s) {
     if (dot == std::string::npos) return true;
     start = dot + 1;
   }
-}
-
-std::string meta_string(const json& obj, const char* field) {
-  auto m = obj.find("metadata");
-  if (m == obj.end() || !m->is_object()) return {};
-  auto f = m->find(field);
-  return f != m->end() && f->is_string() ? f->get<std::string>() : std::string();
 }
 
 std::string obj_key(const json& obj) { return meta_string(obj, "namespace") + "/" + meta_string(obj, "name"); }
@@ -186,24 +180,14 @@ class Informer : public std::enable_shared_from_this<Informer> {
                 {{"resource", what_}, {"status", r.status}, {"reason", r.message()}});
       return retry_later(true, r.retry_after);
     }
-    json j;
-    std::vector<json> items;
-    std::string rv;
-    try {
-      j = json::parse(r.body);
-      rv = meta_string(j, "resourceVersion");
-      if (auto it = j.find("items"); it != j.end() && it->is_array()) {
-        for (auto& item : *it) {
-          fill_type(item);
-          items.push_back(std::move(item));
-        }
-      } else if (!(it != j.end() && it->is_null())) {
-        throw std::runtime_error("no items");
-      }
-    } catch (const std::exception& e) {
-      log::warn("kubernetes list answer unreadable; will retry", {{"resource", what_}, {"reason", e.what()}});
+    ListAnswer ans = decode_list_answer(r.body);
+    if (!ans.error.empty()) {
+      log::warn("kubernetes list answer unreadable; will retry", {{"resource", what_}, {"reason", ans.error}});
       return retry_later(true, std::nullopt);
     }
+    std::vector<json> items = std::move(ans.items);
+    for (auto& item : items) fill_type(item);
+    std::string rv = std::move(ans.resource_version);
     std::function<void(std::vector<json>)> on_list;
     {
       std::lock_guard lk(mu_);
@@ -252,28 +236,16 @@ class Informer : public std::enable_shared_from_this<Informer> {
   }
 
   void on_line(std::string_view line) {
-    json ev;
-    try {
-      ev = json::parse(line);
-    } catch (const std::exception& e) {
-      watch_error_ = std::string("unreadable watch event: ") + e.what();
+    WatchEvent ev = decode_watch_event(line);
+    if (ev.gone || !ev.error.empty()) {  // 410 Gone relists; any other ERROR or bad line resumes after a backoff
+      if (ev.gone) gone_ = true;
+      else watch_error_ = std::move(ev.error);
       return cancel_watch();
     }
-    std::string type = ev.value("type", "");
-    json obj = ev.contains("object") ? ev["object"] : json();
-    if (type == "ERROR") {
-      int code =
-          obj.is_object() && obj.contains("code") && obj["code"].is_number_integer() ? obj["code"].get<int>() : 0;
-      if (code == 410) gone_ = true;
-      else watch_error_ = "watch ERROR event: " + (obj.is_object() ? obj.value("message", obj.dump()) : ev.dump());
-      return cancel_watch();
-    }
-    if (!obj.is_object()) {
-      watch_error_ = "watch event without an object";
-      return cancel_watch();
-    }
+    const std::string& type = ev.type;
+    json& obj = ev.object;
     ++events_;
-    std::string rv = meta_string(obj, "resourceVersion");
+    const std::string& rv = ev.resource_version;
     std::function<void(const std::string&, const json&)> on_event;
     {
       std::lock_guard lk(mu_);

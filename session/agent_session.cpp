@@ -35,17 +35,27 @@ int64_t to_ns(SysTime t) { return std::chrono::duration_cast<std::chrono::nanose
 // about 68 KiB of every idle session's memory; here OpenSSL's own record buffers are the only ones,
 // and SSL_MODE_RELEASE_BUFFERS (set by Asio on every SSL) frees them whenever a session is idle.
 struct SockBio {
-  int fd = -1;
+  // The session's socket, not a copy of its descriptor: the descriptor is read at every call, so that
+  // once the socket is closed (heartbeat timeout, teardown) OpenSSL gets EBADF instead of reaching
+  // whatever the kernel has since given that descriptor number to (another agent's socket, a file).
+  tcp::socket* sock = nullptr;
   bool eof = false;
   std::string pre;  // ciphertext Asio's BIO pair had received but OpenSSL had not read yet
   size_t pre_off = 0;
 };
 
+int sockbio_fd(SockBio* st) { return st->sock && st->sock->is_open() ? st->sock->native_handle() : -1; }
+
 int sockbio_write(BIO* b, const char* data, int len) {
   auto* st = static_cast<SockBio*>(BIO_get_data(b));
   BIO_clear_retry_flags(b);
+  const int fd = sockbio_fd(st);
+  if (fd < 0) {
+    errno = EBADF;
+    return -1;
+  }
   for (;;) {
-    ssize_t r = ::send(st->fd, data, static_cast<size_t>(len), MSG_NOSIGNAL);
+    ssize_t r = ::send(fd, data, static_cast<size_t>(len), MSG_NOSIGNAL);
     if (r >= 0) return static_cast<int>(r);
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(b);
@@ -64,8 +74,13 @@ int sockbio_read(BIO* b, char* data, int len) {
     if (st->pre_off == st->pre.size()) std::string().swap(st->pre), st->pre_off = 0;
     return static_cast<int>(n);
   }
+  const int fd = sockbio_fd(st);
+  if (fd < 0) {
+    errno = EBADF;
+    return -1;
+  }
   for (;;) {
-    ssize_t r = ::recv(st->fd, data, static_cast<size_t>(len), 0);
+    ssize_t r = ::recv(fd, data, static_cast<size_t>(len), 0);
     if (r > 0) return static_cast<int>(r);
     if (r == 0) {
       st->eof = true;
@@ -124,7 +139,7 @@ class LeanTls {
       adopt_error_ = "unsent TLS output left in the handshake stream";
     }
     auto* st = new SockBio;
-    st->fd = sock_.native_handle();
+    st->sock = &sock_;  // LeanTls is neither copied nor moved, so the pointer stays valid
     if (size_t pending = old ? BIO_ctrl_pending(old) : 0; pending > 0) {
       st->pre.resize(pending);
       int got = BIO_read(old, st->pre.data(), static_cast<int>(pending));
@@ -226,7 +241,11 @@ class LeanTls {
       bool first = state == 0;
       state = 1;
       if (ec) return self.complete(ec, 0);
-      if (!empty) {
+      if (!s->sock_.is_open()) {
+        // Closed on the strand after the wait had completed (its handler was already queued) or
+        // before this operation started: OpenSSL must not run on a descriptor that is gone.
+        result = first ? asio::error::bad_descriptor : asio::error::operation_aborted;
+      } else if (!empty) {
         ERR_clear_error();
         size_t got = 0;
         int r = fn(s->ssl_, got);
