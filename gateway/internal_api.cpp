@@ -98,15 +98,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
       return all_status();
     }
     if (path_.rfind("/api/v1/planes/", 0) == 0) {
-      std::vector<std::string> seg;
-      std::string rest = path_.substr(std::string("/api/v1/planes/").size());
-      size_t pos = 0;
-      while (true) {
-        size_t n = rest.find('/', pos);
-        seg.push_back(rest.substr(pos, n == std::string::npos ? std::string::npos : n - pos));
-        if (n == std::string::npos) break;
-        pos = n + 1;
-      }
+      std::vector<std::string> seg = split_path(path_.substr(std::string("/api/v1/planes/").size()));
       if (seg.size() == 3 && !seg[0].empty() && !seg[1].empty() && seg[2] == "status") {
         if (method_ != "GET") return method_not_allowed("GET");
         std::string ns, name;
