@@ -366,7 +366,12 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     t.idle_timeout = websocket::stream_base::none();
     t.keep_alive_pings = false;
     ws_.set_option(t);
-    ws_.read_message_max(opts_.max_message_size);
+    // The message limit is counted by the session itself (do_read/on_read), not by Beast: when Beast
+    // hits its own limit it sends 1009 and tears the TLS stream down at once, while the agent may still
+    // be sending the rest of its message; the teardown's error then replaces message_too_big (so the
+    // close was reported as a lost connection) and the reset can reach the agent before the close frame
+    // does (1006). Here the session stops one byte past the limit and closes with 1009 gracefully.
+    ws_.read_message_max(0);
     ws_.set_option(websocket::stream_base::decorator(
         [](websocket::response_type& res) { res.set(http::field::server, "cluster-gateway"); }));
     ws_.control_callback([this](websocket::frame_type kind, beast::string_view) {
@@ -477,7 +482,24 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   }
 
   void do_read() {
-    ws_.async_read(buffer_, [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_read(ec, n); });
+    // At most one byte past the limit is ever buffered; a message is read in pieces until it is done.
+    size_t room = opts_.max_message_size + 1 - std::min(buffer_.size(), opts_.max_message_size);
+    ws_.async_read_some(buffer_, std::min<size_t>(room, 1u << 20),
+                        [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_read(ec, n); });
+  }
+
+  // The agent's message is over the limit: close with 1009 and let Beast's close handshake read (and
+  // discard) whatever the agent still sends until its close frame, so the 1009 reaches it.
+  void close_too_big() {
+    closing_ = true;
+    ping_timer_.cancel();
+    close_reason_ = "message larger than the limit of " + std::to_string(opts_.max_message_size) + " bytes";
+    log::warn("agent message larger than the limit; closing 1009",
+              fields({{"limit", opts_.max_message_size}, {"received", buffer_.size()}}));
+    buffer_.consume(buffer_.size());
+    buffer_.shrink_to_fit();
+    ws_.async_close(websocket::close_reason(websocket::close_code::too_big, "message too big"),
+                    [self = shared_from_this()](beast::error_code) { self->finish(self->close_reason_); });
   }
 
   void on_read(beast::error_code ec, size_t n) {
@@ -500,6 +522,22 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     }
     touch();
     metrics::bytes_in(n);
+    if (discarding_ || buffer_.size() > opts_.max_message_size) {
+      if (discarding_ || closing_.exchange(true)) {
+        // A close the gateway started is under way (do_close posted): drop the rest of this message and
+        // read on so that the close handshake completes.
+        discarding_ = !ws_.is_message_done();
+        buffer_.consume(buffer_.size());
+        if (!finished_) do_read();
+        return;
+      }
+      close_too_big();
+      return;
+    }
+    if (!ws_.is_message_done()) {
+      do_read();
+      return;
+    }
     // The handler sees the message where it was read (flat_buffer is contiguous): no copy.
     auto d = buffer_.data();
     if (handler_) handler_->on_text(*this, std::string_view(static_cast<const char*>(d.data()), d.size()));
@@ -634,6 +672,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   bool registered_ = false;
   bool admitted_ = true;
   bool ping_pending_ = false;
+  bool discarding_ = false;  // the rest of an oversized message is dropped while a close is under way
   std::string close_reason_;
 };
 }  // namespace

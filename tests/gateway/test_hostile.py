@@ -507,13 +507,11 @@ class HostileInputTest(GatewayCase):
                     self.assertTrue(ok, "status never showed the agent connected")
                     await ws.send(message)
                     await asyncio.wait_for(ws.wait_closed(), 30)
-                    # 1009 when the close frame reaches the agent; while the agent is still sending
-                    # (seen with the fragmented message), the gateway's TLS teardown can reset the
-                    # connection before the agent reads the close frame (1006). Either way the
-                    # session must be gone and the status must follow (below).
-                    self.assertIn(ws.close_code, (1009, 1006))
+                    # The gateway closes with 1009 and reads (discarding) what the agent still sends until
+                    # its close frame, so the 1009 reaches the agent even mid-message (no reset, no 1006).
+                    self.assertEqual(ws.close_code, 1009)
                     ev = await asyncio.to_thread(self.log.wait, "agent disconnected", connectionID=ws.cid)
-                    self.assertTrue(ev)  # its reason is wrong: see test_07b
+                    self.assertTrue(ev)
                     await asyncio.to_thread(self.wait_metric, "cluster_gateway_agent_sessions", 0,
                                             plane_type="dataplane", plane_id="hostile")
                     gone = await asyncio.to_thread(wait_for, lambda: self.connected_in_status("hostile") is False, 20)
@@ -524,16 +522,7 @@ class HostileInputTest(GatewayCase):
         asyncio.run(run())
         self.assert_bystander_serves()
 
-    # GATEWAY BUG (open): a session ended by an oversized message is logged and counted as a lost
-    # connection: "agent disconnected" has reason "connection lost: application data after close
-    # notify (SSL routines)" and sessions_closed_total gets reason="connection_lost" instead of
-    # "message_too_big". Beast sends the 1009 close and tears the TLS stream down while the agent is
-    # still writing the rest of its message; the teardown's error then replaces message_too_big as
-    # the read's result (beast/websocket/impl/read.hpp: `if(! ec) ec = result_;`), and
-    # session/agent_session.cpp on_read() classifies by that error. Expected reason "message larger
-    # than the limit of N bytes" and reason="message_too_big" (e.g. count the message size in the
-    # session, or remember that the limit was hit, instead of trusting the read's error).
-    @unittest.expectedFailure
+    # Was a gateway bug (bug 4 in docs/reliability.md): the teardown's error replaced message_too_big.
     def test_07b_oversized_message_is_logged_and_counted_as_message_too_big(self):
         async def run():
             closed0 = await asyncio.to_thread(self.metric, "cluster_gateway_agent_sessions_closed_total",
