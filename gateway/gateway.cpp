@@ -124,7 +124,10 @@ void Gateway::start() {
   });
 
   if (!c.planes_dir.empty()) {
-    m.source = std::make_unique<plane::FilePlaneSource>(c.planes_dir, m.index);
+    // Polled every 250 ms; a changed file is applied once it has stayed the same for 500 ms, so a file
+    // caught half-written is never loaded (a change is in force 0.5 to 0.75 s after its last write).
+    m.source = std::make_unique<plane::FilePlaneSource>(c.planes_dir, m.index, std::chrono::milliseconds(250),
+                                                        std::chrono::milliseconds(500));
     m.sink = std::make_unique<status::FileStatusSink>(c.status_dir);
   } else {
     kube::KubeConfig kc;

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "common/log.hpp"
@@ -143,8 +144,9 @@ FileParse parse_yaml_documents(const std::string& text) {
   return out;
 }
 
-FilePlaneSource::FilePlaneSource(std::string dir, PlaneIndex& index, std::chrono::milliseconds poll)
-    : dir_(std::move(dir)), index_(index), poll_(poll) {}
+FilePlaneSource::FilePlaneSource(std::string dir, PlaneIndex& index, std::chrono::milliseconds poll,
+                                 std::chrono::milliseconds settle)
+    : dir_(std::move(dir)), index_(index), poll_(poll), settle_(settle) {}
 
 FilePlaneSource::~FilePlaneSource() { stop(); }
 
@@ -233,15 +235,30 @@ bool FilePlaneSource::scan() {
     }
   }
   std::vector<FileProblem> new_problems;
-  {
-    std::lock_guard lk(mu_);
-    for (const auto& pr : problems_)
-      if (contents.count(pr.file) && files_.count(pr.file) && files_[pr.file].content == contents[pr.file])
-        new_problems.push_back(pr);  // unchanged file: its problems still stand
-  }
+  std::set<std::string> applied;  // files whose content is (re)applied in this scan
+  const auto now = std::chrono::steady_clock::now();
   for (auto& [name, text] : contents) {
+    auto known = files_.find(name);
+    if (known != files_.end() && known->second.content == text) {  // unchanged since it was applied
+      known->second.pending = false;
+      known->second.pending_content.clear();
+      continue;
+    }
+    if (settle_.count() > 0 && !first) {
+      FileState& ps = known != files_.end() ? known->second : pending_new_[name];
+      if (!ps.pending || ps.pending_content != text) {
+        ps.pending = true;
+        ps.pending_content = text;
+        ps.pending_since = now;
+        continue;
+      }
+      if (now - ps.pending_since < settle_) continue;  // still settling
+      pending_new_.erase(name);
+    }
     auto& st = files_[name];
-    if (st.content == text) continue;  // unchanged since the last scan
+    st.pending = false;
+    st.pending_content.clear();
+    applied.insert(name);
     st.content = text;
     FileParse fp = parse_yaml_documents(text);
     if (!fp.file_error.empty()) {
@@ -266,8 +283,13 @@ bool FilePlaneSource::scan() {
     changed = true;
     st.last_good = std::move(good);
   }
+  for (auto it = pending_new_.begin(); it != pending_new_.end();)
+    it = contents.count(it->first) ? std::next(it) : pending_new_.erase(it);
   {
     std::lock_guard lk(mu_);
+    // Problems of files not applied in this scan (unchanged or still settling) still stand.
+    for (const auto& pr : problems_)
+      if (contents.count(pr.file) && files_.count(pr.file) && !applied.count(pr.file)) new_problems.push_back(pr);
     problems_ = new_problems;
   }
   if (!changed) return false;

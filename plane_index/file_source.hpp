@@ -1,6 +1,9 @@
 // The embedded file plane source: a directory of multi-document YAML files holding plane CRs
 // and v1 Secrets. Changes are picked up by polling (default every 250 ms). A malformed document
 // is reported with file, document index and reason, and the last good version of it stays in force.
+// With a settle time, a changed (or new) file is applied only once its content has stayed the same
+// for that long, so a file caught half-written (an editor or `cp` writing in place) is never loaded;
+// the first scan at start applies what is there at once.
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -32,7 +35,8 @@ FileParse parse_yaml_documents(const std::string& text);
 class FilePlaneSource : public PlaneSource {
  public:
   FilePlaneSource(std::string dir, PlaneIndex& index,
-                  std::chrono::milliseconds poll_interval = std::chrono::milliseconds(250));
+                  std::chrono::milliseconds poll_interval = std::chrono::milliseconds(250),
+                  std::chrono::milliseconds settle = std::chrono::milliseconds(0));
   ~FilePlaneSource() override;
   void start() override;
   void stop() override;
@@ -43,6 +47,10 @@ class FilePlaneSource : public PlaneSource {
   struct FileState {
     std::string content;
     std::vector<ParsedObject> last_good;  // by document index
+    // A changed content waiting to settle: applied once unchanged for settle_.
+    bool pending = false;
+    std::string pending_content;
+    std::chrono::steady_clock::time_point pending_since{};
   };
   void run();
   bool scan();  // returns true when the world changed
@@ -50,7 +58,9 @@ class FilePlaneSource : public PlaneSource {
   std::string dir_;
   PlaneIndex& index_;
   std::chrono::milliseconds poll_;
+  std::chrono::milliseconds settle_;
   std::map<std::string, FileState> files_;
+  std::map<std::string, FileState> pending_new_;  // new files still settling (not applied yet)
   struct GenState {
     std::string spec;
     int64_t generation;

@@ -5,6 +5,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "plane_index/file_source.hpp"
 #include "tests/support/pki.hpp"
@@ -405,4 +406,57 @@ TEST_CASE("start() refuses a missing directory", "[plane_index][file_source]") {
   FilePlaneSource src(missing.string(), idx);
   CHECK_THROWS(src.start());
   CHECK_FALSE(idx.synced());
+}
+
+TEST_CASE("with a settle time a changed file is applied only once it stops changing", "[plane_index][file_source]") {
+  TempDir dir;
+  auto pem = cg::testing::make_ca("ca").cert_pem();
+  const std::string good = wp_yaml("team-a", "wp", "p1", pem);
+  dir.write("wp.yaml", good);
+  PlaneIndex idx;
+
+  SECTION("the first scan applies what is there at once; a half-written change is never loaded") {
+    FilePlaneSource src(dir.str(), idx, std::chrono::milliseconds(250), std::chrono::hours(1));
+    src.scan_now();
+    REQUIRE(must_find(idx, kWp)->cr.plane_id == "p1");
+    const auto v = idx.version();
+    const std::string next = wp_yaml("team-a", "wp", "p2", pem);
+    // Caught mid-write: cut inside the CA value, then inside the YAML structure, then complete.
+    for (size_t cut : {next.size() - 40, next.find("clientCA") + 3, next.size()}) {
+      dir.write("wp.yaml", next.substr(0, cut));
+      src.scan_now();
+      src.scan_now();
+      CHECK(idx.version() == v);
+      CHECK(src.problems().empty());
+      CHECK(must_find(idx, kWp)->cr.plane_id == "p1");
+    }
+    // A new file is held back the same way.
+    dir.write("new.yaml", wp_yaml("team-b", "wp2", "p3", pem));
+    src.scan_now();
+    CHECK(idx.all().size() == 1);
+    // A removal is applied at once.
+    dir.remove("wp.yaml");
+    dir.remove("new.yaml");
+    src.scan_now();
+    CHECK(idx.all().empty());
+  }
+  SECTION("a change that stays the same for the settle time is applied, and its problems reported") {
+    FilePlaneSource src(dir.str(), idx, std::chrono::milliseconds(250), std::chrono::milliseconds(50));
+    src.scan_now();
+    dir.write("wp.yaml", wp_yaml("team-a", "wp", "p2", pem));
+    src.scan_now();
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p1");  // seen, settling
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    src.scan_now();
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p2");
+    dir.write("wp.yaml", "spec: [unclosed\n");
+    src.scan_now();
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    src.scan_now();
+    REQUIRE(src.problems().size() == 1);
+    CHECK(src.problems()[0].document == -1);
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p2");  // the last good version stays in force
+    src.scan_now();
+    CHECK(src.problems().size() == 1);  // still reported while the file is unchanged
+  }
 }
