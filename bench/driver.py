@@ -240,7 +240,9 @@ class Gateway:
                "--shutdown-timeout", "10s",
                # The production limits (sessions per gateway and per plane) would refuse the benchmark's own
                # agents (e.g. 100 agents per CR in the storm); the benchmark measures capacity, not the limits.
-               "--max-agent-sessions", "1000000", "--max-agents-per-plane", "1000000", *extra]
+               "--max-agent-sessions", "1000000", "--max-agents-per-plane", "1000000", *extra,
+               # A/B runs: extra gateway flags for every gateway of the run (e.g. "--max-concurrent-handshakes 1000000").
+               *os.environ.get("CG_BENCH_GATEWAY_EXTRA", "").split()]
         self.cmdline = cmd
         self.proc = Proc(f"gateway-{name}", cmd, env.path(name, "gateway.log"), cpu=cpu)
         deadline = time.time() + 30

@@ -37,6 +37,9 @@ struct M {
   Family<Gauge>& inflight_f = BuildGauge().Name("cluster_gateway_tunnel_requests_in_flight")
                                   .Help("Proxied requests waiting for an agent").Register(*reg);
   Gauge& inflight = inflight_f.Add({});
+  Family<Gauge>& hs_waiting_f = BuildGauge().Name("cluster_gateway_agent_handshakes_waiting")
+                                    .Help("Agent connections waiting for a TLS handshake slot").Register(*reg);
+  Gauge& hs_waiting = hs_waiting_f.Add({});
   Family<Counter>& status = BuildCounter().Name("cluster_gateway_status_writes_total")
                                 .Help("Status writes onto plane CRs by result").Register(*reg);
   Family<Counter>& source = BuildCounter().Name("cluster_gateway_plane_source_events_total")
@@ -119,6 +122,7 @@ void stream_ended(const std::string& kind, const std::string& reason) {
 void stream_bytes(const std::string& direction, uint64_t n) {
   m().stream_bytes.Add({{"direction", direction}}).Increment(static_cast<double>(n));
 }
+void handshakes_waiting(int64_t n) { m().hs_waiting.Set(static_cast<double>(n)); }
 void internal_handshake(const std::string& r) { m().internal_hs.Add({{"result", r}}).Increment(); }
 void accept_error(const std::string& l, const std::string& r) {
   m().accept_errs.Add({{"listener", l}, {"reason", r}}).Increment();

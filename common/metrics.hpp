@@ -17,6 +17,8 @@ void session_closed(const std::string& plane_type, const std::string& plane_id, 
 // not_authorized | not_websocket | header_too_large | tls_handshake_failed | limit | handshake_timeout |
 // request_not_read
 void handshake(const std::string& result, const std::string& reason);
+// Connections waiting for a TLS handshake slot (--max-concurrent-handshakes).
+void handshakes_waiting(int64_t n);
 // Internal API TLS handshakes (result: accepted | rejected).
 void internal_handshake(const std::string& result);
 // accept() failures by listener (agent | internal | health) and reason (emfile | enfile | enobufs | other).

@@ -1,7 +1,13 @@
 #include "gateway/agent_listener.hpp"
 
 
+#include <boost/asio/post.hpp>
 #include <boost/url/parse.hpp>
+#include <poll.h>
+
+#include <atomic>
+#include <deque>
+#include <mutex>
 
 #include "common/ids.hpp"
 #include "common/log.hpp"
@@ -45,17 +51,105 @@ UpgradeDecision check_upgrade_target(const std::string& target) {
 
 namespace {
 
+// Admission control for TLS handshakes: at most `limit` connections are between their first byte and
+// the end of the upgrade decision at once; the others wait in arrival order with their sockets open.
+// In a reconnect storm every handshake then finishes at full speed, one batch after the other,
+// instead of all of them progressing in turn until most exceed the agents' connect deadline and are
+// retried (work thrown away). A connection still waiting at its handshake deadline, or whose agent
+// has hung up meanwhile, is closed without any TLS work. A slot is held for at most kSlotHold: a
+// slow or silent peer (slowloris) then cannot keep honest agents waiting, it only loses its place.
+constexpr auto kSlotHold = std::chrono::seconds(1);
+
+class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
+ public:
+  explicit HandshakeGate(size_t limit) : limit_(limit ? limit : 1) {}
+  using Start = std::function<void()>;
+  struct Waiting {
+    std::shared_ptr<tcp::socket> sock;
+    std::chrono::steady_clock::time_point deadline;
+    Start start;
+  };
+  // Runs `start` now (on the caller's thread) when a slot is free, else queues it.
+  void admit(Waiting w) {
+    {
+      std::lock_guard lk(mu_);
+      if (active_ >= limit_) {
+        queue_.push_back(std::move(w));
+        metrics::handshakes_waiting(static_cast<int64_t>(queue_.size()));
+        return;
+      }
+      ++active_;
+    }
+    w.start();
+  }
+  // A slot is given back: the next waiting connection that is still worth a handshake takes it.
+  void release() {
+    for (;;) {
+      Waiting next;
+      {
+        std::lock_guard lk(mu_);
+        if (queue_.empty()) {
+          --active_;
+          return;
+        }
+        next = std::move(queue_.front());
+        queue_.pop_front();
+        metrics::handshakes_waiting(static_cast<int64_t>(queue_.size()));
+      }
+      if (usable(next)) {
+        asio::post(next.sock->get_executor(), std::move(next.start));
+        return;
+      }
+    }
+  }
+
+ private:
+  static bool usable(Waiting& w) {
+    beast::error_code ig;
+    if (std::chrono::steady_clock::now() >= w.deadline) {
+      log::debug("agent TLS handshake failed", {{"reason", "handshake timeout while waiting for admission"}});
+      metrics::handshake("rejected", "handshake_timeout");
+      w.sock->close(ig);
+      return false;
+    }
+    pollfd p{w.sock->native_handle(), POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+      log::debug("agent TLS handshake failed", {{"reason", "agent hung up while waiting for admission"}});
+      metrics::handshake("rejected", "tls_handshake_failed");
+      w.sock->close(ig);
+      return false;
+    }
+    return true;
+  }
+  const size_t limit_;
+  std::mutex mu_;
+  size_t active_ = 0;
+  std::deque<Waiting> queue_;
+};
+
 class Handshake : public std::enable_shared_from_this<Handshake> {
  public:
   Handshake(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const AgentListenerDeps> deps,
-            std::chrono::steady_clock::time_point deadline)
-      : ctx_(std::move(ctx)), stream_(std::move(s), *ctx_), deps_(std::move(deps)), deadline_(deadline) {
+            std::chrono::steady_clock::time_point deadline, std::shared_ptr<HandshakeGate> gate)
+      : ctx_(std::move(ctx)),
+        stream_(std::move(s), *ctx_),
+        deps_(std::move(deps)),
+        deadline_(deadline),
+        gate_(std::move(gate)),
+        slot_timer_(stream_.get_executor()) {
     beast::error_code ec;
     auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
   }
 
+  ~Handshake() { give_back(); }
+
   void run() {
+    slot_timer_.expires_after(kSlotHold);
+    slot_timer_.async_wait([w = weak_from_this()](beast::error_code ec) {
+      if (ec) return;
+      if (auto self = w.lock()) self->give_back();
+    });
     beast::get_lowest_layer(stream_).expires_at(deadline_);
     stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
       if (ec) {
@@ -96,6 +190,8 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
   }
 
   void decide() {
+    give_back();  // the expensive part is over (the verification below is in memory)
+    slot_timer_.cancel();
     req_ = parser_.release();
     UpgradeDecision d = check_upgrade_target(std::string(req_.target()));
     nlohmann::json f = {{"remote", remote_}};
@@ -207,11 +303,19 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
   UpgradeRequest req_;
   std::string remote_;
   std::chrono::steady_clock::time_point deadline_;
+  // The admission slot (HandshakeGate): given back once the request is read, after kSlotHold, or at the end.
+  void give_back() {
+    if (holds_slot_.exchange(false)) gate_->release();
+  }
+  std::shared_ptr<HandshakeGate> gate_;
+  std::atomic<bool> holds_slot_{true};
+  asio::steady_timer slot_timer_;
 };
 
 // Holds an accepted socket until its first byte arrives (or the handshake timeout passes), so that
 // idle and half-open connections cost a socket and a timer, not a TLS stream with its buffers.
-void await_first_byte(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const AgentListenerDeps> deps) {
+void await_first_byte(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const AgentListenerDeps> deps,
+                      std::shared_ptr<HandshakeGate> gate) {
   const auto deadline = std::chrono::steady_clock::now() + deps->handshake_timeout;
   auto sock = std::make_shared<tcp::socket>(std::move(s));
   auto timer = std::make_shared<asio::steady_timer>(sock->get_executor());
@@ -226,10 +330,13 @@ void await_first_byte(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, st
     metrics::handshake("rejected", "tls_handshake_failed");
     sock->close(ig);
   });
-  sock->async_wait(tcp::socket::wait_read, [sock, timer, ctx = std::move(ctx), deps = std::move(deps), deadline](beast::error_code ec) {
+  sock->async_wait(tcp::socket::wait_read, [sock, timer, ctx = std::move(ctx), deps = std::move(deps), deadline,
+                                             gate = std::move(gate)](beast::error_code ec) {
     if (!timer->cancel() && !ec) return;  // the timer already fired and closed the socket
     if (ec) return;
-    std::make_shared<Handshake>(std::move(*sock), ctx, deps, deadline)->run();
+    gate->admit({sock, deadline, [sock, ctx, deps, deadline, gate] {
+                   std::make_shared<Handshake>(std::move(*sock), ctx, deps, deadline, gate)->run();
+                 }});
   });
 }
 
@@ -240,11 +347,13 @@ struct AgentListener::Impl {
        AgentListenerDeps d)
       : ssl(std::move(ssl_ctx)),
         deps(std::make_shared<const AgentListenerDeps>(std::move(d))),
+        gate(std::make_shared<HandshakeGate>(deps->max_concurrent_handshakes)),
         acceptor(ioc, bind, port, "agent", [this](tcp::socket s) {
-          await_first_byte(std::move(s), ssl.get(), deps);
+          await_first_byte(std::move(s), ssl.get(), deps, gate);
         }) {}
   TlsContextSlot ssl;
   std::shared_ptr<const AgentListenerDeps> deps;
+  std::shared_ptr<HandshakeGate> gate;
   Acceptor acceptor;
 };
 

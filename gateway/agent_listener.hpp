@@ -27,6 +27,7 @@ struct AgentListenerDeps {
   Duration handshake_timeout = std::chrono::seconds(10);
   size_t max_sessions = 100000;        // agent sessions in this gateway; more get 503
   size_t max_sessions_per_plane = 64;  // per planeType/planeID; more get 503
+  size_t max_concurrent_handshakes = 128;  // TLS handshakes in progress at once; more wait their turn
 };
 
 // Pre-upgrade decision for one request, separated from I/O so it can be tested and fuzzed.

@@ -76,6 +76,9 @@ int parse_cli(int argc, char** argv, Config& cfg) {
   app.add_option("--max-agents-per-plane", cfg.max_sessions_per_plane,
                  "Most agent sessions per planeType/planeID; more are refused with 503")
       ->envname("MAX_AGENTS_PER_PLANE")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-concurrent-handshakes", cfg.max_concurrent_handshakes,
+                 "Most agent TLS handshakes in progress at once; later connections wait their turn (0: 64 per io thread)")
+      ->envname("MAX_CONCURRENT_HANDSHAKES")->capture_default_str();
   app.add_option("--max-pending-per-agent", cfg.max_pending_per_agent,
                  "Most proxied requests waiting for one agent connection; more get 503")
       ->envname("MAX_PENDING_PER_AGENT")->capture_default_str()->check(CLI::PositiveNumber);

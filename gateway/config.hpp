@@ -38,6 +38,7 @@ struct Config {
   // Limits (each refusal is logged and counted in cluster_gateway_limit_refusals_total).
   size_t max_sessions = 100000;          // agent sessions in this gateway
   size_t max_sessions_per_plane = 64;    // agent sessions per planeType/planeID
+  size_t max_concurrent_handshakes = 0;  // TLS handshakes in progress at once (0: 64 per io thread)
   size_t max_pending_per_agent = 1000;   // proxied requests waiting for one agent connection
   size_t max_streams_per_agent = 100;    // open streams (watch, logs -f, exec, wirelogs) per agent connection
   log::Level log_level = log::Level::info;

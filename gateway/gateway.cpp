@@ -159,6 +159,10 @@ void Gateway::start() {
                          session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout, c.max_message_size,
                                                       256u << 20, c.handshake_timeout},
                          c.handshake_timeout, c.max_sessions, c.max_sessions_per_plane};
+  {
+    size_t threads = c.io_threads > 0 ? static_cast<size_t>(c.io_threads) : std::max(1u, std::thread::hardware_concurrency());
+    deps.max_concurrent_handshakes = c.max_concurrent_handshakes ? c.max_concurrent_handshakes : 64 * threads;
+  }
   try {
     m.agent_listener = std::make_unique<AgentListener>(m.ioc, ssl, c.bind, c.port, deps);
   } catch (const std::exception& e) {

@@ -2,6 +2,7 @@
 internal API's client CA (cert-manager renewing the CA file in place, a broken renewal first), and a
 plane file edited through a half-written state. Each checks the refusal or the reload, its log line
 and metric, and that the agents already connected keep their very sessions and keep serving."""
+import asyncio
 import base64
 import http.client
 import json
@@ -13,6 +14,8 @@ import sys
 import tempfile
 import time
 import unittest
+
+import websockets
 
 ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
@@ -228,6 +231,76 @@ class LimitsAndReloadTest(unittest.TestCase):
         with open(status_file) as f:
             st = json.load(f)
         self.assertTrue(st["agentConnection"]["connected"], st)
+
+
+class HandshakeAdmissionTest(unittest.TestCase):
+    """--max-concurrent-handshakes 1: peers that start a TLS handshake and stall (slowloris) hold the
+    only slot for at most a second each, so an honest agent behind them still gets its session."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="cg-admission-")
+        d = cls.tmp.name
+        cls.pki = os.path.join(d, "pki")
+        subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), cls.pki], check=True)
+        planes = os.path.join(d, "planes")
+        os.makedirs(planes)
+        with open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb") as f:
+            ca_b64 = base64.b64encode(f.read()).decode()
+        with open(os.path.join(planes, "p1.yaml"), "w") as f:
+            f.write(plane_yaml("p1", "p1", ca_b64))
+        cls.log = LogLines()
+        cls.proc, started = start_gateway(
+            [BIN, "--port", "0", "--health-port", "0", "--internal-port", "0", "--bind", "127.0.0.1",
+             "--planes-dir", planes, "--server-cert", os.path.join(cls.pki, "server.crt"),
+             "--server-key", os.path.join(cls.pki, "server.key"),
+             "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt"), "--startup-grace", "0s",
+             "--max-concurrent-handshakes", "1", "--handshake-timeout", "30s", "--log-level", "debug"], log=cls.log)
+        cls.agent_port, cls.health_port = started["agentPort"], started["healthPort"]
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.proc.poll() is None:
+            cls.proc.kill()
+        cls.proc.wait()
+        cls.tmp.cleanup()
+
+    def test_stalled_handshakes_do_not_lock_out_an_agent(self):
+        stalled = []
+        try:
+            for _ in range(5):  # each sends the first bytes of a ClientHello and then nothing
+                s = socket.create_connection(("127.0.0.1", self.agent_port), timeout=10)
+                s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+                stalled.append(s)
+            time.sleep(0.3)
+            c = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=5)
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+            c.close()
+            self.assertIn("cluster_gateway_agent_handshakes_waiting", text)
+            t0 = time.monotonic()
+
+            async def connect():
+                ctx = ssl.create_default_context(cafile=os.path.join(self.pki, "gateway-ca.crt"))
+                ctx.load_cert_chain(os.path.join(self.pki, "agent-a.crt"), os.path.join(self.pki, "agent-a.key"))
+                ws = await websockets.connect(f"wss://localhost:{self.agent_port}/ws?planeID=p1&planeType=dataplane",
+                                              ssl=ctx, open_timeout=25, ping_interval=None)
+                await ws.close()
+            asyncio.run(connect())
+            waited = time.monotonic() - t0
+            ev = self.log.wait("agent connected successfully", planeID="p1", timeout=5)
+            self.assertTrue(ev, "the agent behind 5 stalled handshakes got no session")
+            # The stalled peers are still open: they lost their slot, not their connection.
+            for s in stalled:
+                s.setblocking(False)
+                try:
+                    self.assertNotEqual(s.recv(1), b"", "a stalled peer was closed before its handshake timeout")
+                except BlockingIOError:
+                    pass
+            self.assertLess(waited, 30, "the agent waited for the stalled peers' handshake timeout")
+        finally:
+            for s in stalled:
+                s.close()
 
 
 if __name__ == "__main__":
