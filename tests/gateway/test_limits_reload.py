@@ -3,7 +3,6 @@ internal API's client CA (cert-manager renewing the CA file in place, a broken r
 plane file edited through a half-written state. Each checks the refusal or the reload, its log line
 and metric, and that the agents already connected keep their very sessions and keep serving."""
 import asyncio
-import base64
 import http.client
 import json
 import os
@@ -21,12 +20,13 @@ ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirna
 BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
 SIM = os.environ.get("CG_SIM_BIN", os.path.join(ROOT, "build", "bin", "cluster-agent-sim"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
-from gateway_proc import LogLines, metric_sum, start_gateway, wait_for  # noqa: E402
+from gateway_proc import (LogLines, dev_pki_and_planes, gateway_cmd, metric_sum, start_gateway,  # noqa: E402
+                          wait_for)
+from gateway_proc import plane_yaml as _plane_yaml  # noqa: E402
 
 
 def plane_yaml(name, plane_id, ca_b64):
-    return ("apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata:\n"
-            f"  name: {name}\nspec:\n  planeID: {plane_id}\n  clusterAgent:\n    clientCA:\n      value: {ca_b64}\n")
+    return _plane_yaml("ClusterDataPlane", name, plane_id, ca_b64)
 
 
 def openssl(*args):
@@ -38,25 +38,14 @@ class LimitsAndReloadTest(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="cg-limits-")
         d = cls.tmp.name
-        cls.pki = os.path.join(d, "pki")
-        subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), cls.pki], check=True)
+        cls.pki, cls.planes, cls.ca_b64 = dev_pki_and_planes(ROOT, d, [("p1", "p1"), ("p2", "p2")], "ClusterDataPlane")
         # The internal CA the gateway reads is a copy, so the test can renew it in place.
         cls.internal_ca = os.path.join(d, "internal-ca.crt")
         with open(os.path.join(cls.pki, "internal-ca.crt"), "rb") as f, open(cls.internal_ca, "wb") as g:
             g.write(f.read())
-        cls.planes = os.path.join(d, "planes")
-        os.makedirs(cls.planes)
-        with open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb") as f:
-            cls.ca_b64 = base64.b64encode(f.read()).decode()
-        for name in ("p1", "p2"):
-            with open(os.path.join(cls.planes, name + ".yaml"), "w") as f:
-                f.write(plane_yaml(name, name, cls.ca_b64))
         cls.log = LogLines()
         cls.proc, started = start_gateway(
-            [BIN, "--port", "0", "--health-port", "0", "--internal-port", "0", "--bind", "127.0.0.1",
-             "--planes-dir", cls.planes, "--server-cert", os.path.join(cls.pki, "server.crt"),
-             "--server-key", os.path.join(cls.pki, "server.key"), "--internal-client-ca-cert", cls.internal_ca,
-             "--startup-grace", "0s", "--max-agent-sessions", "2"], log=cls.log)
+            gateway_cmd(BIN, cls.pki, cls.planes, "--max-agent-sessions", "2", internal_ca=cls.internal_ca), log=cls.log)
         cls.agent_port, cls.health_port, cls.api_port = started["agentPort"], started["healthPort"], started["internalPort"]
         cls.sims = [cls.sim("p1"), cls.sim("p2")]
         ok = wait_for(lambda: len(cls.log.find("agent connected successfully")) >= 2, 20)
@@ -240,22 +229,11 @@ class HandshakeAdmissionTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="cg-admission-")
-        d = cls.tmp.name
-        cls.pki = os.path.join(d, "pki")
-        subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), cls.pki], check=True)
-        planes = os.path.join(d, "planes")
-        os.makedirs(planes)
-        with open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb") as f:
-            ca_b64 = base64.b64encode(f.read()).decode()
-        with open(os.path.join(planes, "p1.yaml"), "w") as f:
-            f.write(plane_yaml("p1", "p1", ca_b64))
+        cls.pki, planes, _ = dev_pki_and_planes(ROOT, cls.tmp.name, [("p1", "p1")], "ClusterDataPlane")
         cls.log = LogLines()
         cls.proc, started = start_gateway(
-            [BIN, "--port", "0", "--health-port", "0", "--internal-port", "0", "--bind", "127.0.0.1",
-             "--planes-dir", planes, "--server-cert", os.path.join(cls.pki, "server.crt"),
-             "--server-key", os.path.join(cls.pki, "server.key"),
-             "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt"), "--startup-grace", "0s",
-             "--max-concurrent-handshakes", "1", "--handshake-timeout", "30s", "--log-level", "debug"], log=cls.log)
+            gateway_cmd(BIN, cls.pki, planes, "--max-concurrent-handshakes", "1", "--handshake-timeout", "30s",
+                        "--log-level", "debug"), log=cls.log)
         cls.agent_port, cls.health_port = started["agentPort"], started["healthPort"]
 
     @classmethod

@@ -23,7 +23,7 @@ ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirna
 BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
 SIM = os.environ.get("CG_SIM_BIN", os.path.join(ROOT, "build", "bin", "cluster-agent-sim"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
-from gateway_proc import LogLines, metric_sum, start_gateway, wait_for  # noqa: E402
+from gateway_proc import LogLines, dev_pki_and_planes, gateway_cmd, metric_sum, start_gateway, wait_for  # noqa: E402
 
 STREAMING_501 = (
     "Streaming operations (watch, logs -f, exec, port-forward) are not yet supported through the HTTP proxy. "
@@ -31,33 +31,18 @@ STREAMING_501 = (
     "streaming operations.\n")
 
 
-def plane_yaml(name, plane_id, ca_b64):
-    return ("apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterWorkflowPlane\nmetadata:\n"
-            f"  name: {name}\nspec:\n  planeID: {plane_id}\n  clusterAgent:\n    clientCA:\n      value: {ca_b64}\n")
-
-
 class StreamsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="cg-streams-")
-        d = cls.tmp.name
-        cls.pki = os.path.join(d, "pki")
-        subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), cls.pki], check=True)
-        planes = os.path.join(d, "planes")
-        os.makedirs(planes)
-        with open(os.path.join(cls.pki, "tenant-a-ca.crt"), "rb") as f:
-            ca_b64 = base64.b64encode(f.read()).decode()
-        for name, pid in (("streams", "sp"), ("legacy", "legacy-plane"), ("raw", "raw-plane")):
-            with open(os.path.join(planes, name + ".yaml"), "w") as f:
-                f.write(plane_yaml(name, pid, ca_b64))
+        cls.pki, planes, _ = dev_pki_and_planes(
+            ROOT, cls.tmp.name, [("streams", "sp"), ("legacy", "legacy-plane"), ("raw", "raw-plane")],
+            "ClusterWorkflowPlane")
         cls.log = LogLines()
         cls.proc, started = start_gateway(
-            [BIN, "--port", "0", "--health-port", "0", "--internal-port", "0", "--bind", "127.0.0.1",
-             "--planes-dir", planes, "--server-cert", os.path.join(cls.pki, "server.crt"),
-             "--server-key", os.path.join(cls.pki, "server.key"),
-             "--internal-client-ca-cert", os.path.join(cls.pki, "internal-ca.crt"),
-             "--startup-grace", "0s", "--request-timeout", "5s", "--write-timeout", "60s",
-             "--max-agents-per-plane", "1", "--max-streams-per-agent", "3", "--max-pending-per-agent", "8"], log=cls.log)
+            gateway_cmd(BIN, cls.pki, planes, "--request-timeout", "5s", "--write-timeout", "60s",
+                        "--max-agents-per-plane", "1", "--max-streams-per-agent", "3", "--max-pending-per-agent", "8"),
+            log=cls.log)
         cls.agent_port, cls.health_port, cls.api_port = started["agentPort"], started["healthPort"], started["internalPort"]
         cls.sims = []
 

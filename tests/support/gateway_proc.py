@@ -152,3 +152,35 @@ def proc_status_kib(pid, key="VmRSS"):
 def proc_fd_count(pid):
     """Open file descriptors of process `pid`."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def plane_yaml(kind, name, plane_id, ca_b64):
+    """A cluster-scoped plane CR pinning the base64 PEM `ca_b64` as its clientCA value."""
+    return (f"apiVersion: openchoreo.dev/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n"
+            f"  planeID: {plane_id}\n  clusterAgent:\n    clientCA:\n      value: {ca_b64}\n")
+
+
+def dev_pki_and_planes(root, d, planes, kind, ca="tenant-a-ca"):
+    """Makes the dev PKI (scripts/dev-pki) in d/pki and, in d/planes, one file <name>.yaml per
+    (name, plane_id) of `planes`, each a `kind` CR pinning `ca`. Returns (pki, planes_dir, ca_b64)."""
+    import base64
+    pki = os.path.join(d, "pki")
+    subprocess.run([os.path.join(root, "scripts", "dev-pki"), pki], check=True)
+    planes_dir = os.path.join(d, "planes")
+    os.makedirs(planes_dir, exist_ok=True)
+    with open(os.path.join(pki, ca + ".crt"), "rb") as f:
+        ca_b64 = base64.b64encode(f.read()).decode()
+    for name, plane_id in planes:
+        with open(os.path.join(planes_dir, name + ".yaml"), "w") as f:
+            f.write(plane_yaml(kind, name, plane_id, ca_b64))
+    return pki, planes_dir, ca_b64
+
+
+def gateway_cmd(binary, pki, planes_dir, *extra, internal_ca=None):
+    """The gateway on loopback with free ports, the file plane source and the dev PKI's server
+    certificate and internal CA (or `internal_ca`), no startup grace; `extra` flags appended."""
+    return [binary, "--port", "0", "--health-port", "0", "--internal-port", "0", "--bind", "127.0.0.1",
+            "--planes-dir", planes_dir, "--server-cert", os.path.join(pki, "server.crt"),
+            "--server-key", os.path.join(pki, "server.key"),
+            "--internal-client-ca-cert", internal_ca or os.path.join(pki, "internal-ca.crt"),
+            "--startup-grace", "0s", *extra]
