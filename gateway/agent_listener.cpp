@@ -63,7 +63,9 @@ constexpr auto kSlotHold = std::chrono::seconds(1);
 class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
  public:
   explicit HandshakeGate(size_t limit) : limit_(limit ? limit : 1) {}
-  using Start = std::function<void()>;
+  // Starts the handshake with the slot it was given; it captures no gate (no reference cycle through
+  // the queue).
+  using Start = std::function<void(std::shared_ptr<HandshakeGate>)>;
   struct Waiting {
     std::shared_ptr<tcp::socket> sock;
     std::chrono::steady_clock::time_point deadline;
@@ -80,7 +82,7 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
       }
       ++active_;
     }
-    w.start();
+    w.start(shared_from_this());
   }
   // A slot is given back: the next waiting connection that is still worth a handshake takes it.
   void release() {
@@ -97,7 +99,8 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
         metrics::handshakes_waiting(static_cast<int64_t>(queue_.size()));
       }
       if (usable(next)) {
-        asio::post(next.sock->get_executor(), std::move(next.start));
+        asio::post(next.sock->get_executor(),
+                   [self = shared_from_this(), start = std::move(next.start)] { start(self); });
         return;
       }
     }
@@ -121,6 +124,21 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
     }
     return true;
   }
+
+ public:
+  // The listener stops: waiting connections are closed and dropped.
+  void clear() {
+    std::deque<Waiting> q;
+    {
+      std::lock_guard lk(mu_);
+      q.swap(queue_);
+    }
+    metrics::handshakes_waiting(0);
+    beast::error_code ig;
+    for (auto& w : q) w.sock->close(ig);
+  }
+
+ private:
   const size_t limit_;
   std::mutex mu_;
   size_t active_ = 0;
@@ -334,8 +352,8 @@ void await_first_byte(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, st
                                              gate = std::move(gate)](beast::error_code ec) {
     if (!timer->cancel() && !ec) return;  // the timer already fired and closed the socket
     if (ec) return;
-    gate->admit({sock, deadline, [sock, ctx, deps, deadline, gate] {
-                   std::make_shared<Handshake>(std::move(*sock), ctx, deps, deadline, gate)->run();
+    gate->admit({sock, deadline, [sock, ctx, deps, deadline](std::shared_ptr<HandshakeGate> g) {
+                   std::make_shared<Handshake>(std::move(*sock), ctx, deps, deadline, std::move(g))->run();
                  }});
   });
 }
@@ -363,7 +381,10 @@ AgentListener::AgentListener(asio::io_context& ioc, std::shared_ptr<asio::ssl::c
 AgentListener::~AgentListener() { stop(); }
 uint16_t AgentListener::port() const { return impl_->acceptor.port(); }
 void AgentListener::start() { impl_->acceptor.start(); }
-void AgentListener::stop() { impl_->acceptor.stop(); }
+void AgentListener::stop() {
+  impl_->acceptor.stop();
+  impl_->gate->clear();
+}
 void AgentListener::set_ssl_context(std::shared_ptr<asio::ssl::context> ctx) { impl_->ssl.set(std::move(ctx)); }
 
 }  // namespace cg::gateway
