@@ -141,8 +141,8 @@ status:
     def test_3_status_converges_after_api_errors(self):
         self.start_agent()
         self.assertTrue(wait_for(lambda: self.connected() is True))
-        self.api.control("POST", "errors", {"code": 500, "subresource": "status", "method": "PATCH", "duration": 3})
-        self.stop_agent()  # the disconnect is written while every status write fails for 3 s
+        self.api.control("POST", "errors", {"code": 500, "subresource": "status", "method": "PATCH", "duration": 10})
+        self.stop_agent()  # the disconnect is written while every status write fails for 10 s (the window)
         time.sleep(1)
         self.assertTrue(self.connected(), "a write got through during the fault window")
         self.assertTrue(wait_for(lambda: self.connected() is False, timeout=20), "status did not converge")
