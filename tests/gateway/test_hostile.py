@@ -143,6 +143,20 @@ def tunnel_reply(req, status=200, body=b"", headers=None):
                        "body": base64.b64encode(body).decode()})
 
 
+# Under a sanitizer (scripts/test --sanitize, CG_SANITIZE set by CMake) RSS measures the sanitizer's
+# allocator (ASan keeps up to 256 MiB of freed memory in quarantine), not the gateway: the RSS bounds
+# are checked by the normal build only; LeakSanitizer checks leaks in the ASan build.
+SANITIZED = bool(os.environ.get("CG_SANITIZE"))
+
+
+def assert_rss_growth_below(case, rss0, rss1, limit_kib):
+    if SANITIZED:
+        print(f"  (RSS bound not checked under {os.environ['CG_SANITIZE']} sanitizer: {rss0} -> {rss1} KiB)",
+              file=sys.stderr)
+        return
+    case.assertLess(rss1 - rss0, limit_kib, f"RSS grew from {rss0} to {rss1} KiB")
+
+
 class GatewayCase(unittest.TestCase):
     """One gateway per class, planes `bystander` (tenant B CA; cluster-agent-sim) and `hostile`
     (tenant A CA; Python agents), the log kept in memory, and the checks shared by every case."""
@@ -727,7 +741,7 @@ class FloodAndMemoryTest(GatewayCase):
         # it to the kernel, and nothing calls malloc_trim, so RSS after a burst can stay above the
         # baseline by allocator slack. The bound is therefore generous (20 MiB, ~40 KiB per session
         # of the burst): it catches per-session state that is never freed, not slack.
-        self.assertLess(rss1 - rss0, 20 * 1024, f"RSS grew from {rss0} to {rss1} KiB")
+        assert_rss_growth_below(self, rss0, rss1, 20 * 1024)
         self.assert_bystander_serves()
 
     def test_2_thousands_of_half_open_connections_are_closed_by_the_handshake_timeout(self):
@@ -772,7 +786,7 @@ class FloodAndMemoryTest(GatewayCase):
     # gateway/agent_listener.cpp Handshake::run()), and/or malloc_trim(0) once a burst is over.
     def test_3_half_open_flood_memory_returns_to_baseline(self):
         rss0, _, rss1 = self.half_open_rss
-        self.assertLess(rss1 - rss0, 20 * 1024, f"RSS grew from {rss0} to {rss1} KiB")
+        assert_rss_growth_below(self, rss0, rss1, 20 * 1024)
 
 
 class HalfOpenLeakTest(GatewayCase):
@@ -799,7 +813,7 @@ class HalfOpenLeakTest(GatewayCase):
         # Peak is ~87 KiB per connection; a leak of the TLS stream would leave ~170 MiB. The bound
         # leaves room for pools that keep their peak (asio's reactor keeps descriptor states) and
         # for small-chunk fragmentation below the mmap threshold.
-        self.assertLess(rss1 - rss0, 20 * 1024, f"RSS grew from {rss0} to {rss1} KiB")
+        assert_rss_growth_below(self, rss0, rss1, 20 * 1024)
         self.assert_bystander_serves()
 
 
