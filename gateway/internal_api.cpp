@@ -168,6 +168,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
               {{"requestID", gateway_request_id_}, {"planeType", check_.plane_type}, {"planeID", check_.plane_id},
                {"cr", check_.cr_key}, {"target", check_.target}, {"path", check_.path}, {"method", method_}});
     waiting_ = true;
+    resume_after_watch_ = false;
     beast::get_lowest_layer(stream_).expires_never();
     auto self = shared_from_this();
     auto exec = stream_.get_executor();
@@ -199,8 +200,14 @@ class Conn : public std::enable_shared_from_this<Conn> {
         return;
       }
       self->buf_.commit(n);  // pipelined bytes: kept for the next request
-      if (self->waiting_) self->watch_caller();
-      else if (self->resume_after_watch_) self->read_header();
+      if (self->waiting_) {
+        self->watch_caller();
+      } else if (self->resume_after_watch_) {
+        // The answer is written: this read was the last thing the next request waited for. (When the
+        // answer is still being written, its completion reads the next request instead.)
+        self->resume_after_watch_ = false;
+        self->read_header();
+      }
     });
   }
 
@@ -383,6 +390,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     sse_ = sse;
     streaming_ = true;
     waiting_ = true;
+    resume_after_watch_ = false;
     started_ = std::chrono::steady_clock::now();
     beast::get_lowest_layer(stream_).expires_never();
     auto self = shared_from_this();
