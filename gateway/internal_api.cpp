@@ -181,7 +181,9 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
   // While the agent works, a read on the caller's connection notices when the caller goes away.
   void watch_caller() {
-    if (watching_ || !waiting_) return;
+    // Bytes already buffered are a pipelined next request: the caller is there, and a read now would
+    // keep that request waiting until the caller sends more (the answer's write completion reads it).
+    if (watching_ || !waiting_ || buf_.size() > 0) return;
     watching_ = true;
     stream_.async_read_some(buf_.prepare(4096), [self = shared_from_this()](beast::error_code ec, size_t n) {
       self->watching_ = false;

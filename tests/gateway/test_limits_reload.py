@@ -221,6 +221,33 @@ class LimitsAndReloadTest(unittest.TestCase):
             st = json.load(f)
         self.assertTrue(st["agentConnection"]["connected"], st)
 
+    def test_4_pipelined_requests_are_both_answered(self):
+        """Two proxy requests sent back to back on one keep-alive connection (HTTP/1.1 pipelining): both
+        are answered in order, without waiting for the caller to send anything more."""
+        ctx = ssl.create_default_context(cafile=os.path.join(self.pki, "gateway-ca.crt"))
+        ctx.load_cert_chain(self.caller + ".crt", self.caller + ".key")
+        path = "/api/proxy/dataplane/p1/_cluster/p1/k8s/api/v1/namespaces/default/pods"
+        req = (f"GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Request-ID: pipe-%d\r\n\r\n")
+        with socket.create_connection(("127.0.0.1", self.api_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(((req % 1) + (req % 2)).encode())
+                data, answers = b"", []
+                while len(answers) < 2:
+                    head_end = data.find(b"\r\n\r\n")
+                    if head_end >= 0:
+                        head = data[:head_end].decode()
+                        length = int(next(l.split(":", 1)[1] for l in head.split("\r\n")
+                                          if l.lower().startswith("content-length:")))
+                        if len(data) >= head_end + 4 + length:
+                            answers.append((head.split("\r\n")[0], data[head_end + 4:head_end + 4 + length]))
+                            data = data[head_end + 4 + length:]
+                            continue
+                    chunk = s.recv(65536)  # socket.timeout (10 s) fails the test if an answer never comes
+                    self.assertTrue(chunk, f"connection closed after {len(answers)} answers")
+                    data += chunk
+        self.assertEqual([a[0] for a in answers], ["HTTP/1.1 200 OK"] * 2)
+        self.assertTrue(all(b"PodList" in a[1] for a in answers))
+
 
 class HandshakeAdmissionTest(unittest.TestCase):
     """--max-concurrent-handshakes 1: peers that start a TLS handshake and stall (slowloris) hold the
