@@ -105,6 +105,17 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
       }
     }
   }
+  // The listener stops: waiting connections are closed and dropped.
+  void clear() {
+    std::deque<Waiting> q;
+    {
+      std::lock_guard lk(mu_);
+      q.swap(queue_);
+    }
+    metrics::handshakes_waiting(0);
+    beast::error_code ig;
+    for (auto& w : q) w.sock->close(ig);
+  }
 
  private:
   static bool usable(Waiting& w) {
@@ -125,20 +136,6 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
     return true;
   }
 
- public:
-  // The listener stops: waiting connections are closed and dropped.
-  void clear() {
-    std::deque<Waiting> q;
-    {
-      std::lock_guard lk(mu_);
-      q.swap(queue_);
-    }
-    metrics::handshakes_waiting(0);
-    beast::error_code ig;
-    for (auto& w : q) w.sock->close(ig);
-  }
-
- private:
   const size_t limit_;
   std::mutex mu_;
   size_t active_ = 0;

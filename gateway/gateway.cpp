@@ -159,10 +159,9 @@ void Gateway::start() {
                          session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout, c.max_message_size,
                                                       256u << 20, c.handshake_timeout},
                          c.handshake_timeout, c.max_sessions, c.max_sessions_per_plane};
-  {
-    size_t threads = c.io_threads > 0 ? static_cast<size_t>(c.io_threads) : std::max(1u, std::thread::hardware_concurrency());
-    deps.max_concurrent_handshakes = c.max_concurrent_handshakes ? c.max_concurrent_handshakes : 64 * threads;
-  }
+  const int io_threads = c.io_threads > 0 ? c.io_threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  deps.max_concurrent_handshakes =
+      c.max_concurrent_handshakes ? c.max_concurrent_handshakes : 64 * static_cast<size_t>(io_threads);
   try {
     m.agent_listener = std::make_unique<AgentListener>(m.ioc, ssl, c.bind, c.port, deps);
   } catch (const std::exception& e) {
@@ -206,8 +205,7 @@ void Gateway::start() {
     metrics::set_earliest_agent_cert_expiry(secs, earliest.has_value());
   });
   m.work.emplace(m.ioc.get_executor());
-  int n = c.io_threads > 0 ? c.io_threads : std::max(1u, std::thread::hardware_concurrency());
-  for (int i = 0; i < n; ++i) m.threads.emplace_back([&m] { m.ioc.run(); });
+  for (int i = 0; i < io_threads; ++i) m.threads.emplace_back([&m] { m.ioc.run(); });
   m.agent_listener->start();
   m.internal_api->start();
   m.reloader = std::thread([&m] { m.reload_loop(); });
@@ -215,7 +213,7 @@ void Gateway::start() {
   m.started = true;
   log::info("cluster-gateway started",
             {{"agentPort", agent_port()}, {"healthPort", health_port()}, {"internalPort", internal_port()},
-             {"internalMTLS", c.internal_mtls}, {"bind", c.bind}, {"ioThreads", n},
+             {"internalMTLS", c.internal_mtls}, {"bind", c.bind}, {"ioThreads", io_threads},
              {"planeSource", c.planes_dir.empty() ? "kubernetes" : "file"}, {"planesDir", c.planes_dir},
              {"statusDir", c.status_dir},
              {"heartbeatInterval", format_go_duration(c.heartbeat_interval)},

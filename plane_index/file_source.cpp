@@ -240,24 +240,16 @@ bool FilePlaneSource::scan() {
   for (auto& [name, text] : contents) {
     auto known = files_.find(name);
     if (known != files_.end() && known->second.content == text) {  // unchanged since it was applied
-      known->second.pending = false;
-      known->second.pending_content.clear();
+      settling_.erase(name);
       continue;
     }
     if (settle_.count() > 0 && !first) {
-      FileState& ps = known != files_.end() ? known->second : pending_new_[name];
-      if (!ps.pending || ps.pending_content != text) {
-        ps.pending = true;
-        ps.pending_content = text;
-        ps.pending_since = now;
-        continue;
-      }
-      if (now - ps.pending_since < settle_) continue;  // still settling
-      pending_new_.erase(name);
+      auto [s, fresh] = settling_.try_emplace(name, Settling{text, now});
+      if (!fresh && s->second.content != text) s->second = Settling{text, now};
+      if (now - s->second.since < settle_) continue;  // still settling
+      settling_.erase(s);
     }
     auto& st = files_[name];
-    st.pending = false;
-    st.pending_content.clear();
     applied.insert(name);
     st.content = text;
     FileParse fp = parse_yaml_documents(text);
@@ -283,8 +275,8 @@ bool FilePlaneSource::scan() {
     changed = true;
     st.last_good = std::move(good);
   }
-  for (auto it = pending_new_.begin(); it != pending_new_.end();)
-    it = contents.count(it->first) ? std::next(it) : pending_new_.erase(it);
+  for (auto it = settling_.begin(); it != settling_.end();)
+    it = contents.count(it->first) ? std::next(it) : settling_.erase(it);
   {
     std::lock_guard lk(mu_);
     // Problems of files not applied in this scan (unchanged or still settling) still stand.

@@ -47,10 +47,11 @@ class FilePlaneSource : public PlaneSource {
   struct FileState {
     std::string content;
     std::vector<ParsedObject> last_good;  // by document index
-    // A changed content waiting to settle: applied once unchanged for settle_.
-    bool pending = false;
-    std::string pending_content;
-    std::chrono::steady_clock::time_point pending_since{};
+  };
+  // A changed or new file's content waiting to settle: applied once unchanged for settle_.
+  struct Settling {
+    std::string content;
+    std::chrono::steady_clock::time_point since;
   };
   void run();
   bool scan();  // returns true when the world changed
@@ -60,7 +61,7 @@ class FilePlaneSource : public PlaneSource {
   std::chrono::milliseconds poll_;
   std::chrono::milliseconds settle_;
   std::map<std::string, FileState> files_;
-  std::map<std::string, FileState> pending_new_;  // new files still settling (not applied yet)
+  std::map<std::string, Settling> settling_;
   struct GenState {
     std::string spec;
     int64_t generation;

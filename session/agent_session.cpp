@@ -491,7 +491,6 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   // The agent's message is over the limit: close with 1009 and let Beast's close handshake read (and
   // discard) whatever the agent still sends until its close frame, so the 1009 reaches it.
   void close_too_big() {
-    closing_ = true;
     ping_timer_.cancel();
     close_reason_ = "message larger than the limit of " + std::to_string(opts_.max_message_size) + " bytes";
     log::warn("agent message larger than the limit; closing 1009",
@@ -512,8 +511,6 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
                                                            (r.reason.empty() ? "" : ": " + std::string(r.reason.c_str())) + ")";
       } else if (!close_reason_.empty()) {
         reason = close_reason_;
-      } else if (ec == websocket::error::message_too_big || ec == websocket::error::buffer_overflow) {
-        reason = "message larger than the limit of " + std::to_string(opts_.max_message_size) + " bytes";
       } else {
         reason = "connection lost: " + ec.message();
       }
