@@ -20,8 +20,8 @@ ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirna
 BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
 SIM = os.environ.get("CG_SIM_BIN", os.path.join(ROOT, "build", "bin", "cluster-agent-sim"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
-from gateway_proc import (LogLines, dev_pki_and_planes, gateway_cmd, metric_sum, start_gateway,  # noqa: E402
-                          wait_for)
+from gateway_proc import (LogLines, dev_pki_and_planes, gateway_cmd, metric_sum, raw_upgrade,  # noqa: E402
+                          start_gateway, wait_for)
 from gateway_proc import plane_yaml as _plane_yaml  # noqa: E402
 
 
@@ -115,20 +115,7 @@ class LimitsAndReloadTest(unittest.TestCase):
         """A WebSocket upgrade request with the agent certificate; returns the raw HTTP answer."""
         ctx = ssl.create_default_context(cafile=os.path.join(self.pki, "gateway-ca.crt"))
         ctx.load_cert_chain(os.path.join(self.pki, "agent-a.crt"), os.path.join(self.pki, "agent-a.key"))
-        with socket.create_connection(("127.0.0.1", self.agent_port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                s.sendall((f"GET /ws?planeID={plane}&planeType=dataplane HTTP/1.1\r\nHost: localhost\r\n"
-                           "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
-                data = b""
-                while True:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                    if b"\r\n\r\n" in data and data.endswith(b"\n"):
-                        break
-                return data.decode(errors="replace")
+        return raw_upgrade(self.agent_port, ctx, f"/ws?planeID={plane}&planeType=dataplane").decode(errors="replace")
 
     # ---- tests -----------------------------------------------------------------------------------
     def test_1_session_cap_refuses_with_503(self):

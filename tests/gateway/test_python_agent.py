@@ -5,7 +5,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import websockets
 ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
-from gateway_proc import start_gateway, wait_for  # noqa: E402
+from gateway_proc import raw_upgrade, start_gateway, wait_for  # noqa: E402
 
 
 class PythonAgentTest(unittest.TestCase):
@@ -67,17 +66,7 @@ class PythonAgentTest(unittest.TestCase):
             return None
 
     def raw_get(self, target, cert, key):
-        ctx = self.ssl_ctx(cert, key)
-        with socket.create_connection(("127.0.0.1", self.agent_port), timeout=10) as s:
-            with ctx.wrap_socket(s, server_hostname="localhost") as t:
-                t.sendall(f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                          "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
-                data = b""
-                while True:
-                    chunk = t.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+        data = raw_upgrade(self.agent_port, self.ssl_ctx(cert, key), target)
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split(b" ")[1]), body.decode()
 

@@ -184,3 +184,20 @@ def gateway_cmd(binary, pki, planes_dir, *extra, internal_ca=None):
             "--server-key", os.path.join(pki, "server.key"),
             "--internal-client-ca-cert", internal_ca or os.path.join(pki, "internal-ca.crt"),
             "--startup-grace", "0s", *extra]
+
+
+def raw_upgrade(port, ctx, target):
+    """Sends a WebSocket upgrade request for `target` to the agent port over TLS with `ctx` (an
+    ssl.SSLContext holding the client certificate) and returns everything the gateway sent until it
+    closed the connection (a refusal is answered, then closed)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            t.sendall(f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = t.recv(65536)
+                if not chunk:
+                    return data
+                data += chunk
