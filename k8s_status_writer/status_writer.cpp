@@ -135,7 +135,18 @@ void StatusWriter::run() {
       --batch_left_;
     }
     batch_left_ = 0;
+    // Let session events and write completions in between batches, whatever the batches hold.
+    lk.unlock();
+    std::this_thread::yield();
+    lk.lock();
   }
+}
+
+// Status times have a resolution of one second, so a CR that shows the truth now may need a
+// heartbeat refresh a second later at the earliest; looking again after a tenth of the refresh
+// interval (at least 1 s) keeps lastHeartbeatTime within 1.1 intervals of the truth.
+Duration StatusWriter::recheck_interval() const {
+  return std::max<Duration>(std::chrono::seconds(1), opts_.heartbeat_interval / 10);
 }
 
 void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>& lk) {
@@ -175,7 +186,11 @@ void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>
   const bool connected = desired.agent && desired.agent->connected;
 
   if (k.written && desired == prev) {
-    if (connected) schedule_locked(ref, k.last_write + opts_.heartbeat_interval);
+    // Nothing to write. A connected CR is looked at again for its heartbeat refresh (pongs raise
+    // no events), never in the past: a CR this gateway has not written yet (after a restart the CR
+    // already shows the truth) has no last write, and a key due in the past would be taken again at
+    // once, forever, while the loop holds the lock.
+    if (connected) schedule_locked(ref, std::max(k.last_write + opts_.heartbeat_interval, now + recheck_interval()));
     return;
   }
   const bool hb_only = k.written && only_heartbeat_differs(desired, prev);

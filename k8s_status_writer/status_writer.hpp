@@ -59,6 +59,7 @@ class StatusWriter {
     std::optional<steady::time_point> not_before;
   };
   void run();
+  Duration recheck_interval() const;
   void process(const plane::CrRef& ref, std::unique_lock<std::mutex>& lk);
   void schedule_locked(const plane::CrRef& ref, steady::time_point when);
   void unschedule_locked(KeyState& k);
