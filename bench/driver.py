@@ -594,19 +594,23 @@ def mode_tunnel(env):
         res["rate"] = {}
         for t in ("direct", "tunnel"):
             log(f"tunnel: {t}: {z['tun_requests']} requests at {z['tun_rate']}/s, {z['tun_body']}-byte bodies")
+            h = perf_start(env, gw.pid, "tunnel-rate") if t == "tunnel" else None
             r = run_json([tool, "--mode", "rate", *common, *targets[t], "--rate", str(z["tun_rate"]),
                           "--requests", str(z["tun_requests"]), "--warmup-requests", str(z["tun_warmup"]),
                           "--connections", str(z["tun_conns"]), "--body-size", str(z["tun_body"])],
                          env.path("tunnel", f"rate-{t}.log"))
+            perf_stop(env, h)
             if r["_exit"] != 0 or r.get("errors"):
                 raise ModeFailed(f"tunnel rate {t}: {r.get('errors')} errors: {r.get('errorKinds')}")
             res["rate"][t] = r
         res["throughput"] = {}
         for t in ("direct", "tunnel"):
             log(f"tunnel: {t}: 1 MiB bodies, {z['big_conns']} connections, {z['big_duration']}s")
+            h = perf_start(env, gw.pid, "tunnel-throughput") if t == "tunnel" else None
             r = run_json([tool, "--mode", "throughput", *common, *targets[t], "--connections", str(z["big_conns"]),
                           "--duration", str(z["big_duration"]), "--warmup", str(z["big_warmup"]),
                           "--body-size", str(z["big_body"])], env.path("tunnel", f"throughput-{t}.log"))
+            perf_stop(env, h)
             if r["_exit"] != 0 or r.get("errors"):
                 raise ModeFailed(f"tunnel throughput {t}: {r.get('errors')} errors: {r.get('errorKinds')}")
             res["throughput"][t] = r
@@ -1270,7 +1274,7 @@ def main():
     ap.add_argument("--out", default=None, help="Markdown report (default: docs/benchmarks.md; with --tiny: "
                     "<work>/benchmarks-tiny.md)")
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--perf", action="store_true", help="perf-record the gateway in the handshake and heartbeat windows")
+    ap.add_argument("--perf", action="store_true", help="perf-record the gateway in the handshake, heartbeat and tunnel windows")
     ap.add_argument("--idle-targets", default=None,
                     help="comma-separated session counts for the idle mode (overrides the size's; for profiling)")
     ap.add_argument("--hb-window", type=float, default=None, help="heartbeat CPU window in seconds (idle mode)")

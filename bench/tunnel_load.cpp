@@ -151,9 +151,9 @@ nlohmann::json responder_cost(size_t body_size) {
   size_t out_bytes = 0;
   auto one = [&] {
     // What cluster-agent-sim does per request frame (Agent::handle): parse, answer, serialize.
-    auto j = nlohmann::json::parse(frame, nullptr, false);
+    auto j = cg::sim::parse_frame(frame);
     std::string rid = j.value("requestID", "");
-    std::string out = cg::sim::respond(j, "tun", 0).dump();
+    std::string out = cg::sim::dump_reply(cg::sim::respond(j, "tun", 0));
     out_bytes = out.size();
   };
   for (int i = 0; i < 3; ++i) one();

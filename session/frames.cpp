@@ -1,9 +1,17 @@
 #include "session/frames.hpp"
 
+#include "common/json_lift.hpp"
+
 namespace cg::session {
 
-AgentFrame classify_agent_frame(std::string_view text) {
+AgentFrame classify_agent_frame(std::string_view text) { return classify_agent_frame(text, kLiftStringsFrom); }
+
+AgentFrame classify_agent_frame(std::string_view text, size_t lift_from) {
   AgentFrame f;
+  // Long base64 bodies skip the JSON lexer (one memcpy each instead of a character at a time).
+  LiftedJson lifted;
+  const bool lift = lift_long_strings(text, lift_from, lifted);
+  if (lift) text = lifted.rest;
   int depth = 0;
   bool too_deep = false;
   auto cb = [&](int d, nlohmann::json::parse_event_t ev, nlohmann::json&) {
@@ -27,6 +35,7 @@ AgentFrame classify_agent_frame(std::string_view text) {
     f.error = "frame is not a JSON object";
     return f;
   }
+  if (lift) restore_lifted(j, lifted);
   auto rid = j.find("requestID");
   if (rid != j.end() && rid->is_string()) f.request_id = rid->get<std::string>();
   if (!f.request_id.empty()) {

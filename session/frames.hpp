@@ -19,5 +19,9 @@ struct AgentFrame {
 // 2. Else a response: bad JSON or empty requestID → invalid; otherwise a response.
 // JSON nesting deeper than 64 levels is refused without recursion blow-up.
 AgentFrame classify_agent_frame(std::string_view text);
+// The same with string members of at least `lift_from` bytes taken past the JSON lexer (see
+// common/json_lift.hpp); the result does not depend on it (tests and fuzzing compare).
+inline constexpr size_t kLiftStringsFrom = 1024;
+AgentFrame classify_agent_frame(std::string_view text, size_t lift_from);
 
 }  // namespace cg::session

@@ -67,7 +67,7 @@ bool decode_tunnel_response(const nlohmann::json& j, TunnelReply& out, std::stri
       error = "body is not a base64 string";
       return false;
     }
-    auto d = base64_decode(b->get<std::string>());
+    auto d = base64_decode(b->get_ref<const std::string&>());
     if (!d) {
       error = "body is not valid base64";
       return false;
@@ -409,7 +409,7 @@ bool Tunnel::on_stream_frame(AgentHandle& s, const std::string& id, const nlohma
     const auto dit = body.find("data");
     std::string data;
     if (dit != body.end() && dit->is_string()) {
-      auto d = base64_decode(dit->get<std::string>());
+      auto d = base64_decode(dit->get_ref<const std::string&>());
       if (!d) {
         end = true;
         abort_agent = true;

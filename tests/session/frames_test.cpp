@@ -164,3 +164,25 @@ TEST_CASE("encode_tunnel_request writes upstream's HTTPTunnelRequest with the bo
   CHECK_FALSE(k.contains("body"));
   CHECK_FALSE(k.contains("query"));
 }
+
+TEST_CASE("frames with long bodies classify the same with and without lifting", "[session][frames]") {
+  const std::string big = cg::base64_encode(std::string(300000, '\x01'));
+  for (const std::string& text :
+       {R"({"requestID":"r1","statusCode":200,"headers":{"A":["b"]},"body":")" + big + "\"}",
+        R"({"requestID":"r1","data":")" + big + "\"}", R"({"requestID":"","body":")" + big + "\"}",
+        R"({"requestID":"r1","data":null,"body":")" + big + "\"}", R"({"body":")" + big + R"(","requestID":"r2"})",
+        R"({"requestID":"r1","body":")" + big + R"(","x":)" + nested_arrays(70) + "}",
+        R"({"requestID":"r1","body":")" + big + R"(",})"}) {
+    auto a = classify_agent_frame(text, 0), b = classify_agent_frame(text, SIZE_MAX);
+    CHECK(a.kind == b.kind);
+    CHECK(a.request_id == b.request_id);
+    CHECK(a.error.empty() == b.error.empty());
+    if (a.kind != FrameKind::invalid) CHECK(a.body == b.body);
+  }
+  auto f = classify_agent_frame(R"({"requestID":"r1","statusCode":200,"body":")" + big + "\"}");
+  REQUIRE(f.kind == FrameKind::response);
+  cg::session::TunnelReply r;
+  std::string err;
+  REQUIRE(cg::session::decode_tunnel_response(f.body, r, err));
+  CHECK(r.body == std::string(300000, '\x01'));
+}

@@ -116,6 +116,10 @@ class Agent : public std::enable_shared_from_this<Agent> {
   void on_connect(beast::error_code ec) {
     if (ec) return retry("connect: " + ec.message(), o_.reconnect_delay);
     auto self = shared_from_this();
+    // Go's net package (upstream's agent) sets TCP_NODELAY on every TCP connection; so does the
+    // simulator, or Nagle holds a frame back while an earlier one is unacknowledged.
+    beast::error_code ig;
+    beast::get_lowest_layer(*ws_).socket().set_option(tcp::no_delay(true), ig);
     SSL_set_tlsext_host_name(ws_->next_layer().native_handle(), o_.host.c_str());
     ws_->next_layer().set_verify_callback(asio::ssl::host_name_verification(o_.host));
     ws_->next_layer().async_handshake(asio::ssl::stream_base::client, [self](beast::error_code ec) {
@@ -180,15 +184,15 @@ class Agent : public std::enable_shared_from_this<Agent> {
         }
         return self->retry(why, self->o_.reconnect_delay);
       }
-      std::string text = beast::buffers_to_string(self->buf_.data());
+      const auto data = self->buf_.data();  // a flat_buffer: one contiguous block
+      self->handle(std::string_view(static_cast<const char*>(data.data()), data.size()));
       self->buf_.consume(self->buf_.size());
-      self->handle(text);
       self->read();
     });
   }
 
-  void handle(const std::string& text) {
-    auto j = nlohmann::json::parse(text, nullptr, false);
+  void handle(std::string_view text) {
+    auto j = sim::parse_frame(text);
     if (j.is_discarded() || !j.is_object()) {
       log::warn("invalid message from gateway", fields());
       return;
@@ -212,7 +216,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
     if (streams_ && streams_->handle(j)) return;  // stream init, chunk, credit or streamed request
     if (j.value("path", "") == "/sim/hang") return;  // tests: a request this agent never answers
     log::debug("received HTTP tunnel request", fields({{"requestID", rid}, {"method", j.value("method", "")}, {"path", j.value("path", "")}}));
-    send(sim::respond(j, plane_id_, index_).dump());
+    send(sim::dump_reply(sim::respond(j, plane_id_, index_)));
   }
 
   void send(std::string text) {

@@ -4,7 +4,13 @@
 
 #include <regex>
 
+#include "common/json_lift.hpp"
+
 namespace cg::sim {
+using cg::LiftedJson;
+using cg::lift_long_strings;
+using cg::restore_lifted;
+using cg::dump_with_plain_member;
 
 std::string b64encode(const std::string& in) {
   std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
@@ -23,6 +29,22 @@ std::string b64decode(const std::string& in) {
   size_t pad = (in.back() == '=') + (in.size() > 1 && in[in.size() - 2] == '=');
   out.resize(static_cast<size_t>(n) - pad);
   return out;
+}
+
+nlohmann::json parse_frame(std::string_view text) {
+  LiftedJson lifted;
+  if (!lift_long_strings(text, 1024, lifted)) return nlohmann::json::parse(text, nullptr, false);
+  auto j = nlohmann::json::parse(lifted.rest, nullptr, false);
+  if (j.is_object()) restore_lifted(j, lifted);
+  return j;
+}
+
+std::string dump_reply(nlohmann::json reply) {
+  auto b = reply.find("body");
+  if (b == reply.end() || !b->is_string() || b->get_ref<const std::string&>().size() < 1024) return reply.dump();
+  std::string body = std::move(b->get_ref<std::string&>());  // base64: nothing to escape
+  reply.erase(b);
+  return dump_with_plain_member(reply, "body", body);
 }
 
 namespace {
