@@ -21,6 +21,10 @@ struct M {
                                     .Help("Agent connection attempts by result and reason").Register(*reg);
   Family<Counter>& verify_fail = BuildCounter().Name("cluster_gateway_cr_verification_failures_total")
                                      .Help("Per-CR certificate verification failures by reason").Register(*reg);
+  Family<Counter>& verify_cache = BuildCounter().Name("cluster_gateway_cr_verification_cache_total")
+                                      .Help("Per-CR certificate verifications answered from the cache (hit) or done (miss)").Register(*reg);
+  Counter& verify_cache_hit = verify_cache.Add({{"result", "hit"}});
+  Counter& verify_cache_miss = verify_cache.Add({{"result", "miss"}});
   Family<Histogram>& rtt = BuildHistogram().Name("cluster_gateway_heartbeat_rtt_seconds")
                                .Help("WebSocket ping to pong round-trip time").Register(*reg);
   Histogram& rtt_h = rtt.Add({}, Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10});
@@ -95,6 +99,7 @@ void handshake(const std::string& result, const std::string& reason) {
 void cr_verification_failure(const std::string& t, const std::string& reason) {
   m().verify_fail.Add({{"plane_type", t}, {"reason", reason}}).Increment();
 }
+void cr_verification_cache(bool hit) { (hit ? m().verify_cache_hit : m().verify_cache_miss).Increment(); }
 std::string classify_verification_reason(const std::string& r) {
   if (r.find("expired") != std::string::npos) return "expired";
   if (r.find("not yet valid") != std::string::npos) return "not_yet_valid";

@@ -26,6 +26,7 @@ void accept_error(const std::string& listener, const std::string& reason);
 // reason: unknown_authority | expired | not_yet_valid | no_client_auth | ca_not_loaded | other
 void cr_verification_failure(const std::string& plane_type, const std::string& reason);
 std::string classify_verification_reason(const std::string& reason_text);
+void cr_verification_cache(bool hit);  // cluster_gateway_cr_verification_cache_total{result}
 void heartbeat_rtt(double seconds);
 void bytes_in(uint64_t n);
 void bytes_out(uint64_t n);

@@ -7,6 +7,11 @@
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 
+#include <mutex>
+#include <unordered_map>
+
+#include "common/metrics.hpp"
+
 namespace cg::tls {
 
 PeerChain PeerChain::from_ssl(SSL* ssl) {
@@ -91,6 +96,92 @@ bool eku_allows_client(X509* c, bool required) {
 }
 }  // namespace
 
+namespace {
+// Successful verdicts by (the CR's CA store, the exact certificates the agent sent): an agent that
+// reconnects with the same chain to an unchanged CR skips X509_verify_cert (its signature checks).
+// The key is the stores' identity (a changed CA is a new store object; a destroyed one never
+// matches again) and the full DER of the chain, compared byte for byte, never only a hash. An entry
+// lasts until the earliest notAfter of the chain it built, at most kVerifyCacheTtl. Failures are not
+// cached. Bounded: expired entries are dropped when it is full, and everything if that is not enough.
+constexpr auto kVerifyCacheTtl = std::chrono::minutes(5);
+constexpr size_t kVerifyCacheMax = 16384;
+
+std::string chain_der(const PeerChain& chain) {
+  std::string out;
+  auto add = [&](X509* c) {
+    const int n = i2d_X509(c, nullptr);
+    if (n <= 0) return false;
+    const size_t at = out.size();
+    out.resize(at + 4 + static_cast<size_t>(n));
+    for (int i = 0; i < 4; ++i) out[at + i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    auto* p = reinterpret_cast<unsigned char*>(out.data() + at + 4);
+    return i2d_X509(c, &p) == n;
+  };
+  if (!add(chain.leaf())) return {};
+  for (X509* c : chain.intermediates())
+    if (!add(c)) return {};
+  return out;
+}
+
+class VerifyCache {
+ public:
+  bool hit(const CaStore* store, const std::string& der, SysTime now) {
+    std::lock_guard lk(mu_);
+    auto [b, e] = map_.equal_range(key(store, der));
+    for (auto it = b; it != e; ++it) {
+      const Entry& en = it->second;
+      if (en.store.lock().get() == store && en.der == der) {
+        if (now < en.until) {
+          ++stats_.hits;
+          metrics::cr_verification_cache(true);
+          return true;
+        }
+        map_.erase(it);
+        break;
+      }
+    }
+    ++stats_.misses;
+    metrics::cr_verification_cache(false);
+    return false;
+  }
+  void put(const std::shared_ptr<const CaStore>& store, std::string der, SysTime until, SysTime now) {
+    std::lock_guard lk(mu_);
+    if (map_.size() >= kVerifyCacheMax) {
+      for (auto it = map_.begin(); it != map_.end();) it = it->second.until <= now || it->second.store.expired() ? map_.erase(it) : std::next(it);
+      if (map_.size() >= kVerifyCacheMax) map_.clear();
+    }
+    const size_t k = key(store.get(), der);
+    map_.emplace(k, Entry{store, std::move(der), until});
+  }
+  VerifyCacheStats stats() {
+    std::lock_guard lk(mu_);
+    VerifyCacheStats s = stats_;
+    s.entries = map_.size();
+    return s;
+  }
+
+ private:
+  struct Entry {
+    std::weak_ptr<const CaStore> store;
+    std::string der;
+    SysTime until;
+  };
+  static size_t key(const CaStore* store, const std::string& der) {
+    return std::hash<std::string>{}(der) ^ (std::hash<const void*>{}(store) * 0x9e3779b97f4a7c15ULL);
+  }
+  std::mutex mu_;
+  std::unordered_multimap<size_t, Entry> map_;
+  VerifyCacheStats stats_;
+};
+
+VerifyCache& verify_cache() {
+  static VerifyCache c;
+  return c;
+}
+}  // namespace
+
+VerifyCacheStats verify_cache_stats() { return verify_cache().stats(); }
+
 Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<SysTime> now) {
   Verdict v{anchor.key, false, {}};
   if (!anchor.store) {
@@ -101,6 +192,14 @@ Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<S
     v.reason = "no client certificate presented";
     return v;
   }
+  // The cache answers only for the real clock (tests that pass `now` always verify).
+  const SysTime clock = std::chrono::system_clock::now();
+  std::string der = now ? std::string() : chain_der(chain);
+  if (!der.empty() && verify_cache().hit(anchor.store.get(), der, clock)) {
+    v.ok = true;
+    return v;
+  }
+  std::optional<SysTime> until;
   STACK_OF(X509)* untrusted = sk_X509_new_null();
   for (X509* c : chain.intermediates()) sk_X509_push(untrusted, c);
   X509_STORE_CTX* ctx = X509_STORE_CTX_new();
@@ -114,6 +213,8 @@ Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<S
       STACK_OF(X509)* built = X509_STORE_CTX_get0_chain(ctx);
       for (int i = 0; built && i < sk_X509_num(built); ++i) {
         X509* c = sk_X509_value(built, i);
+        const SysTime na = x509_not_after(c);
+        if (!until || na < *until) until = na;
         if (!eku_allows_client(c, i == 0)) {
           ok = false;
           v.reason = i == 0 ? "certificate does not allow extended key usage clientAuth"
@@ -136,6 +237,8 @@ Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<S
   sk_X509_free(untrusted);
   ERR_clear_error();
   v.ok = ok;
+  if (ok && !der.empty() && until && *until > clock)
+    verify_cache().put(anchor.store, std::move(der), std::min<SysTime>(*until, clock + kVerifyCacheTtl), clock);
   return v;
 }
 

@@ -52,8 +52,16 @@ struct Verdict {
   std::string reason;  // empty when ok
 };
 
-// Verifies the chain against one CR's store. `now` overrides the clock (tests).
+// Verifies the chain against one CR's store. `now` overrides the clock (tests; no cache then).
+// Successful verdicts are cached by (store, exact chain) until the chain's earliest notAfter, at
+// most 5 minutes (see verifier.cpp).
 Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<SysTime> now = std::nullopt);
+struct VerifyCacheStats {
+  uint64_t hits = 0, misses = 0;
+  size_t entries = 0;
+};
+VerifyCacheStats verify_cache_stats();
+
 std::vector<Verdict> verify_all(const PeerChain& chain, const std::vector<Anchor>& anchors,
                                 std::optional<SysTime> now = std::nullopt);
 

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <string>
+#include <thread>
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
@@ -415,4 +416,51 @@ TEST_CASE("an anchor CA without keyCertSign key usage is accepted, as in Go", "[
   auto v = verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor_for("ns/a", ca.cert_pem()));
   INFO("reason: " << v.reason);
   CHECK(v.ok);
+}
+
+TEST_CASE("successful verdicts are cached by store and exact chain, never past the chain's validity", "[tls][verify][cache]") {
+  auto ca = make_ca("cache CA");
+  auto other_ca = make_ca("cache other CA");
+  auto agent = make_signed(agent_spec("cache-agent"), ca);
+  auto twin = make_signed(agent_spec("cache-agent"), ca);  // same subject and issuer, another key
+  auto stranger = make_signed(agent_spec("cache-agent"), other_ca);
+  Anchor a = anchor_for("ns/a", ca.cert_pem());
+  auto chain = PeerChain::from_pem(agent.cert_pem());
+  auto before = cg::tls::verify_cache_stats();
+  CHECK(verify_one(chain, a).ok);
+  CHECK(verify_one(chain, a).ok);
+  auto after = cg::tls::verify_cache_stats();
+  CHECK(after.hits == before.hits + 1);
+  CHECK(after.misses == before.misses + 1);
+
+  // Another certificate, even with the same names, is verified on its own; one from another CA fails.
+  CHECK(verify_one(PeerChain::from_pem(twin.cert_pem()), a).ok);
+  CHECK_FALSE(verify_one(PeerChain::from_pem(stranger.cert_pem()), a).ok);
+  CHECK_FALSE(verify_one(PeerChain::from_pem(stranger.cert_pem()), a).ok);  // failures are not cached
+  // The same CA text loaded again is another store (a CR whose CA changed): verified again.
+  Anchor a2 = anchor_for("ns/a", ca.cert_pem());
+  before = cg::tls::verify_cache_stats();
+  CHECK(verify_one(chain, a2).ok);
+  CHECK(cg::tls::verify_cache_stats().hits == before.hits);
+  // A CR whose CA is now another one: the cached success for the old store does not carry over.
+  Anchor b = anchor_for("ns/a", other_ca.cert_pem());
+  CHECK_FALSE(verify_one(chain, b).ok);
+  // An explicit time never uses the cache (a year later the certificate has expired).
+  CHECK_FALSE(verify_one(chain, a, std::chrono::system_clock::now() + std::chrono::hours(24 * 400)).ok);
+}
+
+TEST_CASE("a cached verdict ends when the certificate expires", "[tls][verify][cache]") {
+  auto ca = make_ca("short CA");
+  CertSpec s = agent_spec("short-lived");
+  s.not_after = std::chrono::seconds(2);
+  auto agent = make_signed(s, ca);
+  Anchor a = anchor_for("ns/short", ca.cert_pem());
+  auto chain = PeerChain::from_pem(agent.cert_pem());
+  REQUIRE(verify_one(chain, a).ok);
+  REQUIRE(verify_one(chain, a).ok);  // from the cache
+  std::this_thread::sleep_until(std::chrono::system_clock::from_time_t(
+      std::chrono::system_clock::to_time_t(std::chrono::system_clock::now() + std::chrono::seconds(4))));
+  auto v = verify_one(chain, a);
+  CHECK_FALSE(v.ok);
+  CHECK_THAT(v.reason, Contains("expired"));
 }
