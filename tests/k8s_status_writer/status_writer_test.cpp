@@ -12,6 +12,7 @@
 #include "common/log.hpp"
 #include "k8s_status_writer/status_writer.hpp"
 #include "plane_index/index.hpp"
+#include "tests/support/fake_handle.hpp"
 #include "tests/support/pki.hpp"
 
 using cg::SysTime;
@@ -30,26 +31,6 @@ const bool kQuietLogs = [] {
   if (!std::getenv("CG_TEST_LOG")) cg::log::init(cg::log::Level::error, cg::log::Format::json);
   return true;
 }();
-
-class FixedHandle final : public AgentHandle {
- public:
-  FixedHandle(std::string plane_id, SysTime seen) : plane_(std::move(plane_id)), seen_(seen) {}
-  uint64_t serial() const override { return 1; }
-  const std::string& connection_id() const override { return id_; }
-  const std::string& plane_type() const override { return type_; }
-  const std::string& plane_id() const override { return plane_; }
-  SysTime connected_at() const override { return seen_; }
-  SysTime last_seen() const override { return seen_; }
-  const cg::tls::PeerChain& peer() const override { return peer_; }
-  bool closing() const override { return false; }
-  void close(uint16_t, std::string) override {}
-  bool send_text(std::shared_ptr<const std::string>) override { return true; }
-
- private:
-  std::string id_ = "conn-1", type_ = "dataplane", plane_;
-  SysTime seen_;
-  cg::tls::PeerChain peer_;
-};
 
 class CountingSink final : public cg::status::StatusSink {
  public:
@@ -134,7 +115,7 @@ TEST_CASE("a CR that already shows the truth is left alone and the writer stays 
   index.replace(one_cr(ca.cert_pem(), truth.to_json()));
 
   auto registry = std::make_unique<CountingRegistry>();
-  REQUIRE(registry->add(std::make_shared<FixedHandle>("p1", seen), {index.all().at(0)->cr.ref.auth_key()}));
+  REQUIRE(registry->add(std::make_shared<cg::testing::FakeHandle>(1, "dataplane", "p1", seen, seen), {index.all().at(0)->cr.ref.auth_key()}));
   CountingSink sink;
   StatusWriterOptions opts;
   opts.startup_grace = std::chrono::seconds(0);

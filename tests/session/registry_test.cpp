@@ -9,9 +9,11 @@
 
 #include "common/log.hpp"
 #include "session/registry.hpp"
+#include "tests/support/fake_handle.hpp"
 
 using cg::SysTime;
 using cg::session::AgentHandle;
+using cg::testing::FakeHandle;
 using cg::session::RegistryEvent;
 using cg::session::SessionReport;
 using namespace std::chrono_literals;
@@ -24,44 +26,6 @@ const bool kQuietLogs = [] {
 }();
 
 const SysTime T0 = SysTime{} + std::chrono::hours(24 * 365 * 56);
-
-class FakeHandle final : public AgentHandle {
- public:
-  FakeHandle(uint64_t serial, std::string plane_type, std::string plane_id, SysTime connected_at, SysTime last_seen)
-      : serial_(serial),
-        id_("conn-" + std::to_string(serial)),
-        type_(std::move(plane_type)),
-        plane_(std::move(plane_id)),
-        connected_at_(connected_at),
-        last_seen_(last_seen) {}
-  uint64_t serial() const override { return serial_; }
-  const std::string& connection_id() const override { return id_; }
-  const std::string& plane_type() const override { return type_; }
-  const std::string& plane_id() const override { return plane_; }
-  SysTime connected_at() const override { return connected_at_; }
-  SysTime last_seen() const override { return last_seen_; }
-  const cg::tls::PeerChain& peer() const override { return peer_; }
-  bool closing() const override { return closing_; }
-  void close(uint16_t code, std::string reason) override {
-    closing_ = true;
-    close_code_ = code;
-  }
-  bool send_text(std::shared_ptr<const std::string> frame) override {
-    if (closing_) return false;
-    ++sent_;
-    return true;
-  }
-  void set_closing(bool c) { closing_ = c; }
-
- private:
-  uint64_t serial_;
-  std::string id_, type_, plane_;
-  SysTime connected_at_, last_seen_;
-  cg::tls::PeerChain peer_;
-  std::atomic<bool> closing_{false};
-  std::atomic<int> close_code_{0};
-  std::atomic<int> sent_{0};
-};
 
 std::shared_ptr<FakeHandle> handle(uint64_t serial, const std::string& type = "dataplane", const std::string& id = "p1",
                                    SysTime connected = T0, SysTime seen = T0) {
