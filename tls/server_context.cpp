@@ -49,6 +49,15 @@ std::shared_ptr<boost::asio::ssl::context> make_server_context(const ServerTlsOp
 
   static const unsigned char sid[] = "cluster-gateway";
   SSL_CTX_set_session_id_context(c, sid, sizeof sid - 1);
+  // No session resumption: a resumed session carries the peer's leaf but not the intermediates it
+  // sent (SSL_get_peer_cert_chain is NULL then), so an agent whose certificate comes from an
+  // intermediate CA would fail per-CR verification on every resumed connection (and a Go client keeps
+  // the session and resumes again). Every handshake is full, and verifies the chain the agent sends;
+  // no TLS 1.3 tickets are minted (two per handshake by default: CPU for nothing) and no TLS 1.2
+  // session cache holds a copy of every peer certificate.
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
+  SSL_CTX_set_num_tickets(c, 0);
   if (opts.require_client_ca_file.empty() && !opts.request_client_cert) {
     SSL_CTX_set_verify(c, SSL_VERIFY_NONE, nullptr);
   } else if (opts.require_client_ca_file.empty()) {

@@ -12,6 +12,7 @@ the gateway checks vacuous).
 Limit of the tool: Debian's OpenSSL 3 has no compression support, so sslscan cannot offer
 compression and its XML has no <compression> element; the compression check then falls back to a
 handshake that must report no compression (the gateway also sets SSL_OP_NO_COMPRESSION)."""
+import base64
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ import xml.etree.ElementTree as ET
 ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
-from gateway_proc import start_gateway, wait_for  # noqa: E402
+from gateway_proc import plane_yaml, start_gateway, wait_for  # noqa: E402
 
 SSLSCAN = shutil.which("sslscan") or "/usr/bin/sslscan"
 AEAD = re.compile(r"(GCM|CHACHA20[-_]POLY1305|CCM)")
@@ -103,6 +104,10 @@ class TlsScanTest(unittest.TestCase):
         subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), cls.pki], check=True)
         cls.planes = os.path.join(d, "planes")
         os.makedirs(cls.planes)
+        with open(os.path.join(cls.pki, "tenant-b-ca.crt"), "rb") as f:
+            ca_b64 = base64.b64encode(f.read()).decode()
+        with open(os.path.join(cls.planes, "pb.yaml"), "w") as f:  # agent-b: leaf + intermediate
+            f.write(plane_yaml("ClusterDataPlane", "pb", "pb", ca_b64))
         cls.log = open(os.path.join(d, "gateway.log"), "w")
         cls.addClassCleanup(cls.log.close)
         cls.proc, started = start_gateway(
@@ -151,6 +156,28 @@ class TlsScanTest(unittest.TestCase):
                 with ctx.wrap_socket(s, server_hostname="localhost") as t:
                     self.assertIsNone(t.compression())
                     self.assertIn(t.version(), ("TLSv1.2", "TLSv1.3"))
+
+    def test_4b_no_session_resumption(self):
+        """A client that offers to resume (TLS 1.3 ticket, TLS 1.2 session ID) gets a full handshake:
+        a resumed session would carry the agent's leaf but not its intermediate, and an agent whose
+        certificate comes from an intermediate CA (agent-b) was refused with 401 on every resumed
+        connection. Both connections must upgrade, the second without resumption."""
+        for top in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(os.path.join(self.pki, "gateway-ca.crt"))
+            ctx.load_cert_chain(os.path.join(self.pki, "agent-b-chain.crt"), os.path.join(self.pki, "agent-b.key"))
+            ctx.maximum_version = top
+            session, seen = None, []
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", self.agent_port), timeout=10) as s:
+                    with ctx.wrap_socket(s, server_hostname="localhost", session=session) as t:
+                        t.sendall(b"GET /ws?planeID=pb&planeType=dataplane HTTP/1.1\r\nHost: localhost\r\n"
+                                  b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                        head = t.recv(65536).split(b"\r\n")[0].decode()
+                        seen.append((t.version(), t.session_reused, head))
+                        session = t.session
+            self.assertEqual([(r, h) for _, r, h in seen], [(False, "HTTP/1.1 101 Switching Protocols")] * 2, seen)
 
     def test_5_positive_control_sees_legacy_protocols_and_suites(self):
         """The same scan and checks flag a server that offers TLS 1.0 with CBC and anonymous suites."""
