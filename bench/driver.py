@@ -27,7 +27,7 @@ SIZES = {
         hs_concurrency=32, hs_warmup=1.0, hs_duration=10.0, hs_count=0, hs_certs=4,
         idle_targets=[10000, 50000], idle_planes=100, idle_rate=300, idle_settle=5.0,
         idle_baseline=5.0, hb_interval="30s", hb_window=60.0,
-        tun_rate=1000, tun_requests=10000, tun_warmup=500, tun_conns=16, tun_body=1024,
+        tun_rate=1000, tun_requests=10000, tun_warmup=500, tun_conns=16, tun_body=1024, tun_rounds=3,
         big_body=1 << 20, big_conns=4, big_duration=10.0, big_warmup=1.0,
         storm_agents=10000, storm_planes=100, storm_timeout=120.0, storm_many_planes=5000, storm_many_timeout=60.0,
         st_agents=1000, st_planes=100, st_hb="1s", st_shb="5s", st_window=60.0, st_rate=300,
@@ -37,17 +37,13 @@ SIZES = {
         hs_concurrency=4, hs_warmup=0.0, hs_duration=0.0, hs_count=20, hs_certs=2,
         idle_targets=[50], idle_planes=5, idle_rate=0, idle_settle=1.0,
         idle_baseline=1.0, hb_interval="1s", hb_window=3.0,
-        tun_rate=200, tun_requests=200, tun_warmup=20, tun_conns=4, tun_body=1024,
+        tun_rate=200, tun_requests=200, tun_warmup=20, tun_conns=4, tun_body=1024, tun_rounds=1,
         big_body=1 << 20, big_conns=2, big_duration=1.0, big_warmup=0.3,
         storm_agents=50, storm_planes=10, storm_timeout=60.0, storm_many_planes=25, storm_many_timeout=30.0,
         st_agents=50, st_planes=5, st_hb="1s", st_shb="2s", st_window=10.0, st_rate=0,
     ),
 }
-# The tunnel's latency runs before the idle mode: right after 19,000 sessions are torn down, the
-# tunnel's p99 was 16-18 ms in two full runs on 2026-12-02 (one stall of ~50 ms), against 0.9-1.3 ms
-# added when run alone; what the idle mode leaves behind (memory given back, closing sockets) is not
-# what the tunnel measures.
-MODES = ["handshake", "tunnel", "idle", "storm", "status"]
+MODES = ["handshake", "idle", "tunnel", "storm", "status"]
 
 
 class ModeFailed(Exception):
@@ -595,18 +591,29 @@ def mode_tunnel(env):
         }
         res["responder"] = run_json([tool, "--mode", "responder", "--body-size", str(z["tun_body"])],
                                     env.path("tunnel", "responder.log"))
-        res["rate"] = {}
-        for t in ("direct", "tunnel"):
-            log(f"tunnel: {t}: {z['tun_requests']} requests at {z['tun_rate']}/s, {z['tun_body']}-byte bodies")
-            h = perf_start(env, gw.pid, "tunnel-rate") if t == "tunnel" else None
-            r = run_json([tool, "--mode", "rate", *common, *targets[t], "--rate", str(z["tun_rate"]),
-                          "--requests", str(z["tun_requests"]), "--warmup-requests", str(z["tun_warmup"]),
-                          "--connections", str(z["tun_conns"]), "--body-size", str(z["tun_body"])],
-                         env.path("tunnel", f"rate-{t}.log"))
-            perf_stop(env, h)
-            if r["_exit"] != 0 or r.get("errors"):
-                raise ModeFailed(f"tunnel rate {t}: {r.get('errors')} errors: {r.get('errorKinds')}")
-            res["rate"][t] = r
+        # Rounds of direct then tunnel, interleaved: a machine shared with other work has bursts of
+        # scheduling delay that land in one 10 s run and not the next; the round with the median added
+        # p99 is reported, and every round is listed.
+        rounds = []
+        for k in range(z["tun_rounds"]):
+            rnd = {}
+            for t in ("direct", "tunnel"):
+                log(f"tunnel: round {k + 1}/{z['tun_rounds']}: {t}: {z['tun_requests']} requests at {z['tun_rate']}/s, "
+                    f"{z['tun_body']}-byte bodies")
+                h = perf_start(env, gw.pid, "tunnel-rate") if t == "tunnel" and k == 0 else None
+                r = run_json([tool, "--mode", "rate", *common, *targets[t], "--rate", str(z["tun_rate"]),
+                              "--requests", str(z["tun_requests"]), "--warmup-requests", str(z["tun_warmup"]),
+                              "--connections", str(z["tun_conns"]), "--body-size", str(z["tun_body"])],
+                             env.path("tunnel", f"rate-{t}-{k + 1}.log"))
+                perf_stop(env, h)
+                if r["_exit"] != 0 or r.get("errors"):
+                    raise ModeFailed(f"tunnel rate {t}: {r.get('errors')} errors: {r.get('errorKinds')}")
+                rnd[t] = r
+            rounds.append(rnd)
+        added99 = lambda rnd: rnd["tunnel"]["latencyMs"]["p99"] - rnd["direct"]["latencyMs"]["p99"]
+        res["rateRounds"] = [{t: rnd[t]["latencyMs"] for t in rnd} for rnd in rounds]
+        res["rate"] = sorted(rounds, key=added99)[len(rounds) // 2]
+        res["rateRound"] = rounds.index(res["rate"]) + 1
         res["throughput"] = {}
         for t in ("direct", "tunnel"):
             log(f"tunnel: {t}: 1 MiB bodies, {z['big_conns']} connections, {z['big_duration']}s")
@@ -1085,6 +1092,12 @@ def markdown(R, rows, info, args, z, started, elapsed, failed):
           f"{z['tun_conns']} keep-alive connections, {z['tun_warmup']:,} warm-up requests then {z['tun_requests']:,} "
           "measured; request k is due at t0 + k/rate and its latency is measured from that due time to the last byte "
           "of the answer (so any client-side queueing counts). Added latency = tunnel − direct at the same percentile.")
+        rr = tun.get("rateRounds") or []
+        if len(rr) > 1:
+            A(f"{len(rr)} rounds of direct then tunnel; the table shows round {tun['rateRound']}, the one with the median "
+              "added p99 (all rounds, p50 / p99 in ms, direct → tunnel: " +
+              "; ".join(f"{i + 1}: {fmt(x['direct']['p50'], 3)} / {fmt(x['direct']['p99'], 3)} → "
+                        f"{fmt(x['tunnel']['p50'], 3)} / {fmt(x['tunnel']['p99'], 3)}" for i, x in enumerate(rr)) + ").")
         A("")
         A("| Target | requests | achieved rate | p50 | p90 | p99 | max | server CPU |")
         A("|---|---|---|---|---|---|---|---|")
@@ -1205,8 +1218,7 @@ def reading(A, R, info):
                f"{fmt(100 * e_ref_us / e_gw_us, 0)}% of the gateway's cost, the gateway's own work for the rest, "
                if e_ref_us < e_gw_us else
                "the gateway spends less than s_server per handshake (it mints no TLS session tickets, which s_server "
-               "does by default, and its per-CR verification of a returning certificate is cached), "
-               ) +
+               "does by default, and its per-CR verification of a returning certificate is cached), ") +
             f"and the public-key operations of the bound take only {fmt(e['boundParts']['totalUs'], 0)} µs. OpenSSL 3.0's "
             "handshake overhead (algorithm fetches under read-write locks, provider decoders for keys and certificates) "
             "is a known upstream problem "
@@ -1226,363 +1238,6 @@ def reading(A, R, info):
             "contexts, peer certificate) at about 15 KiB, Beast's WebSocket state at 2.6 KiB, the session object at "
             "2.6 KiB and the pending read's buffer at 1.5 KiB: with one OpenSSL `SSL` per session the 16 KiB goal is "
             "out of reach whatever the gateway does around it.")
-    tun = R.get("tunnel")
-    if tun:
-        d, t = tun["rate"]["direct"]["latencyMs"], tun["rate"]["tunnel"]["latencyMs"]
-        rows.append(("c. Tunnel added latency p50", f"tunnel {fmt(t['p50'], 3)} ms vs direct {fmt(d['p50'], 3)} ms "
-                     f"({fmt(tun['rate']['tunnel']['rate'], 0)} req/s, {z['tun_body']} B)", f"{fmt(tun['addedP50Ms'], 3)} ms",
-                     "—", "—"))
-        rows.append(("c. Tunnel added latency p99", f"tunnel {fmt(t['p99'], 3)} ms vs direct {fmt(d['p99'], 3)} ms",
-                     f"{fmt(tun['addedP99Ms'], 3)} ms", "≤ 0.5 ms", goal_text(tun["addedP99Ms"], 0.5, False, " ms")))
-        td, tt = tun["throughput"]["direct"], tun["throughput"]["tunnel"]
-        rows.append(("c. 1 MiB throughput", f"tunnel {fmt(tt['bodyMiBPerSecond'], 1)} MiB/s vs direct "
-                     f"{fmt(td['bodyMiBPerSecond'], 1)} MiB/s", f"{fmt(100 * tun['throughputRatio'], 0)}% of direct", "≥ 50%",
-                     "met" if tun["throughputRatio"] >= 0.5 else f"missed ({fmt(tun['throughputRatio'] / 0.5 * 100, 0)}% of goal)"))
-    for st in (R.get("storm") or {}).get("runs", []):
-        label = f"d. Reconnect storm, {st['agents']:,} agents / {st['planes']:,} CRs"
-        if st["complete"]:
-            rows.append((label, f"sessions {fmt(st['sessionsSeconds'], 2)} s, statuses {fmt(st['statusSeconds'], 2)} s; "
-                         f"{st['connectionFailures']:,} failed attempts retried; API-server calls for auth: 0",
-                         f"{fmt(st['seconds'], 2)} s", "< 5 s", goal_text(st["seconds"], 5, False, " s")))
-        else:
-            rows.append((label, f"after {fmt(st['timeoutSeconds'], 0)} s: {st['sessionsReached']:,} sessions, "
-                         f"{st['crsCorrect']:,} CRs correct; {st['connectionFailures']:,} failed attempts; "
-                         "API-server calls for auth: 0",
-                         f"> {fmt(st['timeoutSeconds'], 0)} s (incomplete)", "< 5 s", "missed"))
-    s = R.get("status")
-    if s:
-        rows.append((f"e. Status writes, {s['agents']:,} agents / {s['planes']} CRs (heartbeat {s['heartbeatInterval']})",
-                     f"{fmt(s['writes'], 0)} writes in {fmt(s['windowSeconds'], 0)} s",
-                     f"{fmt(s['writesPerCrPerMinute'], 2)} per CR per minute",
-                     f"≤ {fmt(s['goalPerCrPerMinute'], 0)} (1 per {s['statusHeartbeatInterval']})",
-                     "met" if s["writesPerCrPerInterval"] <= 1.0 + 1e-9 else
-                     f"missed ({fmt(s['writesPerCrPerInterval'], 2)} per interval)"))
-    return rows
-
-
-def print_table(rows):
-    heads = ("Mode", "Measured", "Result", "Goal", "Verdict")
-    w = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
-    line = "  ".join(h.ljust(w[i]) for i, h in enumerate(heads))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-
-
-def markdown(R, rows, info, args, z, started, elapsed, failed):
-    L = []
-    A = L.append
-    A("# Benchmarks")
-    A("")
-    A("Produced by `bench/run`; every figure on this page comes from the run recorded here "
-      "(regenerate with the command below; absolute numbers drift between runs and machines, "
-      "which is why the goals are judged as ratios against references measured in the same run).")
-    A("")
-    A(f"- **Command:** `{os.environ.get('BENCH_COMMAND', 'bench/run')}`")
-    A(f"- **Date:** {started.strftime('%Y-%m-%d %H:%M:%S UTC')} (run took {elapsed / 60:.1f} min)")
-    A(f"- **Machine:** {info['nproc']} CPUs, {info.get('cpu', '?')}, {info['memGiB']:.1f} GiB memory, "
-      f"Linux {info['kernel']}")
-    A(f"- **Build:** {info['compiler']}, CMAKE_BUILD_TYPE={info.get('buildType', '?')}, {info['openssl']}, Boost 1.81")
-    if "commit" in info:
-        ch = info.get("changedFiles", [])
-        A(f"- **Code:** commit `{info['commit']}`"
-          + (f" with uncommitted changes in {', '.join(f'`{c}`' for c in ch)}" if ch else ", no uncommitted changes outside bench/")
-          + (f"; gateway binary linked {info['gatewayBuilt']}" if info.get("gatewayBuilt") else "")
-          + (f" ({info['codeNote']})" if info.get("codeNote") else ""))
-    A(f"- **Limits:** open files {info['fdLimit'][0]} (hard {info['fdLimit'][1]}), "
-      f"ephemeral ports {info['portRange'][0]}–{info['portRange'][1]}; "
-      f"load average at start {' '.join(info['loadavg'])}, at end {' '.join(info.get('loadavgEnd', ['?']))}")
-    A("- **Other load:** the machine is shared; 1-minute load average when each mode started: "
-      + ", ".join(f"{m} {R[m].get('loadavgAtStart', '?')}" for m in MODES if m in R)
-      + " (this includes the benchmark's own processes; values well above 1 mean other work competed for the 2 CPUs)")
-    A(f"- **Size:** {'tiny (smoke run)' if args.tiny else 'full'}; modes run: {', '.join(m for m in MODES if m in R)}"
-      + (f"; **failed: {', '.join(failed)}**" if failed else ""))
-    A("")
-    A("## Results")
-    A("")
-    A("| Mode | Measured | Result | Goal | Verdict |")
-    A("|---|---|---|---|---|")
-    for r in rows:
-        A("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |")
-    A("")
-    A("All traffic is on loopback (127.0.0.x). The gateway runs on the embedded file plane source "
-      "(`--planes-dir`, status files in a status directory), logs at its default level (info, JSON) to a file, "
-      "and every agent is `cluster-agent-sim` or a bench load generator.")
-    A("")
-
-    hs = R.get("handshake")
-    if hs:
-        sp = hs["speed"]
-        A("## a. Handshakes")
-        A("")
-        A("`bench-handshake-load` (bench/handshake_load.cpp) runs many concurrent asynchronous clients on one thread, each "
-          "looping TCP connect → TLS handshake with a client certificate → WebSocket upgrade on "
-          "`/ws?planeID=…&planeType=dataplane` → WebSocket close. Every handshake is full (a fresh `SSL`, no session "
-          "offered, client session cache off; the tool checks that no session was resumed). The upgrade only succeeds "
-          "after the gateway's per-CR verification of the agent certificate against the CR's CA (one CR per planeID here), "
-          "so each counted handshake includes it, plus session registration and teardown. The gateway runs with "
-          "`--io-threads 1`, pinned to CPU 0; the load generator is pinned to CPU 1 and does not verify the server "
-          "certificate (so that its CPU goes to the handshake itself). "
-          f"Agent certificates: {z['hs_certs']} distinct certificates per key type, used round-robin, ECDSA P-256 agents "
-          "signed by a P-256 CA, RSA-2048 agents signed by an RSA-2048 CA; the gateway's own key is ECDSA P-256 (scripts/dev-pki).")
-        A("")
-        A("**Per core used by the gateway** = handshakes completed in the measured window ÷ the gateway's CPU time in that "
-          "window (utime + stime of all its threads from `/proc/<pid>/stat`, 10 ms ticks).")
-        A("")
-        A(f"**Crypto bound** from `{sp['command']}` (single-threaded, pinned to CPU 0, same run): the time one core needs "
-          "for the public-key operations the gateway must do per full handshake — its own signature "
-          "(ECDSA P-256 sign, CertificateVerify), one key-exchange operation (the negotiated group; `openssl speed` "
-          "counts one shared-secret derivation as an op, so the ephemeral key generation is not even charged), the "
-          "verification of the agent's CertificateVerify signature, and the verification of the agent certificate's "
-          "signature by the CR's CA (chain verification; the anchor's self-signature is not checked by OpenSSL):")
-        A("")
-        A("    bound/s = 1 / (1/sign_P256 + 1/kx_group + 1/verify_agent + 1/verify_CA)")
-        A("")
-        A("Hashing, symmetric encryption, certificate parsing, the kernel's TCP work, HTTP and WebSocket are all "
-          "outside the bound, so 100% is unreachable by construction; the goal is 60%.")
-        A("")
-        A("| openssl speed (ops/s, one core) | value |")
-        A("|---|---|")
-        for k, label in (("ecdsap256_sign", "ECDSA P-256 sign"), ("ecdsap256_verify", "ECDSA P-256 verify"),
-                         ("ecdhp256", "ECDH P-256"), ("ecdhx25519", "ECDH X25519"),
-                         ("rsa2048_sign", "RSA-2048 sign"), ("rsa2048_verify", "RSA-2048 verify")):
-            A(f"| {label} | {fmt(sp[k], 1)} |")
-        A("")
-        A("| Agent key | TLS | group | bound µs (sign + kx + verify + verify) | bound/s | handshakes | window | "
-          "gateway CPU | handshakes/s | per gateway CPU-second | ratio | handshake latency p50 / p99 | loader CPU |")
-        A("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for kind, label in (("ecdsa", "ECDSA P-256"), ("rsa", "RSA-2048")):
-            r = hs["kinds"][kind]
-            bp = r["boundParts"]
-            A(f"| {label} | {r['tls'].get('version')} {r['tls'].get('cipher')} | {r['tls'].get('group')} | "
-              f"{fmt(bp['serverSignUs'], 1)} + {fmt(bp['keyExchangeUs'], 1)} + {fmt(bp['clientVerifyUs'], 1)} + "
-              f"{fmt(bp['chainVerifyUs'], 1)} = {fmt(bp['totalUs'], 1)} | {fmt(r['boundPerCore'], 0)} | "
-              f"{r['handshakes']:,} | {fmt(r['windowSeconds'], 2)} s | {fmt(r['gatewayCpuSeconds'], 2)} s "
-              f"({fmt(100 * r['gatewayCpuUtilization'], 0)}%) | {fmt(r['handshakesPerSecond'], 0)} | "
-              f"{fmt(r['handshakesPerGatewayCpuSecond'], 0)} ({fmt(1e6 / r['handshakesPerGatewayCpuSecond'], 0)} µs each) | "
-              f"**{fmt(100 * r['ratio'], 1)}%** | {fmt(r['latencyMs']['p50'], 1)} / {fmt(r['latencyMs']['p99'], 1)} ms | "
-              f"{fmt(r['loaderCpuSeconds'], 2)} s |")
-        A("")
-        if all("reference" in hs["kinds"][k] for k in ("ecdsa", "rsa")):
-            A("**Reference, same run:** `openssl s_server -Verify 1 -CAfile <agent CA> -quiet` (the same OpenSSL, server key, "
-              "agent certificates and CA; TLS only — no HTTP, WebSocket, per-CR logic, session or logging), pinned to CPU 0, "
-              "under the same load generator with `--tls-only` (count and close after the TLS handshake). s_server serves "
-              "one connection at a time, so it is not saturated; the per-CPU-second figure is what compares.")
-            A("")
-            A("| Agent key | s_server handshakes | window | s_server CPU | per CPU-second | of the crypto bound | gateway ÷ s_server per CPU-second |")
-            A("|---|---|---|---|---|---|---|")
-            for kind, label in (("ecdsa", "ECDSA P-256"), ("rsa", "RSA-2048")):
-                g = hs["kinds"][kind]
-                r = g["reference"]
-                A(f"| {label} | {r['handshakes']:,} | {fmt(r['windowSeconds'], 2)} s | {fmt(r['gatewayCpuSeconds'], 2)} s "
-                  f"({fmt(100 * r['gatewayCpuUtilization'], 0)}%) | {fmt(r['handshakesPerGatewayCpuSecond'], 0)} "
-                  f"({fmt(1e6 / r['handshakesPerGatewayCpuSecond'], 0)} µs each) | {fmt(100 * r['ratio'], 1)}% | "
-                  f"**{fmt(100 * g['vsReference'], 0)}%** |")
-            A("")
-        A("Commands (ports and pid from that run): " + "; ".join(f"`{hs['kinds'][k]['command']}`" for k in ("ecdsa", "rsa")))
-        A("")
-
-    idle = R.get("idle")
-    if idle:
-        hb = idle["heartbeat"]
-        A("## b. Idle sessions")
-        A("")
-        A(f"One gateway (default `--io-threads`, i.e. one per core; `--heartbeat-interval {idle['heartbeatInterval']}`"
-          + (", the default" if idle["heartbeatInterval"] == "30s" else "") + f") and `{idle['planes']}` ClusterDataPlane CRs. `cluster-agent-sim --count N --plane-spread "
-          f"{idle['planes']} --connect-rate {z['idle_rate'] or 'unlimited'}` processes (at most 10,000 agents each, two "
-          "127.0.0.x source addresses each via `--source-ip`) connect authenticated ECDSA agents, which then stay idle "
-          "(they only answer pings). RSS is `VmRSS` of the gateway from `/proc/<pid>/status`, "
-          f"{z['idle_settle']:.0f} s after the last session registered; the baseline is taken after start-up with the CRs "
-          "loaded and no session. RSS per session = (RSS − baseline) ÷ sessions; the marginal figure is the growth "
-          "between the two counts divided by the sessions added.")
-        A("")
-        A(f"Requested counts: {', '.join(f'{t:,}' for t in idle['requested'])}. "
-          + (f"**Reached {idle['reached']:,}, not 50,000:** the open-files limit of this machine is "
-             f"{idle['fdLimit'][0]:,} (hard limit {idle['fdLimit'][1]:,}) per process and cannot be raised here "
-             "(raising the hard limit needs CAP_SYS_RESOURCE, which this environment does not grant; `ulimit -n` inside "
-             "bench/run can only lift the soft limit to the hard one). The gateway holds one descriptor per session, so one "
-             "gateway process cannot hold more than about that many sessions; the count is capped at the limit minus 1,000. "
-             "The 50,000 heartbeat figure below is a linear extrapolation, labelled as such."
-             if idle["reached"] < 50000 and 50000 in idle["requested"] else ""))
-        A("")
-        A("| Sessions | time to connect | failed attempts so far (retried) | gateway RSS | RSS per session | marginal per session |")
-        A("|---|---|---|---|---|---|")
-        A(f"| 0 (baseline) | — | — | {fmt(idle['rss0KiB'] / 1024, 1)} MiB | — | — |")
-        for pt in idle["points"]:
-            A(f"| {pt['sessions']:,} | {fmt(pt['connectSeconds'], 1)} s | {pt.get('connectionFailuresSoFar', 0):,} | "
-              f"{fmt(pt['rssKiB'] / 1024, 1)} MiB | "
-              f"{fmt(pt['perSessionKiB'], 2)} KiB | "
-              f"{fmt(pt['marginalPerSessionKiB'], 2) + ' KiB' if 'marginalPerSessionKiB' in pt else '—'} |")
-        A("")
-        A(f"Heartbeat CPU: gateway CPU time over a {fmt(hb['windowSeconds'], 1)} s window at {hb['sessions']:,} idle "
-          f"sessions with nothing else happening (no scrapes inside the window): **{fmt(hb['cpuPercent'], 2)}% of one core** "
-          f"({fmt(hb['pongsPerSecond'], 0)} pongs/s observed via `cluster_gateway_heartbeat_rtt_seconds_count`; "
-          f"{fmt(hb['sessionsClosed'], 0)} sessions closed in the window). The gateway with no session used "
-          f"{fmt(idle['baselineCpuPercent'], 2)}% (file source rescans, status writer), so the heartbeat share is "
-          f"{fmt(hb['netCpuPercent'], 2)}%. All {hb['sessions']:,} simulated agents together used "
-          f"{fmt(hb['agentSimCpuPercent'], 2)}%. Linear extrapolation to 50,000 sessions: "
-          f"{fmt(hb['extrapolated50kPercent'], 2)}% of a core (not measured).")
-        A("")
-
-    tun = R.get("tunnel")
-    if tun:
-        A("## c. Requests through the tunnel")
-        A("")
-        A("Path measured: `bench-tunnel-load` (bench/tunnel_load.cpp) → gateway internal API "
-          "(`POST /api/proxy/dataplane/tun/_cluster/tun/k8s/api/v1/namespaces/default/configmaps`, mTLS with "
-          "scripts/dev-pki's `controller.crt` from `internal-ca`) → WebSocket tunnel → one `cluster-agent-sim` agent, "
-          "whose responder echoes POST bodies (201) → back. Direct: the same client, TLS setup and keep-alive "
-          "connections against `bench-direct-server` (bench/direct_server.cpp), an HTTPS server with the gateway's "
-          "server certificate that requires the same client certificate and answers as the simulator's responder does "
-          "(201, `Content-Type: application/json`, `X-Agent-Index`, the body echoed), with 2 I/O threads like the "
-          "simulator. Every answer is checked (status and the echoed body byte for byte).")
-        A("")
-        A(f"Latency: open loop at a fixed rate of {z['tun_rate']:,} requests/s, {z['tun_body']}-byte JSON bodies, "
-          f"{z['tun_conns']} keep-alive connections, {z['tun_warmup']:,} warm-up requests then {z['tun_requests']:,} "
-          "measured; request k is due at t0 + k/rate and its latency is measured from that due time to the last byte "
-          "of the answer (so any client-side queueing counts). Added latency = tunnel − direct at the same percentile.")
-        A("")
-        A("| Target | requests | achieved rate | p50 | p90 | p99 | max | server CPU |")
-        A("|---|---|---|---|---|---|---|---|")
-        for t in ("direct", "tunnel"):
-            r = tun["rate"][t]
-            l = r["latencyMs"]
-            A(f"| {t} | {r['requests']:,} | {fmt(r['achievedRate'], 0)}/s | {fmt(l['p50'], 3)} ms | {fmt(l['p90'], 3)} ms | "
-              f"{fmt(l['p99'], 3)} ms | {fmt(l['max'], 3)} ms | {fmt(100 * r.get('serverCpuUtilization', 0), 1)}% "
-              f"({fmt(1e6 * r.get('serverCpuUtilization', 0) / max(1.0, r['achievedRate']), 0)} µs per request) |")
-        A(f"| **added** | | | **{fmt(tun['addedP50Ms'], 3)} ms** | {fmt(tun['rate']['tunnel']['latencyMs']['p90'] - tun['rate']['direct']['latencyMs']['p90'], 3)} ms | "
-          f"**{fmt(tun['addedP99Ms'], 3)} ms** | | |")
-        A("")
-        rs = tun["responder"]
-        A("The added latency includes the agent's own work, which is part of the tunnel protocol (JSON framing and base64 "
-          "both ways). Measured separately in-process (`bench-tunnel-load --mode responder`: JSON parse of the request "
-          "frame, the simulator's `respond()` with its base64 decode and encode, JSON dump of the reply): "
-          f"{fmt(rs['small']['microsecondsPerRequest'], 1)} µs for a {rs['small']['bodyBytes']:,}-byte body "
-          f"({rs['small']['frameBytes']:,}-byte frame), {fmt(rs['large']['microsecondsPerRequest'] / 1000, 2)} ms for a "
-          f"1 MiB body ({rs['large']['frameBytes']:,}-byte frame). Server CPU above is the gateway's for the tunnel "
-          "(the simulator's is not included) and the direct server's for direct.")
-        A("")
-        A(f"Throughput: closed loop, {z['big_conns']} keep-alive connections each sending the next 1 MiB POST when the "
-          f"previous echo is in, {z['big_warmup']} s warm-up, {z['big_duration']:.0f} s measured; MiB/s counts request "
-          "bodies completed (the same amount comes back).")
-        A("")
-        A("| Target | requests | MiB/s (each way) | requests/s | server CPU |")
-        A("|---|---|---|---|---|")
-        for t in ("direct", "tunnel"):
-            r = tun["throughput"][t]
-            A(f"| {t} | {r['requests']:,} | {fmt(r['bodyMiBPerSecond'], 1)} | {fmt(r['requestsPerSecond'], 1)} | "
-              f"{fmt(100 * r.get('serverCpuUtilization', 0), 0)}% |")
-        A(f"| **tunnel ÷ direct** | | **{fmt(100 * tun['throughputRatio'], 0)}%** | | |")
-        A("")
-
-    storms = (R.get("storm") or {}).get("runs", [])
-    if storms:
-        A("## d. Reconnect storm")
-        A("")
-        A("For each shape, a fresh gateway (default `--io-threads`) with that many ClusterDataPlane CRs (each pinning "
-          "the same agent CA in its own trust store) has written every CR disconnected; then one "
-          "`cluster-agent-sim --count N --plane-spread CRs` process starts all N agents at once (two 127.0.0.x source "
-          "addresses; the simulator's 10 s connect+TLS deadline and upstream's default 5 s reconnect delay after a "
-          "failed attempt). The clock starts when the simulator is launched and stops when both hold: "
-          "`cluster_gateway_agent_sessions` (summed over planes, polled every 0.2 s on /metrics) equals N, and every "
-          "CR's status file shows `connected: true`, the expected `connectedAgents`, and conditions `AgentConnected` "
-          "and `Ready` True (polled every 0.25 s; the status part is timed by the newest status file's modification "
-          "time once all are correct, so polling does not add to it). A storm that is not complete at its deadline is "
-          "reported as such with how far it got. The simulator's own TLS client work (signature, key exchange, "
-          "verification of the gateway's certificate and signature) runs on the same 2 cores as the gateway.")
-        A("")
-        A("| Agents | CRs | all sessions registered | every CR status correct | **storm time** | gateway CPU | failed attempts retried |")
-        A("|---|---|---|---|---|---|---|")
-        for st in storms:
-            if st["complete"]:
-                A(f"| {st['agents']:,} | {st['planes']:,} | {fmt(st['sessionsSeconds'], 2)} s | {fmt(st['statusSeconds'], 2)} s | "
-                  f"**{fmt(st['seconds'], 2)} s** | {fmt(st['gatewayCpuSeconds'], 2)} s | {st['connectionFailures']:,} |")
-            else:
-                A(f"| {st['agents']:,} | {st['planes']:,} | not complete: {st['sessionsReached']:,} at {fmt(st['timeoutSeconds'], 0)} s"
-                  + ("" if st["metricsAnswered"] else " (/metrics stopped answering)") +
-                  f" | not complete: {st['crsCorrect']:,} CRs correct | **> {fmt(st['timeoutSeconds'], 0)} s** | "
-                  f"{fmt(st['gatewayCpuSeconds'], 2)} s | {st['connectionFailures']:,} |")
-        A("")
-        A("API-server calls for authentication: **0**, by construction — with the file plane source the gateway has no "
-          "Kubernetes client at all; CRs and CA bundles are held in memory and each connection is verified against "
-          "those in-memory trust stores (no per-connection I/O): the authentication path only consults the in-memory "
-          "plane index, whatever plane source fills it.")
-        A("")
-
-    s = R.get("status")
-    if s:
-        A("## e. Status write load")
-        A("")
-        A(f"{s['agents']:,} agents over {s['planes']} CRs ({s['agents'] // s['planes']} per CR), gateway "
-          f"`--heartbeat-interval {s['heartbeatInterval']} --status-heartbeat-interval {s['statusHeartbeatInterval']}`. "
-          f"After all sessions are up and two status-heartbeat intervals have passed (connection transitions written), "
-          f"`cluster_gateway_status_writes_total{{result=\"ok\"}}` is read before and after a {fmt(s['windowSeconds'], 1)} s "
-          "window. Each ping refreshes `lastHeartbeatTime`, so without coalescing every CR would be written every second.")
-        A("")
-        A("| Agents | CRs | pongs/s | writes in window | per CR per minute | allowed per CR per minute | per CR per interval | write errors |")
-        A("|---|---|---|---|---|---|---|---|")
-        A(f"| {s['agents']:,} | {s['planes']} | {fmt(s['pongsPerSecond'], 0)} | {fmt(s['writes'], 0)} | "
-          f"**{fmt(s['writesPerCrPerMinute'], 2)}** | {fmt(s['goalPerCrPerMinute'], 0)} | {fmt(s['writesPerCrPerInterval'], 3)} | "
-          f"{fmt(s['writeErrors'], 0)} |")
-        A("")
-    reading(A, R, info)
-    A("## Reproduce")
-    A("")
-    A("```bash")
-    A("bench/run            # full run (writes this file)")
-    A("bench/run --tiny     # every mode once at tiny size (seconds); used by scripts/test so the benchmarks do not rot")
-    A("bench/run --modes tunnel --out /tmp/t.md   # some modes only")
-    A("bench/run --report-only                     # re-render this file from build/bench/results.json, no measuring")
-    A("```")
-    A("")
-    A("Work files of the run (logs of every process, status files, generated PKI, results.json) are under "
-      f"`{os.path.relpath(args.work, ROOT)}/`. The load generators live in `bench/` and are built by `bench/run`.")
-    A("")
-    return "\n".join(L)
-
-
-def reading(A, R, info):
-    """What the figures of this run say about where the time and memory go (derived only from this run's
-    figures and from facts of the code, never from another run)."""
-    notes = []
-    hs = R.get("handshake")
-    if hs and all("reference" in hs["kinds"][k] for k in ("ecdsa", "rsa")):
-        e, r = hs["kinds"]["ecdsa"], hs["kinds"]["rsa"]
-        e_ref_us = 1e6 / e["reference"]["handshakesPerGatewayCpuSecond"]
-        e_gw_us = 1e6 / e["handshakesPerGatewayCpuSecond"]
-        notes.append(
-            f"**Handshakes.** OpenSSL's own `s_server`, doing only the TLS handshake with client-certificate verification "
-            f"on the same library, reaches {fmt(100 * e['reference']['ratio'], 1)}% (ECDSA) and "
-            f"{fmt(100 * r['reference']['ratio'], 1)}% (RSA) of the crypto bound in this run; the gateway, which adds "
-            f"HTTP, the WebSocket upgrade, per-CR verification, the session and its logging, runs at "
-            f"{fmt(100 * e['vsReference'], 0)}% and {fmt(100 * r['vsReference'], 0)}% of s_server's per-CPU rate. "
-            f"Per ECDSA handshake s_server spends {fmt(e_ref_us, 0)} µs of CPU and the gateway {fmt(e_gw_us, 0)} µs: "
-            + (f"OpenSSL's handshake path ({' '.join(info['openssl'].split()[:2])}) accounts for about "
-               f"{fmt(100 * e_ref_us / e_gw_us, 0)}% of the gateway's cost, the gateway's own work for the rest, "
-               if e_ref_us < e_gw_us else
-               "the gateway spends less than s_server per handshake (it mints no TLS session tickets, which s_server "
-               "does by default, and its per-CR verification of a returning certificate is cached), "
-               ) +
-            f"and the public-key operations of the bound take only {fmt(e['boundParts']['totalUs'], 0)} µs. OpenSSL 3.0's "
-            "handshake overhead (algorithm fetches under read-write locks, provider decoders for keys and certificates) "
-            "is a known upstream problem "
-            "(openssl/openssl#17627, #20286, #25352)"
-            + ("; since even OpenSSL's own server is far below 60% of the bound here, the goal needs a faster TLS library "
-               "or OpenSSL release, or fewer full handshakes (session resumption, which the gateway refuses until a "
-               "resumed session can be verified with the agent's intermediates: docs/reliability.md bug 14); trimming "
-               "the gateway's own share alone cannot get there." if max(e["reference"]["ratio"], r["reference"]["ratio"]) < 0.6 else "."))
-    idle = R.get("idle")
-    if idle and idle.get("points"):
-        pt = idle["points"][-1]
-        notes.append(
-            f"**Idle memory.** Each session's Asio SSL stream owns two `std::vector` buffers of 17 KiB "
-            "(`boost/asio/ssl/detail/stream_core.hpp`, `max_tls_record_size = 17 * 1024`) and the OpenSSL BIO pair "
-            "that Asio creates with default 17 KiB buffers on each side, allocated on first use: 68 KiB per session by "
-            "construction, which `SSL_MODE_RELEASE_BUFFERS` does not release — "
-            f"{fmt(100 * 68 / pt['perSessionKiB'], 0)}% of the {fmt(pt['perSessionKiB'], 1)} KiB measured per session. "
-            "Reaching 16 KiB needs a TLS stream without these fixed buffers (SSL on the socket, or a BIO with small, "
-            "released buffers), not tuning.")
     tun = R.get("tunnel")
     if tun:
         rs = tun["responder"]
