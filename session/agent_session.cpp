@@ -27,6 +27,23 @@ std::atomic<uint64_t> g_serial{0};
 
 int64_t to_ns(SysTime t) { return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count(); }
 
+} // namespace
+
+// Each timer expiry, each loopback send that wakes the peer and each readable event costs a thread
+// wakeup, and on this kind of machine the wakeups, not the crypto, were most of the heartbeat CPU
+// (docs/benchmarks.md). A ping is at most one grid step late, a timeout at most one step later.
+steady::time_point heartbeat_align(steady::time_point t, Duration interval) {
+  using namespace std::chrono;
+  nanoseconds tick = std::min<nanoseconds>(interval / 8, milliseconds(250));
+  if (tick <= milliseconds(1)) return t;
+  auto since = duration_cast<nanoseconds>(t.time_since_epoch());
+  auto rem = since % tick;
+  if (rem == nanoseconds(0)) return t;
+  return t + duration_cast<steady::duration>(tick - rem);
+}
+
+namespace {
+
 // ---- LeanTls -------------------------------------------------------------------------------------
 // The TLS stream of an established session. The handshake and the upgrade request run on Asio's
 // ssl::stream (gateway/agent_listener.cpp); once the request is read, the session takes the socket and
@@ -545,7 +562,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   }
 
   void arm_ping() {
-    ping_timer_.expires_after(opts_.heartbeat_interval);
+    ping_timer_.expires_at(heartbeat_align(steady::now() + opts_.heartbeat_interval, opts_.heartbeat_interval));
     ping_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
       if (ec || self->finished_ || self->closing_) return;
       if (!self->ping_pending_) {
@@ -561,7 +578,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   }
 
   void arm_deadline() {
-    deadline_timer_.expires_at(last_pong_ + opts_.heartbeat_timeout);
+    deadline_timer_.expires_at(heartbeat_align(last_pong_ + opts_.heartbeat_timeout, opts_.heartbeat_interval));
     deadline_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
       if (ec || self->finished_) return;
       if (steady::now() >= self->last_pong_ + self->opts_.heartbeat_timeout) {

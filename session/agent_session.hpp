@@ -30,6 +30,10 @@ struct AgentSessionOptions {
   Duration handshake_timeout = std::chrono::seconds(10);  // WebSocket upgrade and close handshakes
 };
 
+// Heartbeat timers of all sessions are rounded up to a shared grid (1/8 of the interval, at most
+// 250 ms; none below 8 ms intervals) so pings leave and pongs return in bursts: fewer thread wakeups.
+std::chrono::steady_clock::time_point heartbeat_align(std::chrono::steady_clock::time_point t, Duration interval);
+
 // Receives what agents send. Implemented by the tunnel layer; the default logs and drops.
 class FrameHandler {
  public:
