@@ -32,11 +32,13 @@ SIZES = {
         storm_agents=10000, storm_planes=100, storm_timeout=120.0, storm_many_planes=5000, storm_many_timeout=60.0,
         st_agents=1000, st_planes=100, st_hb="1s", st_shb="5s", st_window=60.0, st_rate=300,
     ),
+    # CG_TINY_IDLE / CG_TINY_HBW: idle session count and heartbeat window of the tiny size, for by-hand
+    # profiling runs (the heap breakdown in docs/benchmarks.md); unset in scripts/test.
     "tiny": dict(
         speed_seconds=1,
         hs_concurrency=4, hs_warmup=0.0, hs_duration=0.0, hs_count=20, hs_certs=2,
-        idle_targets=[50], idle_planes=5, idle_rate=0, idle_settle=1.0,
-        idle_baseline=1.0, hb_interval="1s", hb_window=3.0,
+        idle_targets=[int(os.environ.get("CG_TINY_IDLE", "50"))], idle_planes=5, idle_rate=0, idle_settle=1.0,
+        idle_baseline=1.0, hb_interval="1s", hb_window=float(os.environ.get("CG_TINY_HBW", "3")),
         tun_rate=200, tun_requests=200, tun_warmup=20, tun_conns=4, tun_body=1024, tun_rounds=1,
         big_body=1 << 20, big_conns=2, big_duration=1.0, big_warmup=0.3,
         storm_agents=50, storm_planes=10, storm_timeout=60.0, storm_many_planes=25, storm_many_timeout=30.0,
@@ -233,7 +235,10 @@ class Gateway:
     def __init__(self, env, name, planes_dir, extra=(), cpu=None, expect_crs=0):
         self.env = env
         self.status_dir = os.path.join(os.path.dirname(planes_dir), "status")
-        cmd = [os.path.join(env.bin, "cluster-gateway"), "--port", "0", "--health-port", "0", "--internal-port", "0",
+        # CG_BENCH_WRAP: a command to run the gateway under (e.g. "heaptrack -o /tmp/ht"); the pid is then the
+        # wrapper's, so the CPU and RSS figures of such a run are not the gateway's. Profiling only.
+        cmd = [*os.environ.get("CG_BENCH_WRAP", "").split(),
+               os.path.join(env.bin, "cluster-gateway"), "--port", "0", "--health-port", "0", "--internal-port", "0",
                "--bind", "127.0.0.1", "--planes-dir", planes_dir, "--status-dir", self.status_dir,
                "--server-cert", os.path.join(env.pki, "server.crt"), "--server-key", os.path.join(env.pki, "server.key"),
                "--internal-client-ca-cert", os.path.join(env.pki, "internal-ca.crt"), "--startup-grace", "0s",
