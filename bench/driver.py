@@ -1238,11 +1238,11 @@ def reading(A, R, info):
         notes.append(
             f"**Idle memory.** {fmt(pt['perSessionKiB'], 1)} KiB per idle session. Once the upgrade is read a session "
             "talks to its socket through the `SSL` object directly (no Asio `ssl::stream` with its 17 KiB buffers, "
-            "`SSL_MODE_RELEASE_BUFFERS`, no TLS session cache or tickets). A heap profile of 1,000 idle sessions "
-            "(heaptrack, 2026-11-25) put OpenSSL's own per-connection state (the `SSL` object, record-layer cipher "
-            "contexts, peer certificate) at about 15 KiB, Beast's WebSocket state at 2.6 KiB, the session object at "
-            "2.6 KiB and the pending read's buffer at 1.5 KiB: with one OpenSSL `SSL` per session the 16 KiB goal is "
-            "out of reach whatever the gateway does around it.")
+            "`SSL_MODE_RELEASE_BUFFERS`, no TLS session cache or tickets). A heap profile of 2,000 idle sessions "
+            "(heaptrack, 2026-12-02; command and table in the section \"Idle session memory\") put OpenSSL's own "
+            "allocations at 16.4 KiB per session (the `SSL` object 7.8 KiB), Beast's WebSocket state at 2.7 KiB and "
+            "the pending read at 1.6 KiB: with one OpenSSL `SSL` per session the 16 KiB goal is out of reach whatever "
+            "the gateway does around it.")
     tun = R.get("tunnel")
     if tun:
         rs = tun["responder"]
