@@ -7,8 +7,7 @@
 //                      --warmup-requests are not recorded.
 //   --mode throughput  closed loop: each connection sends the next request when the previous answer
 //                      is in; completed requests in [warmup, warmup + duration) count.
-//   --mode responder   no network: times cluster-agent-sim's per-request work in-process (JSON parse
-//                      of the tunnel frame, sim::respond with its base64 decode/encode, JSON dump).
+// (The simulator's per-request work in-process, without the network, is timed by bench-micro.)
 // Every answer is checked: expected status and the echoed body byte for byte. Prints one JSON object.
 #include <openssl/ssl.h>
 #include <unistd.h>
@@ -24,7 +23,6 @@
 #include <sstream>
 
 #include "common/net.hpp"
-#include "responder.hpp"
 
 using namespace cg::net;
 using steady = std::chrono::steady_clock;
@@ -137,43 +135,12 @@ void Conn::send(steady::time_point due, std::function<void(bool, std::string, st
   });
 }
 
-// ---- --mode responder -------------------------------------------------------------------------
-nlohmann::json responder_cost(size_t body_size) {
-  std::string body = make_body(body_size);
-  nlohmann::json req = {{"requestID", "0b7f0e52-5c43-4c35-9bd9-1a1b8f8a2d11"},
-                        {"target", "k8s"},
-                        {"method", "POST"},
-                        {"path", "/api/v1/namespaces/default/configmaps"},
-                        {"gatewayRequestID", "gw-0123456789abcdef"},
-                        {"headers", {{"Content-Type", {"application/json"}}, {"Content-Length", {std::to_string(body_size)}}}},
-                        {"body", cg::sim::b64encode(body)}};
-  const std::string frame = req.dump();
-  size_t out_bytes = 0;
-  auto one = [&] {
-    // What cluster-agent-sim does per request frame (Agent::handle): parse, answer, serialize.
-    auto j = cg::sim::parse_frame(frame);
-    std::string rid = j.value("requestID", "");
-    std::string out = cg::sim::dump_reply(cg::sim::respond(j, "tun", 0));
-    out_bytes = out.size();
-  };
-  for (int i = 0; i < 3; ++i) one();
-  long n = 0;
-  auto t0 = steady::now();
-  while (std::chrono::duration<double>(steady::now() - t0).count() < 0.5 || n < 5) {
-    one();
-    ++n;
-  }
-  double secs = std::chrono::duration<double>(steady::now() - t0).count();
-  return {{"bodyBytes", body_size}, {"frameBytes", frame.size()}, {"replyFrameBytes", out_bytes}, {"iterations", n},
-          {"microsecondsPerRequest", secs / static_cast<double>(n) * 1e6}};
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"bench-tunnel-load: HTTPS keep-alive load client (mTLS) for the tunnel benchmark"};
-  app.add_option("--mode", o.mode, "rate, throughput or responder")->capture_default_str();
+  app.add_option("--mode", o.mode, "rate or throughput")->capture_default_str();
   app.add_option("--host", o.host)->capture_default_str();
   app.add_option("--port", o.port);
   app.add_option("--path", o.path, "Request target (POST)");
@@ -191,13 +158,8 @@ int main(int argc, char** argv) {
   app.add_option("--server-pid", o.server_pid, "Process whose CPU time over the measured part is reported");
   CLI11_PARSE(app, argc, argv);
 
-  if (o.mode == "responder") {
-    nlohmann::json out = {{"mode", "responder"}, {"small", responder_cost(o.body_size)}, {"large", responder_cost(1u << 20)}};
-    std::cout << out.dump() << std::endl;
-    return 0;
-  }
   if (o.mode != "rate" && o.mode != "throughput") {
-    std::cerr << "bench-tunnel-load: --mode must be rate, throughput or responder\n";
+    std::cerr << "bench-tunnel-load: --mode must be rate or throughput\n";
     return 2;
   }
 

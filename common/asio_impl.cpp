@@ -3,3 +3,5 @@
 #include <boost/asio/impl/src.hpp>
 #include <boost/asio/ssl/impl/src.hpp>
 #include <boost/beast/src.hpp>
+// Boost.JSON's non-template parts (the agent frame reader uses its streaming basic_parser).
+#include <boost/json/src.hpp>

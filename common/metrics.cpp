@@ -6,7 +6,7 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
-#include <mutex>
+#include "common/thread_annotations.hpp"
 
 namespace cg::metrics {
 namespace {
@@ -53,7 +53,7 @@ struct M {
   Family<Counter>& tls = BuildCounter().Name("cluster_gateway_tls_reloads_total")
                              .Help("Server certificate / internal CA reloads by result").Register(*reg);
   Family<Counter>& rejected_docs = BuildCounter().Name("cluster_gateway_plane_documents_rejected_total")
-                                       .Help("Plane documents rejected by the file source").Register(*reg);
+                                       .Help("Plane documents rejected by the plane source (file or Kubernetes)").Register(*reg);
   Family<Gauge>& expiry_f = BuildGauge().Name("cluster_gateway_agent_certificate_expiry_seconds")
                                 .Help("Seconds until the earliest live agent certificate expires (absent without sessions)")
                                 .Register(*reg);
@@ -70,9 +70,24 @@ struct M {
   Family<Counter>& accept_errs = BuildCounter().Name("cluster_gateway_accept_errors_total")
                                      .Help("Failed accept() calls by listener and reason (the listener pauses 100ms)")
                                      .Register(*reg);
+  Family<Counter>& http_rejected = BuildCounter().Name("cluster_gateway_http_requests_rejected_total")
+                                       .Help("HTTP requests refused before routing, by listener and reason").Register(*reg);
+  Family<Counter>& closed_early = BuildCounter().Name("cluster_gateway_connections_closed_early_total")
+                                      .Help("Connections closed before any request, by listener and reason (limit, no_first_byte)")
+                                      .Register(*reg);
+  Family<Counter>& exceptions = BuildCounter().Name("cluster_gateway_handler_exceptions_total")
+                                    .Help("Exceptions that ended one connection (never the process), by where they were caught")
+                                    .Register(*reg);
+  Family<Counter>& proxy_path = BuildCounter().Name("cluster_gateway_proxy_path_rejected_total")
+                                   .Help("Proxy requests refused (400) for a path the agent would reinterpret, by reason")
+                                   .Register(*reg);
+  Family<Counter>& proxy_denied = BuildCounter().Name("cluster_gateway_proxy_policy_denied_total")
+                                      .Help("Proxy requests refused (403) by a deny-list or proxy policy rule").Register(*reg);
+  Family<Counter>& proxy_policy = BuildCounter().Name("cluster_gateway_proxy_policy_reloads_total")
+                                      .Help("Proxy policy file loads by result").Register(*reg);
   Family<Gauge>& build = BuildGauge().Name("cluster_gateway_build_info").Help("Build information").Register(*reg);
-  std::mutex hook_mu;
-  std::function<void()> hook;
+  cg::Mutex hook_mu;
+  std::function<void()> hook CG_GUARDED_BY(hook_mu);
 
   M() { build.Add({{"version", CG_VERSION}}).Set(1); }
 };
@@ -89,27 +104,17 @@ const std::vector<double>& latency_buckets() {
 }  // namespace
 
 void session_opened(const std::string& t, const std::string& id) { m().sessions.Add({{"plane_type", t}, {"plane_id", id}}).Increment(); }
-void session_closed(const std::string& t, const std::string& id, const std::string& reason) {
+void session_closed(const std::string& t, const std::string& id, std::string_view reason) {
   m().sessions.Add({{"plane_type", t}, {"plane_id", id}}).Decrement();
-  m().sessions_closed.Add({{"plane_type", t}, {"reason", reason}}).Increment();
+  m().sessions_closed.Add({{"plane_type", t}, {"reason", std::string(reason)}}).Increment();
 }
 void handshake(const std::string& result, const std::string& reason) {
   m().handshakes.Add({{"result", result}, {"reason", reason}}).Increment();
 }
-void cr_verification_failure(const std::string& t, const std::string& reason) {
-  m().verify_fail.Add({{"plane_type", t}, {"reason", reason}}).Increment();
+void cr_verification_failure(const std::string& t, std::string_view reason) {
+  m().verify_fail.Add({{"plane_type", t}, {"reason", std::string(reason)}}).Increment();
 }
 void cr_verification_cache(bool hit) { (hit ? m().verify_cache_hit : m().verify_cache_miss).Increment(); }
-std::string classify_verification_reason(const std::string& r) {
-  if (r.find("expired") != std::string::npos) return "expired";
-  if (r.find("not yet valid") != std::string::npos) return "not_yet_valid";
-  if (r.find("unknown authority") != std::string::npos) return "unknown_authority";
-  if (r.find("clientAuth") != std::string::npos) return "no_client_auth";
-  if (r.find("client CA") != std::string::npos || r.find("secret") != std::string::npos ||
-      r.find("clientCA") != std::string::npos || r.find("CA bundle") != std::string::npos)
-    return "ca_not_loaded";
-  return "other";
-}
 void heartbeat_rtt(double s) { m().rtt_h.Observe(s); }
 void bytes_in(uint64_t n) { m().bytes_in.Increment(static_cast<double>(n)); }
 void bytes_out(uint64_t n) { m().bytes_out.Increment(static_cast<double>(n)); }
@@ -133,14 +138,25 @@ void accept_error(const std::string& l, const std::string& r) {
   m().accept_errs.Add({{"listener", l}, {"reason", r}}).Increment();
 }
 void limit_refused(const std::string& limit) { m().limits.Add({{"limit", limit}}).Increment(); }
+void http_request_rejected(const std::string& l, const std::string& r) {
+  m().http_rejected.Add({{"listener", l}, {"reason", r}}).Increment();
+}
+void connection_closed_early(const std::string& l, const std::string& r) {
+  m().closed_early.Add({{"listener", l}, {"reason", r}}).Increment();
+}
+void handler_exception(const std::string& w) { m().exceptions.Add({{"where", w}}).Increment(); }
+void proxy_path_rejected(const std::string& r) { m().proxy_path.Add({{"reason", r}}).Increment(); }
+void proxy_policy_denied(const std::string& r) { m().proxy_denied.Add({{"rule", r}}).Increment(); }
+void proxy_policy_reload(const std::string& r) { m().proxy_policy.Add({{"result", r}}).Increment(); }
 void status_write(const std::string& r) { m().status.Add({{"result", r}}).Increment(); }
 void plane_source_event(const std::string& src, const std::string& ev) { m().source.Add({{"source", src}, {"event", ev}}).Increment(); }
 void ca_reload(const std::string& r) { m().ca.Add({{"result", r}}).Increment(); }
 void tls_reload(const std::string& r) { m().tls.Add({{"result", r}}).Increment(); }
 void plane_document_rejected() { m().rejected_docs.Add({}).Increment(); }
 void set_scrape_hook(std::function<void()> h) {
-  std::lock_guard lk(m().hook_mu);
-  m().hook = std::move(h);
+  M& mm = m();
+  cg::MutexLock lk(mm.hook_mu);
+  mm.hook = std::move(h);
 }
 void set_earliest_agent_cert_expiry(double s, bool any) {
   auto& g = m().expiry_f.Add({});
@@ -150,8 +166,9 @@ void set_earliest_agent_cert_expiry(double s, bool any) {
 
 std::string serialize() {
   {
-    std::lock_guard lk(m().hook_mu);
-    if (m().hook) m().hook();
+    M& mm = m();
+    cg::MutexLock lk(mm.hook_mu);
+    if (mm.hook) mm.hook();
   }
   return TextSerializer().Serialize(m().reg->Collect());
 }

@@ -7,13 +7,14 @@
 
 #include <atomic>
 #include <deque>
-#include <mutex>
 
 #include "common/ids.hpp"
 #include "common/log.hpp"
 #include "common/metrics.hpp"
 #include "common/net.hpp"
+#include "common/thread_annotations.hpp"
 #include "gateway/acceptor.hpp"
+#include "gateway/http_rules.hpp"
 #include "session/upgrade_handoff.hpp"
 
 namespace cg::gateway {
@@ -59,6 +60,9 @@ namespace {
 // has hung up meanwhile, is closed without any TLS work. A slot is held for at most kSlotHold: a
 // slow or silent peer (slowloris) then cannot keep honest agents waiting, it only loses its place.
 constexpr auto kSlotHold = std::chrono::seconds(1);
+// Upgrade request header limits: 431 beyond them.
+constexpr uint32_t kHeaderLimit = 8 * 1024;
+constexpr uint32_t kForwardedHeaderLimit = 64 * 1024;
 
 class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
  public:
@@ -74,7 +78,7 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
   // Runs `start` now (on the caller's thread) when a slot is free, else queues it.
   void admit(Waiting w) {
     {
-      std::lock_guard lk(mu_);
+      cg::MutexLock lk(mu_);
       if (active_ >= limit_) {
         queue_.push_back(std::move(w));
         metrics::handshakes_waiting(static_cast<int64_t>(queue_.size()));
@@ -89,7 +93,7 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
     for (;;) {
       Waiting next;
       {
-        std::lock_guard lk(mu_);
+        cg::MutexLock lk(mu_);
         if (queue_.empty()) {
           --active_;
           return;
@@ -109,7 +113,7 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
   void clear() {
     std::deque<Waiting> q;
     {
-      std::lock_guard lk(mu_);
+      cg::MutexLock lk(mu_);
       q.swap(queue_);
     }
     metrics::handshakes_waiting(0);
@@ -137,9 +141,9 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
   }
 
   const size_t limit_;
-  std::mutex mu_;
-  size_t active_ = 0;
-  std::deque<Waiting> queue_;
+  cg::Mutex mu_;
+  size_t active_ CG_GUARDED_BY(mu_) = 0;
+  std::deque<Waiting> queue_ CG_GUARDED_BY(mu_);
 };
 
 class Handshake : public std::enable_shared_from_this<Handshake> {
@@ -154,7 +158,10 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
         slot_timer_(stream_.get_executor()) {
     beast::error_code ec;
     auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(ec);
-    if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+    if (!ec) {
+      remote_ip_ = ep.address().to_string();
+      remote_ = remote_ip_ + ":" + std::to_string(ep.port());
+    }
   }
 
   ~Handshake() { give_back(); }
@@ -178,7 +185,8 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
 
  private:
   void read_request() {
-    parser_.header_limit(8 * 1024);
+    // A forwarded certificate chain (URL-encoded PEM) takes several KiB of header.
+    parser_.header_limit(deps_->auth_mode == AgentAuthMode::forwarded_header ? kForwardedHeaderLimit : kHeaderLimit);
     parser_.body_limit(0);
     http::async_read(stream_, buf_, parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       auto refuse = [&](unsigned status, const char* reason_class, const std::string& body) {
@@ -219,52 +227,47 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
       metrics::handshake("rejected", d.status == 404 ? "not_found" : "bad_request");
       return reply(d.status, d.body, {});
     }
-    tls::PeerChain chain = tls::PeerChain::from_ssl(stream_.native_handle());
-    if (chain.empty()) {
-      f["status"] = 401;
-      f["reason"] = "no client certificate presented";
-      log::warn("agent connection rejected", f);
-      metrics::handshake("rejected", "no_client_certificate");
-      return reply(401, "no client certificate presented\n", {});
-    }
+    tls::PeerChain chain;
+    if (!take_chain(f, chain)) return;
     f["certificateSubject"] = chain.subject();
     f["certificateIssuer"] = chain.issuer();
     auto anchors = deps_->index.anchors(d.plane_type, d.plane_id);
     auto verdicts = tls::verify_all(chain, anchors);
     std::set<std::string> ok;
     nlohmann::json per_cr = nlohmann::json::array();
-    size_t usable = 0;
+    size_t candidates = 0;
     for (size_t i = 0; i < verdicts.size(); ++i) {
-      usable += anchors[i].store != nullptr;
+      candidates += anchors[i].candidate();
       if (verdicts[i].ok) ok.insert(verdicts[i].key);
       else {
         per_cr.push_back({{"cr", verdicts[i].key}, {"reason", verdicts[i].reason}});
-        metrics::cr_verification_failure(d.plane_type, metrics::classify_verification_reason(verdicts[i].reason));
+        metrics::cr_verification_failure(d.plane_type, tls::metric_label(verdicts[i].failure));
       }
     }
     if (ok.empty()) {
-      std::string why = usable == 0 ? "no " + d.plane_type + " CRs found with planeID '" + d.plane_id + "'"
+      std::string why = candidates == 0 ? "no " + d.plane_type + " CRs found with planeID '" + d.plane_id + "'"
                                     : "certificate not valid for any CR with planeID '" + d.plane_id + "'";
       f["status"] = 401;
       f["reason"] = why;
       f["perCR"] = per_cr;
       log::warn("agent connection rejected", f);
-      metrics::handshake("rejected", usable == 0 ? "no_crs" : "not_authorized");
+      metrics::handshake("rejected", candidates == 0 ? "no_crs" : "not_authorized");
       return reply(401, "client certificate verification failed: " + why + "\n", {});
     }
-    if (!websocket::is_upgrade(req_)) {
-      f["status"] = 400;
+    if (auto refusal = websocket_upgrade_refusal(req_)) {
+      // gorilla's Upgrader answers upstream's agents (text and Sec-Websocket-Version: 13).
+      f["status"] = refusal->status;
       f["reason"] = "not a WebSocket upgrade request";
       log::warn("agent connection rejected", f);
       metrics::handshake("rejected", "not_websocket");
-      return reply(400, "websocket: the client is not using the websocket protocol: 'upgrade' token not found in 'Connection' header\n", {});
+      return reply(refusal->status, std::string(refusal->text) + "\n", "13");
     }
     // Limits: soft (checked before the upgrade, so a few concurrent upgrades may pass together).
     std::string limit, limit_msg;
     if (deps_->registry.size() >= deps_->max_sessions) {
       limit = "sessions";
       limit_msg = "too many agent sessions on this gateway (limit " + std::to_string(deps_->max_sessions) + ")";
-    } else if (deps_->registry.sessions_of(d.plane_type, d.plane_id).size() >= deps_->max_sessions_per_plane) {
+    } else if (deps_->registry.plane_session_count(d.plane_type, d.plane_id) >= deps_->max_sessions_per_plane) {
       limit = "plane_sessions";
       limit_msg = "too many agent connections for plane " + d.plane_type + "/" + d.plane_id + " (limit " +
                   std::to_string(deps_->max_sessions_per_plane) + ")";
@@ -293,9 +296,55 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     session::start_agent_session(std::move(h), std::move(id), deps_->session_options, deps_->registry, deps_->frames);
   }
 
-  void reply(unsigned status, const std::string& body, const std::string&) {
+  // The agent's certificate chain, from where --agent-auth-mode says; false after answering 401.
+  bool take_chain(nlohmann::json& f, tls::PeerChain& chain) {
+    tls::PeerChain from_tls = tls::PeerChain::from_ssl(stream_.native_handle());
+    auto refuse = [&](const char* metric, const std::string& reason, const std::string& body) {
+      f["status"] = 401;
+      f["reason"] = reason;
+      log::warn("agent connection rejected", f);
+      metrics::handshake("rejected", metric);
+      reply(401, body, {});
+      return false;
+    };
+    static const std::string no_cert = "no client certificate presented";
+    if (deps_->auth_mode == AgentAuthMode::mtls) {
+      if (from_tls.empty()) return refuse("no_client_certificate", no_cert, no_cert + "\n");
+      chain = std::move(from_tls);
+      return true;
+    }
+    // forwarded-header (upstream PR #4340): the chain comes from the trusted proxy's header only.
+    const std::string& header = deps_->forwarded_header;
+    f["agentAuthMode"] = to_string(deps_->auth_mode);
+    auto it = req_.find(header);
+    std::string_view value = it == req_.end() ? std::string_view() : std::string_view(it->value().data(), it->value().size());
+    while (!value.empty() && std::string_view(" \t\r\n\v\f").find(value.front()) != std::string_view::npos) value.remove_prefix(1);
+    while (!value.empty() && std::string_view(" \t\r\n\v\f").find(value.back()) != std::string_view::npos) value.remove_suffix(1);
+    if (value.empty())
+      return refuse("no_client_certificate",
+                    no_cert + ": no " + header + " header" +
+                        (from_tls.empty() ? "" : " (a TLS client certificate is not used with --agent-auth-mode=forwarded-header)"),
+                    no_cert + "\n");
+    if (!ip_in_ranges(deps_->trusted_proxies, remote_ip_))
+      return refuse("forwarded_untrusted_source",
+                    header + " header from " + remote_ip_ + ", which is not in --agent-auth-trusted-proxies",
+                    "forwarded client certificate not accepted from this address\n");
+    if (!from_tls.empty())
+      return refuse("forwarded_ambiguous", "both a TLS client certificate and a " + header + " header were presented",
+                    "both a TLS client certificate and a forwarded client certificate were presented\n");
+    ForwardedChain fc = parse_forwarded_cert_chain(value);
+    if (fc.error.empty()) chain = tls::PeerChain::from_pem(fc.pem);
+    if (chain.empty())
+      return refuse("forwarded_header_malformed",
+                    "malformed " + header + " header: " + (fc.error.empty() ? "no certificate" : fc.error), no_cert + "\n");
+    return true;
+  }
+
+  // `websocket_version`: the Sec-Websocket-Version header of gorilla's upgrade refusals, if any.
+  void reply(unsigned status, const std::string& body, const std::string& websocket_version) {
     auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), 11);
     res->set(http::field::content_type, "text/plain; charset=utf-8");
+    if (!websocket_version.empty()) res->set(http::field::sec_websocket_version, websocket_version);
     res->set("X-Content-Type-Options", "nosniff");
     res->body() = body;
     res->keep_alive(false);
@@ -316,7 +365,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
   beast::flat_buffer buf_;
   http::request_parser<http::empty_body> parser_;
   UpgradeRequest req_;
-  std::string remote_;
+  std::string remote_, remote_ip_;
   std::chrono::steady_clock::time_point deadline_;
   // The admission slot (HandshakeGate): given back once the request is read, after kSlotHold, or at the end.
   void give_back() {

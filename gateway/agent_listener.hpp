@@ -1,11 +1,14 @@
 // The public agent listener: TLS (client certificate requested), `GET /ws?planeID=&planeType=`
-// with upstream's 400/401 answers, per-CR verification against the plane index, then the
-// WebSocket upgrade handed to the session layer.
+// with upstream's 400/401 answers, the client certificate chain from the handshake or, with
+// --agent-auth-mode=forwarded-header, from a trusted proxy's header (agent_auth.hpp), per-CR
+// verification against the plane index, then the WebSocket upgrade handed to the session layer.
 #pragma once
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "gateway/agent_auth.hpp"
 #include "plane_index/index.hpp"
 #include "session/agent_session.hpp"
 #include "session/registry.hpp"
@@ -19,15 +22,19 @@ class context;
 
 namespace cg::gateway {
 
+// Everything the listener takes from Config (gateway.cpp fills it; no defaults here).
 struct AgentListenerDeps {
   plane::PlaneIndex& index;
   session::SessionRegistry& registry;
   std::shared_ptr<session::FrameHandler> frames;
   session::AgentSessionOptions session_options;
-  Duration handshake_timeout = std::chrono::seconds(10);
-  size_t max_sessions = 100000;        // agent sessions in this gateway; more get 503
-  size_t max_sessions_per_plane = 64;  // per planeType/planeID; more get 503
-  size_t max_concurrent_handshakes = 128;  // TLS handshakes in progress at once; more wait their turn
+  Duration handshake_timeout;        // TLS handshake plus reading the upgrade request
+  size_t max_sessions;               // agent sessions in this gateway; more get 503
+  size_t max_sessions_per_plane;     // per planeType/planeID; more get 503
+  size_t max_concurrent_handshakes;  // TLS handshakes in progress at once; more wait their turn
+  AgentAuthMode auth_mode;           // where the client certificate chain comes from
+  std::string forwarded_header;      // forwarded_header mode: the header carrying the chain
+  std::vector<IpRange> trusted_proxies;  // forwarded_header mode: who may send that header
 };
 
 // Pre-upgrade decision for one request, separated from I/O so it can be tested and fuzzed.

@@ -33,7 +33,8 @@ ReverifyResult reverify_plane(plane::PlaneIndex& index, session::SessionRegistry
       ++out.closed;
       f["perCR"] = reasons;
       log::warn("agent no longer authorized for any CR; closing", f);
-      s.handle->close(1008, "no longer authorized for any CR with planeID '" + plane_id + "'");
+      s.handle->close(1008, "no longer authorized for any CR with planeID '" + plane_id + "'",
+                      session::CloseCause::revoked);
     }
   }
   return out;

@@ -1,141 +1,335 @@
-#include <CLI/CLI.hpp>
+// The flag table: every flag's name, environment variable, help text and parser in one place; the
+// defaults are Config's (config.hpp). Syntax and environment rules are upstream's (go_flag.hpp).
+#include <algorithm>
+#include <charconv>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
 #include <iostream>
+#include <set>
+#include <thread>
 
 #include "gateway/config.hpp"
+#include "gateway/go_flag.hpp"
 
 namespace cg::gateway {
+
+int effective_io_threads(const Config& c) {
+  return c.io_threads > 0 ? static_cast<int>(c.io_threads) : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+uint64_t effective_max_concurrent_handshakes(const Config& c) {
+  return c.max_concurrent_handshakes ? c.max_concurrent_handshakes
+                                     : kHandshakesPerIoThread * static_cast<uint64_t>(effective_io_threads(c));
+}
+
 namespace {
 
-struct DurationFlag {
-  const char* name;
-  Duration* target;
-  std::string text;
+const char* level_name(log::Level l) {
+  switch (l) {
+    case log::Level::debug: return "debug";
+    case log::Level::info: return "info";
+    case log::Level::warn: return "warn";
+    default: return "error";
+  }
+}
+
+std::string float_text(double v) {
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+// Values that need a check or a mapping after parsing (kept as given until then).
+struct Pending {
+  std::string log_level, log_format, agent_auth_mode;
+  bool version = false;
 };
+
+// One row of the table. `env` rows follow upstream's cmdutil rules for their type.
+struct Spec {
+  goflag::Flag flag;
+  const char* env = nullptr;
+  // Applies a set, non-empty environment value; returns a warning when upstream's rule ignores it or
+  // reads it differently from how it looks.
+  std::function<std::optional<std::string>(const std::string&)> from_env;
+};
+
+class Table {
+ public:
+  Table(Config& c, Pending& p) : c_(c), p_(p) {}
+  std::vector<Spec> specs;
+
+  void add_int(const char* name, const char* env, int64_t Config::*m, std::string usage) {
+    Config& c = c_;
+    add({name, std::move(usage), std::to_string(Config{}.*m), std::function<void(int64_t)>([&c, m](int64_t v) { c.*m = v; })},
+        env, [&c, m, env](const std::string& v) -> std::optional<std::string> {
+          auto n = goflag::env_int(v);
+          if (!n) return std::string(env) + "=" + goflag::quote(v) + " is not a number: ignored, the default is used (as upstream)";
+          c.*m = *n;
+          if (std::to_string(*n) != v) return std::string(env) + "=" + goflag::quote(v) + " is read as " + std::to_string(*n) + " (as upstream)";
+          return std::nullopt;
+        });
+  }
+  void add_uint(const char* name, const char* env, uint64_t Config::*m, std::string usage) {
+    Config& c = c_;
+    add({name, std::move(usage), std::to_string(Config{}.*m), std::function<void(uint64_t)>([&c, m](uint64_t v) { c.*m = v; })},
+        env, [&c, m, env](const std::string& v) -> std::optional<std::string> {
+          auto n = goflag::env_int(v);
+          if (!n || *n < 0)
+            return std::string(env) + "=" + goflag::quote(v) + " is not a number of at least 0: ignored, the default is used";
+          c.*m = static_cast<uint64_t>(*n);
+          if (std::to_string(*n) != v) return std::string(env) + "=" + goflag::quote(v) + " is read as " + std::to_string(*n);
+          return std::nullopt;
+        });
+  }
+  void add_bool(const char* name, const char* env, bool Config::*m, std::string usage) {
+    Config& c = c_;
+    add({name, std::move(usage), Config{}.*m ? "true" : "false", std::function<void(bool)>([&c, m](bool v) { c.*m = v; })},
+        env, [&c, m, env](const std::string& v) -> std::optional<std::string> {
+          c.*m = goflag::env_bool(v);
+          if (v != "true" && v != "1" && v != "false" && v != "0")
+            return std::string(env) + "=" + goflag::quote(v) + " is read as false: only \"true\" and \"1\" are true (as upstream)";
+          return std::nullopt;
+        });
+  }
+  void add_string(const char* name, const char* env, std::string Config::*m, std::string usage) {
+    Config& c = c_;
+    add({name, std::move(usage), Config{}.*m, std::function<void(const std::string&)>([&c, m](const std::string& v) { c.*m = v; })},
+        env, [&c, m](const std::string& v) -> std::optional<std::string> {
+          c.*m = v;
+          return std::nullopt;
+        });
+  }
+  void add_duration(const char* name, Duration Config::*m, std::string usage) {
+    Config& c = c_;
+    add({name, std::move(usage), goflag::format_duration(Config{}.*m), std::function<void(Duration)>([&c, m](Duration v) { c.*m = v; })},
+        nullptr, {});
+  }
+  void add_float(const char* name, double Config::*m, std::string usage) {
+    Config& c = c_;
+    add({name, std::move(usage), float_text(Config{}.*m), std::function<void(double)>([&c, m](double v) { c.*m = v; })}, nullptr, {});
+  }
+  // A string flag kept in Pending until it is checked.
+  void add_pending(const char* name, const char* env, std::string Pending::*m, std::string default_text, std::string usage) {
+    Pending& p = p_;
+    p.*m = default_text;
+    add({name, std::move(usage), std::move(default_text),
+         std::function<void(const std::string&)>([&p, m](const std::string& v) { p.*m = v; })},
+        env, [&p, m](const std::string& v) -> std::optional<std::string> {
+          p.*m = v;
+          return std::nullopt;
+        });
+  }
+  void add_version() {
+    Pending& p = p_;
+    add({"version", "Print the version and exit", "false", std::function<void(bool)>([&p](bool v) { p.version = v; })}, nullptr, {});
+  }
+
+ private:
+  void add(goflag::Flag f, const char* env, std::function<std::optional<std::string>(const std::string&)> from_env) {
+    if (env) f.usage += " (env " + std::string(env) + ")";
+    specs.push_back({std::move(f), env, env ? std::move(from_env) : nullptr});
+  }
+  Config& c_;
+  Pending& p_;
+};
+
+std::vector<Spec> flag_table(Config& c, Pending& p) {
+  Table t(c, p);
+  // Upstream's flags (cmd/cluster-gateway/main.go, with PR #4340's agent auth), same names, envs, defaults.
+  t.add_int("port", "AGENT_SERVER_PORT", &Config::port,
+            "Public server port serving the agent WebSocket endpoint (/ws, TLS); 0 picks a free port");
+  t.add_int("internal-port", "AGENT_INTERNAL_PORT", &Config::internal_port,
+            "Internal server port serving the caller-facing /api/* endpoints (TLS); 0 picks a free port");
+  t.add_string("server-cert", "SERVER_CERT_PATH", &Config::server_cert,
+               "Path to the server certificate chain (PEM); reloaded when the file changes");
+  t.add_string("server-key", "SERVER_KEY_PATH", &Config::server_key, "Path to the server private key (PEM); reloaded with --server-cert");
+  t.add_bool("skip-client-cert-verify", "SKIP_CLIENT_CERT_VERIFY", &Config::skip_client_cert_verify,
+             "Deprecated: has no effect (as upstream); agent certificates are always verified per plane CR");
+  t.add_bool("internal-mtls", "INTERNAL_MTLS_ENABLED", &Config::internal_mtls,
+             "Require and verify client certificates on the internal API listener (/api/*)");
+  t.add_string("internal-client-ca-cert", "INTERNAL_CLIENT_CA_PATH", &Config::internal_client_ca,
+               "Path to the CA bundle that verifies internal API clients (required while --internal-mtls is true)");
+  t.add_pending("agent-auth-mode", "AGENT_AUTH_MODE", &Pending::agent_auth_mode, to_string(Config{}.agent_auth_mode),
+                "Where the agent's client certificate comes from: 'mtls' (the TLS handshake) or 'forwarded-header' (a "
+                "header set by a trusted TLS-terminating proxy, from an address in --agent-auth-trusted-proxies)");
+  t.add_string("agent-auth-forwarded-header", "AGENT_AUTH_FORWARDED_HEADER", &Config::agent_auth_forwarded_header,
+               "Request header carrying the URL-encoded client certificate chain with --agent-auth-mode=forwarded-header "
+               "(X-Amzn-Mtls-Clientcert for AWS ALB mTLS passthrough, X-Forwarded-Client-Cert for Envoy/Istio XFCC)");
+  t.add_duration("read-timeout", &Config::read_timeout, "Internal API: deadline to read a request body");
+  t.add_duration("write-timeout", &Config::write_timeout, "Internal API: deadline to write a response (streams: each chunk)");
+  t.add_duration("idle-timeout", &Config::idle_timeout, "Internal API: how long an idle keep-alive connection stays open");
+  t.add_duration("shutdown-timeout", &Config::shutdown_timeout, "Graceful shutdown budget (SIGTERM, SIGINT)");
+  t.add_duration("heartbeat-interval", &Config::heartbeat_interval, "WebSocket ping period (> 0)");
+  t.add_duration("heartbeat-timeout", &Config::heartbeat_timeout, "Drop an agent when no pong arrives within this time (> 0)");
+  t.add_pending("log-level", "LOG_LEVEL", &Pending::log_level, level_name(Config{}.log_level),
+                "Log level: debug, info, warn or error (anything else: info, as upstream)");
+  // Ours.
+  t.add_string("agent-auth-trusted-proxies", "AGENT_AUTH_TRUSTED_PROXIES", &Config::agent_auth_trusted_proxies,
+               "With --agent-auth-mode=forwarded-header: comma-separated source CIDRs (or addresses) of the proxies "
+               "whose forwarded certificate header is accepted; from any other address such a request gets 401");
+  t.add_int("health-port", nullptr, &Config::health_port, "Plain HTTP port for /health, /ready and /metrics; 0 picks a free port");
+  t.add_string("bind", nullptr, &Config::bind, "Address the agent, internal and health listeners bind to");
+  t.add_duration("handshake-timeout", &Config::handshake_timeout,
+                 "Agent port: TLS handshake plus upgrade request, and each WebSocket upgrade or close handshake; "
+                 "internal API: TLS handshake, and exec's WebSocket upgrade (> 0)");
+  t.add_duration("request-timeout", &Config::request_timeout,
+                 "How long a proxied request waits for the agent's answer (streams: the head or first chunk) (> 0)");
+  t.add_duration("status-heartbeat-interval", &Config::status_heartbeat_interval,
+                 "Minimum time between heartbeat-only status writes per CR (> 0)");
+  t.add_duration("startup-grace", &Config::startup_grace,
+                 "After start, wait this long before writing CRs disconnected that a previous run left connected");
+  t.add_bool("write-status", nullptr, &Config::write_status,
+             "Write agentConnection status onto the plane CRs (status files with --planes-dir); false leaves status to "
+             "upstream's plane controllers");
+  t.add_string("planes-dir", nullptr, &Config::planes_dir,
+               "Directory of plane CR and Secret YAML files (selects the file plane source; default: the Kubernetes API)");
+  t.add_string("status-dir", nullptr, &Config::status_dir, "Where status files go with --planes-dir (default: DIR/status)");
+  t.add_string("kubeconfig", nullptr, &Config::kubeconfig,
+               "Kubeconfig for the Kubernetes plane source (default: the first file in $KUBECONFIG, else the in-cluster "
+               "service account, else ~/.kube/config)");
+  t.add_string("kube-context", nullptr, &Config::kube_context, "Kubeconfig context (default: current-context)");
+  t.add_float("kube-api-qps", &Config::kube_api_qps, "Client-side rate limit for Kubernetes API calls, requests/s (0: none)");
+  t.add_int("kube-api-burst", nullptr, &Config::kube_api_burst, "Burst for --kube-api-qps (>= 1)");
+  t.add_uint("max-message-size", nullptr, &Config::max_message_size, "Largest WebSocket message accepted from an agent, bytes (>= 1024)");
+  t.add_uint("max-agent-sessions", "MAX_AGENT_SESSIONS", &Config::max_sessions,
+             "Most agent sessions this gateway holds; more are refused with 503 (>= 1)");
+  t.add_uint("max-agents-per-plane", "MAX_AGENTS_PER_PLANE", &Config::max_sessions_per_plane,
+             "Most agent sessions per planeType/planeID; more are refused with 503 (>= 1)");
+  t.add_uint("max-concurrent-handshakes", "MAX_CONCURRENT_HANDSHAKES", &Config::max_concurrent_handshakes,
+             "Most agent TLS handshakes in progress at once; later connections wait their turn (0: " +
+                 std::to_string(kHandshakesPerIoThread) + " per io thread)");
+  t.add_uint("max-pending-per-agent", "MAX_PENDING_PER_AGENT", &Config::max_pending_per_agent,
+             "Most proxied requests waiting for one agent connection; more get 503 (>= 1)");
+  t.add_uint("max-streams-per-agent", "MAX_STREAMS_PER_AGENT", &Config::max_streams_per_agent,
+             "Most open streams (watch, logs -f, exec, wirelogs) per agent connection; more get 503 (>= 1)");
+  t.add_uint("max-internal-connections", "MAX_INTERNAL_CONNECTIONS", &Config::max_internal_connections,
+             "Most open connections on the internal API port; more are closed at once (>= 1)");
+  t.add_string("proxy-policy-file", "PROXY_POLICY_FILE", &Config::proxy_policy_file,
+               "YAML policy of allow/deny rules per internal API caller for /api/proxy (reloaded on change; see "
+               "docs/operations.md)");
+  t.add_int("io-threads", nullptr, &Config::io_threads, "I/O threads (0: one per core)");
+  t.add_pending("log-format", nullptr, &Pending::log_format, Config{}.log_format == log::Format::json ? "json" : "text",
+                "Log format: json or text");
+  t.add_version();
+  return std::move(t.specs);
+}
+
+bool is_http_token(const std::string& s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s)
+    if (c <= 0x20 || c >= 0x7f || std::string_view("\"(),/:;<=>?@[\\]{}").find(static_cast<char>(c)) != std::string_view::npos)
+      return false;
+  return true;
+}
 
 }  // namespace
 
-int parse_cli(int argc, char** argv, Config& cfg) {
-  CLI::App app{"cluster-gateway: accepts OpenChoreo cluster agents over mTLS WebSocket, verifies them per plane CR, "
-               "watches them with heartbeats and writes their status onto the plane CRs."};
-  app.set_version_flag("--version", std::string("cluster-gateway ") + CG_VERSION);
-  app.option_defaults()->always_capture_default();
+CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, Config& cfg, std::ostream& out,
+                    std::ostream& err, const std::string& program) {
+  CliResult res;
+  Pending p;
+  const std::vector<Spec> specs = flag_table(cfg, p);
+  std::vector<goflag::Flag> flags;
+  for (const auto& s : specs) flags.push_back(s.flag);
 
-  int port = cfg.port, health_port = cfg.health_port;
-  std::string log_level = "info", log_format = "json";
-  std::vector<DurationFlag> durations = {
-      {"--heartbeat-interval", &cfg.heartbeat_interval, "30s"},
-      {"--heartbeat-timeout", &cfg.heartbeat_timeout, "90s"},
-      {"--shutdown-timeout", &cfg.shutdown_timeout, "30s"},
-      {"--status-heartbeat-interval", &cfg.status_heartbeat_interval, "30s"},
-      {"--startup-grace", &cfg.startup_grace, "15s"},
-      {"--handshake-timeout", &cfg.handshake_timeout, "10s"},
-      {"--request-timeout", &cfg.request_timeout, "30s"},
-      {"--read-timeout", &cfg.read_timeout, "60s"},
-      {"--write-timeout", &cfg.write_timeout, "60s"},
-      {"--idle-timeout", &cfg.idle_timeout, "120s"},
-  };
-  app.add_option("--port", port, "Agent WebSocket (TLS) port; 0 picks a free port")->envname("AGENT_SERVER_PORT");
-  app.add_option("--health-port", health_port, "Plain HTTP port for /health, /ready and /metrics; 0 picks a free port");
-  int internal_port = cfg.internal_port;
-  bool skip_verify = false;
-  app.add_option("--internal-port", internal_port, "Internal API (TLS) port for control-plane callers; 0 picks a free port")
-      ->envname("AGENT_INTERNAL_PORT");
-  app.add_option("--internal-mtls", cfg.internal_mtls,
-                 "Require internal API clients to present a certificate from --internal-client-ca-cert")
-      ->envname("INTERNAL_MTLS_ENABLED");
-  app.add_option("--internal-client-ca-cert", cfg.internal_client_ca, "CA bundle for internal API client certificates")
-      ->envname("INTERNAL_CLIENT_CA_PATH");
-  app.add_option("--skip-client-cert-verify", skip_verify, "Deprecated; has no effect (as upstream)")
-      ->envname("SKIP_CLIENT_CERT_VERIFY");
-  app.add_option("--bind", cfg.bind, "Address to listen on (default: all IPv4 interfaces)");
-  app.add_option("--server-cert", cfg.server_cert, "Server certificate chain (PEM)")->envname("SERVER_CERT_PATH");
-  app.add_option("--server-key", cfg.server_key, "Server private key (PEM)")->envname("SERVER_KEY_PATH");
-  const char* help[] = {"WebSocket ping period", "Drop an agent when no pong arrives within this time",
-                        "Graceful shutdown budget (SIGTERM)",
-                        "Minimum time between heartbeat-only status writes per CR",
-                        "After start, wait this long before writing CRs disconnected that a previous run left connected",
-                        "TLS handshake and HTTP upgrade deadline",
-                        "How long an internal API proxy request waits for the agent's answer",
-                        "Internal API: deadline to read a request body",
-                        "Internal API: deadline to write a response",
-                        "Internal API: how long an idle keep-alive connection stays open"};
-  for (size_t i = 0; i < durations.size(); ++i)
-    app.add_option(durations[i].name, durations[i].text, std::string(help[i]) + " (Go duration: 500ms, 30s, 1m30s)");
-  app.add_option("--planes-dir", cfg.planes_dir,
-                 "Directory of plane CR and Secret YAML files (selects the embedded file plane source)");
-  app.add_option("--kubeconfig", cfg.kubeconfig,
-                 "Kubeconfig for the Kubernetes plane source (default: the first file in $KUBECONFIG, else the "
-                 "in-cluster service account, else ~/.kube/config)");
-  app.add_option("--kube-context", cfg.kube_context, "Kubeconfig context (default: current-context)");
-  app.add_option("--kube-api-qps", cfg.kube_api_qps, "Client-side rate limit for Kubernetes API calls (requests/s; 0: none)");
-  app.add_option("--kube-api-burst", cfg.kube_api_burst, "Burst for --kube-api-qps");
-  app.add_option("--status-dir", cfg.status_dir, "Where status files go with --planes-dir (default: DIR/status)");
-  app.add_option("--max-message-size", cfg.max_message_size, "Largest WebSocket message accepted from an agent, bytes");
-  app.add_option("--max-agent-sessions", cfg.max_sessions, "Most agent sessions this gateway holds; more are refused with 503")
-      ->envname("MAX_AGENT_SESSIONS")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--max-agents-per-plane", cfg.max_sessions_per_plane,
-                 "Most agent sessions per planeType/planeID; more are refused with 503")
-      ->envname("MAX_AGENTS_PER_PLANE")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--max-concurrent-handshakes", cfg.max_concurrent_handshakes,
-                 "Most agent TLS handshakes in progress at once; later connections wait their turn (0: 64 per io thread)")
-      ->envname("MAX_CONCURRENT_HANDSHAKES")->capture_default_str();
-  app.add_option("--max-pending-per-agent", cfg.max_pending_per_agent,
-                 "Most proxied requests waiting for one agent connection; more get 503")
-      ->envname("MAX_PENDING_PER_AGENT")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--max-streams-per-agent", cfg.max_streams_per_agent,
-                 "Most open streams (watch, logs -f, exec, wirelogs) per agent connection; more get 503")
-      ->envname("MAX_STREAMS_PER_AGENT")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--io-threads", cfg.io_threads, "I/O threads (0: one per core)");
-  app.add_option("--log-level", log_level, "debug, info, warn or error")->envname("LOG_LEVEL");
-  app.add_option("--log-format", log_format, "json or text");
+  // Environment first: in Go it sets the flags' defaults, which the command line then overrides.
+  std::vector<std::pair<std::string, std::string>> env_warnings;  // (flag, warning)
+  for (const auto& s : specs) {
+    if (!s.env) continue;
+    auto v = getenv(s.env);
+    if (!v || v->empty()) continue;  // upstream: an empty variable is an unset one
+    if (auto w = s.from_env(*v)) env_warnings.emplace_back(s.flag.name, *w);
+  }
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp&) {
-    std::cout << app.help();
-    return 0;
-  } catch (const CLI::CallForVersion&) {
-    std::cout << app.version() << "\n";
-    return 0;
-  } catch (const CLI::ParseError& e) {
-    std::cerr << "cluster-gateway: " << e.what() << " (see --help)\n";
-    return 2;
+  goflag::Result r = goflag::parse(flags, args);
+  if (r.outcome == goflag::Outcome::help) {
+    err << goflag::usage(flags, program);
+    res.action = CliAction::exit_ok;
+    return res;
   }
-  auto fail = [](const std::string& msg) {
-    std::cerr << "cluster-gateway: " << msg << "\n";
-    return 2;
+  if (r.outcome == goflag::Outcome::error) {
+    err << r.error << "\n" << goflag::usage(flags, program);
+    res.action = CliAction::exit_usage;
+    return res;
+  }
+  if (p.version) {
+    out << "cluster-gateway " << CG_VERSION << "\n";
+    res.action = CliAction::exit_ok;
+    return res;
+  }
+  const std::set<std::string> given(r.set.begin(), r.set.end());
+  for (auto& [flag, w] : env_warnings)
+    if (!given.count(flag)) res.warnings.push_back(w);
+  if (!r.args.empty()) {
+    std::string rest;
+    for (const auto& a : r.args) rest += (rest.empty() ? "" : " ") + goflag::quote(a);
+    res.warnings.push_back("arguments after the flags are ignored (Go's flag syntax: the flags end at the first "
+                           "non-flag argument or \"--\"): " + rest);
+  }
+
+  auto fail = [&](const std::string& msg) {
+    err << "cluster-gateway: " << msg << "\n";
+    res.action = CliAction::exit_usage;
+    return res;
   };
-  if (port < 0 || port > 65535) return fail("--port: " + std::to_string(port) + " is not a port number");
-  if (health_port < 0 || health_port > 65535) return fail("--health-port: " + std::to_string(health_port) + " is not a port number");
-  if (internal_port < 0 || internal_port > 65535)
-    return fail("--internal-port: " + std::to_string(internal_port) + " is not a port number");
-  cfg.internal_port = static_cast<uint16_t>(internal_port);
-  if (skip_verify) std::cerr << "cluster-gateway: warning: --skip-client-cert-verify is deprecated and has no effect\n";
-  cfg.port = static_cast<uint16_t>(port);
-  cfg.health_port = static_cast<uint16_t>(health_port);
-  for (auto& d : durations) {
-    auto v = parse_go_duration(d.text);
-    if (!v) return fail(std::string(d.name) + ": '" + d.text + "' is not a duration (examples: 500ms, 30s, 1m30s)");
-    *d.target = *v;
+  for (auto [name, v] : {std::pair{"--port", cfg.port}, {"--health-port", cfg.health_port}, {"--internal-port", cfg.internal_port}})
+    if (v < 0 || v > 65535) return fail(std::string(name) + ": " + std::to_string(v) + " is not a port number (0 to 65535)");
+  for (auto [name, v] : {std::pair{"--heartbeat-interval", cfg.heartbeat_interval}, {"--heartbeat-timeout", cfg.heartbeat_timeout},
+                         {"--status-heartbeat-interval", cfg.status_heartbeat_interval},
+                         {"--handshake-timeout", cfg.handshake_timeout}, {"--request-timeout", cfg.request_timeout}})
+    if (v <= Duration::zero()) return fail(std::string(name) + " must be greater than 0 (got " + goflag::format_duration(v) + ")");
+  for (auto [name, v] : {std::pair{"--shutdown-timeout", cfg.shutdown_timeout}, {"--read-timeout", cfg.read_timeout},
+                         {"--write-timeout", cfg.write_timeout}, {"--idle-timeout", cfg.idle_timeout},
+                         {"--startup-grace", cfg.startup_grace}})
+    if (v < Duration::zero()) return fail(std::string(name) + " must not be negative (got " + goflag::format_duration(v) + ")");
+  // upstream's SetupLogger: anything but the four names is info.
+  if (!log::parse_level(p.log_level, cfg.log_level) || p.log_level == "warning") {
+    cfg.log_level = log::Level::info;
+    res.warnings.push_back("--log-level " + goflag::quote(p.log_level) +
+                           " is not one of debug, info, warn, error: info is used (as upstream)");
   }
-  if (cfg.heartbeat_interval <= Duration::zero()) return fail("--heartbeat-interval must be greater than 0");
-  if (cfg.heartbeat_timeout <= Duration::zero()) return fail("--heartbeat-timeout must be greater than 0");
-  if (cfg.status_heartbeat_interval <= Duration::zero()) return fail("--status-heartbeat-interval must be greater than 0");
-  if (cfg.handshake_timeout <= Duration::zero()) return fail("--handshake-timeout must be greater than 0");
-  if (!log::parse_level(log_level, cfg.log_level)) return fail("--log-level: '" + log_level + "' is not one of debug, info, warn, error");
-  if (!log::parse_format(log_format, cfg.log_format)) return fail("--log-format: '" + log_format + "' is not one of json, text");
+  if (!log::parse_format(p.log_format, cfg.log_format))
+    return fail("--log-format: " + goflag::quote(p.log_format) + " is not one of json, text");
+  auto mode = parse_agent_auth_mode(p.agent_auth_mode);
+  if (!mode)
+    return fail("--agent-auth-mode: invalid agent auth mode " + goflag::quote(p.agent_auth_mode) +
+                ": must be \"mtls\" or \"forwarded-header\"");
+  cfg.agent_auth_mode = *mode;
+  if (cfg.agent_auth_forwarded_header.empty()) cfg.agent_auth_forwarded_header = kDefaultForwardedHeader;  // as upstream
+  if (!is_http_token(cfg.agent_auth_forwarded_header))
+    return fail("--agent-auth-forwarded-header: " + goflag::quote(cfg.agent_auth_forwarded_header) + " is not an HTTP header name");
+  std::string why;
+  auto proxies = parse_ip_ranges(cfg.agent_auth_trusted_proxies, why);
+  if (!proxies) return fail("--agent-auth-trusted-proxies: " + why);
+  if (cfg.agent_auth_mode == AgentAuthMode::forwarded_header && proxies->empty())
+    return fail("--agent-auth-trusted-proxies is empty: with --agent-auth-mode=forwarded-header every agent would be refused");
   if (cfg.max_message_size < 1024) return fail("--max-message-size must be at least 1024");
-  if (cfg.io_threads < 0) return fail("--io-threads must not be negative");
-  if (cfg.request_timeout <= Duration::zero()) return fail("--request-timeout must be greater than 0");
-  if (cfg.kube_api_qps < 0) return fail("--kube-api-qps must not be negative");
-  if (cfg.kube_api_burst < 1) return fail("--kube-api-burst must be at least 1");
+  if (cfg.io_threads < 0 || cfg.io_threads > 1024) return fail("--io-threads must be 0 to 1024");
+  if (!(cfg.kube_api_qps >= 0) || std::isinf(cfg.kube_api_qps)) return fail("--kube-api-qps must be a number of at least 0");
+  if (cfg.kube_api_burst < 1 || cfg.kube_api_burst > INT_MAX) return fail("--kube-api-burst must be at least 1");
+  for (auto [name, v] : {std::pair{"--max-agent-sessions", cfg.max_sessions}, {"--max-agents-per-plane", cfg.max_sessions_per_plane},
+                         {"--max-pending-per-agent", cfg.max_pending_per_agent}, {"--max-streams-per-agent", cfg.max_streams_per_agent},
+                         {"--max-internal-connections", cfg.max_internal_connections}})
+    if (v < 1) return fail(std::string(name) + " must be at least 1");
   if (!cfg.planes_dir.empty() && cfg.status_dir.empty()) cfg.status_dir = cfg.planes_dir + "/status";
   if (cfg.planes_dir.empty() && !cfg.status_dir.empty())
     return fail("--status-dir goes with --planes-dir (with the Kubernetes source, status is written onto the CRs)");
   if (cfg.internal_mtls && cfg.internal_client_ca.empty())
     return fail("--internal-client-ca-cert is required while --internal-mtls is true (use --internal-mtls=false only for development)");
+  if (cfg.skip_client_cert_verify) res.warnings.push_back("--skip-client-cert-verify is deprecated and has no effect");
+  return res;
+}
 
-  return -1;
+CliResult parse_cli(int argc, char** argv, Config& cfg) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  auto env = [](const char* name) -> std::optional<std::string> {
+    const char* v = std::getenv(name);
+    if (!v) return std::nullopt;
+    return std::string(v);
+  };
+  return parse_cli(args, env, cfg, std::cout, std::cerr, argc > 0 ? argv[0] : "cluster-gateway");
 }
 
 }  // namespace cg::gateway

@@ -17,7 +17,7 @@ class ExecBridge : public std::enable_shared_from_this<ExecBridge> {
 
   void run(http::request<http::string_body> req) {
     websocket::stream_base::timeout to{};
-    to.handshake_timeout = std::chrono::seconds(10);
+    to.handshake_timeout = t_.handshake_timeout;
     to.idle_timeout = websocket::stream_base::none();
     to.keep_alive_pings = false;
     ws_.set_option(to);

@@ -30,7 +30,7 @@ class Gateway {
 
   plane::PlaneIndex& index();
   session::SessionRegistry& registry();
-  status::StatusWriter& status_writer();
+  status::StatusWriter* status_writer();  // null with --write-status=false
   size_t pending_requests() const;  // tunnel requests waiting for an agent
   const Config& config() const;
 

@@ -1,6 +1,9 @@
 #include "gateway/http_server.hpp"
 
 #include "common/log.hpp"
+#include "common/metrics.hpp"
+#include "gateway/caller_response.hpp"
+#include "gateway/http_rules.hpp"
 #include "common/net.hpp"
 #include "gateway/acceptor.hpp"
 
@@ -10,7 +13,8 @@ using namespace cg::net;
 namespace {
 class HttpConn : public std::enable_shared_from_this<HttpConn> {
  public:
-  HttpConn(tcp::socket s, std::shared_ptr<HttpHandler> h) : stream_(std::move(s)), handler_(std::move(h)) {}
+  HttpConn(tcp::socket s, std::shared_ptr<void> slot, std::shared_ptr<HttpHandler> h)
+      : slot_(std::move(slot)), stream_(std::move(s)), handler_(std::move(h)) {}
   void run() { read(); }
 
  private:
@@ -20,17 +24,22 @@ class HttpConn : public std::enable_shared_from_this<HttpConn> {
     parser_->body_limit(64 * 1024);
     stream_.expires_after(std::chrono::seconds(30));
     http::async_read(stream_, buf_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
-      if (ec) {
-        if (ec == http::error::header_limit || ec == http::error::body_limit) self->reply_error(431, "request too large\n");
-        return;
-      }
+      if (ec == http::error::header_limit || ec == http::error::body_limit)
+        return self->reject(431, RequestFault::header_too_large, "request too large");
+      if (ec && peer_left(ec)) return;
+      if (ec) return self->reject(400, RequestFault::malformed, "malformed HTTP request: " + ec.message());
+      if (auto p = framing_problem(self->parser_->get())) return self->reject(400, p->fault, p->message);
       self->serve();
     });
   }
-  void reply_error(unsigned status, const char* body) {
-    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), 11);
-    res->set(http::field::content_type, "text/plain; charset=utf-8");
-    res->body() = body;
+  void reject(unsigned status, RequestFault fault, const std::string& message) {
+    metrics::http_request_rejected("health", to_string(fault));
+    beast::error_code ig;
+    auto ep = stream_.socket().remote_endpoint(ig);
+    log::warn("health listener request rejected",
+              {{"remote", ig ? std::string() : ep.address().to_string()}, {"status", status}, {"reason", message}});
+    auto res = make_text_error(status, message);
+    res->set(http::field::server, "cluster-gateway");
     res->keep_alive(false);
     res->prepare_payload();
     http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code, size_t) {
@@ -62,6 +71,7 @@ class HttpConn : public std::enable_shared_from_this<HttpConn> {
       }
     });
   }
+  std::shared_ptr<void> slot_;  // counts against the listener's connection cap
   beast::tcp_stream stream_;
   beast::flat_buffer buf_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -72,7 +82,11 @@ class HttpConn : public std::enable_shared_from_this<HttpConn> {
 struct HttpServer::Impl {
   Impl(asio::io_context& ioc, const std::string& bind, uint16_t port, HttpHandler h)
       : handler(std::make_shared<HttpHandler>(std::move(h))),
-        acceptor(ioc, bind, port, "health", [this](tcp::socket s) { std::make_shared<HttpConn>(std::move(s), handler)->run(); }) {}
+        acceptor(ioc, bind, port, "health", AcceptLimits{kMaxConnections, std::chrono::seconds(10)},
+                 [this](tcp::socket s, std::shared_ptr<void> slot) {
+                   std::make_shared<HttpConn>(std::move(s), std::move(slot), handler)->run();
+                 }) {}
+  static constexpr size_t kMaxConnections = 256;  // probes and scrapers: a handful at a time
   std::shared_ptr<HttpHandler> handler;
   Acceptor acceptor;
 };

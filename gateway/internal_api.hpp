@@ -3,6 +3,7 @@
 // the plane lifecycle/status endpoints.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -20,15 +21,21 @@ class context;
 
 namespace cg::gateway {
 
+struct Policy;
+
 struct InternalApiDeps {
   plane::PlaneIndex& index;
   session::SessionRegistry& registry;
   session::Tunnel& tunnel;
-  Duration request_timeout = std::chrono::seconds(30);
-  Duration read_timeout = std::chrono::seconds(60);
-  Duration idle_timeout = std::chrono::seconds(120);
-  Duration write_timeout = std::chrono::seconds(60);
-  Duration handshake_timeout = std::chrono::seconds(10);
+  // From Config (gateway.cpp fills them; no defaults here).
+  Duration request_timeout;
+  Duration read_timeout;
+  Duration idle_timeout;
+  Duration write_timeout;
+  Duration handshake_timeout;  // TLS handshake, and exec's WebSocket upgrade
+  size_t max_connections;      // open caller connections (exec WebSockets leave the count once handed over)
+  // The --proxy-policy-file policy in force (empty function or null: the built-in deny-list only).
+  std::function<std::shared_ptr<const Policy>()> proxy_policy = {};
 };
 
 class InternalApi {

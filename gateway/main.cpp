@@ -6,9 +6,10 @@
 
 int main(int argc, char** argv) {
   cg::gateway::Config cfg;
-  int rc = cg::gateway::parse_cli(argc, argv, cfg);
-  if (rc >= 0) return rc;
+  const auto cli = cg::gateway::parse_cli(argc, argv, cfg);
+  if (cli.action != cg::gateway::CliAction::run) return cli.exit_code();
   cg::log::init(cfg.log_level, cfg.log_format);
+  for (const auto& w : cli.warnings) cg::log::warn("configuration warning", {{"reason", w}});
 
   // Block the signals in every thread; the main thread waits for them.
   sigset_t set;

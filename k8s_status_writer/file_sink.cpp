@@ -8,6 +8,8 @@
 #include <sstream>
 
 #include "common/ids.hpp"
+#include "common/log.hpp"
+#include "plane_index/objects.hpp"
 
 namespace cg::status {
 namespace fs = std::filesystem;
@@ -18,13 +20,22 @@ FileStatusSink::FileStatusSink(std::string dir) : dir_(std::move(dir)) {
   if (ec) throw std::runtime_error("--status-dir " + dir_ + ": " + ec.message());
 }
 
-std::string FileStatusSink::path_for(const plane::CrRef& ref) const {
+std::optional<std::string> FileStatusSink::path_for(const plane::CrRef& ref) const {
+  // The kind has no dot, a namespace neither ("_cluster" is no valid namespace), so no two CRs share a file.
+  std::string problem = plane::dns1123_subdomain_problem("metadata.name", ref.name);
+  if (problem.empty() && !ref.ns.empty()) problem = plane::dns1123_label_problem("metadata.namespace", ref.ns);
+  if (!problem.empty()) {
+    log::error("status file name refused", {{"kind", std::string(plane::info(ref.kind).name)}, {"reason", problem}});
+    return std::nullopt;
+  }
   return dir_ + "/" + std::string(plane::info(ref.kind).name) + "." + (ref.ns.empty() ? "_cluster" : ref.ns) + "." +
          ref.name + ".json";
 }
 
 std::optional<PlaneStatus> FileStatusSink::read(const plane::CrRef& ref) {
-  std::ifstream f(path_for(ref));
+  const auto path = path_for(ref);
+  if (!path) return std::nullopt;
+  std::ifstream f(*path);
   if (!f) return std::nullopt;
   std::stringstream ss;
   ss << f.rdbuf();
@@ -35,7 +46,14 @@ std::optional<PlaneStatus> FileStatusSink::read(const plane::CrRef& ref) {
 
 void FileStatusSink::write(const plane::CrRef& ref, const PlaneStatus& status, std::function<void(WriteResult)> done) {
   WriteResult r;
-  const std::string path = path_for(ref);
+  const auto target = path_for(ref);
+  if (!target) {
+    r.gone = true;  // no file can ever be written for it: do not retry
+    r.error = "invalid CR name for a status file";
+    done(r);
+    return;
+  }
+  const std::string& path = *target;
   const std::string tmp = dir_ + "/.tmp-" + random_hex(6);
   {
     std::ofstream f(tmp, std::ios::trunc);
@@ -57,6 +75,8 @@ void FileStatusSink::write(const plane::CrRef& ref, const PlaneStatus& status, s
   done(r);
 }
 
-void FileStatusSink::remove(const plane::CrRef& ref) { std::remove(path_for(ref).c_str()); }
+void FileStatusSink::remove(const plane::CrRef& ref) {
+  if (const auto path = path_for(ref)) std::remove(path->c_str());
+}
 
 }  // namespace cg::status

@@ -1,6 +1,7 @@
 #include "k8s_status_writer/kube_sink.hpp"
+#include "common/json_text.hpp"
 
-#include "plane_index/kube_client.hpp"
+#include "kube/client.hpp"
 
 namespace cg::status {
 
@@ -43,7 +44,7 @@ void KubeStatusSink::write(const plane::CrRef& ref, const PlaneStatus& status, s
   req.method = "PATCH";
   req.path = status_path(ref);
   req.content_type = "application/apply-patch+yaml";
-  req.body = apply_body(ref, status).dump();
+  req.body = to_json_text(apply_body(ref, status));
   req.timeout = opts_.timeout;
   client_.request(std::move(req), [done = std::move(done)](kube::Response r) {
     WriteResult w;

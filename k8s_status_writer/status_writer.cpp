@@ -5,18 +5,22 @@
 
 namespace cg::status {
 
-StatusWriter::StatusWriter(plane::PlaneIndex& index, session::SessionRegistry& registry, StatusSink& sink,
-                           StatusWriterOptions opts)
-    : index_(index), registry_(registry), sink_(sink), opts_(opts), started_(steady::now()) {}
+StatusWriter::StatusWriter(boost::asio::any_io_executor control, plane::PlaneIndex& index,
+                           session::SessionRegistry& registry, StatusSink& sink, StatusWriterOptions opts)
+    : index_(index), registry_(registry), sink_(sink), opts_(opts), started_(steady::now()), timer_(std::move(control)) {}
 
 StatusWriter::~StatusWriter() { stop(); }
 
 void StatusWriter::start() {
-  started_ = steady::now();
-  grace_started_ = index_.synced();
+  const bool synced = index_.synced();
+  {
+    cg::MutexLock lk(mu_);  // nothing else runs yet; taken for the analysis' sake
+    started_ = steady::now();
+    grace_started_ = synced;
+  }
   index_.add_listener([this](const plane::IndexChange& ch) {
     {
-      std::lock_guard lk(mu_);
+      cg::MutexLock lk(mu_);
       // The startup grace counts from the first full view of the CRs: agents cannot connect before
       // it (a slow or unreachable API server at start must not use the grace up).
       if (!grace_started_) {
@@ -31,43 +35,48 @@ void StatusWriter::start() {
   });
   registry_.subscribe([this](const session::RegistryEvent& ev) {
     {
-      std::lock_guard lk(mu_);
+      cg::MutexLock lk(mu_);
       const auto when = steady::now() + opts_.debounce;
       for (const auto& key : ev.crs)
         if (auto it = by_auth_.find({ev.plane_type, key}); it != by_auth_.end()) schedule_locked(it->second, when);
     }
-    cv_.notify_all();
+    wake();
   });
   for (const auto& e : index_.all()) {
     {
-      std::lock_guard lk(mu_);
+      cg::MutexLock lk(mu_);
       by_auth_[{e->cr.ref.plane_type(), e->cr.ref.auth_key()}] = e->cr.ref;
     }
     enqueue(e->cr.ref, Duration::zero());
   }
-  thread_ = std::thread([this] { run(); });
+  wake();
 }
 
 void StatusWriter::stop() {
   {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
+  timer_.stop();
+}
+
+void StatusWriter::wake() {
+  cv_.notify_all();
+  if (!pump_posted_.exchange(true)) timer_.post([this] { pump(); });
 }
 
 StatusWriterStats StatusWriter::stats() const {
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   return stats_;
 }
 
 void StatusWriter::enqueue(const plane::CrRef& ref, Duration delay) {
   {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     schedule_locked(ref, steady::now() + delay);
   }
-  cv_.notify_all();
+  wake();
 }
 
 void StatusWriter::schedule_locked(const plane::CrRef& ref, steady::time_point when) {
@@ -90,14 +99,14 @@ void StatusWriter::unschedule_locked(KeyState& k) {
 
 bool StatusWriter::flush(steady::time_point deadline, bool as_disconnected) {
   {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     flushing_ = true;
     as_disconnected_ = as_disconnected;
     for (const auto& e : index_.all()) schedule_locked(e->cr.ref, steady::now());
   }
-  cv_.notify_all();
-  std::unique_lock lk(mu_);
-  return cv_.wait_until(lk, deadline, [this] {
+  wake();
+  cg::MutexLock lk(mu_);
+  return cv_.wait_until(lk, deadline, [this]() CG_REQUIRES(mu_) {
     auto now = steady::now();
     if (batch_left_ > 0) return false;
     for (const auto& [_, k] : keys_) {
@@ -109,37 +118,34 @@ bool StatusWriter::flush(steady::time_point deadline, bool as_disconnected) {
   });
 }
 
-void StatusWriter::run() {
-  std::unique_lock lk(mu_);
-  while (!stopping_) {
-    auto now = steady::now();
-    std::optional<steady::time_point> next;
-    std::vector<plane::CrRef> ready;
-    while (!queue_.empty() && queue_.begin()->first <= now) {
-      ready.push_back(queue_.begin()->second);
-      unschedule_locked(keys_[queue_.begin()->second]);
-    }
-    if (!queue_.empty()) next = queue_.begin()->first;
-    if (ready.empty()) {
-      cv_.notify_all();  // flush() waiters re-check
-      if (next) cv_.wait_until(lk, *next);
-      else cv_.wait(lk);
-      continue;
-    }
-    // Keys taken off the queue are neither due nor in flight until processed: flush() must still
-    // wait for them (the lock is released while each is written).
-    batch_left_ = ready.size();
-    for (const auto& ref : ready) {
-      if (stopping_) break;
-      process(ref, lk);
-      --batch_left_;
-    }
-    batch_left_ = 0;
-    // Let session events and write completions in between batches, whatever the batches hold.
-    lk.unlock();
-    std::this_thread::yield();
-    lk.lock();
+void StatusWriter::pump() {
+  pump_posted_ = false;  // what is scheduled from here on posts another pump
+  cg::MutexLock lk(mu_);
+  if (stopping_) return;
+  auto now = steady::now();
+  std::vector<plane::CrRef> ready;
+  while (!queue_.empty() && queue_.begin()->first <= now) {
+    ready.push_back(queue_.begin()->second);
+    unschedule_locked(keys_[queue_.begin()->second]);
   }
+  if (ready.empty()) {
+    cv_.notify_all();  // flush() waiters re-check
+    if (!queue_.empty()) timer_.run_at(queue_.begin()->first, [this] { pump(); });
+    return;
+  }
+  // Keys taken off the queue are neither due nor in flight until processed: flush() must still
+  // wait for them (the lock is released while each is written).
+  batch_left_ = ready.size();
+  for (const auto& ref : ready) {
+    if (stopping_) break;
+    process(ref);
+    --batch_left_;
+  }
+  batch_left_ = 0;
+  lk.unlock();
+  // The next pass is posted: session events and write completions get in between batches, whatever
+  // the batches hold.
+  wake();
 }
 
 // Status times have a resolution of one second, so a CR that shows the truth now may need a
@@ -149,16 +155,16 @@ Duration StatusWriter::recheck_interval() const {
   return std::max<Duration>(std::chrono::seconds(1), opts_.heartbeat_interval / 10);
 }
 
-void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>& lk) {
+void StatusWriter::process(const plane::CrRef& ref) {
   auto it = keys_.find(ref);
   if (it == keys_.end()) return;
   unschedule_locked(it->second);
   auto entry = index_.find(ref);
   if (!entry) {
     keys_.erase(it);
-    lk.unlock();
+    mu_.unlock();
     sink_.remove(ref);
-    lk.lock();
+    mu_.lock();
     return;
   }
   if (!it->second.loaded) {
@@ -166,9 +172,9 @@ void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>
     if (!entry->cr.status.is_null()) {
       it->second.written = PlaneStatus::from_json(entry->cr.status);
     } else {
-      lk.unlock();
+      mu_.unlock();
       auto st = sink_.read(ref);
-      lk.lock();
+      mu_.lock();
       it = keys_.find(ref);
       if (it == keys_.end()) return;
       it->second.written = st;
@@ -198,22 +204,25 @@ void StatusWriter::process(const plane::CrRef& ref, std::unique_lock<std::mutex>
     schedule_locked(ref, k.last_write + opts_.heartbeat_interval);
     return;
   }
-  if (!flushing_ && prev.agent && prev.agent->connected && !connected && now < started_ + opts_.startup_grace) {
-    // After a restart sessions are gone until agents reconnect: do not flap the CR.
+  if (!flushing_ && prev.agent && prev.agent->connected && !connected && !report.last_rise &&
+      now < started_ + opts_.startup_grace) {
+    // After a restart sessions are gone until agents reconnect: do not flap the CR. The grace is
+    // only for what a previous run left connected: once an agent of this run was counted for the CR
+    // (last_rise), its leaving is news, written at once like any transition.
     schedule_locked(ref, started_ + opts_.startup_grace);
     return;
   }
   k.in_flight = true;
   log::debug("writing status", {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)},
                                 {"connected", connected}, {"heartbeatOnly", hb_only}, {"flushing", flushing_}});
-  lk.unlock();
+  mu_.unlock();
   sink_.write(ref, desired, [this, ref, desired, hb_only](WriteResult r) { on_written(ref, desired, r, hb_only); });
-  lk.lock();
+  mu_.lock();
 }
 
 void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, const WriteResult& r, bool hb_only) {
   {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     auto it = keys_.find(ref);
     if (it == keys_.end()) return;
     KeyState& k = it->second;
@@ -233,7 +242,7 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
       unschedule_locked(k);
       keys_.erase(it);
       cv_.notify_all();
-      return;
+      return;  // nothing newly due
     } else {
       ++stats_.writes_failed;
       metrics::status_write("error");
@@ -255,7 +264,7 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
       schedule_locked(ref, r.ok ? now + opts_.debounce : *k.due);
     }
   }
-  cv_.notify_all();
+  wake();
 }
 
 }  // namespace cg::status

@@ -1,5 +1,8 @@
 #include "plane_index/file_source.hpp"
 
+#include "common/json_text.hpp"
+#include "common/utf8.hpp"
+
 #include <cerrno>
 #include <cstring>
 
@@ -21,33 +24,8 @@ namespace fs = std::filesystem;
 namespace {
 const int kMaxDepth = 64;
 
-// Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF), as nlohmann::json
-// requires to dump: yaml-cpp passes other bytes through, and a CR whose spec cannot be dumped would
-// make every later scan throw.
-bool valid_utf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t n = (c >= 0xC2 && c <= 0xDF) ? 1 : (c >= 0xE0 && c <= 0xEF) ? 2 : (c >= 0xF0 && c <= 0xF4) ? 3 : 0;
-    if (n == 0 || s.size() - i <= n) return false;  // not a lead byte, or truncated
-    for (size_t k = 1; k <= n; ++k) {
-      auto cc = static_cast<unsigned char>(s[i + k]);
-      unsigned char lo = 0x80, hi = 0xBF;
-      if (k == 1 && c == 0xE0) lo = 0xA0;       // overlong
-      if (k == 1 && c == 0xED) hi = 0x9F;       // surrogates
-      if (k == 1 && c == 0xF0) lo = 0x90;       // overlong
-      if (k == 1 && c == 0xF4) hi = 0x8F;       // above U+10FFFF
-      if (cc < lo || cc > hi) return false;
-    }
-    i += n + 1;
-  }
-  return true;
-}
-
+// Scalars must be strict UTF-8 (cg::valid_utf8), as nlohmann::json requires to dump: yaml-cpp passes
+// other bytes through, and a CR whose spec cannot be dumped would make every later scan throw.
 nlohmann::json scalar_to_json(const YAML::Node& n) {
   const std::string& s = n.Scalar();
   if (!valid_utf8(s)) throw std::runtime_error("document is not valid UTF-8");
@@ -144,9 +122,9 @@ FileParse parse_yaml_documents(const std::string& text) {
   return out;
 }
 
-FilePlaneSource::FilePlaneSource(std::string dir, PlaneIndex& index, std::chrono::milliseconds poll,
-                                 std::chrono::milliseconds settle)
-    : dir_(std::move(dir)), index_(index), poll_(poll), settle_(settle) {}
+FilePlaneSource::FilePlaneSource(boost::asio::any_io_executor control, std::string dir, PlaneIndex& index,
+                                 std::chrono::milliseconds poll, std::chrono::milliseconds settle)
+    : dir_(std::move(dir)), index_(index), poll_(poll), settle_(settle), timer_(std::move(control)) {}
 
 FilePlaneSource::~FilePlaneSource() { stop(); }
 
@@ -154,44 +132,32 @@ void FilePlaneSource::start() {
   std::error_code ec;
   if (!fs::is_directory(dir_, ec)) throw std::runtime_error("--planes-dir " + dir_ + " is not a directory");
   scan_now();
-  thread_ = std::thread([this] { run(); });
+  timer_.run_after(poll_, [this] { tick(); });
 }
 
-void FilePlaneSource::stop() {
-  {
-    std::lock_guard lk(wake_mu_);
-    stopping_ = true;
-  }
-  wake_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
+void FilePlaneSource::stop() { timer_.stop(); }
 
-void FilePlaneSource::run() {
-  std::unique_lock lk(wake_mu_);
-  while (!stopping_) {
-    wake_.wait_for(lk, poll_, [this] { return stopping_; });
-    if (stopping_) break;
-    lk.unlock();
-    try {
-      scan_now();
-    } catch (const std::exception& e) {
-      log::error("plane directory scan failed", {{"dir", dir_}, {"reason", e.what()}});
-    }
-    lk.lock();
+void FilePlaneSource::tick() {
+  try {
+    scan(std::chrono::steady_clock::now());
+  } catch (const std::exception& e) {
+    log::error("plane directory scan failed", {{"dir", dir_}, {"reason", e.what()}});
   }
+  timer_.run_after(poll_, [this] { tick(); });
 }
 
 std::vector<FileProblem> FilePlaneSource::problems() const {
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   return problems_;
 }
 
-void FilePlaneSource::scan_now() {
-  std::lock_guard lk(scan_mu_);
-  scan();
+void FilePlaneSource::scan_now() { scan_now(std::chrono::steady_clock::now()); }
+
+void FilePlaneSource::scan_now(std::chrono::steady_clock::time_point now) {
+  timer_.run_sync([&] { scan(now); });
 }
 
-bool FilePlaneSource::scan() {
+bool FilePlaneSource::scan(std::chrono::steady_clock::time_point now) {
   std::map<std::string, std::string> contents;
   std::error_code ec;
   for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
@@ -236,7 +202,6 @@ bool FilePlaneSource::scan() {
   }
   std::vector<FileProblem> new_problems;
   std::set<std::string> applied;  // files whose content is (re)applied in this scan
-  const auto now = std::chrono::steady_clock::now();
   for (auto& [name, text] : contents) {
     auto known = files_.find(name);
     if (known != files_.end() && known->second.content == text) {  // unchanged since it was applied
@@ -278,7 +243,7 @@ bool FilePlaneSource::scan() {
   for (auto it = settling_.begin(); it != settling_.end();)
     it = contents.count(it->first) ? std::next(it) : settling_.erase(it);
   {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     // Problems of files not applied in this scan (unchanged or still settling) still stand.
     for (const auto& pr : problems_)
       if (contents.count(pr.file) && files_.count(pr.file) && !applied.count(pr.file)) new_problems.push_back(pr);
@@ -300,7 +265,7 @@ bool FilePlaneSource::scan() {
       }
       seen[cr.ref] = cr.origin;
       // Generation: metadata.generation when given, else 1, bumped whenever the spec changes.
-      std::string spec = cr.spec.dump();
+      std::string spec = to_json_text(cr.spec);
       auto g = generations_.find(cr.ref);
       if (g == generations_.end()) {
         generations_[cr.ref] = {spec, cr.generation};

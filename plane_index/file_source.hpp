@@ -4,16 +4,19 @@
 // With a settle time, a changed (or new) file is applied only once its content has stayed the same
 // for that long, so a file caught half-written (an editor or `cp` writing in place) is never loaded;
 // the first scan at start applies what is there at once.
+//
+// Scans run on a ControlTimer on the executor given (the gateway's control thread): the scan state
+// (files_, settling_, generations_) is touched on its strand only; problems_ is read from any thread.
 #pragma once
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <map>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include <boost/asio/any_io_executor.hpp>
+
+#include "common/control_timer.hpp"
+#include "common/thread_annotations.hpp"
 #include "plane_index/index.hpp"
 #include "plane_index/plane_source.hpp"
 
@@ -34,13 +37,16 @@ FileParse parse_yaml_documents(const std::string& text);
 
 class FilePlaneSource : public PlaneSource {
  public:
-  FilePlaneSource(std::string dir, PlaneIndex& index,
+  FilePlaneSource(boost::asio::any_io_executor control, std::string dir, PlaneIndex& index,
                   std::chrono::milliseconds poll_interval = std::chrono::milliseconds(250),
                   std::chrono::milliseconds settle = std::chrono::milliseconds(0));
   ~FilePlaneSource() override;
-  void start() override;
-  void stop() override;
-  void scan_now();  // one synchronous scan (tests)
+  void start() override;  // the first scan (synchronous), then one every poll interval
+  void stop() override;   // idempotent; a scan in progress has finished when it returns
+  // One synchronous scan, run on the strand (tests). Nothing happens after stop().
+  void scan_now();
+  // The same, as if the clock read `now` (tests: the settle time without sleeping).
+  void scan_now(std::chrono::steady_clock::time_point now);
   std::vector<FileProblem> problems() const;
 
  private:
@@ -53,8 +59,8 @@ class FilePlaneSource : public PlaneSource {
     std::string content;
     std::chrono::steady_clock::time_point since;
   };
-  void run();
-  bool scan();  // returns true when the world changed
+  void tick();  // on the strand
+  bool scan(std::chrono::steady_clock::time_point now);  // returns true when the world changed
 
   std::string dir_;
   PlaneIndex& index_;
@@ -67,13 +73,9 @@ class FilePlaneSource : public PlaneSource {
     int64_t generation;
   };
   std::map<CrRef, GenState> generations_;
-  mutable std::mutex mu_;
-  std::vector<FileProblem> problems_;
-  std::mutex scan_mu_;
-  std::thread thread_;
-  std::mutex wake_mu_;
-  std::condition_variable wake_;
-  bool stopping_ = false;
+  mutable cg::Mutex mu_;  // guards problems_ only (the scan state is the strand's)
+  std::vector<FileProblem> problems_ CG_GUARDED_BY(mu_);
+  ControlTimer timer_;
 };
 
 }  // namespace cg::plane

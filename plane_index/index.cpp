@@ -1,4 +1,5 @@
 #include "plane_index/index.hpp"
+#include "common/json_text.hpp"
 
 #include "common/log.hpp"
 #include "common/metrics.hpp"
@@ -22,13 +23,13 @@ Fingerprint fingerprint(const CrEntry& e) {
   nlohmann::json s = {{"gen", e.cr.generation},   {"problems", e.spec_problems},
                       {"obs", e.observability_problem}, {"display", e.cr.display_name()},
                       {"ca", f.ca},               {"planeID", e.cr.plane_id}};
-  f.status_inputs = s.dump();
+  f.status_inputs = to_json_text(s);
   return f;
 }
 }  // namespace
 
 void PlaneIndex::add_listener(Listener l) {
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   listeners_.push_back(std::move(l));
 }
 
@@ -47,7 +48,7 @@ void PlaneIndex::replace(const PlaneWorld& world) {
   std::map<std::string, std::shared_ptr<const tls::CaStore>> next_cache;
   std::map<std::string, std::shared_ptr<const tls::CaStore>> old_cache;
   {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     old_cache = ca_cache_;
   }
   auto load_bundle = [&](const std::string& bundle, std::string& err) -> std::shared_ptr<const tls::CaStore> {
@@ -90,11 +91,14 @@ void PlaneIndex::replace(const PlaneWorld& world) {
       }
     }
     // CA bundle.
+    using tls::CaState;
     if (!c.has_client_ca) {
       e->ca_error = "spec.clusterAgent.clientCA is not set";
+      e->ca_state = CaState::not_configured;
     } else if (c.ca_value) {
       e->ca = load_bundle(*c.ca_value, e->ca_error);
       if (!e->ca) e->ca_error = "clientCA.value: " + e->ca_error;
+      e->ca_state = e->ca ? CaState::loaded : CaState::unparseable;
     } else if (c.ca_secret) {
       const auto& r = *c.ca_secret;
       std::string ns = r.ns.empty() ? c.ref.ns : r.ns;
@@ -102,6 +106,10 @@ void PlaneIndex::replace(const PlaneWorld& world) {
         e->ca_error = "clientCA.secretKeyRef needs both name and key";
       } else if (ns.empty()) {
         e->ca_error = "clientCA.secretKeyRef.namespace is required for the cluster-scoped " + std::string(ki.name);
+      } else if (auto bad_name = dns1123_subdomain_problem("clientCA.secretKeyRef.name", r.name); !bad_name.empty()) {
+        e->ca_error = bad_name;  // never looked up, never part of an API path
+      } else if (auto bad_ns = dns1123_label_problem("clientCA.secretKeyRef.namespace", ns); !bad_ns.empty()) {
+        e->ca_error = bad_ns;
       } else if (auto it = secrets.find(secret_key(ns, r.name)); it == secrets.end()) {
         e->ca_error = "secret " + ns + "/" + r.name + " not found";
       } else if (auto kt = it->second->data.find(r.key); kt == it->second->data.end()) {
@@ -111,6 +119,7 @@ void PlaneIndex::replace(const PlaneWorld& world) {
       } else {
         e->ca = load_bundle(kt->second, e->ca_error);
         if (!e->ca) e->ca_error = "secret " + ns + "/" + r.name + " key '" + r.key + "': " + e->ca_error;
+        e->ca_state = e->ca ? CaState::loaded : CaState::unparseable;
       }
     } else {
       e->ca_error = "clientCA sets neither value nor secretKeyRef";
@@ -121,7 +130,7 @@ void PlaneIndex::replace(const PlaneWorld& world) {
   IndexChange change;
   std::vector<Listener> listeners;
   {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     for (const auto& [ref, e] : next) {
       auto it = crs_.find(ref);
       Fingerprint nf = fingerprint(*e);
@@ -175,7 +184,7 @@ void PlaneIndex::replace(const PlaneWorld& world) {
 
 std::vector<tls::Anchor> PlaneIndex::anchors(const std::string& plane_type, const std::string& plane_id) const {
   std::vector<tls::Anchor> out;
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   auto bp = by_plane_.find({plane_type, plane_id});
   if (bp == by_plane_.end()) return out;
   // Cluster-scoped kinds first, then namespaced ones (all_kinds() order is cluster, namespaced).
@@ -184,14 +193,14 @@ std::vector<tls::Anchor> PlaneIndex::anchors(const std::string& plane_type, cons
     for (const auto& ref : bp->second) {  // in CrRef order, as crs_ iterates
       if (ref.kind != ki.kind) continue;
       const auto& e = crs_.at(ref);
-      out.push_back({ref.auth_key(), e->ca, e->ca_error});
+      out.push_back({ref.auth_key(), e->ca, e->ca_error, e->ca_state});
     }
   }
   return out;
 }
 
 std::vector<std::shared_ptr<const CrEntry>> PlaneIndex::all() const {
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   std::vector<std::shared_ptr<const CrEntry>> out;
   out.reserve(crs_.size());
   for (const auto& [_, e] : crs_) out.push_back(e);
@@ -199,18 +208,18 @@ std::vector<std::shared_ptr<const CrEntry>> PlaneIndex::all() const {
 }
 
 std::shared_ptr<const CrEntry> PlaneIndex::find(const CrRef& ref) const {
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   auto it = crs_.find(ref);
   return it == crs_.end() ? nullptr : it->second;
 }
 
 uint64_t PlaneIndex::version() const {
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   return version_;
 }
 
 bool PlaneIndex::synced() const {
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   return synced_;
 }
 

@@ -5,12 +5,12 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "common/thread_annotations.hpp"
 #include "plane_index/objects.hpp"
 #include "tls/ca_store.hpp"
 #include "tls/verifier.hpp"
@@ -22,6 +22,7 @@ struct CrEntry {
   PlaneCR cr;
   std::shared_ptr<const tls::CaStore> ca;  // null when the CA could not be loaded
   std::string ca_error;                    // why, for logs and the Ready condition
+  tls::CaState ca_state = tls::CaState::unreachable;  // see tls::CaState
   std::vector<std::string> spec_problems;  // readable; non-empty means Ready=False InvalidSpec
   std::string observability_problem;       // non-empty: referenced ClusterObservabilityPlane missing
 };
@@ -37,26 +38,30 @@ class PlaneIndex {
  public:
   using Listener = std::function<void(const IndexChange&)>;
 
-  void add_listener(Listener l);
+  void add_listener(Listener l) CG_EXCLUDES(mu_);
   // Replaces the whole world. Listeners are called after the new state is visible, outside the lock.
-  void replace(const PlaneWorld& world);
+  void replace(const PlaneWorld& world) CG_EXCLUDES(mu_);
 
   // Every CR of that plane type whose effective planeID matches, cluster-scoped kinds first.
   // CRs whose CA could not be loaded are included with a null store and the error.
-  std::vector<tls::Anchor> anchors(const std::string& plane_type, const std::string& plane_id) const;
-  std::vector<std::shared_ptr<const CrEntry>> all() const;
-  std::shared_ptr<const CrEntry> find(const CrRef& ref) const;
-  uint64_t version() const;
-  bool synced() const;  // true once the first snapshot was applied
+  std::vector<tls::Anchor> anchors(const std::string& plane_type, const std::string& plane_id) const
+      CG_EXCLUDES(mu_);
+  std::vector<std::shared_ptr<const CrEntry>> all() const CG_EXCLUDES(mu_);
+  std::shared_ptr<const CrEntry> find(const CrRef& ref) const CG_EXCLUDES(mu_);
+  uint64_t version() const CG_EXCLUDES(mu_);
+  bool synced() const CG_EXCLUDES(mu_);  // true once the first snapshot was applied
 
  private:
-  mutable std::mutex mu_;
-  std::map<CrRef, std::shared_ptr<const CrEntry>> crs_;
-  std::map<std::pair<std::string, std::string>, std::vector<CrRef>> by_plane_;  // (planeType, planeID) → CRs
-  std::map<std::string, std::shared_ptr<const tls::CaStore>> ca_cache_;  // bundle text → store
-  uint64_t version_ = 0;
-  bool synced_ = false;
-  std::vector<Listener> listeners_;
+  // Callers may hold StatusWriter::mu_ (order StatusWriter::mu_ → PlaneIndex::mu_); nothing is
+  // called with mu_ held.
+  mutable cg::Mutex mu_;
+  std::map<CrRef, std::shared_ptr<const CrEntry>> crs_ CG_GUARDED_BY(mu_);
+  // (planeType, planeID) → CRs
+  std::map<std::pair<std::string, std::string>, std::vector<CrRef>> by_plane_ CG_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<const tls::CaStore>> ca_cache_ CG_GUARDED_BY(mu_);  // bundle text → store
+  uint64_t version_ CG_GUARDED_BY(mu_) = 0;
+  bool synced_ CG_GUARDED_BY(mu_) = false;
+  std::vector<Listener> listeners_ CG_GUARDED_BY(mu_);
 };
 
 }  // namespace cg::plane

@@ -1,26 +1,28 @@
 #include "plane_index/kube_source.hpp"
 
 #include <array>
-#include <boost/asio/steady_timer.hpp>
 #include <condition_variable>
-#include <functional>
 #include <map>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <random>
 #include <set>
 #include <vector>
 
+#include "common/control_timer.hpp"
 #include "common/log.hpp"
-#include "common/net.hpp"
-#include "plane_index/kube_client.hpp"
-#include "plane_index/watch_event.hpp"
+#include "common/metrics.hpp"
+#include "common/thread_annotations.hpp"
+#include "kube/client.hpp"
+#include "kube/informer.hpp"
+#include "kube/watch_event.hpp"
 
 namespace cg::plane {
-using namespace cg::net;
 using json = nlohmann::json;
 using steady = std::chrono::steady_clock;
+using kube::EventType;
+using kube::Informer;
+using kube::InformerSignal;
+using kube::meta_string;
 
 namespace {
 
@@ -45,293 +47,134 @@ bool valid_subdomain(const std::string& s) {
 
 std::string obj_key(const json& obj) { return meta_string(obj, "namespace") + "/" + meta_string(obj, "name"); }
 
-double uniform(double a, double b) {
-  thread_local std::mt19937 gen(std::random_device{}());
-  return std::uniform_real_distribution<double>(a, b)(gen);
-}
-
-double jitter() { return uniform(0.8, 1.2); }  // +-20%
-
-std::string status_message(int status, const std::string& body, const std::string& error) {
-  kube::Response r;
-  r.status = status;
-  r.body = body;
-  r.error = error;
-  return r.message();
-}
-
 using SecretId = std::pair<std::string, std::string>;  // namespace, name
+
+kube::InformerOptions informer_options(const KubeSourceOptions& o) {
+  kube::InformerOptions io;
+  io.page_size = o.list_page_size;
+  io.list_timeout = o.list_timeout;
+  io.watch_timeout = o.watch_timeout;
+  io.watch_idle_margin = o.watch_idle_margin;
+  io.backoff_initial = o.backoff_initial;
+  io.backoff_max = o.backoff_max;
+  return io;
+}
 
 }  // namespace
 
-class Informer;
-
 struct KubePlaneSource::State : std::enable_shared_from_this<KubePlaneSource::State> {
-  State(kube::KubeClient& c, PlaneIndex& i, KubeSourceOptions o) : client(c), index(i), opts(o) {}
+  State(boost::asio::any_io_executor control, kube::KubeClient& c, PlaneIndex& i, KubeSourceOptions o)
+      : client(c), index(i), opts(o), timer(std::move(control)) {}
 
   kube::KubeClient& client;
   PlaneIndex& index;
   KubeSourceOptions opts;
+  // The applier: apply_step runs on this timer's strand (the control thread), posted by every change
+  // and timed for the coalescing window and the new-secret grace.
+  ControlTimer timer;
 
-  mutable std::mutex mu;
-  mutable std::condition_variable cv;
-  bool started = false;
-  bool stopping = false;
-  bool synced = false;
-  bool dirty = false;
-  std::array<std::map<std::string, PlaneCR>, 6> crs;  // by kind index, keyed "ns/name"
-  std::array<bool, 6> listed{};
-  std::array<std::shared_ptr<Informer>, 6> cr_informers;
+  // Guards everything below but `inflight` (informer callbacks on the client's io threads, the
+  // applier on the control thread, stats/synced readers anywhere). A leaf as far as the informers go:
+  // they call back with their own lock released, and the State starts and stops them outside `mu`.
+  // Under it: the ControlTimer's post/run_at (its own lock) and log lines.
+  mutable cg::Mutex mu;
+  mutable std::condition_variable_any cv;  // wait_synced(): synced or stopping; waits on a cg::MutexLock
+  bool started CG_GUARDED_BY(mu) = false;
+  bool stopping CG_GUARDED_BY(mu) = false;
+  bool synced CG_GUARDED_BY(mu) = false;
+  bool dirty CG_GUARDED_BY(mu) = false;
+  std::array<std::map<std::string, PlaneCR>, 6> crs CG_GUARDED_BY(mu);  // by kind index, keyed "ns/name"
+  std::array<bool, 6> listed CG_GUARDED_BY(mu){};
+  std::array<std::shared_ptr<Informer>, 6> cr_informers CG_GUARDED_BY(mu);
   struct SecretEntry {
     std::shared_ptr<Informer> informer;
     std::optional<SecretObj> obj;
     bool listed = false;
     steady::time_point since;
   };
-  std::map<SecretId, SecretEntry> secrets;
-  int inflight = 0;
-  steady::time_point last_replace{};
-  KubeSourceStats stats;
+  std::map<SecretId, SecretEntry> secrets CG_GUARDED_BY(mu);
+  // Every informer's requests, watches and timers whose callbacks have not finished (stop() waits).
+  const std::shared_ptr<kube::Inflight> inflight = std::make_shared<kube::Inflight>();
+  steady::time_point last_replace CG_GUARDED_BY(mu){};
+  KubeSourceStats stats CG_GUARDED_BY(mu);
 
-  void begin_op() {
-    std::lock_guard lk(mu);
-    ++inflight;
-  }
-  void end_op() {
-    std::lock_guard lk(mu);
-    if (--inflight == 0) cv.notify_all();
-  }
-  void count(uint64_t KubeSourceStats::*field) {
-    std::lock_guard lk(mu);
-    ++(stats.*field);
-  }
-
-  void apply_cr_list(size_t kind, std::vector<json> items);
-  void apply_cr_event(size_t kind, const std::string& type, const json& obj);
-  void apply_secret_list(const SecretId& id, const Informer* inf, std::vector<json> items);
-  void apply_secret_event(const SecretId& id, const Informer* inf, const std::string& type, const json& obj);
+  // The informers' callbacks hold only a weak_ptr to the State (the State holds the informers).
+  kube::InformerCallbacks callbacks_for_kind(size_t kind);
+  kube::InformerCallbacks callbacks_for_secret(const SecretId& id, std::shared_ptr<const Informer*> holder);
+  void on_signal(InformerSignal s) CG_EXCLUDES(mu);
+  // A named helper, so that the analysis checks the lock: it does not follow `stats.*field`.
+  void count_locked(uint64_t KubeSourceStats::*field) CG_REQUIRES(mu) { ++(stats.*field); }
+  void apply_cr_list(size_t kind, std::vector<json> items) CG_EXCLUDES(mu);
+  void apply_cr_event(size_t kind, EventType type, const json& obj) CG_EXCLUDES(mu);
+  void apply_secret_list(const SecretId& id, const Informer* inf, std::vector<json> items) CG_EXCLUDES(mu);
+  void apply_secret_event(const SecretId& id, const Informer* inf, EventType type, const json& obj) CG_EXCLUDES(mu);
   // Recomputes the referenced secrets; informers to start/stop are returned to be acted on unlocked.
   void update_secret_refs_locked(std::vector<std::shared_ptr<Informer>>& start,
-                                 std::vector<std::shared_ptr<Informer>>& stop);
+                                 std::vector<std::shared_ptr<Informer>>& stop) CG_REQUIRES(mu);
   void start_stop(const std::vector<std::shared_ptr<Informer>>& start,
-                  const std::vector<std::shared_ptr<Informer>>& stop);
-  void run_applier();
-  PlaneWorld world_locked() const;
-};
-
-// LIST + WATCH of one collection (optionally restricted by a selector), following client-go's reflector.
-class Informer : public std::enable_shared_from_this<Informer> {
- public:
-  struct Hooks {
-    std::function<void(std::vector<json>)> on_list;                               // the complete current set
-    std::function<void(const std::string& type, const json& obj)> on_event;      // ADDED, MODIFIED, DELETED
-  };
-
-  Informer(std::shared_ptr<KubePlaneSource::State> st, std::string what, std::string collection, std::string selector,
-           std::string api_version, std::string kind, Hooks hooks)
-      : st_(std::move(st)),
-        what_(std::move(what)),
-        collection_(std::move(collection)),
-        selector_(std::move(selector)),
-        api_version_(std::move(api_version)),
-        kind_(std::move(kind)),
-        hooks_(std::move(hooks)),
-        backoff_(st_->opts.backoff_initial) {}
-
-  void start() { list(); }
-
-  void stop() {
-    std::lock_guard lk(mu_);
-    stopped_ = true;
-    if (handle_) handle_->cancel();
-    if (timer_) timer_->cancel();
-    hooks_ = {};
-  }
-
- private:
-  bool stopped() {
-    std::lock_guard lk(mu_);
-    return stopped_;
-  }
-
-  void fill_type(json& obj) const {
-    if (!obj.is_object()) return;
-    if (!obj.contains("apiVersion")) obj["apiVersion"] = api_version_;
-    if (!obj.contains("kind")) obj["kind"] = kind_;
-  }
-
-  void list() {
-    if (stopped()) return;
-    kube::Request req;
-    req.path = collection_ + (selector_.empty() ? "" : "?" + selector_);
-    req.timeout = st_->opts.list_timeout;
-    st_->begin_op();
-    st_->client.request(std::move(req), [self = shared_from_this()](kube::Response r) {
-      self->on_list(r);
-      self->st_->end_op();
-    });
-  }
-
-  void on_list(const kube::Response& r) {
-    if (stopped()) return;
-    if (r.status == 0 && r.error == kube::kShutDownError) return;  // the client is gone: nothing to follow with
-    if (!r.ok()) {
-      log::warn("kubernetes list failed; will retry",
-                {{"resource", what_}, {"status", r.status}, {"reason", r.message()}});
-      return retry_later(true, r.retry_after);
-    }
-    ListAnswer ans = decode_list_answer(r.body);
-    if (!ans.error.empty()) {
-      log::warn("kubernetes list answer unreadable; will retry", {{"resource", what_}, {"reason", ans.error}});
-      return retry_later(true, std::nullopt);
-    }
-    std::vector<json> items = std::move(ans.items);
-    for (auto& item : items) fill_type(item);
-    std::string rv = std::move(ans.resource_version);
-    std::function<void(std::vector<json>)> on_list;
-    {
-      std::lock_guard lk(mu_);
-      if (stopped_) return;
-      on_list = hooks_.on_list;
-      rv_ = rv;
-      backoff_ = st_->opts.backoff_initial;
-    }
-    st_->count(&KubeSourceStats::lists);
-    log::debug("kubernetes list applied", {{"resource", what_}, {"items", items.size()}, {"resourceVersion", rv}});
-    if (on_list) on_list(std::move(items));
-    watch();
-  }
-
-  void watch() {
-    std::unique_lock lk(mu_);
-    if (stopped_) return;
-    if (rv_.empty()) {  // nothing to resume from
-      lk.unlock();
-      return list();
-    }
-    gone_ = false;
-    watch_error_.clear();
-    events_ = 0;
-    watch_started_ = steady::now();
-    // Like client-go: a server-side timeout in [watch_timeout, 2*watch_timeout) spreads the re-watches.
-    auto timeout = std::chrono::seconds(static_cast<int64_t>(st_->opts.watch_timeout.count() * uniform(1.0, 2.0)));
-    if (timeout.count() < 1) timeout = std::chrono::seconds(1);
-    std::string path = collection_ + "?" + (selector_.empty() ? "" : selector_ + "&") +
-                       "watch=true&resourceVersion=" + kube::url_encode(rv_) +
-                       "&allowWatchBookmarks=true&timeoutSeconds=" + std::to_string(timeout.count());
-    st_->begin_op();
-    st_->count(&KubeSourceStats::watches);
-    auto self = shared_from_this();
-    handle_ = st_->client.watch(
-        path, [self](std::string_view line) { self->on_line(line); },
-        [self](kube::WatchEnd e) {
-          self->on_watch_end(e);
-          self->st_->end_op();
-        });
-  }
-
-  void cancel_watch() {
-    std::lock_guard lk(mu_);
-    if (handle_) handle_->cancel();
-  }
-
-  void on_line(std::string_view line) {
-    WatchEvent ev = decode_watch_event(line);
-    if (ev.gone || !ev.error.empty()) {  // 410 Gone relists; any other ERROR or bad line resumes after a backoff
-      if (ev.gone) gone_ = true;
-      else watch_error_ = std::move(ev.error);
-      return cancel_watch();
-    }
-    const std::string& type = ev.type;
-    json& obj = ev.object;
-    ++events_;
-    const std::string& rv = ev.resource_version;
-    std::function<void(const std::string&, const json&)> on_event;
-    {
-      std::lock_guard lk(mu_);
-      if (stopped_) return;
-      if (!rv.empty()) rv_ = rv;
-      on_event = hooks_.on_event;
-    }
-    if (type == "BOOKMARK") return;
-    if (type != "ADDED" && type != "MODIFIED" && type != "DELETED") {
-      log::debug("kubernetes watch event of unknown type ignored", {{"resource", what_}, {"type", type}});
-      return;
-    }
-    fill_type(obj);
-    if (on_event) on_event(type, obj);
-  }
-
-  void on_watch_end(const kube::WatchEnd& e) {
-    {
-      std::lock_guard lk(mu_);
-      handle_.reset();
-      if (stopped_) return;
-      if (events_ > 0) backoff_ = st_->opts.backoff_initial;  // the watch worked: start over from the shortest delay
-    }
-    if (gone_ || e.status == 410) {
-      st_->count(&KubeSourceStats::relists_gone);
-      log::info("kubernetes watch expired (410 Gone); relisting", {{"resource", what_}});
-      return list();
-    }
-    if (!watch_error_.empty()) {
-      log::warn("kubernetes watch failed; will resume", {{"resource", what_}, {"reason", watch_error_}});
-      return retry_later(false, std::nullopt);
-    }
-    if (e.status != 200) {
-      log::warn("kubernetes watch refused; will retry",
-                {{"resource", what_}, {"status", e.status}, {"reason", status_message(e.status, e.body, e.error)}});
-      return retry_later(false, e.retry_after);
-    }
-    if (!e.error.empty()) {
-      log::warn("kubernetes watch interrupted; will resume", {{"resource", what_}, {"reason", e.error}});
-      return retry_later(false, std::nullopt);
-    }
-    if (e.cancelled) return;  // not by us (that sets gone_/watch_error_) nor stop(): the client was shut down
-    // A clean end (timeoutSeconds or the server closed the stream): resume at once, unless it ended
-    // immediately without a single event, which must not turn into a tight loop.
-    if (events_ == 0 && steady::now() - watch_started_ < std::chrono::seconds(1))
-      return retry_later(false, std::nullopt);
-    watch();
-  }
-
-  void retry_later(bool relist, std::optional<std::chrono::seconds> retry_after) {
-    st_->count(&KubeSourceStats::errors);
-    std::lock_guard lk(mu_);
-    if (stopped_) return;
-    auto delay = std::chrono::duration_cast<steady::duration>(backoff_ * jitter());
-    backoff_ = std::min<steady::duration>(backoff_ * 2, st_->opts.backoff_max);
-    if (retry_after && *retry_after > delay) delay = std::min<steady::duration>(*retry_after, st_->opts.backoff_max);
-    if (rv_.empty()) relist = true;
-    timer_ = std::make_unique<asio::steady_timer>(st_->client.io_context());
-    timer_->expires_after(delay);
-    st_->begin_op();
-    timer_->async_wait([self = shared_from_this(), relist](beast::error_code ec) {
-      if (!ec && !self->stopped()) {
-        if (relist) self->list();
-        else self->watch();
-      }
-      self->st_->end_op();
-    });
-  }
-
-  std::shared_ptr<KubePlaneSource::State> st_;
-  const std::string what_, collection_, selector_, api_version_, kind_;
-  std::mutex mu_;
-  Hooks hooks_;
-  bool stopped_ = false;
-  std::string rv_;
-  steady::duration backoff_;
-  std::shared_ptr<kube::WatchHandle> handle_;
-  std::unique_ptr<asio::steady_timer> timer_;
-  // Per watch; only touched by that watch's callbacks, which run one after the other.
-  bool gone_ = false;
-  std::string watch_error_;
-  uint64_t events_ = 0;
-  steady::time_point watch_started_;
+                  const std::vector<std::shared_ptr<Informer>>& stop) CG_EXCLUDES(mu);
+  void kick() { timer.post([this] { apply_step(); }); }  // any thread, with or without mu
+  void apply_step() CG_EXCLUDES(mu);
+  PlaneWorld world_locked() const CG_REQUIRES(mu);
 };
 
 // --- State -------------------------------------------------------------------------------------
+
+kube::InformerCallbacks KubePlaneSource::State::callbacks_for_kind(size_t kind) {
+  std::weak_ptr<State> weak = shared_from_this();
+  kube::InformerCallbacks cb;
+  cb.on_list = [weak, kind](std::vector<json> items, const std::string&) {
+    if (auto s = weak.lock()) s->apply_cr_list(kind, std::move(items));
+  };
+  cb.on_event = [weak, kind](EventType type, const json& obj) {
+    if (auto s = weak.lock()) s->apply_cr_event(kind, type, obj);
+  };
+  cb.on_signal = [weak](InformerSignal sig) {
+    if (auto s = weak.lock()) s->on_signal(sig);
+  };
+  return cb;
+}
+
+// `holder` is filled in with the informer once it exists: its events count only while it is the one
+// in `secrets` for that id (a secret dropped and referenced again gets a new informer).
+kube::InformerCallbacks KubePlaneSource::State::callbacks_for_secret(const SecretId& id,
+                                                                     std::shared_ptr<const Informer*> holder) {
+  std::weak_ptr<State> weak = shared_from_this();
+  kube::InformerCallbacks cb;
+  cb.on_list = [weak, id, holder](std::vector<json> items, const std::string&) {
+    if (auto s = weak.lock()) s->apply_secret_list(id, *holder, std::move(items));
+  };
+  cb.on_event = [weak, id, holder](EventType type, const json& obj) {
+    if (auto s = weak.lock()) s->apply_secret_event(id, *holder, type, obj);
+  };
+  cb.on_signal = [weak](InformerSignal sig) {
+    if (auto s = weak.lock()) s->on_signal(sig);
+  };
+  return cb;
+}
+
+// Stats, and cluster_gateway_plane_source_events_total{source="kubernetes"} for the events
+// docs/operations.md lists (relist_gone, continue_expired, watch_idle, list_error, watch_error).
+void KubePlaneSource::State::on_signal(InformerSignal sig) {
+  uint64_t KubeSourceStats::*field = nullptr;
+  bool metric = false;
+  switch (sig) {
+    case InformerSignal::Listed: field = &KubeSourceStats::lists; break;
+    case InformerSignal::ListPage: field = &KubeSourceStats::list_pages; break;
+    case InformerSignal::ContinueExpired: field = &KubeSourceStats::continue_expired; metric = true; break;
+    case InformerSignal::ListError: metric = true; break;
+    case InformerSignal::WatchStarted: field = &KubeSourceStats::watches; break;
+    case InformerSignal::RelistGone: field = &KubeSourceStats::relists_gone; metric = true; break;
+    case InformerSignal::WatchIdle: field = &KubeSourceStats::watch_idle_restarts; metric = true; break;
+    case InformerSignal::WatchError: metric = true; break;
+    case InformerSignal::Backoff: field = &KubeSourceStats::errors; break;
+  }
+  if (field) {
+    cg::MutexLock lk(mu);
+    count_locked(field);
+  }
+  if (metric) metrics::plane_source_event("kubernetes", kube::to_string(sig));
+}
 
 namespace {
 
@@ -361,7 +204,7 @@ void KubePlaneSource::State::apply_cr_list(size_t kind, std::vector<json> items)
   }
   std::vector<std::shared_ptr<Informer>> start, stop;
   {
-    std::lock_guard lk(mu);
+    cg::MutexLock lk(mu);
     if (stopping) return;
     for (const auto& [key, err] : problems) {  // keep the last good version of an object that stopped parsing
       if (auto it = crs[kind].find(key); it != crs[kind].end()) next[key] = it->second;
@@ -370,20 +213,23 @@ void KubePlaneSource::State::apply_cr_list(size_t kind, std::vector<json> items)
     listed[kind] = true;
     dirty = true;
     update_secret_refs_locked(start, stop);
-    cv.notify_all();
+    kick();
   }
-  for (const auto& [key, err] : problems)
+  for (const auto& [key, err] : problems) {
+    metrics::plane_document_rejected();
     log::warn("plane CR rejected", {{"kind", std::string(all_kinds()[kind].name)}, {"cr", key}, {"reason", err}});
+  }
   start_stop(start, stop);
 }
 
-void KubePlaneSource::State::apply_cr_event(size_t kind, const std::string& type, const json& obj) {
+void KubePlaneSource::State::apply_cr_event(size_t kind, EventType type, const json& obj) {
   const std::string key = obj_key(obj);
   std::string err;
   std::optional<PlaneCR> cr;
-  if (type != "DELETED") {
+  if (type != EventType::Deleted) {
     cr = parse_cr(obj, kind, err);
     if (!cr) {
+      metrics::plane_document_rejected();
       log::warn("plane CR rejected; its last good version stays in force",
                 {{"kind", std::string(all_kinds()[kind].name)}, {"cr", key}, {"reason", err}});
       return;
@@ -391,13 +237,13 @@ void KubePlaneSource::State::apply_cr_event(size_t kind, const std::string& type
   }
   std::vector<std::shared_ptr<Informer>> start, stop;
   {
-    std::lock_guard lk(mu);
+    cg::MutexLock lk(mu);
     if (stopping) return;
     if (cr) crs[kind][key] = std::move(*cr);
     else crs[kind].erase(key);
     dirty = true;
     update_secret_refs_locked(start, stop);
-    cv.notify_all();
+    kick();
   }
   start_stop(start, stop);
 }
@@ -410,20 +256,20 @@ void KubePlaneSource::State::apply_secret_list(const SecretId& id, const Informe
     if (p.secret) obj = std::move(p.secret);
     else log::warn("secret unreadable", {{"secret", id.first + "/" + id.second}, {"reason", p.error}});
   }
-  std::lock_guard lk(mu);
+  cg::MutexLock lk(mu);
   auto it = secrets.find(id);
   if (stopping || it == secrets.end() || it->second.informer.get() != inf) return;
   it->second.obj = std::move(obj);
   it->second.listed = true;
   dirty = true;
-  cv.notify_all();
+  kick();
 }
 
-void KubePlaneSource::State::apply_secret_event(const SecretId& id, const Informer* inf, const std::string& type,
+void KubePlaneSource::State::apply_secret_event(const SecretId& id, const Informer* inf, EventType type,
                                                 const json& obj) {
   if (meta_string(obj, "name") != id.second) return;
   std::optional<SecretObj> s;
-  if (type != "DELETED") {
+  if (type != EventType::Deleted) {
     auto p = parse_object(obj);
     if (!p.secret) {
       log::warn("secret unreadable", {{"secret", id.first + "/" + id.second}, {"reason", p.error}});
@@ -431,12 +277,12 @@ void KubePlaneSource::State::apply_secret_event(const SecretId& id, const Inform
     }
     s = std::move(p.secret);
   }
-  std::lock_guard lk(mu);
+  cg::MutexLock lk(mu);
   auto it = secrets.find(id);
   if (stopping || it == secrets.end() || it->second.informer.get() != inf) return;
   it->second.obj = std::move(s);
   dirty = true;
-  cv.notify_all();
+  kick();
 }
 
 void KubePlaneSource::State::update_secret_refs_locked(std::vector<std::shared_ptr<Informer>>& start,
@@ -462,20 +308,17 @@ void KubePlaneSource::State::update_secret_refs_locked(std::vector<std::shared_p
     it = secrets.erase(it);
     dirty = true;
   }
-  std::weak_ptr<State> weak = shared_from_this();
   for (const auto& id : wanted) {
     if (secrets.count(id)) continue;
     auto holder = std::make_shared<const Informer*>(nullptr);
-    Informer::Hooks hooks;
-    hooks.on_list = [weak, id, holder](std::vector<json> items) {
-      if (auto s = weak.lock()) s->apply_secret_list(id, *holder, std::move(items));
-    };
-    hooks.on_event = [weak, id, holder](const std::string& type, const json& obj) {
-      if (auto s = weak.lock()) s->apply_secret_event(id, *holder, type, obj);
-    };
-    auto inf = std::make_shared<Informer>(
-        shared_from_this(), "secret " + id.first + "/" + id.second, "/api/v1/namespaces/" + id.first + "/secrets",
-        "fieldSelector=" + kube::url_encode("metadata.name=" + id.second), "v1", "Secret", std::move(hooks));
+    kube::InformerResource res;
+    res.path = "/api/v1/namespaces/" + id.first + "/secrets";
+    res.field_selector = "metadata.name=" + id.second;
+    res.api_version = "v1";
+    res.kind = "Secret";
+    res.name = "secret " + id.first + "/" + id.second;
+    auto inf = Informer::create(client, std::move(res), informer_options(opts), callbacks_for_secret(id, holder),
+                                inflight);
     *holder = inf.get();
     SecretEntry e;
     e.informer = inf;
@@ -501,91 +344,84 @@ PlaneWorld KubePlaneSource::State::world_locked() const {
   return w;
 }
 
-void KubePlaneSource::State::run_applier() {
-  std::unique_lock lk(mu);
-  while (!stopping) {
-    bool all_listed = true;
-    for (bool l : listed) all_listed = all_listed && l;
-    if (!dirty || !all_listed) {
-      cv.wait(lk);
-      continue;
+void KubePlaneSource::State::apply_step() {
+  cg::MutexLock lk(mu);
+  if (stopping) return;
+  bool all_listed = true;
+  for (bool l : listed) all_listed = all_listed && l;
+  if (!dirty || !all_listed) return;  // the next change posts again
+  const auto now = steady::now();
+  std::optional<steady::time_point> hold;
+  for (const auto& [id, e] : secrets) {
+    if (e.listed) continue;
+    if (!synced) {  // the first snapshot waits for every referenced secret
+      hold = steady::time_point::max();
+      break;
     }
-    const auto now = steady::now();
-    std::optional<steady::time_point> hold;
-    for (const auto& [id, e] : secrets) {
-      if (e.listed) continue;
-      if (!synced) {  // the first snapshot waits for every referenced secret
-        hold = steady::time_point::max();
-        break;
-      }
-      auto until = e.since + opts.new_secret_grace;
-      if (now < until && (!hold || until > *hold)) hold = until;
-    }
-    if (synced && now < last_replace + opts.coalesce) {
-      auto until = last_replace + opts.coalesce;
-      if (!hold || until > *hold) hold = until;
-    }
-    if (hold) {
-      if (*hold == steady::time_point::max()) cv.wait(lk);
-      else cv.wait_until(lk, *hold);
-      continue;
-    }
-    PlaneWorld w = world_locked();
-    dirty = false;
-    const bool first = !synced;
+    auto until = e.since + opts.new_secret_grace;
+    if (now < until && (!hold || until > *hold)) hold = until;
+  }
+  if (synced && now < last_replace + opts.coalesce) {
+    auto until = last_replace + opts.coalesce;
+    if (!hold || until > *hold) hold = until;
+  }
+  if (hold) {
+    // max: until the secret's list arrives (it posts); otherwise look again at `hold`.
+    if (*hold != steady::time_point::max()) timer.run_at(*hold, [this] { apply_step(); });
+    return;
+  }
+  PlaneWorld w = world_locked();
+  dirty = false;
+  const bool first = !synced;
+  lk.unlock();
+  index.replace(w);
+  lk.lock();
+  last_replace = steady::now();
+  ++stats.replaces;
+  if (first) {
+    synced = true;
+    cv.notify_all();
     lk.unlock();
-    index.replace(w);
-    lk.lock();
-    last_replace = steady::now();
-    ++stats.replaces;
-    if (first) {
-      synced = true;
-      cv.notify_all();
-      lk.unlock();
-      log::info("kubernetes plane source synced", {{"crs", w.crs.size()}, {"secrets", w.secrets.size()}});
-      lk.lock();
-    }
+    log::info("kubernetes plane source synced", {{"crs", w.crs.size()}, {"secrets", w.secrets.size()}});
   }
 }
 
 // --- KubePlaneSource ---------------------------------------------------------------------------
 
-KubePlaneSource::KubePlaneSource(kube::KubeClient& client, PlaneIndex& index, KubeSourceOptions opts)
-    : st_(std::make_shared<State>(client, index, opts)) {}
+KubePlaneSource::KubePlaneSource(boost::asio::any_io_executor control, kube::KubeClient& client, PlaneIndex& index,
+                                 KubeSourceOptions opts)
+    : st_(std::make_shared<State>(std::move(control), client, index, opts)) {}
 
 KubePlaneSource::~KubePlaneSource() { stop(); }
 
 void KubePlaneSource::start() {
+  std::array<std::shared_ptr<Informer>, 6> infs;
   {
-    std::lock_guard lk(st_->mu);
+    cg::MutexLock lk(st_->mu);
     if (st_->started || st_->stopping) return;
     st_->started = true;
     for (size_t k = 0; k < all_kinds().size(); ++k) {
       const auto& ki = all_kinds()[k];
-      Informer::Hooks hooks;
-      std::weak_ptr<State> weak = st_;
-      hooks.on_list = [weak, k](std::vector<json> items) {
-        if (auto s = weak.lock()) s->apply_cr_list(k, std::move(items));
-      };
-      hooks.on_event = [weak, k](const std::string& type, const json& obj) {
-        if (auto s = weak.lock()) s->apply_cr_event(k, type, obj);
-      };
-      st_->cr_informers[k] = std::make_shared<Informer>(
-          st_, std::string(ki.plural), "/apis/" + std::string(kApiGroup) + "/v1alpha1/" + std::string(ki.plural), "",
-          std::string(kApiVersion), std::string(ki.name), std::move(hooks));
+      kube::InformerResource res;
+      res.path = "/apis/" + std::string(kApiGroup) + "/v1alpha1/" + std::string(ki.plural);
+      res.api_version = std::string(kApiVersion);
+      res.kind = std::string(ki.name);
+      res.name = std::string(ki.plural);
+      st_->cr_informers[k] = Informer::create(st_->client, std::move(res), informer_options(st_->opts),
+                                              st_->callbacks_for_kind(k), st_->inflight);
     }
+    infs = st_->cr_informers;
   }
-  applier_ = std::thread([st = st_] { st->run_applier(); });
   log::info("kubernetes plane source starting", {{"server", st_->client.config().server},
                                                  {"source", st_->client.config().source}});
-  for (auto& inf : st_->cr_informers) inf->start();
+  for (auto& inf : infs) inf->start();
   if (st_->opts.start_wait.count() > 0) wait_synced(st_->opts.start_wait);
 }
 
 void KubePlaneSource::stop() {
   std::vector<std::shared_ptr<Informer>> infs;
   {
-    std::lock_guard lk(st_->mu);
+    cg::MutexLock lk(st_->mu);
     if (st_->stopping) return;
     st_->stopping = true;
     for (auto& i : st_->cr_informers)
@@ -596,24 +432,24 @@ void KubePlaneSource::stop() {
   }
   for (auto& i : infs) i->stop();
   infs.clear();
-  if (applier_.joinable()) applier_.join();
-  std::unique_lock lk(st_->mu);
-  if (!st_->cv.wait_for(lk, st_->opts.stop_wait, [&] { return st_->inflight == 0; }))
-    log::warn("kubernetes plane source stopped with callbacks still in flight", {{"inflight", st_->inflight}});
+  st_->timer.stop();  // an apply_step in progress (PlaneIndex::replace) has finished
+  if (!st_->inflight->wait_zero(st_->opts.stop_wait))
+    log::warn("kubernetes plane source stopped with callbacks still in flight", {{"inflight", st_->inflight->count()}});
 }
 
 bool KubePlaneSource::synced() const {
-  std::lock_guard lk(st_->mu);
+  cg::MutexLock lk(st_->mu);
   return st_->synced;
 }
 
 bool KubePlaneSource::wait_synced(std::chrono::milliseconds timeout) const {
-  std::unique_lock lk(st_->mu);
-  return st_->cv.wait_for(lk, timeout, [&] { return st_->synced || st_->stopping; }) && st_->synced;
+  cg::MutexLock lk(st_->mu);
+  return st_->cv.wait_for(lk, timeout, [&]() CG_REQUIRES(st_->mu) { return st_->synced || st_->stopping; }) &&
+         st_->synced;
 }
 
 KubeSourceStats KubePlaneSource::stats() const {
-  std::lock_guard lk(st_->mu);
+  cg::MutexLock lk(st_->mu);
   return st_->stats;
 }
 

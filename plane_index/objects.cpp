@@ -7,6 +7,30 @@
 namespace cg::plane {
 namespace {
 
+bool lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+
+// A value for an error message: quoted, control and non-ASCII bytes as \xNN, at most 80 characters.
+std::string quoted(std::string_view v) {
+  static const char* hex = "0123456789abcdef";
+  std::string out = "'";
+  size_t shown = 0;
+  for (char ch : v) {
+    if (shown++ == 80) {
+      out += "...";
+      break;
+    }
+    auto c = static_cast<unsigned char>(ch);
+    if (c < 0x20 || c >= 0x7f || c == '\\' || c == '\'') {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 0xf];
+    } else {
+      out += ch;
+    }
+  }
+  return out + "'";
+}
+
 bool b64_decode_strict(const std::string& in, std::string& out) {
   std::string s;
   for (char c : in)
@@ -46,8 +70,10 @@ ParsedObject parse_secret(const nlohmann::json& obj, const nlohmann::json& meta)
   ParsedObject r;
   SecretObj s;
   s.name = meta.value("name", "");
-  s.ns = meta.contains("namespace") && meta["namespace"].is_string() ? meta["namespace"].get<std::string>() : "default";
+  if (!get_string(meta, "namespace", s.ns, r.error, "metadata.")) return r;
   if (s.ns.empty()) s.ns = "default";
+  if (r.error = dns1123_subdomain_problem("metadata.name", s.name); !r.error.empty()) return r;
+  if (r.error = dns1123_label_problem("metadata.namespace", s.ns); !r.error.empty()) return r;
   if (const auto* rv = field(meta, "resourceVersion"); rv && rv->is_string()) s.resource_version = rv->get<std::string>();
   if (const auto* d = field(obj, "data")) {
     if (!d->is_object()) {
@@ -85,6 +111,43 @@ ParsedObject parse_secret(const nlohmann::json& obj, const nlohmann::json& meta)
   return r;
 }
 }  // namespace
+
+bool is_dns1123_label(std::string_view s) {
+  if (s.empty() || s.size() > 63) return false;
+  if (!lower_alnum(s.front()) || !lower_alnum(s.back())) return false;
+  for (char c : s)
+    if (!lower_alnum(c) && c != '-') return false;
+  return true;
+}
+
+bool is_dns1123_subdomain(std::string_view s) {
+  if (s.empty() || s.size() > 253) return false;
+  for (size_t start = 0;;) {
+    size_t dot = s.find('.', start);
+    std::string_view part = s.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    if (part.empty() || !lower_alnum(part.front()) || !lower_alnum(part.back())) return false;
+    for (char c : part)
+      if (!lower_alnum(c) && c != '-') return false;
+    if (dot == std::string_view::npos) return true;
+    start = dot + 1;
+  }
+}
+
+std::string dns1123_subdomain_problem(std::string_view field, std::string_view v) {
+  if (is_dns1123_subdomain(v)) return {};
+  std::string head = std::string(field) + " " + quoted(v) + " is invalid: ";
+  if (v.size() > 253) return head + "must be no more than 253 characters";
+  return head + "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                "and must start and end with an alphanumeric character";
+}
+
+std::string dns1123_label_problem(std::string_view field, std::string_view v) {
+  if (is_dns1123_label(v)) return {};
+  std::string head = std::string(field) + " " + quoted(v) + " is invalid: ";
+  if (v.size() > 63) return head + "must be no more than 63 characters";
+  return head + "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+                "and must start and end with an alphanumeric character";
+}
 
 ParsedObject parse_object(const nlohmann::json& obj) {
   ParsedObject r;
@@ -132,6 +195,10 @@ ParsedObject parse_object(const nlohmann::json& obj) {
   if (!get_string(*meta, "namespace", ns, r.error, "metadata.")) return r;
   if (info(*k).cluster_scoped) ns.clear();  // ignored for cluster-scoped kinds, as the API server does
   else if (ns.empty()) ns = "default";
+  if (r.error = dns1123_subdomain_problem("metadata.name", name); !r.error.empty()) return r;
+  if (!ns.empty()) {
+    if (r.error = dns1123_label_problem("metadata.namespace", ns); !r.error.empty()) return r;
+  }
   cr.ref.ns = ns;
   if (const auto* g = field(*meta, "generation")) {
     if (!g->is_number_integer() || g->get<int64_t>() < 1) {

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "plane_index/plane_types.hpp"
@@ -63,6 +64,19 @@ struct ParsedObject {
 };
 
 // Parses one object (a plane CR of the six kinds, apiVersion openchoreo.dev/v1alpha1, or a v1 Secret).
+// metadata.name and metadata.namespace are validated as the API server does (ValidateObjectMeta):
+// names of plane CRs and Secrets are DNS-1123 subdomains, namespaces DNS-1123 labels; an object
+// with another name is rejected (these names end up in status file names and API paths).
 ParsedObject parse_object(const nlohmann::json& obj);
+
+// Kubernetes' IsDNS1123Subdomain: at most 253 characters of [a-z0-9.-], every dot-separated part
+// non-empty and starting and ending with [a-z0-9] (no per-part length limit, as in Kubernetes).
+bool is_dns1123_subdomain(std::string_view s);
+// Kubernetes' IsDNS1123Label: at most 63 characters of [a-z0-9-], starting and ending with [a-z0-9].
+bool is_dns1123_label(std::string_view s);
+// Why `value` (at `field`, e.g. "metadata.name") is not a valid subdomain / label; "" when it is.
+// The value is quoted with control and non-ASCII bytes escaped and cut to 80 characters.
+std::string dns1123_subdomain_problem(std::string_view field, std::string_view value);
+std::string dns1123_label_problem(std::string_view field, std::string_view value);
 
 }  // namespace cg::plane

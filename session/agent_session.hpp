@@ -1,7 +1,8 @@
 // One agent's WebSocket session: accepts the upgrade, registers with the registry, sends pings
 // every heartbeat interval and drops the peer when no pong arrives within the timeout, closes
 // when the client certificate expires, serializes writes, and hands inbound frames to a handler.
-// Sessions live on their own strand; nothing here blocks an io thread.
+// Sessions live on their own strand; nothing here blocks an io thread. Every lifecycle decision is
+// made by the pure next() of session/session_machine.hpp; the session performs its actions.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -10,6 +11,7 @@
 
 #include "common/time.hpp"
 #include "session/registry.hpp"
+#include "session/session_machine.hpp"
 #include "tls/verifier.hpp"
 
 namespace boost::beast {
@@ -21,18 +23,6 @@ namespace cg::session {
 
 // Upgrade request header where an agent lists capability tokens (comma or space separated).
 inline constexpr const char* kCapabilitiesHeader = "X-Cluster-Agent-Capabilities";
-
-struct AgentSessionOptions {
-  Duration heartbeat_interval = std::chrono::seconds(30);
-  Duration heartbeat_timeout = std::chrono::seconds(90);
-  size_t max_message_size = 64u << 20;        // inbound WebSocket message limit
-  size_t max_write_queue_bytes = 256u << 20;  // outbound bytes queued before send_text refuses
-  Duration handshake_timeout = std::chrono::seconds(10);  // WebSocket upgrade and close handshakes
-};
-
-// Heartbeat timers of all sessions are rounded up to a shared grid (1/8 of the interval, at most
-// 250 ms; none below 8 ms intervals) so pings leave and pongs return in bursts: fewer thread wakeups.
-std::chrono::steady_clock::time_point heartbeat_align(std::chrono::steady_clock::time_point t, Duration interval);
 
 // Receives what agents send. Implemented by the tunnel layer; the default logs and drops.
 class FrameHandler {

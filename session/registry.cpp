@@ -2,9 +2,9 @@
 
 #include <map>
 #include <unordered_map>
-#include <mutex>
 
 #include "common/log.hpp"
+#include "common/thread_annotations.hpp"
 
 namespace cg::session {
 
@@ -18,6 +18,31 @@ void take_max(std::optional<T>& a, const std::optional<T>& b) {
   if (b && (!a || *b > *a)) a = b;
 }
 }  // namespace
+
+std::string_view to_string(CloseCause c) {
+  switch (c) {
+    case CloseCause::agent_closed: return "agent_closed";
+    case CloseCause::connection_lost: return "connection_lost";
+    case CloseCause::heartbeat_timeout: return "heartbeat_timeout";
+    case CloseCause::revoked: return "revoked";
+    case CloseCause::certificate_expired: return "certificate_expired";
+    case CloseCause::shutdown: return "shutdown";
+    case CloseCause::message_too_big: return "message_too_big";
+    case CloseCause::write_failed: return "write_failed";
+    case CloseCause::gateway_closed: return "gateway_closed";
+  }
+  return "unknown";
+}
+
+std::string_view metric_label(CloseCause c) {
+  switch (c) {
+    case CloseCause::revoked:
+    case CloseCause::certificate_expired:
+    case CloseCause::shutdown:
+    case CloseCause::gateway_closed: return "gateway_closed";
+    default: return to_string(c);
+  }
+}
 
 SessionReport& SessionReport::operator+=(const SessionReport& o) {
   connected_agents += o.connected_agents;
@@ -33,18 +58,19 @@ namespace {
 class LocalRegistry final : public SessionRegistry {
  public:
   bool add(std::shared_ptr<AgentHandle> h, std::set<std::string> authorized) override {
-    RegistryEvent ev{RegistryEvent::Type::connected, h->plane_type(), h->plane_id(), h->connection_id(), authorized};
+    RegistryEvent ev{RegistryEvent::Type::connected, h->plane_type(), h->plane_id(), h->connection_id(), authorized, std::nullopt};
     size_t plane_count, total;
     {
-      std::lock_guard lk(mu_);
+      cg::MutexLock lk(mu_);
       if (admission_closed_) return false;
       auto now = std::chrono::system_clock::now();
       Entry e{h, authorized};
       for (const auto& k : authorized) join(h->plane_type(), k, h->serial(), now);
       sessions_[h->serial()] = std::move(e);
       by_plane_[plane_key(h->plane_type(), h->plane_id())].insert(h->serial());
+      ++live_;
       plane_count = count_plane(h->plane_type(), h->plane_id());
-      total = sessions_.size();
+      total = live_;
     }
     log::info("agent registered", {{"planeType", h->plane_type()}, {"planeID", h->plane_id()},
                                    {"connectionID", h->connection_id()}, {"connectionsForPlane", plane_count},
@@ -54,42 +80,52 @@ class LocalRegistry final : public SessionRegistry {
   }
 
   void close_admission() override {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     admission_closed_ = true;
   }
 
-  bool remove(const AgentHandle& h) override {
-    RegistryEvent ev{RegistryEvent::Type::disconnected, h.plane_type(), h.plane_id(), h.connection_id(), {}};
+  bool begin_close(const AgentHandle& h, CloseCause cause) override {
+    RegistryEvent ev{RegistryEvent::Type::disconnected, h.plane_type(), h.plane_id(), h.connection_id(), {}, cause};
     size_t plane_count, total;
     {
-      std::lock_guard lk(mu_);
+      cg::MutexLock lk(mu_);
       auto it = sessions_.find(h.serial());
-      if (it == sessions_.end()) return false;
-      auto now = std::chrono::system_clock::now();
+      if (it == sessions_.end() || it->second.state != EntryState::live) return false;
       ev.crs = it->second.authorized;
-      for (const auto& k : it->second.authorized) leave(h.plane_type(), k, h.serial(), now);
-      sessions_.erase(it);
-      if (auto bp = by_plane_.find(plane_key(h.plane_type(), h.plane_id())); bp != by_plane_.end()) {
-        bp->second.erase(h.serial());
-        if (bp->second.empty()) by_plane_.erase(bp);
-      }
+      leave_locked(h, it->second);
       plane_count = count_plane(h.plane_type(), h.plane_id());
-      total = sessions_.size();
+      total = live_;
     }
     log::info("agent unregistered", {{"planeType", h.plane_type()}, {"planeID", h.plane_id()},
-                                     {"connectionID", h.connection_id()}, {"connectionsForPlane", plane_count},
-                                     {"totalConnections", total}});
+                                     {"connectionID", h.connection_id()}, {"cause", std::string(to_string(cause))},
+                                     {"connectionsForPlane", plane_count}, {"totalConnections", total}});
     notify(ev);
     return true;
+  }
+
+  bool remove(const AgentHandle& h) override {
+    {
+      cg::MutexLock lk(mu_);
+      auto it = sessions_.find(h.serial());
+      if (it == sessions_.end()) return false;
+      if (it->second.state == EntryState::closing) {
+        sessions_.erase(it);
+        return true;
+      }
+    }
+    // Never told it was closing (a caller other than the session layer): leave now, then forget.
+    begin_close(h, CloseCause::connection_lost);
+    cg::MutexLock lk(mu_);
+    return sessions_.erase(h.serial()) > 0;
   }
 
   std::pair<std::set<std::string>, std::set<std::string>> set_authorized(const AgentHandle& h,
                                                                          std::set<std::string> authorized) override {
     std::set<std::string> granted, revoked;
     {
-      std::lock_guard lk(mu_);
+      cg::MutexLock lk(mu_);
       auto it = sessions_.find(h.serial());
-      if (it == sessions_.end()) return {};
+      if (it == sessions_.end() || it->second.state != EntryState::live) return {};
       auto now = std::chrono::system_clock::now();
       for (const auto& k : authorized)
         if (!it->second.authorized.count(k)) granted.insert(k);
@@ -102,32 +138,38 @@ class LocalRegistry final : public SessionRegistry {
     if (!granted.empty() || !revoked.empty()) {
       std::set<std::string> crs = granted;
       crs.insert(revoked.begin(), revoked.end());
-      notify({RegistryEvent::Type::authorization_changed, h.plane_type(), h.plane_id(), h.connection_id(), crs});
+      notify({RegistryEvent::Type::authorization_changed, h.plane_type(), h.plane_id(), h.connection_id(), crs, std::nullopt});
     }
     return {granted, revoked};
   }
 
   std::vector<SessionView> sessions_of(const std::string& t, const std::string& id) const override {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     std::vector<SessionView> out;
     for_plane(t, id, [&](const Entry& e) { out.push_back({e.handle, e.authorized}); });
     return out;
   }
 
+  size_t plane_session_count(const std::string& t, const std::string& id) const override {
+    cg::MutexLock lk(mu_);
+    return count_plane(t, id);
+  }
+
   std::vector<SessionView> all() const override {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     std::vector<SessionView> out;
-    for (const auto& [_, e] : sessions_) out.push_back({e.handle, e.authorized});
+    for (const auto& [_, e] : sessions_)
+      if (e.state == EntryState::live) out.push_back({e.handle, e.authorized});
     return out;
   }
 
   size_t size() const override {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     return sessions_.size();
   }
 
   SessionReport report(const std::string& t, const std::string& cr_key) const override {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     SessionReport r;
     auto it = tracks_.find(track_key(t, cr_key));
     if (it == tracks_.end()) return r;
@@ -142,7 +184,7 @@ class LocalRegistry final : public SessionRegistry {
   }
 
   SessionReport plane_report(const std::string& t, const std::string& id) const override {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     SessionReport r;
     for_plane(t, id, [&](const Entry& e) { add_session(r, *e.handle); });
     return r;
@@ -151,14 +193,15 @@ class LocalRegistry final : public SessionRegistry {
   std::shared_ptr<AgentHandle> pick(const std::string& t, const std::string& id, const std::string& cr_key,
                                     bool& plane_has_sessions, std::string_view capability,
                                     bool* authorized_exists) override {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     plane_has_sessions = false;
     if (authorized_exists) *authorized_exists = false;
     if (admission_closed_) return nullptr;  // draining: in-flight requests finish, no new ones start
     std::vector<const Entry*> candidates;
     for_plane(t, id, [&](const Entry& e) {
+      if (e.handle->closing() || e.authorized.empty()) return;  // on its way out: counts for nothing
       plane_has_sessions = true;
-      if (!e.authorized.count(cr_key) || e.handle->closing()) return;
+      if (!e.authorized.count(cr_key)) return;
       if (authorized_exists) *authorized_exists = true;
       if (capability.empty() || e.handle->has_capability(capability)) candidates.push_back(&e);
     });
@@ -168,14 +211,18 @@ class LocalRegistry final : public SessionRegistry {
   }
 
   void subscribe(Listener l) override {
-    std::lock_guard lk(listeners_mu_);
+    cg::MutexLock lk(listeners_mu_);
     listeners_.push_back(std::move(l));
   }
 
  private:
+  // A registered session is live until it starts closing; a closing one is only waiting for its
+  // socket to close (remove()), and is in neither the plane index, the tracks nor the reports.
+  enum class EntryState { live, closing };
   struct Entry {
     std::shared_ptr<AgentHandle> handle;
     std::set<std::string> authorized;
+    EntryState state = EntryState::live;
   };
   struct Track {
     std::set<uint64_t> members;
@@ -193,12 +240,23 @@ class LocalRegistry final : public SessionRegistry {
     take_min(r.earliest_connected, one.earliest_connected);
   }
 
-  void join(const std::string& t, const std::string& k, uint64_t serial, SysTime now) {
+  // live → closing: out of the tracks (last_zero) and the plane index. Under mu_.
+  void leave_locked(const AgentHandle& h, Entry& e) CG_REQUIRES(mu_) {
+    auto now = std::chrono::system_clock::now();
+    for (const auto& k : e.authorized) leave(h.plane_type(), k, h.serial(), now);
+    e.state = EntryState::closing;
+    --live_;
+    if (auto bp = by_plane_.find(plane_key(h.plane_type(), h.plane_id())); bp != by_plane_.end()) {
+      bp->second.erase(h.serial());
+      if (bp->second.empty()) by_plane_.erase(bp);
+    }
+  }
+  void join(const std::string& t, const std::string& k, uint64_t serial, SysTime now) CG_REQUIRES(mu_) {
     auto& tr = tracks_[track_key(t, k)];
     if (tr.members.empty()) tr.last_rise = now;
     tr.members.insert(serial);
   }
-  void leave(const std::string& t, const std::string& k, uint64_t serial, SysTime now) {
+  void leave(const std::string& t, const std::string& k, uint64_t serial, SysTime now) CG_REQUIRES(mu_) {
     auto it = tracks_.find(track_key(t, k));
     if (it == tracks_.end()) return;
     if (it->second.members.erase(serial) && it->second.members.empty()) {
@@ -206,36 +264,39 @@ class LocalRegistry final : public SessionRegistry {
       rr_.erase(track_key(t, k));
     }
   }
-  size_t count_plane(const std::string& t, const std::string& id) const {
+  size_t count_plane(const std::string& t, const std::string& id) const CG_REQUIRES(mu_) {
     auto it = by_plane_.find(plane_key(t, id));
     return it == by_plane_.end() ? 0 : it->second.size();
   }
   static std::string plane_key(const std::string& t, const std::string& id) { return t + "\n" + id; }
   // Visits the plane's sessions in serial order (the order round-robin relies on). Under mu_.
   template <class F>
-  void for_plane(const std::string& t, const std::string& id, F&& f) const {
+  void for_plane(const std::string& t, const std::string& id, F&& f) const CG_REQUIRES(mu_) {
     auto it = by_plane_.find(plane_key(t, id));
     if (it == by_plane_.end()) return;
     for (uint64_t serial : it->second)
       if (auto s = sessions_.find(serial); s != sessions_.end()) f(s->second);
   }
-  void notify(const RegistryEvent& ev) {
+  void notify(const RegistryEvent& ev) CG_EXCLUDES(mu_, listeners_mu_) {
     std::vector<Listener> ls;
     {
-      std::lock_guard lk(listeners_mu_);
+      cg::MutexLock lk(listeners_mu_);
       ls = listeners_;
     }
     for (const auto& l : ls) l(ev);
   }
 
-  mutable std::mutex mu_;
-  bool admission_closed_ = false;
-  std::map<uint64_t, Entry> sessions_;
-  std::unordered_map<std::string, std::set<uint64_t>> by_plane_;  // "type\nid" → serials
-  std::map<std::string, Track> tracks_;
-  std::map<std::string, uint64_t> rr_;
-  std::mutex listeners_mu_;
-  std::vector<Listener> listeners_;
+  // Callers may hold StatusWriter::mu_ (report(): order StatusWriter::mu_ → mu_); nothing is
+  // called with mu_ or listeners_mu_ held, and the two are never held together.
+  mutable cg::Mutex mu_;
+  bool admission_closed_ CG_GUARDED_BY(mu_) = false;
+  std::map<uint64_t, Entry> sessions_ CG_GUARDED_BY(mu_);  // live and closing
+  size_t live_ CG_GUARDED_BY(mu_) = 0;
+  std::unordered_map<std::string, std::set<uint64_t>> by_plane_ CG_GUARDED_BY(mu_);  // "type\nid" → serials
+  std::map<std::string, Track> tracks_ CG_GUARDED_BY(mu_);
+  std::map<std::string, uint64_t> rr_ CG_GUARDED_BY(mu_);
+  cg::Mutex listeners_mu_;
+  std::vector<Listener> listeners_ CG_GUARDED_BY(listeners_mu_);
 };
 }  // namespace
 

@@ -26,6 +26,26 @@ struct SessionReport {
   SessionReport& operator+=(const SessionReport& o);
 };
 
+// Why a session closed. Decided once, when the close starts; logs and metrics read it from here
+// (never from the reason text).
+enum class CloseCause : uint8_t {
+  agent_closed,         // the agent sent a close frame
+  connection_lost,      // TCP or TLS ended without a close frame (reset, end of stream, TLS error)
+  heartbeat_timeout,    // no pong within --heartbeat-timeout
+  revoked,              // re-verification left the session no CR: close 1008
+  certificate_expired,  // the agent's client certificate expired: close 1008
+  shutdown,             // the gateway is shutting down (GOAWAY, then close 1001)
+  message_too_big,      // an inbound message over --max-message-size: close 1009
+  write_failed,         // writing to the agent failed
+  gateway_closed,       // any other close the gateway started (reconnect, notify `deleted`: 1001)
+};
+// For logs (`cause` field): the enumerator's name.
+std::string_view to_string(CloseCause c);
+// The `reason` label of cluster_gateway_agent_sessions_closed_total: heartbeat_timeout, agent_closed,
+// gateway_closed (every close code the gateway sends: 1008, 1001), message_too_big, write_failed,
+// connection_lost.
+std::string_view metric_label(CloseCause c);
+
 // A live agent connection, implemented by the session layer. All methods are thread-safe.
 class AgentHandle {
  public:
@@ -40,8 +60,11 @@ class AgentHandle {
   virtual bool closing() const = 0;
   // Whether the agent announced this capability token on its upgrade request.
   virtual bool has_capability(std::string_view) const { return false; }
-  // Starts a WebSocket close handshake with this code and reason (asynchronous).
-  virtual void close(uint16_t code, std::string reason) = 0;
+  // Starts closing with a WebSocket close frame of this code and reason. The session leaves
+  // routing and status before this returns (SessionRegistry::begin_close); the close handshake and
+  // the socket's teardown follow asynchronously. Only the first close of a session counts.
+  virtual void close(uint16_t code, std::string reason, CloseCause cause) = 0;
+  void close(uint16_t code, std::string reason) { close(code, std::move(reason), CloseCause::gateway_closed); }
   // Queues one text frame; false when the session is closing or its write queue is full.
   virtual bool send_text(std::shared_ptr<const std::string> frame) = 0;
 };
@@ -52,6 +75,7 @@ struct RegistryEvent {
   std::string plane_id;
   std::string connection_id;
   std::set<std::string> crs;  // CR auth keys whose sessions changed
+  std::optional<CloseCause> cause;  // disconnected: why the session closed
 };
 
 struct SessionView {
@@ -69,13 +93,27 @@ class SessionRegistry {
   // completes during the drain is closed by its session instead of slipping past the drain
   // unannounced, and no new request starts on a session that got GOAWAY.
   virtual void close_admission() = 0;
-  // Returns false when the session was not (or no longer) registered: removal happens once.
+  // The session started closing (any cause). From now on it is neither picked nor counted: not in
+  // report(), plane_report(), sessions_of(), all(), nor as a plane session for pick()'s 403-vs-502
+  // decision; its CRs' tracks record the leave (last_zero) and listeners get its `disconnected`
+  // event now. It still counts in size() until remove() (its socket is not closed yet).
+  // Returns false when the session is not registered or already closing: this happens once.
+  virtual bool begin_close(const AgentHandle& h, CloseCause cause) = 0;
+  // Forgets the session (its socket is closed). One that was not closing yet goes through
+  // begin_close(connection_lost) first. Returns false when the session was not (or no longer)
+  // registered: removal happens once.
   virtual bool remove(const AgentHandle& h) = 0;
-  // Replaces the session's authorized CR set; returns (granted, revoked) keys.
+  // Replaces the session's authorized CR set; returns (granted, revoked) keys. No-op for a closing
+  // session.
   virtual std::pair<std::set<std::string>, std::set<std::string>> set_authorized(const AgentHandle& h,
                                                                                  std::set<std::string> authorized) = 0;
   virtual std::vector<SessionView> sessions_of(const std::string& plane_type, const std::string& plane_id) const = 0;
+  // How many live sessions sessions_of() would return, without copying them: O(1), for the
+  // per-plane admission limit checked on every upgrade.
+  virtual size_t plane_session_count(const std::string& plane_type, const std::string& plane_id) const = 0;
+  // Live (not closing) sessions.
   virtual std::vector<SessionView> all() const = 0;
+  // Registered sessions, closing ones included (shutdown waits for this to reach 0).
   virtual size_t size() const = 0;
   // CR-specific report (sessions authorized for plane_type + auth key).
   virtual SessionReport report(const std::string& plane_type, const std::string& cr_key) const = 0;
@@ -84,7 +122,9 @@ class SessionRegistry {
   // Round-robin among live, non-closing sessions authorized for the CR (and, when `capability` is
   // not empty, announcing it). Empty when none; then `plane_has_sessions` tells "no agent at all"
   // (502) from "none authorized" (403), and `*authorized_exists` (if given) tells "authorized
-  // sessions exist, none with the capability".
+  // sessions exist, none with the capability". Only live sessions authorized for at least one CR
+  // count for `plane_has_sessions`: a closing one, or one re-verification just left without a CR
+  // (it is closed right after), is on its way out, and upstream answers 502 once it is gone.
   virtual std::shared_ptr<AgentHandle> pick(const std::string& plane_type, const std::string& plane_id,
                                             const std::string& cr_key, bool& plane_has_sessions,
                                             std::string_view capability = {}, bool* authorized_exists = nullptr) = 0;

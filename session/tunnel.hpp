@@ -7,7 +7,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -15,9 +14,13 @@
 #include <utility>
 #include <vector>
 
+#include "common/log_limiter.hpp"
+#include "common/thread_annotations.hpp"
 #include "common/time.hpp"
 #include "session/agent_session.hpp"
+#include "session/frames.hpp"
 #include "session/registry.hpp"
+#include "session/stream_machine.hpp"
 
 namespace boost::asio {
 class io_context;
@@ -35,25 +38,13 @@ struct TunnelRequest {
   std::string gateway_request_id;  // caller's X-Request-ID or gw-<16 hex>
 };
 
-struct TunnelReply {
-  enum class Outcome {
-    response, no_agent, not_authorized, send_failed, timeout, connection_closed, cancelled,
-    not_capable,  // streams: authorized agents exist but none announced the streaming capability
-    overloaded    // the picked session is at its pending-request or stream limit
-  };
-  Outcome outcome = Outcome::response;
-  int status_code = 0;
-  std::vector<std::pair<std::string, std::string>> headers;
-  std::string body;
-  std::string agent_error;  // error.message from the agent, if any
-  std::string request_id;   // the hop's UUID
-  std::string connection_id;
-};
-
 // The JSON frame for one request (exposed for tests and fuzzing).
 std::string encode_tunnel_request(const std::string& request_id, const TunnelRequest& r);
-// Decodes an HTTPTunnelResponse object; false with `error` when malformed (e.g. bad base64).
-bool decode_tunnel_response(const nlohmann::json& j, TunnelReply& out, std::string& error);
+// Decodes an HTTPTunnelResponse frame (its base64 body too); false with `error` when it is malformed
+// or cannot be passed on as HTTP: a bad statusCode, a 1xx status, a body on 204/304, a header name
+// that is not an RFC 9110 token, a control character (CR, LF, NUL) in a value, or headers over
+// kMaxAgentHeaderBytes/kMaxAgentHeaderCount. The caller then gets 502, as from a broken upstream.
+bool decode_tunnel_response(AgentFrame& frame, TunnelReply& out, std::string& error);
 
 // The capability token an agent announces (upgrade header X-Cluster-Agent-Capabilities) to receive
 // streamed HTTP requests (watch, logs follow) with per-stream flow control; see docs/protocol.md.
@@ -71,7 +62,8 @@ inline constexpr const char* kStreamCapability = "http-stream/v1";
 // the stream is ended when a caller falls that far behind. Either way one slow caller never stalls
 // the session's other requests and streams.
 struct StreamRequest {
-  enum class Mode { http, upgrade } mode = Mode::http;
+  using Mode = StreamMode;
+  Mode mode = Mode::http;
   std::string kind = "http";  // metric label: http | exec | wirelogs
   TunnelRequest request;      // target, method, path, query, headers, body, gateway_request_id
   std::string upgrade_proto;  // upgrade mode: "SPDY/3.1" (exec) or "hubble/v1" (wirelogs)
@@ -80,44 +72,48 @@ struct StreamRequest {
   size_t max_unconsumed = 8u << 20;
 };
 
-struct StreamEvent {
-  enum class Kind { head, data, end } kind = Kind::end;
-  TunnelReply::Outcome outcome = TunnelReply::Outcome::response;  // end before any head/data: why
-  int status_code = 0;                                            // head
-  std::vector<std::pair<std::string, std::string>> headers;       // head
-  std::string data;                                               // data
-  int stream_id = 0;                                              // data (exec channel)
-  std::string error;  // end: empty for a normal close, else the agent's or the gateway's reason
-  std::string connection_id;
-};
-
 struct TunnelLimits {
   size_t max_pending_per_session = 1000;  // requests waiting for one agent's reply
   size_t max_streams_per_session = 100;   // open streams on one agent connection
 };
 
+// Callback contract (every async entry point: send, open_stream):
+//  - Always posted: a callback never runs inside a Tunnel call (send, open_stream, cancel,
+//    stream_send, stream_consumed, stream_close, on_text, on_closed), not even when the answer is
+//    known at once (no agent, not authorized, overloaded, send failed). It runs from the Tunnel's
+//    io_context: `done` through a plain post, stream events through a strand of that io_context
+//    private to the stream (so one stream's events run one at a time, in order). Each request's
+//    timeout timer runs on a strand private to that request, each stream's first-answer timer on the
+//    stream's strand; neither runs inline.
+//  - Exactly once: `done` runs exactly once whatever races (reply, timeout, cancel, session lost);
+//    a stream gets exactly one end event, last, unless the caller closed it with stream_close first
+//    (then it gets no end event).
+// Consumers keep their own state on their own strand and post onto it from the callback
+// (gateway/internal_api.cpp, gateway/exec_bridge.cpp). Tested in tests/session/tunnel_test.cpp.
 class Tunnel final : public FrameHandler {
  public:
   Tunnel(boost::asio::io_context& ioc, SessionRegistry& registry, TunnelLimits limits = {});
   ~Tunnel() override;
-  // Picks a session and sends. `done` runs exactly once, on any thread. Returns the hop requestID
-  // (empty when no session could be picked; `done` has then already run).
+  // Picks a session and sends. `done` is posted exactly once (see the contract above). Returns the
+  // hop requestID (empty when no session could be picked; `done` is then already posted).
   std::string send(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
                    const TunnelRequest& req, Duration timeout, std::function<void(TunnelReply)> done);
+  // The reply is posted as `cancelled` (nothing happens when it was already decided).
   void cancel(const std::string& request_id);
   size_t pending() const;
 
   // Opens a stream on a session picked like send() (http mode: only stream-capable sessions).
-  // `on_event` runs on the session's or the timer's thread, in order per source; after an end event
-  // nothing more arrives. Returns the stream's requestID, empty when it could not start (an end
-  // event carrying the outcome has then already been delivered).
+  // `on_event` is posted on the stream's strand, in order; after an end event nothing more arrives.
+  // Returns the stream's requestID, empty when it could not start (an end event carrying the
+  // outcome is then already posted).
   std::string open_stream(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
                           StreamRequest req, std::function<void(StreamEvent)> on_event);
   // Caller → agent payload (exec stdin/resize), as one chunk; false when the stream is gone.
   bool stream_send(const std::string& id, const std::string& data, int stream_id = 0);
   // The caller consumed n bytes of delivered data: returns credit to the agent.
   void stream_consumed(const std::string& id, size_t n);
-  // The caller is done (went away or finished): the agent gets a close chunk; no more events.
+  // The caller is done (went away or finished): the agent gets a close chunk (once); no event
+  // starts after this returns, not even one already posted.
   void stream_close(const std::string& id);
   size_t streams() const;
 
@@ -127,18 +123,34 @@ class Tunnel final : public FrameHandler {
  private:
   struct Pending;
   struct Stream;
-  void complete(const std::string& id, TunnelReply reply, const AgentHandle* from);
-  bool on_stream_frame(AgentHandle& s, const std::string& id, const nlohmann::json& body, bool is_chunk);
-  void end_stream(const std::string& id, StreamEvent ev, bool tell_agent, const std::string& reason);
+  void complete(const std::string& id, TunnelReply reply, const AgentHandle* from) CG_EXCLUDES(mu_);
+  void handle_text(AgentHandle& s, std::string_view text) CG_EXCLUDES(mu_);
+  void agent_warn(const AgentHandle& s, std::string_view msg, const nlohmann::json& fields);
+  bool on_stream_frame(AgentHandle& s, AgentFrame& frame) CG_EXCLUDES(mu_);
+  bool expects_reply(const std::string& id, const AgentHandle& from) CG_EXCLUDES(mu_);
+  // Feeds one input to a stream's machine under mu_ and applies the actions (no-op for an unknown id).
+  template <class Input>
+  void drive(const std::string& id, Input&& input) CG_EXCLUDES(mu_);
+  // Applying a machine's actions is two steps: apply_locked() does the bookkeeping and posts the
+  // events of a stream that goes on, under mu_ (so events are posted in the order decided); the
+  // caller then releases mu_ and apply_unlocked() sends the frames for the agent, counts and logs,
+  // and posts the last events of a stream that ended.
+  void apply_locked(const std::string& id, const std::shared_ptr<Stream>& st, StreamActions& a) CG_REQUIRES(mu_);
+  void apply_unlocked(const std::string& id, const std::shared_ptr<Stream>& st, StreamActions a) CG_EXCLUDES(mu_);
+  static void post_stream_events(const std::shared_ptr<Stream>& st, std::vector<StreamEvent> events);
 
   boost::asio::io_context& ioc_;
   SessionRegistry& registry_;
-  mutable std::mutex mu_;
-  std::unordered_map<std::string, std::shared_ptr<Pending>> pending_;
-  std::unordered_map<std::string, std::shared_ptr<Stream>> streams_;
-  std::unordered_map<uint64_t, std::set<std::string>> by_session_;       // pending ids
-  std::unordered_map<uint64_t, std::set<std::string>> streams_by_session_;
-  TunnelLimits limits_;
+  // Guards the maps below and each stream's machine and timer (Stream::machine, Stream::timer) and
+  // each request's timer (Pending::timer). Order: Tunnel::mu_ -> LogLimiter::mu_ (agent_warn() in
+  // complete()); no other lock is taken under it, and no callback runs under it.
+  mutable cg::Mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<Pending>> pending_ CG_GUARDED_BY(mu_);
+  std::unordered_map<std::string, std::shared_ptr<Stream>> streams_ CG_GUARDED_BY(mu_);
+  std::unordered_map<uint64_t, std::set<std::string>> by_session_ CG_GUARDED_BY(mu_);  // pending ids
+  std::unordered_map<uint64_t, std::set<std::string>> streams_by_session_ CG_GUARDED_BY(mu_);
+  const TunnelLimits limits_;
+  log::LogLimiter warn_limit_;  // per connection and message: 10 lines a second, then a count
 };
 
 }  // namespace cg::session

@@ -7,10 +7,10 @@
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 
-#include <mutex>
 #include <unordered_map>
 
 #include "common/metrics.hpp"
+#include "common/thread_annotations.hpp"
 
 namespace cg::tls {
 
@@ -88,6 +88,23 @@ int go_compatible_callback(int ok, X509_STORE_CTX* ctx) {
   return ok;
 }
 
+// Go's x509 refuses MD5 and SHA-1 signatures (InsecureAlgorithmError) on every certificate of a
+// chain except the trust anchor, whose own signature is never checked. OpenSSL with the default
+// verification parameters accepts both: the chain it built is checked here. Returns the digest's
+// name when `c` is signed with one of them (MD2, MD4, MD5, MD5-SHA1, SHA-1), nullptr otherwise.
+const char* insecure_signature_digest(X509* c) {
+  int mdnid = NID_undef;
+  if (X509_get_signature_info(c, &mdnid, nullptr, nullptr, nullptr) != 1) return nullptr;
+  switch (mdnid) {
+    case NID_md2: return "MD2";
+    case NID_md4: return "MD4";
+    case NID_md5: return "MD5";
+    case NID_md5_sha1: return "MD5-SHA1";
+    case NID_sha1: return "SHA-1";
+    default: return nullptr;
+  }
+}
+
 bool eku_allows_client(X509* c, bool required) {
   uint32_t flags = X509_get_extension_flags(c);
   if (!(flags & EXFLAG_XKUSAGE)) return !required;
@@ -126,7 +143,7 @@ std::string chain_der(const PeerChain& chain) {
 class VerifyCache {
  public:
   bool hit(const CaStore* store, const std::string& der, SysTime now) {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     auto [b, e] = map_.equal_range(key(store, der));
     for (auto it = b; it != e; ++it) {
       const Entry& en = it->second;
@@ -145,7 +162,7 @@ class VerifyCache {
     return false;
   }
   void put(const std::shared_ptr<const CaStore>& store, std::string der, SysTime until, SysTime now) {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     if (map_.size() >= kVerifyCacheMax) {
       for (auto it = map_.begin(); it != map_.end();) it = it->second.until <= now || it->second.store.expired() ? map_.erase(it) : std::next(it);
       if (map_.size() >= kVerifyCacheMax) map_.clear();
@@ -154,7 +171,7 @@ class VerifyCache {
     map_.emplace(k, Entry{store, std::move(der), until});
   }
   VerifyCacheStats stats() {
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     VerifyCacheStats s = stats_;
     s.entries = map_.size();
     return s;
@@ -169,9 +186,9 @@ class VerifyCache {
   static size_t key(const CaStore* store, const std::string& der) {
     return std::hash<std::string>{}(der) ^ (std::hash<const void*>{}(store) * 0x9e3779b97f4a7c15ULL);
   }
-  std::mutex mu_;
-  std::unordered_multimap<size_t, Entry> map_;
-  VerifyCacheStats stats_;
+  cg::Mutex mu_;
+  std::unordered_multimap<size_t, Entry> map_ CG_GUARDED_BY(mu_);
+  VerifyCacheStats stats_ CG_GUARDED_BY(mu_);
 };
 
 VerifyCache& verify_cache() {
@@ -182,14 +199,31 @@ VerifyCache& verify_cache() {
 
 VerifyCacheStats verify_cache_stats() { return verify_cache().stats(); }
 
+std::string_view metric_label(VerifyFailure f) {
+  switch (f) {
+    case VerifyFailure::ca_not_loaded: return "ca_not_loaded";
+    case VerifyFailure::unknown_authority: return "unknown_authority";
+    case VerifyFailure::expired: return "expired";
+    case VerifyFailure::not_yet_valid: return "not_yet_valid";
+    case VerifyFailure::no_client_auth: return "no_client_auth";
+    case VerifyFailure::insecure_algorithm: return "insecure_algorithm";
+    case VerifyFailure::none:
+    case VerifyFailure::no_client_certificate:
+    case VerifyFailure::other: return "other";
+  }
+  return "other";
+}
+
 Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<SysTime> now) {
   Verdict v{anchor.key, false, {}};
   if (!anchor.store) {
     v.reason = anchor.load_error.empty() ? "client CA not loaded" : anchor.load_error;
+    v.failure = VerifyFailure::ca_not_loaded;
     return v;
   }
   if (chain.empty()) {
     v.reason = "no client certificate presented";
+    v.failure = VerifyFailure::no_client_certificate;
     return v;
   }
   // The cache answers only for the real clock (tests that pass `now` always verify).
@@ -211,32 +245,52 @@ Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<S
     if (X509_verify_cert(ctx) == 1) {
       ok = true;
       STACK_OF(X509)* built = X509_STORE_CTX_get0_chain(ctx);
-      for (int i = 0; built && i < sk_X509_num(built); ++i) {
+      const int n = built ? sk_X509_num(built) : 0;
+      for (int i = 0; i < n; ++i) {
         X509* c = sk_X509_value(built, i);
         const SysTime na = x509_not_after(c);
         if (!until || na < *until) until = na;
+        // The last certificate is the trust anchor (from the CR's bundle): its signature is not used.
+        if (const char* weak = i < n - 1 ? insecure_signature_digest(c) : nullptr) {
+          ok = false;
+          v.reason = i == 0 ? "certificate signed with " + std::string(weak) + " (insecure algorithm)"
+                            : "intermediate certificate '" + x509_subject(c) + "' signed with " + std::string(weak) +
+                                  " (insecure algorithm)";
+          v.failure = VerifyFailure::insecure_algorithm;
+          break;
+        }
         if (!eku_allows_client(c, i == 0)) {
           ok = false;
           v.reason = i == 0 ? "certificate does not allow extended key usage clientAuth"
                             : "a certificate in the chain restricts extended key usage and excludes clientAuth";
+          v.failure = VerifyFailure::no_client_auth;
           break;
         }
       }
     } else {
       int err = X509_STORE_CTX_get_error(ctx);
       v.reason = X509_verify_cert_error_string(err);
+      v.failure = VerifyFailure::other;
       if (err == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY || err == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
           err == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT || err == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN ||
-          err == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE)
+          err == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE) {
         v.reason = "certificate signed by unknown authority (" + v.reason + ")";
+        v.failure = VerifyFailure::unknown_authority;
+      } else if (err == X509_V_ERR_CERT_HAS_EXPIRED || err == X509_V_ERR_CRL_HAS_EXPIRED) {
+        v.failure = VerifyFailure::expired;
+      } else if (err == X509_V_ERR_CERT_NOT_YET_VALID || err == X509_V_ERR_CRL_NOT_YET_VALID) {
+        v.failure = VerifyFailure::not_yet_valid;
+      }
     }
   } else {
     v.reason = "internal error initialising verification";
+    v.failure = VerifyFailure::other;
   }
   if (ctx) X509_STORE_CTX_free(ctx);
   sk_X509_free(untrusted);
   ERR_clear_error();
   v.ok = ok;
+  if (ok) v.failure = VerifyFailure::none;
   if (ok && !der.empty() && until && *until > clock)
     verify_cache().put(anchor.store, std::move(der), std::min<SysTime>(*until, clock + kVerifyCacheTtl), clock);
   return v;

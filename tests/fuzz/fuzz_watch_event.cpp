@@ -4,11 +4,12 @@
 #include <cstdint>
 #include <string_view>
 
+#include "kube/watch_event.hpp"
 #include "plane_index/objects.hpp"
-#include "plane_index/watch_event.hpp"
 #include "tests/fuzz/fuzz_util.hpp"
 
 using namespace cg::plane;
+using namespace cg::kube;
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   cg::fuzz::quiet_logs();

@@ -5,11 +5,23 @@
 #include <catch2/catch.hpp>
 #include <thread>
 
+#include "common/metrics.hpp"
 #include "tests/support/gateway_fixture.hpp"
 
 using namespace cg::testing;
 
 namespace {
+// One sample of the process's metrics (the gateway under test runs in this process), e.g.
+// `cluster_gateway_tls_reloads_total{result="error"}`; 0 when the series does not exist yet.
+double metric_value(const std::string& series) {
+  auto text = cg::metrics::serialize();
+  const std::string key = series + " ";
+  auto p = text.find(key);
+  return p == std::string::npos ? 0 : std::stod(text.substr(p + key.size()));
+}
+constexpr const char* kReloadError = "cluster_gateway_tls_reloads_total{result=\"error\"}";
+constexpr const char* kReloadOk = "cluster_gateway_tls_reloads_total{result=\"ok\"}";
+
 struct Pki {
   Cert ca_a = make_ca("tenant A agents");
   Cert ca_b = make_ca("tenant B agents");
@@ -168,9 +180,13 @@ TEST_CASE("a renewed server certificate is used for new connections without drop
   auto live = fx.connect("workflowplane", "shared", fx.client(pki.agent_a));
   REQUIRE(live);
 
-  // A broken renewal (half-written key) is refused; the old certificate keeps serving.
+  // A broken renewal (half-written key) is refused; the old certificate keeps serving. The reload
+  // loop looks at the files every 2 s: wait until it tried this key and refused it.
+  const double errors0 = metric_value(kReloadError);
+  const double oks0 = metric_value(kReloadOk);
   write_file(fx.dir + "/server.key", "-----BEGIN PRIVATE KEY-----\ngarbage\n");
-  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  REQUIRE(wait_until([&] { return metric_value(kReloadError) >= errors0 + 1; }, std::chrono::seconds(15)));
+  CHECK(metric_value(kReloadOk) == oks0);
   CHECK(https_get(fx.port(), "/other", fx.client(pki.agent_a)).status == 404);
 
   // cert-manager renews with a new issuer: new handshakes must verify against it.
@@ -181,6 +197,7 @@ TEST_CASE("a renewed server certificate is used for new connections without drop
   auto with_new_ca = fx.client(pki.agent_a);
   with_new_ca.ca_pem = new_ca.cert_pem();
   CHECK(wait_until([&] { return https_get(fx.port(), "/other", with_new_ca).status == 404; }, std::chrono::seconds(15)));
+  CHECK(metric_value(kReloadOk) >= oks0 + 1);
   auto with_old_ca = fx.client(pki.agent_a);
   CHECK(https_get(fx.port(), "/other", with_old_ca).status == 0);  // old issuer no longer matches
 

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "common/base64.hpp"
+#include "common/metrics.hpp"
 #include "tests/support/gateway_fixture.hpp"
 #include "tests/support/test_agent.hpp"
 
@@ -42,6 +43,15 @@ struct Env {
   Cert agent_b = make_signed(CertSpec{.cn = "agent-b"}, ca_b);
 };
 const std::string kPods = "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/namespaces/default/pods";
+// One sample of the process's metrics (the gateway under test runs in this process); 0 when the
+// series does not exist yet.
+double metric_value(const std::string& series) {
+  auto text = cg::metrics::serialize();
+  const std::string key = series + " ";
+  auto p = text.find(key);
+  return p == std::string::npos ? 0 : std::stod(text.substr(p + key.size()));
+}
+const std::string kWrongSession = "cluster_gateway_agent_frames_dropped_total{reason=\"wrong_session\"}";
 }  // namespace
 
 TEST_CASE("proxy validation answers in upstream's order with upstream's bodies", "[internal][proxy]") {
@@ -59,9 +69,12 @@ TEST_CASE("proxy validation answers in upstream's order with upstream's bodies",
       {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/shell/x", 403, "Target not allowed: shell\n"},
       {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/namespaces/kube-system/secrets/x", 403,
        "Access to path is blocked: /api/v1/namespaces/kube-system/secrets/x\n"},
-      {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/secrets", 403, "Access to path is blocked: /api/v1/secrets\n"},
-      {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/serviceaccounts/", 403,
-       "Access to path is blocked: /api/v1/serviceaccounts/\n"},
+      // Upstream's current deny-list lets cluster-wide Secret/ServiceAccount lists through (its
+      // controller-manager needs them); --proxy-policy-file can deny them (tests/gateway/test_proxy_policy.py).
+      {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/secrets", 502,
+       "proxy request failed: no agents found for plane dataplane/prod\n"},
+      {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/namespaces/kube-system/secrets%3F", 400,
+       "Path contains '?' after decoding (%3F); the agent would start a query string there\n"},
       {"POST", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/namespaces/ns/serviceaccounts/sa/token", 403,
        "Access to path is blocked: /api/v1/namespaces/ns/serviceaccounts/sa/token\n"},
       {"GET", "/api/proxy/dataplane/prod/_cluster/tenant-a/k8s/api/v1/namespaces/a%2F..%2Fb/pods", 400,
@@ -177,8 +190,11 @@ TEST_CASE("proxy: a forged reply from another session is dropped and the real on
   REQUIRE(asked_ws->read(msg, 10s));
   auto req = json::parse(msg);
   json forged = {{"requestID", req["requestID"]}, {"statusCode", 418}, {"body", cg::base64_encode("forged")}};
+  const double wrong0 = metric_value(kWrongSession);
   REQUIRE(forger_ws->write(forged.dump()));
-  std::this_thread::sleep_for(200ms);
+  // The forged reply was read and dropped (counted), and the caller is still waiting.
+  REQUIRE(wait_until([&] { return metric_value(kWrongSession) == wrong0 + 1; }));
+  CHECK(call.wait_for(0s) == std::future_status::timeout);
   json real = {{"requestID", req["requestID"]}, {"statusCode", 200}, {"body", cg::base64_encode("real")}};
   REQUIRE(asked_ws->write(real.dump()));
   auto r = call.get();
@@ -258,4 +274,50 @@ TEST_CASE("plane status, notify and reconnect endpoints", "[internal][planes]") 
   REQUIRE(rc.status == 200);
   CHECK(json::parse(rc.body) == json{{"success", true}, {"disconnectedAgents", 3}});
   CHECK(wait_until([&] { return env.fx.gw->registry().size() == 0; }));
+}
+
+// Upstream lists a CR whose clientCA is not set or does not parse as a candidate of its planeID and
+// skips only CRs whose Secret cannot be read: the agent's 401 text and notify's answers follow from it.
+TEST_CASE("CRs without a usable CA: upstream's 401 text and notify answers", "[internal][planes]") {
+  Env env;
+  env.fx.write_plane("odd-notpem.yaml", plane_yaml("ClusterDataPlane", "", "odd-notpem", "odd", "this is not PEM\n"));
+  env.fx.write_plane("odd-noca.yaml", "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata:\n  name: odd-noca\n"
+                                      "spec:\n  planeID: odd\n");
+  env.fx.write_plane("gone.yaml", plane_yaml_secret("ClusterDataPlane", "", "gone", "gone", "default", "missing", "ca.crt"));
+  REQUIRE(wait_until([&] { return env.fx.gw->index().anchors("dataplane", "odd").size() == 2 &&
+                                  env.fx.gw->index().anchors("dataplane", "gone").size() == 1; }));
+  HttpResult res;
+  auto ws = WsClient::connect(env.fx.gw->agent_port(), "/ws?planeID=odd&planeType=dataplane", env.fx.client(env.agent_a), res);
+  CHECK_FALSE(ws);
+  CHECK(res.status == 401);
+  CHECK(res.body == "client certificate verification failed: certificate not valid for any CR with planeID 'odd'\n");
+  ws = WsClient::connect(env.fx.gw->agent_port(), "/ws?planeID=gone&planeType=dataplane", env.fx.client(env.agent_a), res);
+  CHECK_FALSE(ws);
+  CHECK(res.status == 401);
+  CHECK(res.body == "client certificate verification failed: no dataplane CRs found with planeID 'gone'\n");
+
+  auto notify = [&](const std::string& id, const std::string& name) {
+    return env.call("POST", "/api/v1/planes/notify", {},
+                    R"({"planeType":"dataplane","planeID":")" + id + R"(","event":"updated","namespace":"","name":")" + name + "\"}");
+  };
+  auto no_ca = notify("odd", "odd-noca");
+  CHECK(no_ca.status == 503);
+  CHECK(no_ca.body == "failed to fetch CR CA for re-validation: CR /odd-noca has no CA configured\n");
+  auto unreachable = notify("gone", "gone");
+  CHECK(unreachable.status == 503);
+  CHECK(unreachable.body == "failed to fetch CR CA for re-validation: CR /gone not found\n");
+  auto ghost = notify("odd", "ghost");
+  CHECK(ghost.status == 503);
+  CHECK(ghost.body == "failed to fetch CR CA for re-validation: CR /ghost not found\n");
+  // Bytes that do not parse: nothing to re-verify without sessions (200), a 500 with sessions.
+  auto not_pem = notify("odd", "odd-notpem");
+  CHECK(not_pem.status == 200);
+  env.fx.write_plane("odd-good.yaml", plane_yaml("ClusterDataPlane", "", "odd-good", "odd", env.ca_a.cert_pem()));
+  REQUIRE(wait_until([&] { return env.fx.gw->index().anchors("dataplane", "odd").size() == 3; }));
+  auto a = WsClient::connect(env.fx.gw->agent_port(), "/ws?planeID=odd&planeType=dataplane", env.fx.client(env.agent_a), res);
+  REQUIRE(a);
+  REQUIRE(wait_until([&] { return !env.fx.gw->registry().sessions_of("dataplane", "odd").empty(); }));
+  auto with_session = notify("odd", "odd-notpem");
+  CHECK(with_session.status == 500);
+  CHECK(with_session.body == "re-validation failed: failed to parse new CA certificate\n");
 }

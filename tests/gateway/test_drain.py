@@ -108,7 +108,8 @@ class DrainTest(unittest.TestCase):
             result = {}
             th = threading.Thread(target=caller, args=(result,))
             th.start()
-            await asyncio.to_thread(log.wait, "HTTP proxy request received", timeout=10)
+            received = await asyncio.to_thread(log.wait, "HTTP proxy request received", timeout=10)
+            self.assertTrue(received, "the request never reached the gateway")  # else SIGTERM finds nothing in flight
             t_term["t"] = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             # /ready turns 503 while the gateway drains.
@@ -116,6 +117,7 @@ class DrainTest(unittest.TestCase):
             self.assertTrue(st, "/ready did not turn 503")
             await asyncio.wait_for(asyncio.gather(*tasks), SHUTDOWN + 5)
             await asyncio.to_thread(th.join, 20)
+            self.assertFalse(th.is_alive(), "the caller got no answer within 20 s")
             return result
         result = asyncio.run(main())
         rc = proc.wait(timeout=SHUTDOWN + 5)
@@ -132,6 +134,7 @@ class DrainTest(unittest.TestCase):
         times = sorted(g for g, _ in seen.values())
         self.assertGreater(times[-1] - times[0], 0.8, f"GOAWAYs not spread: {times}")
         drained = log.find("agent sessions drained")
+        self.assertEqual(len(drained), 1, drained)
         self.assertEqual(drained[0]["inFlightLeft"], 0)
         # Every CR written disconnected.
         for i in range(AGENTS):

@@ -1,9 +1,12 @@
-"""Hostile input against the real cluster-gateway binary. For every case the test checks
-(a) the exact refusal (HTTP status and body, WebSocket close code, TLS alert or closed connection),
-(b) a log line with the reason (the gateway runs at --log-level debug: TLS handshake failures on the
-agent port are logged at debug only, so that scanners do not flood the log), (c) a metric moved
-where one exists, and (d) that a well-behaved agent connected beforehand (cluster-agent-sim, plane
-`bystander`) keeps its very session and still answers a proxied request through the internal API.
+"""Hostile input against the real cluster-gateway binary. For every main case (test_NN without a
+letter) the test checks (a) the exact refusal (HTTP status and body, WebSocket close code, TLS alert
+or closed connection), (b) a log line with the reason (the gateway runs at --log-level debug: TLS
+handshake failures on the agent port are logged at debug only, so that scanners do not flood the
+log), (c) a metric moved where one exists (read before, exact increase after), and (d) that a
+well-behaved agent connected beforehand (cluster-agent-sim, plane `bystander`) keeps its very
+session and still answers a proxied request through the internal API. A `b` test (test_02b, ...)
+is the regression test of one bug and checks only what that bug was about (the answer, a log line,
+a counter's exact increase), not (d).
 
 Gaps found in the gateway are asserted too, in their own small tests marked
 @unittest.expectedFailure with a `# GATEWAY BUG:` comment; remove the marker once fixed.
@@ -360,14 +363,13 @@ class HostileInputTest(GatewayCase):
     # logs at debug). operations.md says tls_handshake_failed includes handshake timeouts; expected
     # some rejected reason (e.g. reason="handshake_timeout" or "bad_request") to move.
     def test_02b_slow_upgrade_request_is_counted(self):
-        before = self.metrics()
+        m0 = self.metric(HANDSHAKES, result="rejected", reason="handshake_timeout")
         t = self.tls_connect()
         t.sendall(b"GET /ws?planeID=hostile&planeType=dataplane HTTP/1.1\r\n")
         with t:
-            read_until_closed(t, HANDSHAKE_TIMEOUT + 30)
-        time.sleep(0.5)
-        self.assertGreater(metric_sum(self.metrics(), HANDSHAKES, result="rejected"),
-                           metric_sum(before, HANDSHAKES, result="rejected"))
+            _, how = read_until_closed(t, HANDSHAKE_TIMEOUT + 30)
+        self.assertIn(how, ("eof", "reset"))
+        self.wait_metric(HANDSHAKES, m0 + 1, timeout=10, result="rejected", reason="handshake_timeout")
 
     # ---- garbage, plain HTTP, HTTP/2 on the TLS port -------------------------------------------
     def test_03_garbage_plain_http_and_h2_preface_fail_the_tls_handshake(self):
@@ -377,6 +379,13 @@ class HostileInputTest(GatewayCase):
             "plain-http": b"GET /ws?planeID=hostile&planeType=dataplane HTTP/1.1\r\nHost: localhost\r\n"
                           b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             "h2-prior-knowledge": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        }
+        # What OpenSSL answers and why (the alert payloads, hex, and a part of the log reason).
+        expected = {
+            "garbage": ([], "wrong version number"),
+            "tls-record-header-with-huge-length": (["0216"], "packet length too long"),  # fatal record_overflow
+            "plain-http": ([], "http request"),
+            "h2-prior-knowledge": ([], "wrong version number"),
         }
         self.observed_tls = {}
         for name, payload in cases.items():
@@ -399,7 +408,9 @@ class HostileInputTest(GatewayCase):
                 ev = self.log.wait("agent TLS handshake failed", since=mark, remote=f"127.0.0.1:{port}")
                 self.assertTrue(ev, name)
                 self.assertNotEqual(ev[0]["reason"], TIMED_OUT)
-                self.assertTrue(ev[0]["reason"])
+                alerts, reason = expected[name]
+                self.assertEqual([p.hex() for _, p in recs], alerts, name)
+                self.assertIn(reason, ev[0]["reason"], name)
                 self.wait_metric(HANDSHAKES, m0 + 1, result="rejected", reason="tls_handshake_failed")
                 print(f"\n  {name}: {how} after {elapsed:.2f}s, alerts={[p.hex() for _, p in recs]}, "
                       f"log reason={ev[0]['reason']!r}", file=sys.stderr)
@@ -436,12 +447,20 @@ class HostileInputTest(GatewayCase):
                               ("h2-preface", self.H2_PREFACE)):
             with self.subTest(name):
                 m0 = self.metric(HANDSHAKES, result="rejected", reason="bad_request")
+                mark = self.log.mark()
                 t = self.tls_connect()
+                port = t.getsockname()[1]
                 t.sendall(payload)
                 with t:
                     data, how = read_until_closed(t, 30)
                 self.assertTrue(data.startswith(b"HTTP/1.1 400 "), (data, how))
-                self.wait_metric(HANDSHAKES, m0 + 1, timeout=3, result="rejected", reason="bad_request")
+                status, _, body = parse_http(data)
+                self.assertEqual(status, 400)
+                self.assertRegex(body, rb"^400 Bad Request: malformed HTTP request \([a-z ]+\)\n$")
+                ev = self.log.wait("agent connection rejected", since=mark, timeout=10, remote=f"127.0.0.1:{port}")
+                self.assertTrue(ev)
+                self.assertEqual((ev[0]["status"], ev[0]["reason"]), (400, body.decode()[:-1]))
+                self.wait_metric(HANDSHAKES, m0 + 1, timeout=10, result="rejected", reason="bad_request")
 
     # ---- oversized request line and headers ----------------------------------------------------
     OVERSIZED = {
@@ -477,9 +496,9 @@ class HostileInputTest(GatewayCase):
         with t:
             read_until_closed(t, 30)
             port = t.getsockname()[1]
-        ev = self.log.wait("agent connection rejected", since=mark, timeout=3, remote=f"127.0.0.1:{port}")
+        ev = self.log.wait("agent connection rejected", since=mark, timeout=10, remote=f"127.0.0.1:{port}")
         self.assertTrue(ev)
-        self.assertEqual(ev[0]["status"], 431)
+        self.assertEqual((ev[0]["status"], ev[0]["reason"]), (431, "request header fields too large"))
 
     def test_06_upgrade_request_with_a_body_gets_413(self):
         t = self.tls_connect()
@@ -495,18 +514,19 @@ class HostileInputTest(GatewayCase):
     # read_request(), the body_limit branch) is neither logged nor counted. Expected an "agent
     # connection rejected" line (status 413) and a rejected handshake reason (e.g. "bad_request").
     def test_06b_upgrade_request_with_a_body_is_logged_and_counted(self):
-        before = self.metrics()
+        m0 = self.metric(HANDSHAKES, result="rejected", reason="bad_request")
         mark = self.log.mark()
         t = self.tls_connect()
         t.sendall(b"GET /ws?planeID=hostile&planeType=dataplane HTTP/1.1\r\nHost: localhost\r\n"
                   b"Content-Length: 5\r\n\r\nhello")
         with t:
-            read_until_closed(t, 30)
+            data, _ = read_until_closed(t, 30)
             port = t.getsockname()[1]
-        ev = self.log.wait("agent connection rejected", since=mark, timeout=3, remote=f"127.0.0.1:{port}")
+        self.assertEqual(parse_http(data)[0], 413)
+        ev = self.log.wait("agent connection rejected", since=mark, timeout=10, remote=f"127.0.0.1:{port}")
         self.assertTrue(ev)
-        self.assertGreater(metric_sum(self.metrics(), HANDSHAKES, result="rejected"),
-                           metric_sum(before, HANDSHAKES, result="rejected"))
+        self.assertEqual((ev[0]["status"], ev[0]["reason"]), (413, "request body not allowed"))
+        self.wait_metric(HANDSHAKES, m0 + 1, timeout=10, result="rejected", reason="bad_request")
 
     # ---- WebSocket messages --------------------------------------------------------------------
     def test_07_oversized_message_closes_1009_and_status_follows(self):
@@ -696,15 +716,16 @@ class HostileInputTest(GatewayCase):
     # Was a gateway bug (fixed; kept as a regression test): refusals on the internal port are not counted (gateway/internal_api.cpp
     # Conn::run() only logs). Expected a counter, e.g.
     # cluster_gateway_internal_handshakes_total{result="rejected",reason="tls_handshake_failed"}.
+    # A running total would not do: test_12 raised it already. The refusal of this one connection
+    # must move it by exactly one.
     def test_12b_internal_port_refusals_are_counted(self):
+        m0 = self.metric("cluster_gateway_internal_handshakes_total", result="rejected")
         s = socket.create_connection(("127.0.0.1", self.internal_port), timeout=30)
-        try:
+        with self.assertRaises(ssl.SSLError):
             with self.ssl_ctx("agent-a", max_version=ssl.TLSVersion.TLSv1_2).wrap_socket(s, server_hostname="localhost"):
                 pass
-        except ssl.SSLError:
-            s.close()
-        time.sleep(0.5)
-        self.assertGreater(metric_sum(self.metrics(), "cluster_gateway_internal_handshakes_total", result="rejected"), 0)
+        s.close()
+        self.wait_metric("cluster_gateway_internal_handshakes_total", m0 + 1, timeout=10, result="rejected")
 
 class FloodAndMemoryTest(GatewayCase):
     """Bursts against a fresh gateway (so that the RSS baseline is not the previous cases' peak):
@@ -886,6 +907,7 @@ class FdExhaustionTest(GatewayCase):
         obs["fds_before"] = proc_fd_count(cls.pid)
         obs["metrics_before"] = cls.metrics()
         cls.mark = cls.log.mark()
+        obs["t_mark"] = time.monotonic()
         socks = []
         try:
             for _ in range(cls.CONNECTIONS):
@@ -898,7 +920,7 @@ class FdExhaustionTest(GatewayCase):
             obs["cpu_fraction"] = (proc_cpu_seconds(cls.pid) - c0) / (time.monotonic() - t0)
             obs["saturated_for"] = time.monotonic() - t0
             obs["accept_failures"] = cls.log.find("accept failed; pausing 100ms", since=cls.mark)
-            obs["saturation_span"] = time.monotonic()
+            obs["t_lines_read"] = time.monotonic()  # every line above was logged between t_mark and this
         finally:
             for s in socks:
                 s.close()
@@ -922,6 +944,7 @@ class FdExhaustionTest(GatewayCase):
         wait_for(lambda: proc_fd_count(cls.pid) <= obs["fds_before"] + 2, 30)
         obs["fds_after"] = proc_fd_count(cls.pid)
         obs["metrics_after"] = cls.metrics()
+        obs["t_metrics_after"] = time.monotonic()
         # The bystander may have been dropped (see test_4); give it time to come back, then ask it.
         wait_for(lambda: cls.sessions("bystander") == 1, 30)
         try:
@@ -933,18 +956,39 @@ class FdExhaustionTest(GatewayCase):
               f"{len(obs['accept_failures'])} 'accept failed' lines; accepting again "
               f"{obs['reaccept_after'] and round(obs['reaccept_after'], 2)}s after release", file=sys.stderr)
 
+    def accept_errors(self, when):
+        return metric_sum(self.obs[when], "cluster_gateway_accept_errors_total", listener="agent")
+
+    # No busy loop: after a failed accept the listener pauses 100 ms, so it cannot fail more than
+    # once per 100 ms of the time from the first connect to the scrape after the release (a loop
+    # without the pause fails thousands of times a second). Counted, not timed: a slower machine
+    # only fails less often. The CPU used meanwhile is printed (observed, not asserted: a
+    # wall-clock figure belongs in bench/).
     def test_1_no_busy_loop_while_saturated(self):
         self.assertGreaterEqual(self.obs["fds_saturated"], self.FD_LIMIT - 2)
-        self.assertLess(self.obs["cpu_fraction"], 0.30)
+        failures = self.accept_errors("metrics_after") - self.accept_errors("metrics_before")
+        span = self.obs["t_metrics_after"] - self.obs["t_mark"]
+        self.assertGreater(failures, 0)
+        self.assertLessEqual(failures, span / 0.1 + 1, f"{failures} failed accepts in {span:.1f}s")
 
+    # Bug 6: the warn is logged at most once a second per listener, with the failures since the
+    # previous line. Before the fix it was logged at every failure (10 lines a second: 30 in the
+    # 3 s window), which the bound below refuses.
     def test_2_emfile_is_logged_at_a_bounded_rate(self):
         self.assertTrue(self.obs["emfile_seen"])
         ev = [e for e in self.obs["accept_failures"] if "Too many open files" in e["reason"]]
         self.assertTrue(ev)
-        self.assertIn("agent", {e["listener"] for e in ev})
-        # One line per 100 ms pause per listener at most (a busy loop would log thousands).
-        per_listener = max(sum(1 for e in ev if e["listener"] == lst) for lst in {e["listener"] for e in ev})
-        self.assertLess(per_listener, 15 * (self.obs["saturated_for"] + 20))
+        self.assertEqual({e["listener"] for e in ev}, {"agent"})  # nothing connected to the other ports
+        window = self.obs["t_lines_read"] - self.obs["t_mark"]
+        # Lines at least 1 s apart: at most floor(window) + 1 of them in the window.
+        self.assertLessEqual(len(ev), int(window) + 1, f"{len(ev)} lines in {window:.1f}s")
+        self.assertGreaterEqual(len(ev), 2, "saturated for 3 s, yet fewer than 2 lines")
+        counts = [e["failuresSinceLastLog"] for e in ev]
+        self.assertEqual(counts[0], 1)  # the first failure is logged at once
+        # Between two lines (1 s) the listener retried about every 100 ms: each later line stands for
+        # several failures, and the lines account for no more failures than the counter saw.
+        self.assertTrue(all(c > 1 for c in counts[1:]), counts)
+        self.assertLessEqual(sum(counts), self.accept_errors("metrics_after") - self.accept_errors("metrics_before"))
 
     def test_3_accepts_again_after_release(self):
         self.assertIsNotNone(self.obs["reaccept_after"], "no agent could connect after the release")

@@ -83,6 +83,45 @@ class PythonAgentTest(unittest.TestCase):
         status, body = self.raw_get("/ws?planeID=py-plane", "agent-a.crt", "agent-a.key")
         self.assertEqual((status, body), (400, "missing planeType parameter\n"))
 
+    def raw_request(self, request, cert="agent-a.crt", key="agent-a.key"):
+        """Sends `request` (bytes) to the agent port over TLS and returns (status, headers, body)."""
+        import socket
+        with socket.create_connection(("127.0.0.1", self.agent_port), timeout=10) as s:
+            with self.ssl_ctx(cert, key).wrap_socket(s, server_hostname="localhost") as t:
+                t.sendall(request)
+                data = b""
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        return int(lines[0].split(" ")[1]), headers, body.decode()
+
+    def test_2b_a_verified_agent_without_an_upgrade_gets_gorillas_answers(self):
+        # Upstream's /ws handler hands verified requests to gorilla's Upgrader, which answers with the
+        # status text and Sec-Websocket-Version: 13 (checks in its order: tokens, method, version, key).
+        target = "/ws?planeID=py-plane&planeType=workflowplane"
+        upgrade = ("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+        cases = {
+            "plain GET": (f"GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, "Bad Request\n"),
+            "POST upgrade": (f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n{upgrade}\r\n", 405,
+                             "Method Not Allowed\n"),
+            "version 8": (f"GET {target} HTTP/1.1\r\nHost: localhost\r\n" + upgrade.replace("Version: 13", "Version: 8") + "\r\n",
+                          400, "Bad Request\n"),
+            "short key": (f"GET {target} HTTP/1.1\r\nHost: localhost\r\n" + upgrade.replace("dGhlIHNhbXBsZSBub25jZQ==", "abc") +
+                          "\r\n", 400, "Bad Request\n"),
+        }
+        for name, (req, want_status, want_body) in cases.items():
+            with self.subTest(name):
+                status, headers, body = self.raw_request(req.encode())
+                self.assertEqual((status, body), (want_status, want_body))
+                self.assertEqual(headers.get("sec-websocket-version"), "13")
+                self.assertEqual(headers.get("content-type"), "text/plain; charset=utf-8")
+
     def test_3_websockets_agent_connects_heartbeats_and_disconnects(self):
         async def run():
             url = f"wss://localhost:{self.agent_port}/ws?planeID=py-plane&planeType=workflowplane"
@@ -97,10 +136,16 @@ class PythonAgentTest(unittest.TestCase):
                 await asyncio.sleep(3.0)
                 self.assertTrue(ws.open)
                 self.assertTrue(self.status()["agentConnection"]["connected"])
-                # A reply for a request the gateway never sent is dropped; the session survives it.
+                # A reply for a request the gateway never sent, and a frame that is not JSON, are
+                # dropped (counted); the session survives them.
+                dropped0 = {r: self.value(self.metrics(), "cluster_gateway_agent_frames_dropped_total", reason=r)
+                            for r in ("unknown_request", "invalid")}
                 await ws.send(json.dumps({"requestID": "unknown", "statusCode": 200}))
                 await ws.send("not json")
-                await asyncio.sleep(0.3)
+                for r in ("unknown_request", "invalid"):
+                    moved = await asyncio.to_thread(wait_for, lambda r=r: self.value(
+                        self.metrics(), "cluster_gateway_agent_frames_dropped_total", reason=r) == dropped0[r] + 1)
+                    self.assertTrue(moved, f"frames_dropped_total{{reason={r}}} did not move by 1")
                 self.assertTrue(ws.open)
             done = await asyncio.to_thread(
                 wait_for, lambda: (self.status() or {}).get("agentConnection", {}).get("connected") is False)
@@ -139,20 +184,29 @@ class PythonAgentTest(unittest.TestCase):
         after = self.metrics()
         self.assertEqual(self.value(after, "cluster_gateway_agent_handshakes_total", result="rejected",
                                     reason="not_authorized"), rejected0 + 1)
-        self.assertGreaterEqual(self.value(after, "cluster_gateway_cr_verification_failures_total",
-                                           plane_type="workflowplane", reason="unknown_authority"), 1)
-        self.assertGreater(self.value(after, "cluster_gateway_status_writes_total", result="ok"), 0)
+        self.assertGreater(self.value(after, "cluster_gateway_cr_verification_failures_total",
+                                      plane_type="workflowplane", reason="unknown_authority"),
+                           self.value(before, "cluster_gateway_cr_verification_failures_total",
+                                      plane_type="workflowplane", reason="unknown_authority"))
         self.assertEqual(self.value(after, "cluster_gateway_build_info"), 1)
+
+        # A session: its status is written (connected) and its pongs are timed (pings every 200 ms).
+        writes0 = self.value(after, "cluster_gateway_status_writes_total", result="ok")
+        rtt0 = self.value(after, "cluster_gateway_heartbeat_rtt_seconds_count")
+
+        def moved(m):
+            return (self.value(m, "cluster_gateway_status_writes_total", result="ok") > writes0 and
+                    self.value(m, "cluster_gateway_heartbeat_rtt_seconds_count") > rtt0)
 
         async def connected_view():
             url = f"wss://localhost:{self.agent_port}/ws?planeID=py-plane&planeType=workflowplane"
             async with websockets.connect(url, ssl=self.ssl_ctx("agent-a.crt", "agent-a.key"), ping_interval=None):
-                await asyncio.sleep(0.6)  # a few pings at 200 ms
-                return self.metrics()
-        during = asyncio.run(connected_view())
+                ok = await asyncio.to_thread(wait_for, lambda: moved(self.metrics()))
+                return ok, self.metrics()
+        ok, during = asyncio.run(connected_view())
+        self.assertTrue(ok, "no status write or no heartbeat round trip while the agent was connected")
         self.assertEqual(self.value(during, "cluster_gateway_agent_sessions", plane_type="workflowplane",
                                     plane_id="py-plane"), 1)
-        self.assertGreater(self.value(during, "cluster_gateway_heartbeat_rtt_seconds_count"), 0)
         self.assertGreater(self.value(during, "cluster_gateway_agent_certificate_expiry_seconds"), 86400)
         self.assertTrue(wait_for(lambda: self.value(self.metrics(), "cluster_gateway_agent_sessions",
                                                     plane_type="workflowplane", plane_id="py-plane") == 0))

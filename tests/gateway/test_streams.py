@@ -119,6 +119,7 @@ class StreamsTest(unittest.TestCase):
         self.assertTrue(self.log.wait("stream completed", planeID="sp", target="k8s"))
 
     def test_logs_follow_streams_and_caller_leaving_closes_the_stream(self):
+        gone0 = metric_sum(self.metrics(), "cluster_gateway_tunnel_streams_ended_total", kind="http", reason="caller_gone")
         mark = self.log.mark()
         c = self.conn()
         c.request("GET", self.proxy + "/api/v1/namespaces/default/pods/web-1/log?follow=true",
@@ -133,8 +134,8 @@ class StreamsTest(unittest.TestCase):
         self.assertTrue(self.log.wait("stream caller went away; stream closed", since=mark, requestID="follow-1") or
                         self.log.wait("caller went away; request cancelled", since=mark, requestID="follow-1"))
         self.assertTrue(wait_for(lambda: self.open_streams("http") == 0.0, 10), "stream not released")
-        self.assertGreaterEqual(metric_sum(self.metrics(), "cluster_gateway_tunnel_streams_ended_total",
-                                           kind="http", reason="caller_gone"), 1)
+        self.assertEqual(metric_sum(self.metrics(), "cluster_gateway_tunnel_streams_ended_total",
+                                    kind="http", reason="caller_gone"), gone0 + 1)
 
     def test_agents_without_the_capability_keep_upstreams_501(self):
         status, body, _ = self.get("/api/proxy/workflowplane/legacy-plane/_cluster/legacy/k8s/api/v1/pods?watch=true")
@@ -205,11 +206,14 @@ class StreamsTest(unittest.TestCase):
         return a > 0 and a == b
 
     # ---- a misbehaving stream-capable agent (Python websockets) -----------------------------------
-    def run_raw_agent(self, behaviour, client):
+    def run_raw_agent(self, behaviour, client, received=None):
         """Runs a Python agent on raw-plane that announces http-stream/v1 and answers each request
         with `behaviour(msg)` (a list of frames to send), while `client()` runs in a thread. Returns
-        (client result, frames the agent received)."""
-        received = []
+        (client result, frames the agent received); `received` (a list) may be passed in, so that
+        `client()` can wait on it. `behaviour` runs in the agent's task, which is cancelled when
+        `client()` returns: it must not assert (an exception there is lost); assert on the received
+        frames afterwards."""
+        received = [] if received is None else received
 
         async def main():
             url = f"wss://localhost:{self.agent_port}/ws?planeID=raw-plane&planeType=workflowplane"
@@ -253,11 +257,12 @@ class StreamsTest(unittest.TestCase):
 
         def behaviour(msg):
             if msg.get("stream"):
-                self.assertEqual(msg["window"], 256 * 1024)
                 rid = msg["requestID"]
                 return [{"requestID": rid, "statusCode": 200, "stream": True, "headers": {"Content-Type": ["text/plain"]}},
                         {"requestID": rid, "data": chunk}]
             return []
+
+        received = []
 
         def client():
             c = self.conn()
@@ -270,11 +275,16 @@ class StreamsTest(unittest.TestCase):
             except http.client.IncompleteRead:
                 complete = False
             c.close()
-            time.sleep(0.3)  # the agent's close chunk
-            return status, complete
-        (status, complete), received = self.run_raw_agent(behaviour, client)
+            # The agent's task stops when this returns: wait until it got the close chunk.
+            got_close = wait_for(lambda: any(m.get("isClose") for m in received), 10)
+            return status, complete, got_close
+        (status, complete, got_close), _ = self.run_raw_agent(behaviour, client, received)
         self.assertEqual(status, 200)
         self.assertFalse(complete, "an aborted stream must not end like a complete one")
+        self.assertTrue(got_close, "the agent got no close chunk")
+        inits = [m for m in received if m.get("stream")]
+        self.assertEqual(len(inits), 1)
+        self.assertEqual(inits[0]["window"], 256 * 1024)
         closes = [m for m in received if m.get("isClose")]
         self.assertEqual(len(closes), 1)
         self.assertIsNone(closes[0]["data"])
@@ -297,7 +307,7 @@ class StreamsTest(unittest.TestCase):
             return out
         out, received = self.run_raw_agent(lambda msg: [], client)
         self.assertEqual(out["watch"], (502, "proxy request failed: HTTP tunnel request timeout\n"))
-        self.assertEqual(out["wirelogs"], (504, "timeout waiting for the agent to start the stream\n"))
+        self.assertEqual(out["wirelogs"], (504, "timeout waiting for agent\n"))
         self.assertEqual(out["exec"], (1011, "timeout waiting for the agent to start the exec stream"))
         # Each timed-out stream was closed towards the agent.
         inits = {m["requestID"] for m in received if m.get("stream") or m.get("isUpgrade")}
@@ -315,10 +325,11 @@ class StreamsTest(unittest.TestCase):
             self.assertEqual(r.status, 200)
             r.readline()
             conns.append((c, r))
+        refused0 = metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total", limit="streams_per_session")
         status, body, _ = self.get(self.proxy + "/api/v1/namespaces/default/pods/p9/log?follow=true")
         self.assertEqual((status, body), (503, "proxy request failed: agent connection has 3 open streams (limit 3)\n"))
-        self.assertGreaterEqual(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total",
-                                           limit="streams_per_session"), 1)
+        self.assertEqual(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total",
+                                    limit="streams_per_session"), refused0 + 1)
         # Plain requests still pass, and closing one stream makes room again.
         self.assertEqual(self.get(self.proxy + "/api/v1/namespaces/default/pods")[0], 200)
         for c, r in conns:
@@ -331,21 +342,26 @@ class StreamsTest(unittest.TestCase):
         self.assertEqual(r.status, 200)
         r.close()
         c.close()
+        # Released before the next test counts caller_gone ends.
+        self.assertTrue(wait_for(lambda: self.open_streams("http") == 0.0, 10))
 
     def test_limit_on_pending_requests_per_agent(self):
         def hang(_):
             return self.get(self.proxy + "/sim/hang")[:2]
+        refused0 = metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total", limit="pending_per_session")
         with concurrent.futures.ThreadPoolExecutor(8) as ex:
             hung = [ex.submit(hang, i) for i in range(8)]
-            wait_for(lambda: metric_sum(self.metrics(), "cluster_gateway_tunnel_requests_in_flight") >= 8, 10)
+            self.assertTrue(wait_for(lambda: metric_sum(self.metrics(), "cluster_gateway_tunnel_requests_in_flight") >= 8, 10),
+                            "the 8 requests are not all pending")
             status, body, _ = self.get(self.proxy + "/api/v1/namespaces/default/pods")
             self.assertEqual((status, body), (503, "proxy request failed: agent connection has 8 requests pending (limit 8)\n"))
             self.assertEqual([f.result() for f in hung], [(502, "proxy request failed: HTTP tunnel request timeout\n")] * 8)
-        self.assertGreaterEqual(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total",
-                                           limit="pending_per_session"), 1)
+        self.assertEqual(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total",
+                                    limit="pending_per_session"), refused0 + 1)
         self.assertEqual(self.get(self.proxy + "/api/v1/namespaces/default/pods")[0], 200)
 
     def test_limit_on_agents_per_plane(self):
+        refused0 = metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total", limit="plane_sessions")
         mark = self.log.mark()
         extra = subprocess.Popen(
             [SIM, "--server-url", f"wss://localhost:{self.agent_port}/ws", "--plane-type", "workflowplane",
@@ -357,8 +373,10 @@ class StreamsTest(unittest.TestCase):
             ev = self.log.wait("agent connection rejected", since=mark, planeID="sp", status=503, timeout=15)
             self.assertTrue(ev)
             self.assertEqual(ev[0]["reason"], "too many agent connections for plane workflowplane/sp (limit 1)")
-            self.assertGreaterEqual(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total",
-                                               limit="plane_sessions"), 1)
+            # The refused simulator dials again only after 10 s: one refusal so far (or two, on a
+            # machine slow enough to let it retry).
+            self.assertIn(metric_sum(self.metrics(), "cluster_gateway_limit_refusals_total", limit="plane_sessions") - refused0,
+                          (1, 2))
         finally:
             extra.kill()
             extra.wait()
@@ -418,14 +436,39 @@ class StreamsTest(unittest.TestCase):
                          (503, "no agent available: no agents found for plane workflowplane/nope\n"))
         self.assertEqual(self.get("/api/exec/workflowplane/sp/_cluster/other?podNamespace=a&podName=b")[:2],
                          (503, "no agent available: no agents authorized for CR /other\n"))
-        self.assertEqual(self.get(base + "?podNamespace=a&podName=b")[:2],
-                         (400, "exec requires a WebSocket upgrade request\n"))
+        # Not an upgrade: gorilla's Upgrader answers (upstream's exec endpoint).
+        status, body, headers = self.get(base + "?podNamespace=a&podName=b")
+        self.assertEqual((status, body), (400, "Bad Request\n"))
+        self.assertEqual(headers.getheader("Sec-Websocket-Version"), "13")
+        self.assertEqual(self.get("/api/exec/workflowplane/sp/_cluster")[:2],
+                         (400, "invalid exec URL: expected /api/exec/{planeType}/{planeID}/{crNamespace}/{crName}\n"))
+        self.assertEqual(self.get("/api/wirelogs/workflowplane/sp/x")[:2],
+                         (400, "invalid wirelogs URL: expected /api/wirelogs/{planeType}/{planeID}/{crNamespace}/{crName}\n"))
+        # A POST with every upgrade header: 405, as gorilla checks the method after the tokens.
+        c = self.conn()
+        c.request("POST", base + "?podNamespace=a&podName=b",
+                  headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        r = c.getresponse()
+        self.assertEqual((r.status, r.read().decode()), (405, "Method Not Allowed\n"))
+        self.assertEqual(r.getheader("Sec-Websocket-Version"), "13")
 
     def test_exec_and_proxy_refuse_an_agent_certificate(self):
-        with self.assertRaises((ssl.SSLError, ConnectionResetError, OSError)):
-            c = http.client.HTTPSConnection("localhost", self.api_port, context=self.ctx("agent-a"), timeout=5)
+        # Refused in the TLS handshake (TLS 1.3: the alert arrives with the first read) or reset;
+        # a timeout is an OSError too, but it would mean the gateway never answered: not accepted.
+        c = http.client.HTTPSConnection("localhost", self.api_port, context=self.ctx("agent-a"), timeout=30)
+        try:
             c.request("GET", "/api/v1/planes/status")
             c.getresponse().read()
+            self.fail("a request with an agent certificate was answered")
+        except TimeoutError:
+            self.fail("the gateway neither refused nor answered within 30 s")
+        except ssl.SSLError as e:
+            self.assertIn("unknown ca", str(e).lower())
+        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+            pass  # the refusal's alert lost to the reset
+        finally:
+            c.close()
 
     # ---- wirelogs (SSE) --------------------------------------------------------------------------
     def test_wirelogs_sse_framing_of_multiline_chunks(self):

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "k8s_status_writer/kube_sink.hpp"
-#include "plane_index/kube_client.hpp"
+#include "kube/client.hpp"
 #include "tests/support/fake_apiserver.hpp"
 #include "tests/support/pki.hpp"
 

@@ -138,14 +138,27 @@ status:
         self.assertTrue(wait_for(lambda: self.connected() is False), "CR never showed disconnected")
         self.assertIn("lastDisconnectedTime", self.cr()["status"]["agentConnection"])
 
+    def e2e_patches(self, since):
+        """The status PATCHes of CR e2e since `since` (the fake's arrival times), oldest first."""
+        items = self.api.control("GET", f"requests?subresource=status&method=PATCH&name=e2e&since={since!r}")["items"]
+        return sorted(items, key=lambda e: e["receivedAt"])
+
     def test_3_status_converges_after_api_errors(self):
         self.start_agent()
         self.assertTrue(wait_for(lambda: self.connected() is True))
         self.api.control("POST", "errors", {"code": 500, "subresource": "status", "method": "PATCH", "duration": 10})
+        t_fault = time.time()  # from here on every status PATCH gets the 500 for 10 s
         self.stop_agent()  # the disconnect is written while every status write fails for 10 s (the issue's window)
-        time.sleep(1)
+        # The writer tried, and the fake answered the injected 500 (its request log says so).
+        self.assertTrue(wait_for(lambda: any(e["status"] == 500 for e in self.e2e_patches(t_fault)), timeout=10),
+                        "no status PATCH got the injected 500")
         self.assertTrue(self.connected(), "a write got through during the fault window")
         self.assertTrue(wait_for(lambda: self.connected() is False, timeout=20), "status did not converge")
+        codes = [e["status"] for e in self.e2e_patches(t_fault)]
+        self.assertIn(200, codes, codes)
+        first_ok = codes.index(200)
+        self.assertGreaterEqual(first_ok, 1, codes)
+        self.assertEqual(set(codes[:first_ok]), {500}, codes)  # every attempt before the one that went through
 
     def test_4_watch_loss_and_compaction_then_secret_rotation_revokes(self):
         self.start_agent()

@@ -13,7 +13,9 @@ time and body), agents from cluster-agent-sim.
    --shutdown-timeout (and what happens when the client-side rate limit cannot allow that).
 
 Timing checks use the fake's arrival timestamps (same clock as this process) and leave at least
-about a second of slack where load could only make things later."""
+about a second of slack where load could only make things later. The slow-server cases (5a, 5b)
+compare times with each other (writes overlap; the fast CRs are written before the slow write ends),
+not with fixed wall-clock bounds: a slower machine makes both sides slower."""
 import datetime
 import json
 import os
@@ -463,11 +465,17 @@ class SlowApiServer(FaultCase):
         for _, d in spans:
             level += d
             peak = max(peak, level)
+        # The disconnect writes, as the fake saw them: from the first arrival to the last answer they
+        # took much less than their durations added up (what they would take one after the other).
+        disc = [e for e in entries if e["applied"] is not None and e["applied"].get("connected") is False]
+        self.assertEqual({e["name"] for e in disc}, {f"sl-{i}" for i in range(n)})
+        span = max(e["receivedAt"] + e["durationMs"] / 1000.0 for e in disc) - min(e["receivedAt"] for e in disc)
+        serial = sum(e["durationMs"] for e in disc) / 1000.0
         note(f"slow API (1.5 s per response): {n} CRs connected {t_conn - t0:.1f}s after the agents started, "
              f"disconnected {t_disc - t_kill:.1f}s after they were killed; at most {peak} status PATCHes in "
-             f"flight at once")
+             f"flight at once; the disconnect writes spanned {span:.1f}s against {serial:.1f}s one after the other")
         self.assertGreaterEqual(peak, 4, "status writes to different CRs were not concurrent")
-        self.assertLess(t_disc - t_kill, 20.0, "20 slow writes took as long as if they were serial")
+        self.assertLess(span, serial / 2, "the slow writes took as long as if they were serial")
         self.assertIsNone(gw.poll())
 
     def test_5b_one_slow_cr_does_not_block_the_others(self):
@@ -500,7 +508,7 @@ class SlowApiServer(FaultCase):
         note(f"one slow CR (8 s): the other {n} CRs were written disconnected within {latest - t_kill:.2f}s "
              f"(all visible after {t_others - t_kill:.2f}s); the slow write ended {slow_end - t_kill:.2f}s "
              f"after the kill")
-        self.assertLess(latest - t_kill, 3.0, "the other CRs waited for the slow one")
+        # Relative, not a wall-clock bound: every other CR was written before the slow write ended.
         self.assertLess(latest, slow_end, "the other CRs were written only after the slow write ended")
         self.assertIsNone(gw.poll())
 

@@ -1,4 +1,4 @@
-// FilePlaneSource on a temporary directory, driven with scan_now() (no polling thread, no sleeps).
+// FilePlaneSource on a temporary directory, driven with scan_now() (run on a test control thread; no polling, no sleeps).
 #include <catch2/catch.hpp>
 
 #include <filesystem>
@@ -6,8 +6,12 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "plane_index/file_source.hpp"
+#include "plane_index/objects.hpp"
+#include "tests/support/control_thread.hpp"
 #include "tests/support/pki.hpp"
 
 namespace fs = std::filesystem;
@@ -151,7 +155,8 @@ TEST_CASE("FilePlaneSource loads multi-document YAML", "[plane_index][file_sourc
   dir.write(".hidden.yaml", wp_yaml("team-h", "hidden", "p1", pem));  // ignored: hidden
 
   PlaneIndex idx;
-  FilePlaneSource src(dir.str(), idx);
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), dir.str(), idx);
   CHECK_FALSE(idx.synced());
   src.scan_now();
   CHECK(idx.synced());
@@ -191,7 +196,8 @@ TEST_CASE("a malformed document keeps its last good version", "[plane_index][fil
   dir.write("planes.yaml", secret_yaml("infra", "agent-ca", pem) + "---\n" + cwp_yaml("shared", "p1", "infra", "agent-ca") +
                                "---\n" + wp_yaml("team-a", "wp", "p1", pem));
   PlaneIndex idx;
-  FilePlaneSource src(dir.str(), idx);
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), dir.str(), idx);
   src.scan_now();
   REQUIRE(src.problems().empty());
   REQUIRE(must_find(idx, kWp)->cr.plane_id == "p1");
@@ -242,6 +248,57 @@ TEST_CASE("a malformed document keeps its last good version", "[plane_index][fil
   }
 }
 
+TEST_CASE("documents with invalid Kubernetes names are reported, the others in the file still load",
+          "[plane_index][file_source][names]") {
+  TempDir dir;
+  auto pem = cg::testing::make_ca("ca").cert_pem();
+  auto dp = [&](const std::string& meta) {
+    return "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata:\n" + meta +
+           "spec:\n  clusterAgent:\n    clientCA:\n      value: |\n" + indent(pem, "        ");
+  };
+  // Double-quoted YAML: "\0" is a NUL and "\n" a newline inside the name.
+  dir.write("planes.yaml", wp_yaml("team-a", "wp", "p1", pem) + "---\n" +                  // 0: good
+                               dp("  name: \"wp\\0evil\"\n  namespace: team-a\n") + "---\n" +  // 1: NUL
+                               dp("  name: a/b\n  namespace: team-a\n") + "---\n" +            // 2: slash
+                               dp("  name: ..\n  namespace: team-a\n") + "---\n" +             // 3: dot-dot
+                               dp("  name: ok\n  namespace: ../team-a\n") + "---\n" +          // 4: namespace
+                               dp("  name: \"x\\ny\"\n") + "---\n" +                           // 5: newline
+                               secret_yaml("infra", "Agent_CA", pem) + "---\n" +               // 6: Secret name
+                               cwp_yaml("shared", "p1", "infra", "agent-ca") + "---\n" +       // 7: good
+                               secret_yaml("infra", "agent-ca", pem));                         // 8: good
+  PlaneIndex idx;
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), dir.str(), idx);
+  src.scan_now();
+
+  auto problems = src.problems();
+  REQUIRE(problems.size() == 6);
+  const std::vector<std::pair<int, std::string>> expect = {{1, "metadata.name"}, {2, "metadata.name"},
+                                                           {3, "metadata.name"}, {4, "metadata.namespace"},
+                                                           {5, "metadata.name"}, {6, "metadata.name"}};
+  for (size_t i = 0; i < expect.size(); ++i) {
+    INFO(problems[i].reason);
+    CHECK(problems[i].file == "planes.yaml");
+    CHECK(problems[i].document == expect[i].first);
+    CHECK_THAT(problems[i].reason, Contains(expect[i].second + " '"));
+    CHECK_THAT(problems[i].reason, Contains("RFC 1123"));
+    CHECK(problems[i].reason.find('\0') == std::string::npos);
+    CHECK(problems[i].reason.find('\n') == std::string::npos);
+  }
+  CHECK_THAT(problems[0].reason, Contains("'wp\\x00evil'"));
+  // Only the good documents are in the index: the two CRs, and the CA from the good Secret.
+  CHECK(idx.all().size() == 2);
+  auto wp = must_find(idx, kWp);
+  CHECK(wp->cr.origin == "planes.yaml#0");
+  auto cwp = must_find(idx, kCwp);
+  CHECK(cwp->cr.origin == "planes.yaml#7");
+  CHECK(cwp->ca != nullptr);
+  for (const auto& e : idx.all()) {
+    CHECK(cg::plane::is_dns1123_subdomain(e->cr.ref.name));
+    CHECK(e->cr.ref.ns.find('/') == std::string::npos);
+  }
+}
+
 TEST_CASE("a YAML syntax error keeps the whole file's last good documents", "[plane_index][file_source]") {
   TempDir dir;
   auto pem = cg::testing::make_ca("ca").cert_pem();
@@ -250,7 +307,8 @@ TEST_CASE("a YAML syntax error keeps the whole file's last good documents", "[pl
   dir.write("planes.yaml", good);
   dir.write("other.yaml", wp_yaml("team-b", "wp", "p9", pem));
   PlaneIndex idx;
-  FilePlaneSource src(dir.str(), idx);
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), dir.str(), idx);
   src.scan_now();
   REQUIRE(idx.all().size() == 3);
   auto version = idx.version();
@@ -286,7 +344,8 @@ TEST_CASE("generation starts at metadata.generation or 1 and follows spec change
   auto pem = cg::testing::make_ca("ca").cert_pem();
   auto pem2 = cg::testing::make_ca("ca2").cert_pem();
   PlaneIndex idx;
-  FilePlaneSource src(dir.str(), idx);
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), dir.str(), idx);
 
   SECTION("without metadata.generation") {
     dir.write("wp.yaml", wp_yaml("team-a", "wp", "p1", pem));
@@ -348,7 +407,8 @@ TEST_CASE("deleting a file removes its CRs and secrets", "[plane_index][file_sou
   PlaneIndex idx;
   std::vector<cg::plane::IndexChange> changes;
   idx.add_listener([&](const cg::plane::IndexChange& c) { changes.push_back(c); });
-  FilePlaneSource src(dir.str(), idx);
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), dir.str(), idx);
   src.scan_now();
   REQUIRE(idx.all().size() == 2);
   REQUIRE(must_find(idx, kCwp)->ca != nullptr);
@@ -377,7 +437,8 @@ TEST_CASE("problems of a deleted file are dropped", "[plane_index][file_source]"
   TempDir dir;
   dir.write("bad.yaml", "kind: [\n");
   PlaneIndex idx;
-  FilePlaneSource src(dir.str(), idx);
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), dir.str(), idx);
   src.scan_now();
   REQUIRE(src.problems().size() == 1);
   CHECK(src.problems()[0].file == "bad.yaml");
@@ -393,7 +454,8 @@ TEST_CASE("duplicate CR definitions: the first one wins", "[plane_index][file_so
   dir.write("a.yaml", wp_yaml("team-a", "wp", "first", pem));
   dir.write("b.yaml", wp_yaml("team-a", "wp", "second", pem));
   PlaneIndex idx;
-  FilePlaneSource src(dir.str(), idx);
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), dir.str(), idx);
   src.scan_now();
   CHECK(idx.all().size() == 1);
   CHECK(must_find(idx, kWp)->cr.plane_id == "first");
@@ -403,7 +465,8 @@ TEST_CASE("duplicate CR definitions: the first one wins", "[plane_index][file_so
 TEST_CASE("start() refuses a missing directory", "[plane_index][file_source]") {
   PlaneIndex idx;
   fs::path missing = fs::temp_directory_path() / "cg-file-source-test-does-not-exist-5b1e";
-  FilePlaneSource src(missing.string(), idx);
+  cg::testing::ControlThread control;
+  FilePlaneSource src(control.executor(), missing.string(), idx);
   CHECK_THROWS(src.start());
   CHECK_FALSE(idx.synced());
 }
@@ -415,48 +478,101 @@ TEST_CASE("with a settle time a changed file is applied only once it stops chang
   dir.write("wp.yaml", good);
   PlaneIndex idx;
 
+  // The production settle time (gateway.cpp: 500 ms) on a manual clock: scan_now(t) scans as if
+  // the clock read t, so every step below is exact and nothing sleeps.
+  constexpr auto kSettle = std::chrono::milliseconds(500);
+  using ms = std::chrono::milliseconds;
+
   SECTION("the first scan applies what is there at once; a half-written change is never loaded") {
-    FilePlaneSource src(dir.str(), idx, std::chrono::milliseconds(250), std::chrono::hours(1));
-    src.scan_now();
+    cg::testing::ControlThread control;
+    FilePlaneSource src(control.executor(), dir.str(), idx, std::chrono::milliseconds(250), kSettle);
+    const auto t0 = std::chrono::steady_clock::now();
+    src.scan_now(t0);
     REQUIRE(must_find(idx, kWp)->cr.plane_id == "p1");
     const auto v = idx.version();
     const std::string next = wp_yaml("team-a", "wp", "p2", pem);
-    // Caught mid-write: cut inside the CA value, then inside the YAML structure, then complete.
-    for (size_t cut : {next.size() - 40, next.find("clientCA") + 3, next.size()}) {
+    // Written in place in three steps 200 ms apart (as test_limits_reload.py test_3 does): cut inside
+    // the CA value, then inside the YAML structure, then complete. Each step is scanned when it
+    // appears and again 1 ms before it would have settled: none of the partial states is loaded.
+    auto t = t0;
+    for (size_t cut : {next.size() - 40, next.find("clientCA") + 3}) {
+      t += ms(200);
       dir.write("wp.yaml", next.substr(0, cut));
-      src.scan_now();
-      src.scan_now();
+      src.scan_now(t);
+      src.scan_now(t + ms(199));
       CHECK(idx.version() == v);
       CHECK(src.problems().empty());
       CHECK(must_find(idx, kWp)->cr.plane_id == "p1");
     }
+    // The complete file, 200 ms after the last partial state: still held until it has been
+    // unchanged for the settle time (a clock that is not restarted by each change would apply it
+    // 500 ms after the first partial state was seen, i.e. at t + 300 ms here).
+    t += ms(200);
+    dir.write("wp.yaml", next);
+    src.scan_now(t);
+    src.scan_now(t + kSettle - ms(1));
+    CHECK(idx.version() == v);
+    CHECK(src.problems().empty());
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p1");
+    // The complete file, unchanged for the settle time, is applied.
+    src.scan_now(t + kSettle);
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p2");
+    CHECK(src.problems().empty());
     // A new file is held back the same way.
+    t += kSettle;
     dir.write("new.yaml", wp_yaml("team-b", "wp2", "p3", pem));
-    src.scan_now();
+    src.scan_now(t);
+    src.scan_now(t + kSettle - ms(1));
     CHECK(idx.all().size() == 1);
+    src.scan_now(t + kSettle);
+    CHECK(idx.all().size() == 2);
     // A removal is applied at once.
+    t += kSettle;
     dir.remove("wp.yaml");
     dir.remove("new.yaml");
-    src.scan_now();
+    src.scan_now(t);
     CHECK(idx.all().empty());
   }
-  SECTION("a change that stays the same for the settle time is applied, and its problems reported") {
-    FilePlaneSource src(dir.str(), idx, std::chrono::milliseconds(250), std::chrono::milliseconds(50));
-    src.scan_now();
-    dir.write("wp.yaml", wp_yaml("team-a", "wp", "p2", pem));
-    src.scan_now();
-    CHECK(must_find(idx, kWp)->cr.plane_id == "p1");  // seen, settling
-    std::this_thread::sleep_for(std::chrono::milliseconds(60));
-    src.scan_now();
+  SECTION("a new change restarts the settle clock") {
+    cg::testing::ControlThread control;
+    FilePlaneSource src(control.executor(), dir.str(), idx, std::chrono::milliseconds(250), kSettle);
+    const auto t0 = std::chrono::steady_clock::now();
+    src.scan_now(t0);
+    REQUIRE(must_find(idx, kWp)->cr.plane_id == "p1");
+    const std::string next = wp_yaml("team-a", "wp", "p2", pem);
+    // A partial state first seen at t0 + 100 ms, changed again at t0 + 400 ms.
+    dir.write("wp.yaml", next.substr(0, next.size() - 40));
+    src.scan_now(t0 + ms(100));
+    dir.write("wp.yaml", next);
+    src.scan_now(t0 + ms(400));
+    // 600 ms after the first change was seen but only 200 ms after the last one: a clock that was
+    // not restarted would apply the file now.
+    src.scan_now(t0 + ms(700));
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p1");
+    src.scan_now(t0 + ms(400) + kSettle - ms(1));
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p1");
+    src.scan_now(t0 + ms(400) + kSettle);
     CHECK(must_find(idx, kWp)->cr.plane_id == "p2");
+  }
+  SECTION("a change that stays the same for the settle time is applied, and its problems reported") {
+    cg::testing::ControlThread control;
+    FilePlaneSource src(control.executor(), dir.str(), idx, std::chrono::milliseconds(250), kSettle);
+    const auto t0 = std::chrono::steady_clock::now();
+    src.scan_now(t0);
+    dir.write("wp.yaml", wp_yaml("team-a", "wp", "p2", pem));
+    src.scan_now(t0 + ms(10));
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p1");  // seen, settling
+    src.scan_now(t0 + ms(10) + kSettle);
+    CHECK(must_find(idx, kWp)->cr.plane_id == "p2");
+    const auto t1 = t0 + ms(10) + kSettle;
     dir.write("wp.yaml", "spec: [unclosed\n");
-    src.scan_now();
-    std::this_thread::sleep_for(std::chrono::milliseconds(60));
-    src.scan_now();
+    src.scan_now(t1);
+    CHECK(src.problems().empty());  // settling: not parsed yet
+    src.scan_now(t1 + kSettle);
     REQUIRE(src.problems().size() == 1);
     CHECK(src.problems()[0].document == -1);
     CHECK(must_find(idx, kWp)->cr.plane_id == "p2");  // the last good version stays in force
-    src.scan_now();
+    src.scan_now(t1 + kSettle + ms(250));
     CHECK(src.problems().size() == 1);  // still reported while the file is unchanged
   }
 }

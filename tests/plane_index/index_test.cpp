@@ -236,6 +236,30 @@ TEST_CASE("CA from clientCA.secretKeyRef", "[plane_index][index]") {
     CHECK(e->ca == nullptr);
     CHECK_FALSE(e->ca_error.empty());
   }
+  SECTION("secretKeyRef name or namespace that is no valid Kubernetes name: a CA error, never looked up") {
+    // A Secret whose stored name matches the bad reference must not be found either (a file source
+    // could not load one; this index is handed one directly).
+    w.secrets.push_back(secret("team-a", "a&b", {{"ca.crt", pem}}));
+    w.crs.push_back(cr("DataPlane", "team-a", "amp", ca_secret("a&b", "ca.crt")));
+    w.crs.push_back(cr("DataPlane", "team-a", "slash", ca_secret("x/../agent-ca", "ca.crt")));
+    w.crs.push_back(cr("DataPlane", "team-a", "query", ca_secret("agent-ca?watch=1", "ca.crt")));
+    w.crs.push_back(cr("DataPlane", "team-a", "ns", ca_secret("agent-ca", "ca.crt", "team/a")));
+    w.crs.push_back(cr("ClusterDataPlane", "", "cns", ca_secret("agent-ca", "ca.crt", "Team-A")));
+    PlaneIndex idx;
+    idx.replace(w);
+    for (const char* name : {"amp", "slash", "query"}) {
+      auto e = must_find(idx, {Kind::DataPlane, "team-a", name});
+      CHECK(e->ca == nullptr);
+      CHECK_THAT(e->ca_error, Contains("clientCA.secretKeyRef.name"));
+      CHECK_THAT(e->ca_error, Contains("RFC 1123 subdomain"));
+    }
+    auto ns = must_find(idx, {Kind::DataPlane, "team-a", "ns"});
+    CHECK(ns->ca == nullptr);
+    CHECK_THAT(ns->ca_error, Contains("clientCA.secretKeyRef.namespace"));
+    auto cns = must_find(idx, {Kind::ClusterDataPlane, "", "cns"});
+    CHECK(cns->ca == nullptr);
+    CHECK_THAT(cns->ca_error, Contains("clientCA.secretKeyRef.namespace"));
+  }
   SECTION("value takes precedence over secretKeyRef") {
     json spec = {{"clusterAgent", {{"clientCA", {{"value", pem}, {"secretKeyRef", {{"name", "nope"}, {"key", "x"}}}}}}}};
     w.crs.push_back(cr("DataPlane", "team-a", "dp", spec));
@@ -265,7 +289,7 @@ TEST_CASE("spec problems: invalid planeID and observabilityPlaneRef kind", "[pla
   w.crs.push_back(cr("ClusterWorkflowPlane", "", "too-long", ca_value(pem, std::string(64, 'a'))));
   w.crs.push_back(cr("ClusterWorkflowPlane", "", "max-len", ca_value(pem, std::string(63, 'a'))));
   w.crs.push_back(cr("WorkflowPlane", "ns", "upper", ca_value(pem, "Prod")));
-  w.crs.push_back(cr("DataPlane", "ns", "Bad_Name", ca_value(pem)));  // planeID from an invalid name
+  w.crs.push_back(cr("DataPlane", "ns", "bad.name", ca_value(pem)));  // planeID from a name that is no DNS label
   w.crs.push_back(cr("ClusterObservabilityPlane", "", "obs", ca_value(pem)));
   json bad_ref = ca_value(pem);
   bad_ref["observabilityPlaneRef"] = {{"kind", "ObservabilityPlane"}, {"name", "obs"}};
@@ -294,7 +318,7 @@ TEST_CASE("spec problems: invalid planeID and observabilityPlaneRef kind", "[pla
   REQUIRE(upper->spec_problems.size() == 1);
   CHECK_THAT(upper->spec_problems[0], Contains("'Prod'"));
 
-  auto bad_name = must_find(idx, {Kind::DataPlane, "ns", "Bad_Name"});
+  auto bad_name = must_find(idx, {Kind::DataPlane, "ns", "bad.name"});
   REQUIRE(bad_name->spec_problems.size() == 1);
   CHECK_THAT(bad_name->spec_problems[0], Contains("metadata.name"));
 

@@ -310,3 +310,128 @@ TEST_CASE("parse_object errors", "[plane_index][objects]") {
                Contains("observabilityPlaneRef.kind"));
   }
 }
+
+// Kubernetes validates metadata.name of custom resources and Secrets as a DNS-1123 subdomain
+// (ValidateObjectMeta with NameIsDNSSubdomain) and metadata.namespace as a DNS-1123 label; both
+// plane sources go through parse_object, so an object with another name is never loaded.
+TEST_CASE("DNS-1123 subdomain and label rules (Kubernetes' IsDNS1123Subdomain / IsDNS1123Label)",
+          "[plane_index][objects][names]") {
+  struct Case {
+    std::string value;
+    bool subdomain;
+    bool label;
+  };
+  const std::string l63(63, 'a');
+  auto c = GENERATE_COPY(values<Case>({
+      {"a", true, true},
+      {"0", true, true},
+      {"shared-workflow", true, true},
+      {"us-west-2", true, true},
+      {"a.b", true, false},
+      {"example.com", true, false},
+      {"1-2.3-4", true, false},
+      {l63, true, true},
+      {l63 + "a", true, false},                       // a label of 64: still a subdomain (no per-part limit)
+      {l63 + "." + l63 + "." + l63 + "." + std::string(61, 'a'), true, false},  // 253 characters
+      {l63 + "." + l63 + "." + l63 + "." + std::string(62, 'a'), false, false}, // 254
+      {"", false, false},
+      {"Prod", false, false},
+      {"-lead", false, false},
+      {"trail-", false, false},
+      {"a.-b", false, false},
+      {"a-.b", false, false},
+      {".a", false, false},
+      {"a.", false, false},
+      {"a..b", false, false},
+      {".", false, false},
+      {"..", false, false},
+      {"a/b", false, false},
+      {"../etc", false, false},
+      {"a_b", false, false},
+      {"a b", false, false},
+      {"a&b", false, false},
+      {"a?b", false, false},
+      {"a%2fb", false, false},
+      {"a#b", false, false},
+      {std::string("a\0b", 3), false, false},
+      {"a\nb", false, false},
+      {"caf\xc3\xa9", false, false},
+  }));
+  CAPTURE(c.value);
+  CHECK(cg::plane::is_dns1123_subdomain(c.value) == c.subdomain);
+  CHECK(cg::plane::is_dns1123_label(c.value) == c.label);
+  CHECK(cg::plane::dns1123_subdomain_problem("metadata.name", c.value).empty() == c.subdomain);
+  CHECK(cg::plane::dns1123_label_problem("metadata.namespace", c.value).empty() == c.label);
+}
+
+TEST_CASE("invalid metadata.name / metadata.namespace: the object is rejected with the reason",
+          "[plane_index][objects][names]") {
+  struct Case {
+    const char* what;
+    std::string name;
+    std::string ns;  // "" = not given
+    const char* field;
+  };
+  auto c = GENERATE(values<Case>({
+      {"NUL in the name", std::string("prod\0evil", 9), "", "metadata.name"},
+      {"slash in the name", "a/b", "", "metadata.name"},
+      {"dot-dot name", "..", "", "metadata.name"},
+      {"path traversal", "../../etc/passwd", "", "metadata.name"},
+      {"upper case", "Prod", "", "metadata.name"},
+      {"newline", "a\nb", "", "metadata.name"},
+      {"query characters", "a&b?c=d", "", "metadata.name"},
+      {"254 characters", std::string(254, 'a'), "", "metadata.name"},
+      {"namespace with a dot", "ok", "team.a", "metadata.namespace"},
+      {"namespace with a slash", "ok", "team/a", "metadata.namespace"},
+      {"namespace of 64", "ok", std::string(64, 'n'), "metadata.namespace"},
+      {"namespace with NUL", "ok", std::string("team\0a", 6), "metadata.namespace"},
+  }));
+  CAPTURE(c.what);
+  json meta = json::object();
+  if (!c.ns.empty()) meta["namespace"] = c.ns;
+
+  SECTION("namespaced plane kind") {
+    std::string err = parse_error(plane("DataPlane", c.name, json::object(), meta));
+    CHECK_THAT(err, Contains(c.field));
+    CHECK_THAT(err, Contains("RFC 1123") || Contains("no more than"));
+    CHECK(err.find('\0') == std::string::npos);  // the value is shown escaped
+    CHECK(err.find('\n') == std::string::npos);
+  }
+  SECTION("Secret") {
+    json s = {{"apiVersion", "v1"}, {"kind", "Secret"}, {"metadata", meta}};
+    s["metadata"]["name"] = c.name;
+    CHECK_THAT(parse_error(s), Contains(c.field));
+  }
+  SECTION("cluster-scoped plane kind: the name is checked, the namespace ignored") {
+    json o = plane("ClusterWorkflowPlane", c.name, json::object(), meta);
+    if (std::string(c.field) == "metadata.name") {
+      CHECK_THAT(parse_error(o), Contains("metadata.name"));
+    } else {
+      auto r = parse_object(o);
+      REQUIRE(r.cr.has_value());
+      CHECK(r.cr->ref.ns.empty());
+    }
+  }
+}
+
+TEST_CASE("valid Kubernetes names load: dots in names, 253 characters, 63-character namespaces",
+          "[plane_index][objects][names]") {
+  const std::string long_name = std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') + "." +
+                                std::string(61, 'd');
+  REQUIRE(long_name.size() == 253);
+  for (const std::string& name : {std::string("prod.eu-1"), long_name, std::string("0")}) {
+    CAPTURE(name);
+    auto r = parse_object(plane("WorkflowPlane", name, json::object(), {{"namespace", std::string(63, 'n')}}));
+    REQUIRE(r.error.empty());
+    REQUIRE(r.cr.has_value());
+    CHECK(r.cr->ref.name == name);
+    json s = {{"apiVersion", "v1"}, {"kind", "Secret"}, {"metadata", {{"name", name}, {"namespace", "team-a"}}}};
+    auto rs = parse_object(s);
+    REQUIRE(rs.error.empty());
+    CHECK(rs.secret->name == name);
+  }
+  SECTION("a non-string Secret namespace is an error, as for plane kinds") {
+    json s = {{"apiVersion", "v1"}, {"kind", "Secret"}, {"metadata", {{"name", "s"}, {"namespace", 5}}}};
+    CHECK_THAT(parse_error(s), Contains("metadata.namespace"));
+  }
+}

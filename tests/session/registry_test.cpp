@@ -88,6 +88,9 @@ TEST_CASE("sessions_of, all and plane_report", "[session][registry]") {
   for (const auto& v : p1) serials.insert(v.handle->serial());
   CHECK(serials == std::set<uint64_t>{1, 2});
   CHECK(reg->sessions_of("observabilityplane", "p1").empty());
+  CHECK(reg->plane_session_count("dataplane", "p1") == 2);
+  CHECK(reg->plane_session_count("dataplane", "p2") == 1);
+  CHECK(reg->plane_session_count("observabilityplane", "p1") == 0);
 
   // Plane-level report: every session of type/id, authorized or not.
   auto pr = reg->plane_report("dataplane", "p1");
@@ -212,9 +215,11 @@ TEST_CASE("set_authorized returns granted and revoked keys", "[session][registry
     CHECK(g2.empty());
     CHECK(r2 == Keys{"ns/b", "ns/c"});
     CHECK(reg->size() == 1);
-    bool plane_has = false;
+    bool plane_has = true;
     CHECK(reg->pick("dataplane", "p1", "ns/b", plane_has) == nullptr);
-    CHECK(plane_has);
+    // A session left without a CR is closed right after (authorizer): it is not a plane session
+    // for the 403-vs-502 decision (upstream has already dropped it: 502).
+    CHECK_FALSE(plane_has);
     // Removing it afterwards reports no CRs.
     CHECK(reg->remove(*h));
     CHECK(ev.list.back().type == RegistryEvent::Type::disconnected);
@@ -269,7 +274,10 @@ TEST_CASE("pick() round-robins across authorized sessions", "[session][registry]
     hs[2]->set_closing(true);
     bool plane_has = false;
     CHECK(reg->pick("dataplane", "p1", "ns/dp", plane_has) == nullptr);
-    CHECK(plane_has);  // sessions exist, none usable
+    CHECK(plane_has);  // session 4 is live (authorized for another CR): 403
+    unauthorized->set_closing(true);
+    CHECK(reg->pick("dataplane", "p1", "ns/dp", plane_has) == nullptr);
+    CHECK_FALSE(plane_has);  // every session of the plane is closing: 502, as upstream
   }
   SECTION("no session authorized for the CR: 403 case") {
     bool plane_has = false;
@@ -303,6 +311,105 @@ TEST_CASE("pick() round-robins across authorized sessions", "[session][registry]
       CHECK(p->serial() == 2);
     }
   }
+}
+
+TEST_CASE("begin_close: a closing session leaves routing, reports and status at once", "[session][registry][close]") {
+  auto reg = cg::session::make_local_registry();
+  Events ev;
+  ev.attach(*reg);
+  auto old_session = handle(1, "dataplane", "p1", T0 + 1s, T0 + 10s);
+  reg->add(old_session, {"ns/dp", "/cdp"});
+  const SysTime rise = *reg->report("dataplane", "ns/dp").last_rise;
+
+  REQUIRE(reg->begin_close(*old_session, cg::session::CloseCause::revoked));
+  // The event that makes status write it fired now, with the CRs and the cause.
+  REQUIRE(ev.list.size() == 2);
+  CHECK(ev.list[1].type == RegistryEvent::Type::disconnected);
+  CHECK(ev.list[1].crs == Keys{"ns/dp", "/cdp"});
+  REQUIRE(ev.list[1].cause.has_value());
+  CHECK(*ev.list[1].cause == cg::session::CloseCause::revoked);
+  // Not counted anywhere: reports, plane report, sessions_of, all, pick (502, not 403).
+  auto r = reg->report("dataplane", "ns/dp");
+  CHECK(r.connected_agents == 0);
+  REQUIRE(r.last_zero.has_value());
+  CHECK(*r.last_zero >= rise);
+  CHECK(r.last_rise == rise);
+  CHECK(reg->plane_report("dataplane", "p1").connected_agents == 0);
+  CHECK(reg->sessions_of("dataplane", "p1").empty());
+  CHECK(reg->plane_session_count("dataplane", "p1") == 0);
+  CHECK(reg->all().empty());
+  bool plane_has = true;
+  CHECK(reg->pick("dataplane", "p1", "ns/dp", plane_has) == nullptr);
+  CHECK_FALSE(plane_has);
+  // Its socket is not closed yet: it still counts in size() (shutdown waits for it).
+  CHECK(reg->size() == 1);
+
+  SECTION("it happens once; re-authorization cannot bring it back") {
+    CHECK_FALSE(reg->begin_close(*old_session, cg::session::CloseCause::connection_lost));
+    auto [granted, revoked] = reg->set_authorized(*old_session, {"ns/dp", "ns/more"});
+    CHECK(granted.empty());
+    CHECK(revoked.empty());
+    CHECK(reg->report("dataplane", "ns/dp").connected_agents == 0);
+    CHECK(ev.list.size() == 2);
+  }
+  SECTION("the agent's reconnect while the old socket lingers counts one agent, not two (HA)") {
+    auto fresh = handle(2, "dataplane", "p1", T0 + 20s, T0 + 20s);
+    reg->add(fresh, {"ns/dp", "/cdp"});
+    auto r2 = reg->report("dataplane", "ns/dp");
+    CHECK(r2.connected_agents == 1);
+    CHECK(r2.earliest_connected == T0 + 20s);
+    CHECK(reg->plane_report("dataplane", "p1").connected_agents == 1);
+    bool has = false;
+    CHECK(reg->pick("dataplane", "p1", "ns/dp", has) == fresh);
+    CHECK(reg->size() == 2);
+  }
+  SECTION("remove() then forgets it without a second event") {
+    CHECK(reg->remove(*old_session));
+    CHECK(reg->size() == 0);
+    CHECK(ev.list.size() == 2);
+    CHECK_FALSE(reg->remove(*old_session));
+  }
+  SECTION("begin_close of a handle never added does nothing") {
+    auto stranger = handle(9);
+    CHECK_FALSE(reg->begin_close(*stranger, cg::session::CloseCause::agent_closed));
+    CHECK(ev.list.size() == 2);
+  }
+}
+
+TEST_CASE("remove() of a live session closes it first: one event, with connection_lost", "[session][registry][close]") {
+  auto reg = cg::session::make_local_registry();
+  Events ev;
+  ev.attach(*reg);
+  auto h = handle(1);
+  reg->add(h, {"ns/dp"});
+  CHECK(reg->remove(*h));
+  REQUIRE(ev.list.size() == 2);
+  CHECK(ev.list[1].type == RegistryEvent::Type::disconnected);
+  REQUIRE(ev.list[1].cause.has_value());
+  CHECK(*ev.list[1].cause == cg::session::CloseCause::connection_lost);
+  CHECK(reg->size() == 0);
+  CHECK(reg->report("dataplane", "ns/dp").last_zero.has_value());
+}
+
+TEST_CASE("close causes: names for logs, the documented labels for the metric", "[session][registry][close]") {
+  using cg::session::CloseCause;
+  using cg::session::metric_label;
+  using cg::session::to_string;
+  CHECK(to_string(CloseCause::revoked) == "revoked");
+  CHECK(to_string(CloseCause::certificate_expired) == "certificate_expired");
+  CHECK(to_string(CloseCause::shutdown) == "shutdown");
+  CHECK(to_string(CloseCause::agent_closed) == "agent_closed");
+  // sessions_closed_total{reason} keeps its documented values (docs/operations.md).
+  const std::set<std::string> documented{"heartbeat_timeout", "agent_closed", "gateway_closed",
+                                         "message_too_big", "write_failed", "connection_lost"};
+  for (auto c : {CloseCause::agent_closed, CloseCause::connection_lost, CloseCause::heartbeat_timeout,
+                 CloseCause::revoked, CloseCause::certificate_expired, CloseCause::shutdown,
+                 CloseCause::message_too_big, CloseCause::write_failed, CloseCause::gateway_closed})
+    CHECK(documented.count(std::string(metric_label(c))) == 1);
+  CHECK(metric_label(CloseCause::revoked) == "gateway_closed");
+  CHECK(metric_label(CloseCause::shutdown) == "gateway_closed");
+  CHECK(metric_label(CloseCause::heartbeat_timeout) == "heartbeat_timeout");
+  CHECK(metric_label(CloseCause::write_failed) == "write_failed");
 }
 
 TEST_CASE("SessionReport += sums counts and merges times", "[session][registry]") {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "plane_index/kube_config.hpp"
+#include "kube/config.hpp"
 #include "tests/support/pki.hpp"
 #include "tests/support/ws_client.hpp"
 

@@ -66,7 +66,8 @@ Cert build(const CertSpec& s, X509* issuer_cert, EVP_PKEY* issuer_key) {
   for (const auto& d : s.dns) san += (san.empty() ? "" : ",") + std::string("DNS:") + d;
   for (const auto& i : s.ips) san += (san.empty() ? "" : ",") + std::string("IP:") + i;
   if (!san.empty()) add_ext(c, issuer, NID_subject_alt_name, san);
-  if (!X509_sign(c, issuer_key ? issuer_key : key.get(), EVP_sha256())) throw std::runtime_error("sign failed");
+  const EVP_MD* md = s.digest == SigDigest::md5 ? EVP_md5() : s.digest == SigDigest::sha1 ? EVP_sha1() : EVP_sha256();
+  if (!X509_sign(c, issuer_key ? issuer_key : key.get(), md)) throw std::runtime_error("sign failed");
   return Cert(cert, key);
 }
 }  // namespace

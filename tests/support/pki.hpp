@@ -12,6 +12,8 @@ typedef struct evp_pkey_st EVP_PKEY;
 namespace cg::testing {
 
 enum class KeyType { ec_p256, rsa2048 };
+// The digest the issuer signs with (MD5 needs an RSA issuer key: there is no ECDSA-with-MD5).
+enum class SigDigest { sha256, sha1, md5 };
 
 struct CertSpec {
   std::string cn = "test";
@@ -25,6 +27,7 @@ struct CertSpec {
   std::chrono::seconds not_before = std::chrono::hours(-1);  // relative to now
   std::chrono::seconds not_after = std::chrono::hours(24 * 365);
   KeyType key = KeyType::ec_p256;
+  SigDigest digest = SigDigest::sha256;
 };
 
 class Cert {

@@ -11,6 +11,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "common/metrics.hpp"
 #include "tests/support/pki.hpp"
 #include "tls/ca_store.hpp"
 #include "tls/verifier.hpp"
@@ -123,6 +124,8 @@ TEST_CASE("renewed self-signed agent certificate no longer matches the pinned on
   auto v = verify_one(PeerChain::from_pem(renewed.cert_pem()), anchor_for("default/dp", old_cert.cert_pem()));
   CHECK_FALSE(v.ok);
   CHECK_THAT(v.reason, Contains("unknown authority"));
+  CHECK(v.failure == cg::tls::VerifyFailure::unknown_authority);
+  CHECK(cg::tls::metric_label(v.failure) == "unknown_authority");
 }
 
 TEST_CASE("leaf issued by an intermediate the agent sends, bundle = root only: accepted", "[tls][verifier]") {
@@ -197,6 +200,8 @@ TEST_CASE("validity window is enforced", "[tls][verifier]") {
     auto v = verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor);
     CHECK_FALSE(v.ok);
     CHECK_THAT(v.reason, Contains("expired"));
+    CHECK(v.failure == cg::tls::VerifyFailure::expired);
+    CHECK(cg::tls::metric_label(v.failure) == "expired");
   }
   SECTION("leaf not yet valid") {
     auto spec = agent_spec("future-agent");
@@ -206,6 +211,8 @@ TEST_CASE("validity window is enforced", "[tls][verifier]") {
     auto v = verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor);
     CHECK_FALSE(v.ok);
     CHECK_THAT(v.reason, Contains("not yet valid"));
+    CHECK(v.failure == cg::tls::VerifyFailure::not_yet_valid);
+    CHECK(cg::tls::metric_label(v.failure) == "not_yet_valid");
   }
   SECTION("now override: a valid leaf checked after its notAfter is expired") {
     auto leaf = make_signed(agent_spec("agent"), ca);
@@ -236,6 +243,8 @@ TEST_CASE("extended key usage clientAuth is required on the leaf", "[tls][verifi
     auto v = verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor);
     CHECK_FALSE(v.ok);
     CHECK_THAT(v.reason, Contains("clientAuth"));
+    CHECK(v.failure == cg::tls::VerifyFailure::no_client_auth);
+    CHECK(cg::tls::metric_label(v.failure) == "no_client_auth");
   }
   SECTION("leaf with serverAuth EKU only") {
     auto leaf = cg::testing::make_server(ca);
@@ -277,6 +286,8 @@ TEST_CASE("an intermediate whose EKU list excludes clientAuth invalidates the ch
   auto v = verify_one(PeerChain::from_pem(leaf.cert_pem() + inter.cert_pem()), anchor_for("ns/a", root.cert_pem()));
   CHECK_FALSE(v.ok);
   CHECK_THAT(v.reason, Contains("clientAuth"));
+  CHECK(v.failure == cg::tls::VerifyFailure::no_client_auth);
+  CHECK(cg::tls::metric_label(v.failure) == "no_client_auth");
 
   SECTION("an intermediate whose EKU list includes clientAuth is fine") {
     auto ok_spec = intermediate_spec("client-intermediate");
@@ -312,6 +323,8 @@ TEST_CASE("anchor without a store or chain without a certificate is rejected wit
     CHECK_FALSE(v.ok);
     CHECK(v.key == "ns/broken");
     CHECK(v.reason == "secret ns/ca not found");
+    CHECK(v.failure == cg::tls::VerifyFailure::ca_not_loaded);
+    CHECK(cg::tls::metric_label(v.failure) == "ca_not_loaded");
   }
   SECTION("store failed to load without a message") {
     auto v = verify_one(chain, Anchor{"ns/broken", nullptr, ""});
@@ -324,6 +337,8 @@ TEST_CASE("anchor without a store or chain without a certificate is rejected wit
     auto v = verify_one(none, anchor_for("ns/a", ca.cert_pem()));
     CHECK_FALSE(v.ok);
     CHECK_THAT(v.reason, Contains("no client certificate"));
+    CHECK(v.failure == cg::tls::VerifyFailure::no_client_certificate);
+    CHECK(cg::tls::metric_label(v.failure) == "other");
   }
   SECTION("PEM without any certificate gives an empty chain") {
     auto junk = PeerChain::from_pem("not a certificate at all");
@@ -463,4 +478,81 @@ TEST_CASE("a cached verdict ends when the certificate expires", "[tls][verify][c
   auto v = verify_one(chain, a);
   CHECK_FALSE(v.ok);
   CHECK_THAT(v.reason, Contains("expired"));
+}
+
+// Go's x509 rejects MD5 and SHA-1 signatures (InsecureAlgorithmError) on every certificate of the
+// chain except the trust anchor, whose own signature it never checks. OpenSSL's defaults accept them.
+TEST_CASE("certificates signed with MD5 or SHA-1 are rejected, as in Go", "[tls][verifier][weak_signature]") {
+  using cg::testing::SigDigest;
+  auto rsa_ca = make_ca("weak-sig-rsa-ca", KeyType::rsa2048);
+  auto ec_ca = make_ca("weak-sig-ec-ca");
+
+  SECTION("leaf signed with MD5 (RSA issuer)") {
+    auto spec = agent_spec("md5-agent");
+    spec.digest = SigDigest::md5;
+    auto leaf = make_signed(spec, rsa_ca);
+    auto v = verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor_for("ns/md5", rsa_ca.cert_pem()));
+    CHECK_FALSE(v.ok);
+    CHECK(v.reason == "certificate signed with MD5 (insecure algorithm)");
+    CHECK(v.failure == cg::tls::VerifyFailure::insecure_algorithm);
+    CHECK(cg::tls::metric_label(v.failure) == "insecure_algorithm");
+  }
+  SECTION("leaf signed with SHA-1, RSA and ECDSA issuers") {
+    for (const auto* ca : {&rsa_ca, &ec_ca}) {
+      auto spec = agent_spec("sha1-agent");
+      spec.digest = SigDigest::sha1;
+      auto leaf = make_signed(spec, *ca);
+      auto v = verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor_for("ns/sha1", ca->cert_pem()));
+      CHECK_FALSE(v.ok);
+      CHECK(v.reason == "certificate signed with SHA-1 (insecure algorithm)");
+    }
+  }
+  SECTION("the same leaf signed with SHA-256 is accepted (control)") {
+    auto leaf = make_signed(agent_spec("sha256-agent"), rsa_ca);
+    CHECK(verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor_for("ns/ok", rsa_ca.cert_pem())).ok);
+  }
+  SECTION("SHA-256 leaf under an intermediate signed with SHA-1 by the anchor") {
+    auto ispec = intermediate_spec("sha1-intermediate");
+    ispec.digest = SigDigest::sha1;
+    auto inter = make_signed(ispec, ec_ca);
+    auto leaf = make_signed(agent_spec("under-sha1-intermediate"), inter);
+    auto chain = PeerChain::from_pem(leaf.cert_pem() + inter.cert_pem());
+    auto v = verify_one(chain, anchor_for("ns/inter", ec_ca.cert_pem()));
+    CHECK_FALSE(v.ok);
+    CHECK_THAT(v.reason, Contains("intermediate certificate"));
+    CHECK_THAT(v.reason, Contains("sha1-intermediate"));
+    CHECK_THAT(v.reason, Contains("signed with SHA-1 (insecure algorithm)"));
+    CHECK(v.failure == cg::tls::VerifyFailure::insecure_algorithm);
+    CHECK(cg::tls::metric_label(v.failure) == "insecure_algorithm");
+    // Not cached as a success either: the same chain is rejected again.
+    CHECK_FALSE(verify_one(chain, anchor_for("ns/inter", ec_ca.cert_pem())).ok);
+
+    SECTION("the same intermediate as the CR's trust anchor: its own signature is not checked (accepted)") {
+      CHECK(verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor_for("ns/inter", inter.cert_pem())).ok);
+    }
+  }
+}
+
+TEST_CASE("a trust anchor self-signed with SHA-1 or MD5 still anchors SHA-256 leaves, as in Go",
+          "[tls][verifier][weak_signature]") {
+  using cg::testing::SigDigest;
+  for (auto digest : {SigDigest::sha1, SigDigest::md5}) {
+    CertSpec root_spec;
+    root_spec.cn = digest == SigDigest::sha1 ? "sha1-root" : "md5-root";
+    root_spec.is_ca = true;
+    root_spec.client_auth = false;
+    root_spec.key = KeyType::rsa2048;
+    root_spec.digest = digest;
+    auto root = make_self_signed(root_spec);
+    auto leaf = make_signed(agent_spec("sha256-leaf"), root);
+    auto v = verify_one(PeerChain::from_pem(leaf.cert_pem()), anchor_for("ns/root", root.cert_pem()));
+    INFO(root_spec.cn << ": " << v.reason);
+    CHECK(v.ok);
+  }
+  SECTION("a self-signed SHA-1 agent certificate pinned as its own CA is the anchor itself: accepted") {
+    auto spec = agent_spec("pinned-sha1-agent");
+    spec.digest = SigDigest::sha1;
+    auto agent = make_self_signed(spec);
+    CHECK(verify_one(PeerChain::from_pem(agent.cert_pem()), anchor_for("ns/pinned", agent.cert_pem())).ok);
+  }
 }

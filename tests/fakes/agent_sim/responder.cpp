@@ -47,6 +47,38 @@ std::string dump_reply(nlohmann::json reply) {
   return dump_with_plain_member(reply, "body", body);
 }
 
+bool parse_reply_fault(const std::string& s, ReplyFault& out) {
+  static const std::pair<const char*, ReplyFault> names[] = {
+      {"none", ReplyFault::none},           {"bad-base64", ReplyFault::bad_base64},
+      {"wrong-types", ReplyFault::wrong_types}, {"body-on-204", ReplyFault::body_on_204},
+      {"crlf-header", ReplyFault::crlf_header}, {"crlf-header-name", ReplyFault::crlf_header_name}};
+  for (const auto& [n, f] : names)
+    if (s == n) {
+      out = f;
+      return true;
+    }
+  return false;
+}
+
+void apply_fault(nlohmann::json& reply, ReplyFault fault) {
+  switch (fault) {
+    case ReplyFault::none: return;
+    case ReplyFault::bad_base64: reply["body"] = "!!not base64!!"; return;
+    case ReplyFault::wrong_types: reply["statusCode"] = std::to_string(reply.value("statusCode", 200)); return;
+    case ReplyFault::body_on_204:
+      reply["statusCode"] = 204;
+      if (!reply.contains("body") || !reply["body"].is_string() || reply["body"].get<std::string>().empty())
+        reply["body"] = b64encode("a body on 204");
+      return;
+    case ReplyFault::crlf_header:
+      reply["headers"]["X-Sim"] = nlohmann::json::array({"a\r\nSet-Cookie: evil=1"});
+      return;
+    case ReplyFault::crlf_header_name:
+      reply["headers"]["X-Sim\r\nSet-Cookie"] = nlohmann::json::array({"evil=1"});
+      return;
+  }
+}
+
 namespace {
 nlohmann::json status_body(int code, const std::string& reason, const std::string& msg) {
   return {{"kind", "Status"}, {"apiVersion", "v1"}, {"metadata", nlohmann::json::object()}, {"status", "Failure"},
@@ -68,6 +100,7 @@ nlohmann::json respond(const nlohmann::json& req, const std::string& plane_id, i
   nlohmann::json body;
   static const std::regex pods_re("^/api/v1/namespaces/([a-z0-9-]+)/pods/?$");
   static const std::regex pod_re("^/api/v1/namespaces/([a-z0-9-]+)/pods/([a-z0-9.-]+)$");
+  static const std::regex list_re("^/api/v1/(namespaces/[a-z0-9-]+/)?(secrets|serviceaccounts)/?$");
   std::smatch m;
   if (path == "/version") {
     body = {{"major", "1"}, {"minor", "31"}, {"gitVersion", "v1.31.0-agent-sim"}, {"platform", "linux/amd64"}};
@@ -91,6 +124,10 @@ nlohmann::json respond(const nlohmann::json& req, const std::string& plane_id, i
             {"kind", "Pod"},
             {"metadata", {{"name", m[2].str()}, {"namespace", m[1].str()}}},
             {"status", {{"phase", "Running"}}}};
+  } else if (method == "GET" && std::regex_match(path, m, list_re)) {
+    // Empty lists (tests of the proxy deny-list and policy: the request reached the agent).
+    body = {{"apiVersion", "v1"}, {"kind", m[2].str() == "secrets" ? "SecretList" : "ServiceAccountList"},
+            {"metadata", {{"resourceVersion", "1"}}}, {"items", nlohmann::json::array()}};
   } else if (method == "POST" || method == "PUT" || method == "PATCH") {
     // Echo: the decoded request body comes back, so tests can check body round trips.
     std::string in = req.contains("body") && req["body"].is_string() ? b64decode(req["body"].get<std::string>()) : "";

@@ -128,6 +128,16 @@ void SimStreams::start_http(const nlohmann::json& req) {
     return;
   }
   streams_[id] = s;
+  if (s->flow_controlled && opts_.overrun > 0) {
+    // A rude agent: one chunk beyond the window, before any credit could have arrived.
+    const size_t n = static_cast<size_t>(std::max<int64_t>(s->credit, 0)) + opts_.overrun;
+    std::string data;
+    data.reserve(n + 80);
+    while (data.size() < n) data += "overrun line " + std::to_string(data.size()) + " " + std::string(48, 'o') + "\n";
+    data.resize(n);
+    log::info("sending more than the stream window", {{"requestID", id}, {"window", s->credit}, {"bytes", n}});
+    emit(s, data);
+  }
   produce(s);
 }
 

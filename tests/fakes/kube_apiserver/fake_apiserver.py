@@ -13,11 +13,14 @@ SIGTERM. See README.md for the control API.
 """
 import argparse
 import asyncio
+import base64
+import binascii
 import datetime
 import glob
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -186,6 +189,28 @@ class FaultRule:
         self.hits = 0
         if self.code is not None:
             self.code = int(self.code)
+        # Jitter: only a `fraction` of the matching requests is hit, each with a code drawn from `codes`,
+        # both decided by a random generator seeded with `seed` (reproducible for a sequential client).
+        self.fraction = float(spec["fraction"]) if spec.get("fraction") is not None else None
+        self.codes = [int(c) for c in spec.get("codes") or []]
+        self.seed = spec.get("seed")
+        self.rng = random.Random(self.seed)
+        self.passed = 0  # matching requests the fraction let through
+
+    def draw(self):
+        """For a matching request: the code to answer with, or None to let it through (jitter)."""
+        if self.fraction is not None and self.rng.random() >= self.fraction:
+            self.passed += 1
+            return None
+        if self.codes:
+            return self.rng.choice(self.codes)
+        return self.code
+
+    def retry_after_for(self, code):
+        """Jitter rules send Retry-After only with 429 and 503 (a 500 has none); others with any code."""
+        if self.codes and code not in (429, 503):
+            return None
+        return self.retry_after
 
     def active(self):
         return (self.count is None or self.count > 0) and (self.until is None or time.monotonic() < self.until)
@@ -239,18 +264,25 @@ class FaultRule:
             d["remainingSeconds"] = max(0.0, round(self.until - time.monotonic(), 3))
         if self.as_watch_event:
             d["asWatchEvent"] = True
+        if self.fraction is not None:
+            d.update(fraction=self.fraction, passed=self.passed)
+        if self.codes:
+            d["codes"] = self.codes
+        if self.seed is not None:
+            d["seed"] = self.seed
         return d
 
 
-def fault_error(rule, info):
-    code = rule.code
+def fault_error(rule, info, code=None):
+    code = rule.code if code is None else code
+    retry_after = rule.retry_after_for(code)
     reason = REASONS.get(code, "InternalError" if code >= 500 else "BadRequest")
     rt, name = info.rt, info.name or ""
     headers = {}
     details = None
-    if rule.retry_after is not None:
-        headers["Retry-After"] = str(int(rule.retry_after))
-        details = {"retryAfterSeconds": int(rule.retry_after)}
+    if retry_after is not None:
+        headers["Retry-After"] = str(int(retry_after))
+        details = {"retryAfterSeconds": int(retry_after)}
     if code == 409 and rt is not None:
         err = ks.conflict(rt, name)
         err.headers = headers
@@ -258,7 +290,7 @@ def fault_error(rule, info):
             err.message = rule.message
         return err
     if code == 429:
-        ra = int(rule.retry_after if rule.retry_after is not None else 1)
+        ra = int(retry_after if retry_after is not None else 1)
         return ks.ApiError(429, "TooManyRequests", rule.message or "Too many requests, please try again later.",
                            {"retryAfterSeconds": ra}, {"Retry-After": str(ra)})
     if code == 404 and rt is not None:
@@ -288,6 +320,7 @@ def fault_error(rule, info):
 
 DROP_CLOSE = object()
 DROP_ABORT = object()
+STALL = object()  # wakes a watch up to notice that it was stalled
 
 
 class Watcher:
@@ -302,6 +335,7 @@ class Watcher:
         self.query = dict(query)
         self.started = ks.now_rfc3339()
         self.sent = 0
+        self.stalled = False  # sends nothing more (no events, no bookmarks, no end) until dropped
 
     def _match(self, obj):
         if obj is None:
@@ -332,7 +366,7 @@ class Watcher:
 
     def describe(self):
         return {"id": self.id, "resource": self.rt.plural, "namespace": self.ns or "", "since": self.started,
-                "query": self.query, "eventsSent": self.sent}
+                "query": self.query, "eventsSent": self.sent, "stalled": self.stalled}
 
 
 class WatchHub:
@@ -355,6 +389,65 @@ class WatchHub:
             n += 1
         return n
 
+    def stall(self, resource=None):
+        n = 0
+        for w in list(self.watchers):
+            if resource and w.rt.plural != resource:
+                continue
+            if not w.stalled:
+                w.stalled = True
+                w.queue.put_nowait(STALL)
+                n += 1
+        return n
+
+
+class Conn:
+    """A client connection, for the request log and the idle keep-alive close."""
+    _next = 1
+
+    def __init__(self, transport):
+        self.id = Conn._next
+        Conn._next += 1
+        self.transport = transport
+        self.served = 0      # requests answered on it
+        self.busy = 0        # requests being handled
+        self.last_done = 0.0  # loop time the last request was handled
+        self.timer = None    # the idle close
+
+
+def encode_continue(rv, start):
+    """A continue token like the real one: base64url (no padding) of {"v","rv","start"}."""
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_continue(token):
+    """(start key, rv) of a continue token; ApiError 400 like the real server when it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        c = json.loads(raw)
+        if not isinstance(c, dict):
+            raise ValueError("not an object")
+    except (ValueError, binascii.Error) as e:
+        raise ks.bad_request(f"invalid continue token: continue key is not valid: {e}")
+    if c.get("v") != "meta.k8s.io/v1":
+        raise ks.bad_request("invalid continue token: continue key is not valid: server does not recognize this encoded key")
+    rv, start = c.get("rv"), c.get("start")
+    if not isinstance(rv, int) or rv == 0:
+        raise ks.bad_request("invalid continue token: continue key is not valid: incorrect encoded start "
+                             "resourceVersion (version meta.k8s.io/v1)")
+    if not isinstance(start, str) or not start:
+        raise ks.bad_request("invalid continue token: continue key is not valid: encoded start key empty "
+                             "(version meta.k8s.io/v1)")
+    return start, rv
+
+
+CONTINUE_EXPIRED = ("The provided continue parameter is too old to display a consistent list result. You can start a "
+                    "new list without the continue parameter, or use the continue token in this response to retrieve "
+                    "the remainder of the results. Continuing with the provided token results in an inconsistent "
+                    "list - objects that were created, modified, or deleted between the time the first chunk was "
+                    "returned and now may show up in the list.")
+
 
 # ---------------------------------------------------------------------------------------------
 # The server
@@ -371,6 +464,13 @@ class FakeApiServer:
         self.log_bodies = bool(args.log_bodies)
         self.bookmark_interval = args.bookmark_interval
         self.address = "127.0.0.1:0"
+        # Rude modes (README: "Rude modes"): watch chunking, stalled watches, idle keep-alive close.
+        self.chunking = self._chunking_defaults()
+        self.stall_new = []  # [{"resource": plural or None, "remaining": n}]: the next watches stall
+        self.idle_timeout = float(args.idle_timeout or 0)
+        self.idle_close_delay = float(args.idle_close_delay or 0)
+        self.conns = {}  # id(transport) -> Conn
+        self.counters = {"idleClosed": 0, "idleRaced": 0}
         self.seed_docs = []
         for d in args.seed_dir or []:
             self.seed_docs.extend(self._read_seed_dir(d))
@@ -422,6 +522,10 @@ class FakeApiServer:
         self.requests.clear()
         self.bookmark_interval = self.args.bookmark_interval
         self.log_bodies = bool(self.args.log_bodies)
+        self.chunking = self._chunking_defaults()
+        self.stall_new.clear()
+        self.idle_timeout = float(self.args.idle_timeout or 0)
+        self.idle_close_delay = float(self.args.idle_close_delay or 0)
         self.store.clear()
         self._seed()
 
@@ -457,6 +561,12 @@ class FakeApiServer:
             "userAgent": request.headers.get("User-Agent", ""),
             "durationMs": round((time.monotonic() - started) * 1000, 1),
         }
+        conn = request.get("conn")
+        if conn is not None:
+            e["connection"] = conn.id                 # the client connection (same id: kept alive)
+            e["connectionRequest"] = request["conn_seq"]  # 1 for the first request on it
+        if request.get("closed_idle"):
+            e["closedIdle"] = True  # no answer: the connection was closed as idle (see idleCloseDelay)
         e.update(info.as_log())
         if request.get("logged_body") is not None:
             e["body"] = request["logged_body"]
@@ -464,14 +574,75 @@ class FakeApiServer:
 
     # -- entry point ---------------------------------------------------------------------------
 
+    # -- connections: the idle keep-alive close ---------------------------------------------------
+
+    def _conn_begin(self, request):
+        """Registers the request on its connection; True when it must be dropped: it arrived on a
+        kept-alive connection that had been idle for idleTimeout already (its close is on the way)."""
+        tr = request.transport
+        if tr is None:
+            return False
+        conn = self.conns.get(id(tr))
+        if conn is None or conn.transport is not tr:
+            for k in [k for k, c in self.conns.items() if c.transport.is_closing()]:
+                del self.conns[k]
+            conn = self.conns[id(tr)] = Conn(tr)
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        request["conn"] = conn
+        request["conn_seq"] = conn.served + conn.busy + 1
+        if self.idle_timeout > 0 and conn.served > 0 and conn.busy == 0 and \
+                asyncio.get_running_loop().time() - conn.last_done >= self.idle_timeout:
+            return True
+        conn.busy += 1
+        return False
+
+    def _conn_end(self, request):
+        conn = request.get("conn")
+        if conn is None:
+            return
+        conn.busy -= 1
+        conn.served += 1
+        loop = asyncio.get_running_loop()
+        conn.last_done = loop.time()
+        if self.idle_timeout > 0 and conn.busy == 0:
+            conn.timer = loop.call_later(self.idle_timeout + self.idle_close_delay, self._idle_close, conn, conn.served)
+
+    def _idle_close(self, conn, served):
+        conn.timer = None
+        if conn.served != served or conn.busy or conn.transport.is_closing():
+            return
+        self.counters["idleClosed"] += 1
+        conn.transport.close()  # TLS close_notify, then FIN, like Go's http.Server IdleTimeout
+        self.conns.pop(id(conn.transport), None)
+
     async def handle(self, request):
         if request.path.startswith("/fake/") or request.path == "/fake":
+            # Control requests are not part of the rude modes: never dropped, no idle close.
             try:
                 return await self.control(request)
             except ks.ApiError as e:
                 return self.error(e)
             except (ValueError, KeyError, TypeError) as e:
                 return self.error(ks.bad_request(f"control API: {e}"))
+        if self._conn_begin(request):
+            # The race a client loses against a server's idle timeout: the request went out on a
+            # connection the server has given up on. It is read, never answered, and the
+            # connection is closed (the client sees the end of the stream, nothing received).
+            request["closed_idle"] = True
+            self.counters["idleRaced"] += 1
+            self.log_request(request, classify(request.method, request.path, request.query), 0, time.monotonic())
+            conn = request["conn"]
+            self.conns.pop(id(conn.transport), None)
+            conn.transport.close()
+            return web.Response(status=503)  # never sent: the transport is closing
+        try:
+            return await self._handle_api(request)
+        finally:
+            self._conn_end(request)
+
+    async def _handle_api(self, request):
         started = time.monotonic()
         request["received_at"] = time.time()
         info = classify(request.method, request.path, request.query)
@@ -524,13 +695,16 @@ class FakeApiServer:
                 continue
             if not rule.matches(request.method, request.path, info, request):
                 continue
+            code = rule.draw()
+            if code is None and rule.fraction is not None:
+                continue  # jitter: this one goes through
             if rule.count is not None:
                 rule.count -= 1
             rule.hits += 1
             if rule.delay:
                 await asyncio.sleep(rule.delay)
-            if rule.code is not None:
-                err = fault_error(rule, info)
+            if code is not None:
+                err = fault_error(rule, info, code)
                 if rule.as_watch_event and info.watch:
                     request["fault_watch_error"] = err
                     return
@@ -766,27 +940,17 @@ class FakeApiServer:
                 return self.respond(self.table(rt, [obj], obj["metadata"]["resourceVersion"], q.get("includeObject", "Metadata")))
             return self.respond(obj)
         if verb == "list":
-            rv = q.get("resourceVersion", "")
-            if rv not in ("", "0"):
-                try:
-                    rvn = int(rv)
-                except ValueError:
-                    raise ks.bad_request(f"invalid resource version: {rv}")
-                if rvn > self.store.rv:
-                    raise ks.ApiError(504, "Timeout", f"Too large resource version: {rvn}, current: {self.store.rv}",
-                                      {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
-                                       "retryAfterSeconds": 1}, {"Retry-After": "1"})
-                if q.get("resourceVersionMatch") == "Exact" and rvn < self.store.floor:
-                    raise ks.ApiError(410, "Expired", f"too old resource version: {rvn} ({self.store.floor})")
-            items, cur = self.store.list(rt, ns, q.get("labelSelector"), q.get("fieldSelector"))
+            items, meta = self.list_page(rt, ns, q)
             if self.wants_table(request):
-                return self.respond(self.table(rt, items, cur, q.get("includeObject", "Metadata")))
+                t = self.table(rt, items, meta["resourceVersion"], q.get("includeObject", "Metadata"))
+                t["metadata"] = meta
+                return self.respond(t)
             if not rt.is_crd:  # typed lists carry no per-item TypeMeta
                 for it in items:
                     it.pop("kind", None)
                     it.pop("apiVersion", None)
-            return self.respond({"apiVersion": rt.api_version, "kind": rt.kind + "List",
-                                 "metadata": {"resourceVersion": str(cur)}, "items": items})
+            return self.respond({"apiVersion": rt.api_version, "kind": rt.kind + "List", "metadata": meta,
+                                 "items": items})
         opts = self._write_opts(request)
         if verb == "create":
             if rt.namespaced and ns is None:
@@ -826,6 +990,61 @@ class FakeApiServer:
             return self.respond({"apiVersion": rt.api_version, "kind": rt.kind + "List",
                                  "metadata": {"resourceVersion": str(self.store.rv)}, "items": items})
         raise ks.ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", {})
+
+    def list_page(self, rt, ns, q):
+        """(items, ListMeta) of a LIST, with `limit`/`continue` paging as etcd serves it: items in key
+        order, a page of at most `limit` items, `continue` while more remain (`remainingItemCount`
+        without selectors), later pages read at the first page's resourceVersion; a continue token
+        older than the compacted history gets 410 Expired with a token to go on inconsistently."""
+        rv = q.get("resourceVersion", "")
+        cont = q.get("continue", "")
+        lsel, fsel = q.get("labelSelector"), q.get("fieldSelector")
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError:
+            raise ks.bad_request(f"limit: Invalid value: \"{q.get('limit')}\": must be an integer")
+
+        def key_of(o):  # the etcd key below the request's prefix
+            m = o["metadata"]
+            return m["name"] if ns is not None or not rt.namespaced else f"{m.get('namespace', '')}/{m['name']}"
+
+        if cont:
+            if rv != "":
+                raise ks.bad_request("specifying resource version is not allowed when using continue")
+            start, list_rv = decode_continue(cont)
+            if list_rv == -1:  # the inconsistent token of a 410: the rest of the current state
+                items, list_rv = self.store.list(rt, ns, lsel, fsel)
+            else:
+                items = self.store.list_at(rt, list_rv, ns, lsel, fsel)
+                if items is None:
+                    err = ks.ApiError(410, "Expired", CONTINUE_EXPIRED)
+                    err.list_meta = {"continue": encode_continue(-1, start)}
+                    raise err
+            items = sorted((o for o in items if key_of(o) >= start), key=key_of)
+        else:
+            if rv not in ("", "0"):
+                try:
+                    rvn = int(rv)
+                except ValueError:
+                    raise ks.bad_request(f"invalid resource version: {rv}")
+                if rvn > self.store.rv:
+                    raise ks.ApiError(504, "Timeout", f"Too large resource version: {rvn}, current: {self.store.rv}",
+                                      {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                                       "retryAfterSeconds": 1}, {"Retry-After": "1"})
+                if q.get("resourceVersionMatch") == "Exact" and rvn < self.store.floor:
+                    raise ks.ApiError(410, "Expired", f"too old resource version: {rvn} ({self.store.floor})")
+            items, list_rv = self.store.list(rt, ns, lsel, fsel)
+            items.sort(key=key_of)
+            if rv == "0":
+                limit = 0  # served from the watch cache, which ignores limit
+        meta = {"resourceVersion": str(list_rv)}
+        if limit > 0 and len(items) > limit:
+            rest = len(items) - limit
+            items = items[:limit]
+            meta["continue"] = encode_continue(list_rv, key_of(items[-1]) + "\x00")
+            if not lsel and not fsel:
+                meta["remainingItemCount"] = rest
+        return items, meta
 
     def _schedule_ns_finalize(self):
         loop = asyncio.get_running_loop()
@@ -917,17 +1136,55 @@ class FakeApiServer:
                 await resp.write((json.dumps({"type": "ERROR", "object": gone.status()}) + "\n").encode())
                 await resp.write_eof()
                 return resp
+            if self._take_stall_new(rt):
+                watcher.stalled = True
             first = [True]
 
-            async def send(ev_type, obj):
+            def encode(ev_type, obj):
                 if table and ev_type != "BOOKMARK":
                     obj = self.table(rt, [obj], obj["metadata"].get("resourceVersion", ""), include, columns=first[0])
                     first[0] = False
-                await resp.write((json.dumps({"type": ev_type, "object": obj}, separators=(",", ":")) + "\n").encode())
                 watcher.sent += 1
+                return (json.dumps({"type": ev_type, "object": obj}, separators=(",", ":")) + "\n").encode()
 
-            for t, o in initial:
-                await send(t, o)
+            async def send(events):
+                """Writes events: one HTTP chunk each, or as the watch-chunking control says (all in
+                one buffer, cut into pieces of `split` bytes, each its own chunk, `gap` s apart)."""
+                ch = self.chunking
+                if not ch["split"] and not ch["coalesce"]:
+                    for t, o in events:
+                        await resp.write(encode(t, o))
+                    return
+                data = b"".join(encode(t, o) for t, o in events)
+                step = ch["split"] or len(data)
+                for k in range(0, len(data), step):
+                    if k and ch["gap"]:
+                        await asyncio.sleep(ch["gap"])
+                    await resp.write(data[k:k + step])
+
+            async def stalled_until_dropped():
+                # A hung server: nothing more is sent, timeoutSeconds does not end it; the
+                # connection stays open until the client gives up (or /fake/drop-watches). aiohttp
+                # does not cancel a handler whose client left: look for that every 0.1 s.
+                while True:
+                    try:
+                        item = await asyncio.wait_for(watcher.queue.get(), timeout=0.1)
+                    except asyncio.TimeoutError:
+                        if request.transport is None or request.transport.is_closing():
+                            return resp
+                        continue
+                    if item is DROP_CLOSE:
+                        await resp.write_eof()
+                        return resp
+                    if item is DROP_ABORT:
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return resp
+
+            if watcher.stalled:
+                return await stalled_until_dropped()
+            if initial:
+                await send(initial)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             next_bookmark = loop.time() + self.bookmark_interval
@@ -935,30 +1192,68 @@ class FakeApiServer:
                 now = loop.time()
                 if now >= deadline:
                     break
-                wait = deadline - now
+                # At most 0.5 s at a time: aiohttp does not cancel a handler whose client left, and a
+                # real server ends such a watch at once (the request's context is cancelled).
+                wait = min(deadline - now, 0.5)
                 if bookmarks:
                     wait = min(wait, max(0.0, next_bookmark - now))
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), timeout=wait)
                 except asyncio.TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        return resp
                     if bookmarks and loop.time() >= next_bookmark:
                         if watcher.queue.empty():
-                            await send("BOOKMARK", self.bookmark(rt, self.store.rv))
+                            await send([("BOOKMARK", self.bookmark(rt, self.store.rv))])
                         next_bookmark = loop.time() + self.bookmark_interval
                     continue
-                if item is DROP_CLOSE:
+                batch, marker = [], None
+                if item is DROP_CLOSE or item is DROP_ABORT or item is STALL:
+                    marker = item
+                else:
+                    batch.append(item)
+                    window = self.chunking["coalesce"]
+                    end = loop.time() + window
+                    while window > 0 and marker is None:  # several events in one chunk
+                        left = end - loop.time()
+                        if left <= 0:
+                            break
+                        try:
+                            nxt = await asyncio.wait_for(watcher.queue.get(), timeout=left)
+                        except asyncio.TimeoutError:
+                            break
+                        if nxt is DROP_CLOSE or nxt is DROP_ABORT or nxt is STALL:
+                            marker = nxt
+                        else:
+                            batch.append(nxt)
+                if batch and not watcher.stalled:
+                    await send(batch)
+                if marker is DROP_CLOSE:
                     break
-                if item is DROP_ABORT:
+                if marker is DROP_ABORT:
                     if request.transport is not None:
                         request.transport.abort()
                     return resp
-                await send(*item)
+                if watcher.stalled:
+                    return await stalled_until_dropped()
             await resp.write_eof()
             return resp
         except (ConnectionResetError, ConnectionError):
             return web.Response(status=200)
         finally:
             self.hub.watchers.discard(watcher)
+
+    def _take_stall_new(self, rt):
+        for rule in self.stall_new:
+            if rule["remaining"] > 0 and rule["resource"] in (None, rt.plural):
+                rule["remaining"] -= 1
+                self.stall_new = [r for r in self.stall_new if r["remaining"] > 0]
+                return True
+        return False
+
+    @staticmethod
+    def _chunking_defaults():
+        return {"split": 0, "coalesce": 0.0, "gap": 0.0}
 
     # -- control API ---------------------------------------------------------------------------
 
@@ -1038,6 +1333,41 @@ class FakeApiServer:
             rule = FaultRule(spec)
             self.faults.append(rule)
             return self.respond(rule.describe(), 201)
+        if path == "/fake/jitter" and m == "POST":
+            spec = dict(body)
+            spec.setdefault("match", {})
+            for k in ("method", "path", "verb", "resource", "subresource", "namespace", "name", "watch"):
+                if k in spec and k not in spec["match"]:
+                    spec["match"][k] = spec.pop(k)
+            fraction = float(spec.get("fraction", 0.2))
+            if not 0.0 <= fraction <= 1.0:
+                raise ks.bad_request("control API: fraction must be within [0, 1]")
+            spec["fraction"] = fraction
+            spec["codes"] = [int(c) for c in spec.get("codes") or (500, 429, 503)]
+            spec["retryAfter"] = int(spec.get("retryAfter", 1))
+            spec.pop("code", None)
+            rule = FaultRule(count_or_duration(spec))
+            self.faults.append(rule)
+            return self.respond(rule.describe(), 201)
+        if path == "/fake/stall-watches" and m == "POST":
+            resource = body.get("resource") or None
+            n = self.hub.stall(resource)
+            if int(body.get("new", 0) or 0) > 0:
+                self.stall_new.append({"resource": resource, "remaining": int(body["new"])})
+            await asyncio.sleep(0)
+            return self.respond({"stalled": n, "stallNew": [dict(r) for r in self.stall_new]})
+        if path == "/fake/watch-chunking":
+            if m == "DELETE":
+                self.chunking = self._chunking_defaults()
+            elif m in ("POST", "PUT"):
+                ch = self._chunking_defaults()
+                ch["split"] = int(body.get("split", 0) or 0)
+                ch["coalesce"] = float(body.get("coalesce", 0) or 0)
+                ch["gap"] = float(body.get("gap", 0) or 0)
+                if ch["split"] < 0 or ch["coalesce"] < 0 or ch["gap"] < 0:
+                    raise ks.bad_request("control API: split, coalesce and gap must not be negative")
+                self.chunking = ch
+            return self.respond(dict(self.chunking))
         if path == "/fake/drop-watches" and m == "POST":
             n = self.hub.drop(body.get("mode", "close"), body.get("resource"))
             await asyncio.sleep(0)
@@ -1053,7 +1383,9 @@ class FakeApiServer:
                                  "historySize": len(self.store.history), "historyLimit": self.store.history_size,
                                  "bookmarkInterval": self.bookmark_interval, "objects": counts,
                                  "openWatches": len(self.hub.watchers), "faults": len(self.faults),
-                                 "requests": len(self.requests)})
+                                 "requests": len(self.requests), "watchChunking": dict(self.chunking),
+                                 "idleTimeout": self.idle_timeout, "idleCloseDelay": self.idle_close_delay,
+                                 **self.counters})
         if path == "/fake/config" and m in ("PUT", "POST", "PATCH"):
             if "bookmarkInterval" in body:
                 self.bookmark_interval = float(body["bookmarkInterval"])
@@ -1065,9 +1397,14 @@ class FakeApiServer:
                 self.store.lenient_smp = bool(body["lenientStrategicMergePatch"])
             if "logBodies" in body:
                 self.log_bodies = bool(body["logBodies"])
+            if "idleTimeout" in body:
+                self.idle_timeout = max(0.0, float(body["idleTimeout"] or 0))
+            if "idleCloseDelay" in body:
+                self.idle_close_delay = max(0.0, float(body["idleCloseDelay"] or 0))
             return self.respond({"bookmarkInterval": self.bookmark_interval, "history": self.store.history_size,
                                  "statusSchema": self.store.status_schema,
-                                 "lenientStrategicMergePatch": self.store.lenient_smp, "logBodies": self.log_bodies})
+                                 "lenientStrategicMergePatch": self.store.lenient_smp, "logBodies": self.log_bodies,
+                                 "idleTimeout": self.idle_timeout, "idleCloseDelay": self.idle_close_delay})
         raise ks.ApiError(404, "NotFound", f"no control endpoint {m} {path}", {})
 
 
@@ -1105,6 +1442,10 @@ def parse_args(argv=None):
     p.add_argument("--fault", action="append", metavar="JSON",
                    help='a fault rule active from the first request, as for POST /fake/faults '
                         '(e.g. \'{"code": 503, "duration": 5}\'); repeatable')
+    p.add_argument("--idle-timeout", type=float, default=0.0,
+                   help="close a kept-alive connection after this many idle seconds (0: only aiohttp's own 75 s)")
+    p.add_argument("--idle-close-delay", type=float, default=0.0,
+                   help="send that close this much later; a request arriving in between is dropped unanswered")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.plain and not (args.cert and args.key):

@@ -5,6 +5,7 @@ import json
 import os
 import select
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -175,6 +176,112 @@ class WatchStream:
     def close(self):
         try:
             self.conn.close()
+        except OSError:
+            pass
+
+
+class RawConnection:
+    """One HTTP/1.1 connection read straight off the socket: keep-alive requests one after the other,
+    and chunked bodies chunk by chunk with their boundaries (what http.client hides). A read that
+    times out leaves the connection usable."""
+
+    def __init__(self, server, timeout=10):
+        self.server = server
+        sock = socket.create_connection((server.host, server.port), timeout=timeout)
+        if not server.plain:
+            sock = server.ssl_context().wrap_socket(sock, server_hostname="localhost")
+        self.sock = sock
+        self.buf = b""
+
+    def send(self, method, path, body=None, content_type="application/json"):
+        h = [f"{method} {path} HTTP/1.1", f"Host: {self.server.host}:{self.server.port}", "Accept: application/json"]
+        if self.server.token:
+            h.append(f"Authorization: Bearer {self.server.token}")
+        data = b""
+        if body is not None:
+            data = (body if isinstance(body, (bytes, str)) else json.dumps(body))
+            data = data.encode() if isinstance(data, str) else data
+            h += [f"Content-Type: {content_type}", f"Content-Length: {len(data)}"]
+        self.sock.sendall(("\r\n".join(h) + "\r\n\r\n").encode() + data)
+
+    def _fill(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("nothing from the server in time")
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except (socket.timeout, TimeoutError) as e:
+            raise TimeoutError("nothing from the server in time") from e
+        if not data:
+            raise EOFError("connection closed by the server")
+        self.buf += data
+
+    def _read(self, n, deadline):
+        while len(self.buf) < n:
+            self._fill(deadline)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self, deadline):
+        while b"\r\n" not in self.buf:
+            self._fill(deadline)
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def read_head(self, timeout=5):
+        """(status, {lower-case header: value}); EOFError (or a reset) when the server closed the
+        connection before sending anything."""
+        deadline = time.monotonic() + timeout
+        status = int(self._line(deadline).split()[1])
+        headers = {}
+        while True:
+            line = self._line(deadline)
+            if not line:
+                return status, headers
+            k, _, v = line.decode().partition(":")
+            headers[k.strip().lower()] = v.strip()
+
+    def read_response(self, timeout=5):
+        """A whole (Content-Length) response: (status, headers, decoded JSON body)."""
+        deadline = time.monotonic() + timeout
+        status, headers = self.read_head(timeout)
+        body = self._read(int(headers.get("content-length", "0")), deadline)
+        return status, headers, json.loads(body) if body else None
+
+    def request(self, method, path, body=None, timeout=5):
+        self.send(method, path, body)
+        return self.read_response(timeout)
+
+    def read_chunk(self, timeout=5):
+        """The next chunk's bytes of a chunked body, None after the last one; TimeoutError when it
+        is not complete within `timeout` s (what was read stays buffered)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            head, sep, rest = self.buf.partition(b"\r\n")
+            if sep:
+                size = int(head.split(b";")[0], 16)
+                need = size + 2 if size else 2  # data + CRLF, or the empty trailer's CRLF
+                if len(rest) >= need:
+                    self.buf = rest[need:]
+                    return rest[:size] if size else None
+            self._fill(deadline)
+
+    def closed_by_server(self, timeout=5):
+        """Waits until the server closes the connection (EOF or reset): True, or False after `timeout`
+        s. Any byte the server sends instead is an error."""
+        deadline = time.monotonic() + timeout
+        try:
+            self._fill(deadline)
+        except TimeoutError:
+            return False
+        except (EOFError, ConnectionResetError, ssl.SSLError):
+            return True
+        raise AssertionError(f"unexpected bytes from the server: {self.buf[:100]!r}")
+
+    def close(self):
+        try:
+            self.sock.close()
         except OSError:
             pass
 

@@ -56,9 +56,11 @@ class ApiError(Exception):
         self.message = message
         self.details = details
         self.headers = headers or {}
+        self.list_meta = {}  # the Status's ListMeta (e.g. "continue" on an expired continue token)
 
     def status(self):
-        s = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message}
+        s = {"kind": "Status", "apiVersion": "v1", "metadata": dict(self.list_meta), "status": "Failure",
+             "message": self.message}
         if self.reason:
             s["reason"] = self.reason
         if self.details is not None:
@@ -868,6 +870,34 @@ class Store:
             if lsel(rec.obj.get("metadata", {}).get("labels") or {}) and fsel(rec.obj):
                 items.append(copy.deepcopy(rec.obj))
         return items, self.rv
+
+    def list_at(self, rt, rv, ns=None, label_selector=None, field_selector=None):
+        """The objects of `rt` as they were at resourceVersion `rv` (what etcd serves for a LIST at an
+        older revision), rebuilt from the current state and the retained history; None when `rv` is
+        older than the history floor (compacted)."""
+        if rv < self.floor:
+            return None
+        state = {k: rec.obj for k, rec in self.objects[rt.key].items()}
+        for ev in reversed(self.history):
+            if ev.rv <= rv:
+                break
+            if ev.rt is not rt:
+                continue
+            m = ev.obj["metadata"]
+            key = (m.get("namespace", ""), m["name"])
+            if ev.type == "ADDED":
+                state.pop(key, None)
+            else:  # MODIFIED, DELETED: what was stored before
+                state[key] = ev.prev
+        lsel = parse_label_selector(label_selector)
+        fsel = parse_field_selector(rt, field_selector)
+        items = []
+        for (ons, _), obj in sorted(state.items()):
+            if ns is not None and ons != ns:
+                continue
+            if lsel(obj.get("metadata", {}).get("labels") or {}) and fsel(obj):
+                items.append(copy.deepcopy(obj))
+        return items
 
     def all_objects(self):
         for rt in RESOURCE_TYPES:

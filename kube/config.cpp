@@ -1,4 +1,4 @@
-#include "plane_index/kube_config.hpp"
+#include "kube/config.hpp"
 
 #include <pwd.h>
 #include <sys/stat.h>
@@ -113,6 +113,7 @@ std::optional<YAML::Node> find_named(const YAML::Node& root, const char* list, c
 
 std::shared_ptr<TokenSource> TokenSource::fixed(std::string token) {
   auto t = std::shared_ptr<TokenSource>(new TokenSource());
+  cg::MutexLock lk(t->mu_);  // nothing else sees it yet; taken for the analysis' sake
   t->token_ = trim(token);
   return t;
 }
@@ -120,7 +121,7 @@ std::shared_ptr<TokenSource> TokenSource::fixed(std::string token) {
 std::shared_ptr<TokenSource> TokenSource::file(std::string path) {
   auto t = std::shared_ptr<TokenSource>(new TokenSource());
   t->path_ = std::move(path);
-  std::lock_guard lk(t->mu_);
+  cg::MutexLock lk(t->mu_);
   t->reload_locked(true);
   return t;
 }
@@ -155,7 +156,7 @@ bool TokenSource::reload_locked(bool initial) {
 }
 
 std::string TokenSource::token() {
-  std::lock_guard lk(mu_);
+  cg::MutexLock lk(mu_);
   if (!path_.empty() && !reload_locked(false) && !warned_) {
     warned_ = true;
     log::warn("kubernetes token file cannot be read; keeping the previous token", {{"file", path_}});

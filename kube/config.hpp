@@ -4,8 +4,9 @@
 #include <chrono>
 #include <ctime>
 #include <memory>
-#include <mutex>
 #include <string>
+
+#include "common/thread_annotations.hpp"
 
 namespace cg::kube {
 
@@ -18,20 +19,20 @@ class TokenSource {
   static std::shared_ptr<TokenSource> file(std::string path);
 
   // The current token (whitespace-trimmed). A file that became unreadable keeps the last token.
-  std::string token();
+  std::string token() CG_EXCLUDES(mu_);
   const std::string& path() const { return path_; }
 
  private:
   TokenSource() = default;
-  bool reload_locked(bool initial);
+  bool reload_locked(bool initial) CG_REQUIRES(mu_);
 
-  std::mutex mu_;
-  std::string path_;  // empty: fixed token
-  std::string token_;
-  struct timespec mtime_{};
-  long long size_ = -1;
-  unsigned long long inode_ = 0;
-  bool warned_ = false;
+  cg::Mutex mu_;  // a leaf (logs only under it)
+  std::string path_;  // empty: fixed token; set before the source is shared, then constant
+  std::string token_ CG_GUARDED_BY(mu_);
+  struct timespec mtime_ CG_GUARDED_BY(mu_){};
+  long long size_ CG_GUARDED_BY(mu_) = -1;
+  unsigned long long inode_ CG_GUARDED_BY(mu_) = 0;
+  bool warned_ CG_GUARDED_BY(mu_) = false;
 };
 
 struct KubeConfig {

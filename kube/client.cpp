@@ -1,23 +1,27 @@
-#include "plane_index/kube_client.hpp"
+#include "kube/client.hpp"
 
 #include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include <atomic>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <cctype>
 #include <deque>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
 
 #include "common/log.hpp"
 #include "common/net.hpp"
+#include "common/thread_annotations.hpp"
 
 namespace cg::kube {
 using namespace cg::net;
@@ -63,9 +67,9 @@ std::optional<std::chrono::seconds> parse_retry_after(std::string_view v) {
 class RateLimiter {
  public:
   RateLimiter(double qps, int burst) : qps_(qps), burst_(std::max(1, burst)), tokens_(burst_), last_(steady::now()) {}
-  steady::duration reserve() {
+  steady::duration reserve() CG_EXCLUDES(mu_) {
     if (qps_ <= 0) return {};
-    std::lock_guard lk(mu_);
+    cg::MutexLock lk(mu_);
     auto now = steady::now();
     double elapsed = std::chrono::duration<double>(now - last_).count();
     last_ = now;
@@ -76,12 +80,24 @@ class RateLimiter {
   }
 
  private:
-  std::mutex mu_;
-  double qps_;
-  double burst_;
-  double tokens_;
-  steady::time_point last_;
+  cg::Mutex mu_;  // a leaf
+  const double qps_;
+  const double burst_;
+  double tokens_ CG_GUARDED_BY(mu_);
+  steady::time_point last_ CG_GUARDED_BY(mu_);
 };
+
+// True when the server has closed an idle keep-alive connection (FIN, reset) or sent anything on it
+// (its TLS close_notify): an idle HTTP/1.1 connection has nothing to read. Only for connections with
+// no operation pending.
+bool closed_by_peer(TlsStream& s) {
+  auto& sock = beast::get_lowest_layer(s).socket();
+  if (!sock.is_open()) return true;
+  char b;
+  ssize_t n = ::recv(sock.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n >= 0) return true;
+  return !(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+}
 
 struct Conn {
   Conn(asio::io_context& ioc, asio::ssl::context& ctx, uint64_t id)
@@ -105,6 +121,17 @@ struct Conn {
 }  // namespace
 
 // --- Response ----------------------------------------------------------------------------------
+
+const char* to_string(WatchEndReason r) {
+  switch (r) {
+    case WatchEndReason::EndOfStream: return "end of stream";
+    case WatchEndReason::Refused: return "refused";
+    case WatchEndReason::Failed: return "failed";
+    case WatchEndReason::Idle: return "idle";
+    case WatchEndReason::Cancelled: return "cancelled";
+  }
+  return "unknown";
+}
 
 std::string Response::header(std::string_view name) const {
   for (const auto& [k, v] : headers)
@@ -184,33 +211,38 @@ struct KubeClient::Impl : std::enable_shared_from_this<KubeClient::Impl> {
   asio::ssl::context ssl;
   RateLimiter limiter;
 
-  std::mutex mu;
-  bool shut = false;
-  size_t active = 0;
+  // Guards the pool, the queue, the operations in flight and the stats (any thread). A leaf: under
+  // it only posts, Conn::close() of a connection no operation uses, and the arming of a rate-limit
+  // timer (see after_limiter()).
+  cg::Mutex mu;
+  bool shut CG_GUARDED_BY(mu) = false;
+  size_t active CG_GUARDED_BY(mu) = 0;
   struct Idle {
     std::shared_ptr<Conn> conn;
     steady::time_point since;
   };
-  std::vector<Idle> idle;
-  std::deque<std::shared_ptr<Exchange>> queue;
-  std::map<Conn*, std::weak_ptr<Conn>> busy;
-  std::set<std::shared_ptr<asio::steady_timer>> timers;
-  std::map<WatchOp*, std::weak_ptr<WatchOp>> watches;
-  ClientStats stats;
-  uint64_t next_id = 0;
+  std::vector<Idle> idle CG_GUARDED_BY(mu);
+  std::deque<std::shared_ptr<Exchange>> queue CG_GUARDED_BY(mu);
+  std::map<Conn*, std::weak_ptr<Conn>> busy CG_GUARDED_BY(mu);
+  std::set<std::shared_ptr<asio::steady_timer>> timers CG_GUARDED_BY(mu);  // rate-limit waits
+  std::map<WatchOp*, std::weak_ptr<WatchOp>> watches CG_GUARDED_BY(mu);
+  ClientStats stats CG_GUARDED_BY(mu);
+  uint64_t next_id CG_GUARDED_BY(mu) = 0;
 
-  std::shared_ptr<Conn> new_conn_locked() {
+  std::shared_ptr<Conn> new_conn_locked() CG_REQUIRES(mu) {
     auto c = std::make_shared<Conn>(ioc, ssl, ++next_id);
     busy[c.get()] = c;
     return c;
   }
-  // An idle connection young enough to reuse, or null. Older ones are closed.
-  std::shared_ptr<Conn> take_idle_locked() {
+  // An idle connection young enough to reuse and still open at the server, or null. Others are closed.
+  std::shared_ptr<Conn> take_idle_locked() CG_REQUIRES(mu) {
     auto now = steady::now();
     while (!idle.empty()) {
       Idle i = std::move(idle.back());
       idle.pop_back();
-      if (now - i.since > kIdleMaxAge) {
+      const bool stale = closed_by_peer(i.conn->stream);
+      if (stale) ++stats.stale_idle;
+      if (stale || now - i.since > kIdleMaxAge) {
         asio::post(i.conn->stream.get_executor(), [c = i.conn] { c->close(); });
         continue;
       }
@@ -221,8 +253,8 @@ struct KubeClient::Impl : std::enable_shared_from_this<KubeClient::Impl> {
   }
   // Returns a connection that finished an exchange: kept idle when reusable, else closed.
   // Must run on the connection's strand.
-  void release_conn(const std::shared_ptr<Conn>& c, bool reusable) {
-    std::lock_guard lk(mu);
+  void release_conn(const std::shared_ptr<Conn>& c, bool reusable) CG_EXCLUDES(mu) {
+    cg::MutexLock lk(mu);
     busy.erase(c.get());
     if (reusable && c->open && !shut) {
       beast::get_lowest_layer(c->stream).expires_never();
@@ -238,11 +270,11 @@ struct KubeClient::Impl : std::enable_shared_from_this<KubeClient::Impl> {
   }
 
   // Waits for the rate limiter, then runs `fn` (or `fail` after shutdown).
-  void after_limiter(std::function<void()> fn, std::function<void()> fail);
+  void after_limiter(std::function<void()> fn, std::function<void()> fail) CG_EXCLUDES(mu);
 
-  void enqueue(std::shared_ptr<Exchange> ex);
-  void exchange_done(std::shared_ptr<Exchange> ex);  // frees the slot and starts the next queued exchange
-  void shutdown();
+  void enqueue(std::shared_ptr<Exchange> ex) CG_EXCLUDES(mu);
+  void exchange_done(std::shared_ptr<Exchange> ex) CG_EXCLUDES(mu);  // frees the slot and starts the next queued exchange
+  void shutdown() CG_EXCLUDES(mu);
 };
 
 namespace {
@@ -261,7 +293,7 @@ void connect_conn(const ImplPtr& impl, const std::shared_ptr<Conn>& c, std::chro
   auto on_connected = [impl, c, done](beast::error_code ec) {
     if (ec) return done(ec, "connect");
     {
-      std::lock_guard lk(impl->mu);
+      cg::MutexLock lk(impl->mu);
       ++impl->stats.connections_opened;
     }
     c->stream.async_handshake(asio::ssl::stream_base::client, [c, done](beast::error_code ec) {
@@ -335,7 +367,7 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
     conn->buf.consume(conn->buf.size());
     beast::get_lowest_layer(conn->stream).expires_after(req.timeout);
     {
-      std::lock_guard lk(impl->mu);
+      cg::MutexLock lk(impl->mu);
       ++impl->stats.requests;
     }
     if (conn->open) return write();
@@ -362,17 +394,24 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
     });
   }
 
+  // GET and HEAD may be sent twice; a PATCH, POST, PUT or DELETE that may have reached the server not.
+  bool idempotent() const { return req.method == "GET" || req.method == "HEAD"; }
+
   void fail(const beast::error_code& ec, const char* phase) {
-    bool nothing_received = !parser || !parser->got_some();
-    if (reused && !retried && nothing_received && (stale_connection_error(ec) || std::string(phase) == "write")) {
-      // The server closed the idle keep-alive connection: try once more on a fresh one.
+    const bool nothing_received = !parser || !parser->got_some();
+    const bool write_failed = std::string_view(phase) == "write";
+    // The server closed the kept-alive connection as the request went out (its idle timeout): send it
+    // once more on a new connection when that cannot do it twice.
+    const bool may_resend = write_failed ? ec != beast::error::timeout : idempotent() && stale_connection_error(ec);
+    if (reused && !retried && nothing_received && may_resend) {
       retried = true;
       reused = false;
       conn->close();
       {
-        std::lock_guard lk(impl->mu);
+        cg::MutexLock lk(impl->mu);
         impl->busy.erase(conn.get());
         if (!impl->shut) {
+          ++impl->stats.retries;
           conn = impl->new_conn_locked();
           start();
           return;
@@ -384,7 +423,7 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
     if (ec == beast::error::timeout)
       r.error = "timeout after " + std::to_string(req.timeout.count()) + "ms (" + phase + ")";
     {
-      std::lock_guard lk(impl->mu);
+      cg::MutexLock lk(impl->mu);
       if (impl->shut) r.error = std::string(kShutDownError);
     }
     impl->release_conn(conn, false);
@@ -415,8 +454,13 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
   std::string path;
   KubeClient::LineCallback on_line;
   KubeClient::DoneCallback on_done;
-  std::mutex mu;
+  std::chrono::milliseconds idle_timeout{0};
+  // The connection, for the watch's own steps: set in begin() before the first step is posted to its
+  // strand, reset by release() on that strand, read there only.
   std::shared_ptr<Conn> conn;
+  // The same connection, for cancel() from any thread: set and reset together with `conn`.
+  cg::Mutex mu;  // a leaf
+  std::shared_ptr<Conn> cancel_target CG_GUARDED_BY(mu);
   std::atomic<bool> cancelled{false};
   std::atomic<bool> finished{false};
   http::request<http::empty_body> hreq;
@@ -428,31 +472,31 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
 
   void cancel() override {
     cancelled = true;
-    std::lock_guard lk(mu);
+    cg::MutexLock lk(mu);
     // Closed on the connection's strand, and only while this watch still owns it (it may have gone back
     // to the pool after a clean end of the stream).
-    if (conn) {
-      asio::post(conn->stream.get_executor(), [self = shared_from_this()] {
-        std::lock_guard lk(self->mu);
-        if (self->conn) self->conn->close();
+    if (cancel_target) {
+      asio::post(cancel_target->stream.get_executor(), [self = shared_from_this()] {
+        cg::MutexLock lk(self->mu);
+        if (self->cancel_target) self->cancel_target->close();
       });
     }
   }
 
   // Gives the connection back (must run on its strand); a cancelled watch never returns it to the pool.
   void release(bool reusable) {
-    std::shared_ptr<Conn> c;
     {
-      std::lock_guard lk(mu);
-      c = std::move(conn);
+      cg::MutexLock lk(mu);
+      cancel_target.reset();
     }
+    std::shared_ptr<Conn> c = std::move(conn);
     if (c) impl->release_conn(c, reusable && !cancelled);
   }
 
   void begin() {  // after the rate limiter
     std::shared_ptr<Conn> c;
     {
-      std::lock_guard lk(impl->mu);
+      cg::MutexLock lk(impl->mu);
       if (impl->shut) cancelled = true;
       else {
         c = impl->new_conn_locked();
@@ -461,8 +505,9 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
     }
     if (!c) return end_cancelled();
     {
-      std::lock_guard lk(mu);
+      cg::MutexLock lk(mu);
       conn = c;
+      cancel_target = c;
     }
     asio::post(c->stream.get_executor(), [self = shared_from_this()] { self->run(); });
   }
@@ -509,6 +554,7 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
     parser->body_limit(impl->opts.body_limit);
     http::async_read(conn->stream, conn->buf, *parser, [self = shared_from_this()](beast::error_code ec, size_t) {
       WatchEnd e;
+      e.reason = self->cancelled ? WatchEndReason::Cancelled : WatchEndReason::Refused;
       e.status = static_cast<int>(self->parser->get().result_int());
       e.body = self->parser->get().body();
       if (auto it = self->parser->get().find(http::field::retry_after); it != self->parser->get().end())
@@ -521,7 +567,7 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
 
   void read_some() {
     if (cancelled) return fail({}, "cancelled");
-    beast::get_lowest_layer(conn->stream).expires_after(impl->opts.watch_idle_timeout);
+    beast::get_lowest_layer(conn->stream).expires_after(idle_timeout);
     http::async_read_some(conn->stream, conn->buf, *parser, [self = shared_from_this()](beast::error_code ec, size_t) {
       // Non-chunked bodies land in the string body; chunked ones went to `pending` already.
       auto& b = self->parser->get().body();
@@ -539,7 +585,7 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
         }
         WatchEnd e;
         e.status = 200;
-        e.cancelled = self->cancelled;
+        e.reason = self->cancelled ? WatchEndReason::Cancelled : WatchEndReason::EndOfStream;
         self->release(self->parser->get().keep_alive());
         return self->end(std::move(e));
       }
@@ -564,13 +610,20 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
 
   void fail(const beast::error_code& ec, const char* phase) {
     {
-      std::lock_guard lk(impl->mu);
+      cg::MutexLock lk(impl->mu);
       if (impl->shut) cancelled = true;
     }
     WatchEnd e;
     e.status = streaming ? 200 : 0;
-    if (cancelled) e.cancelled = true;
-    else e.error = std::string(phase) + ": " + ec_text(ec);
+    if (cancelled) {
+      e.reason = WatchEndReason::Cancelled;
+    } else if (streaming && ec == beast::error::timeout) {
+      e.reason = WatchEndReason::Idle;
+      e.error = "no byte for " + std::to_string(idle_timeout.count()) + "ms";
+    } else {
+      e.reason = WatchEndReason::Failed;
+      e.error = std::string(phase) + ": " + ec_text(ec);
+    }
     if (ec == http::error::body_limit) e.error = "watch event larger than " + std::to_string(kMaxLine) + " bytes";
     release(false);
     end(std::move(e));
@@ -578,14 +631,14 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
 
   void end_cancelled() {
     WatchEnd e;
-    e.cancelled = true;
+    e.reason = WatchEndReason::Cancelled;
     end(std::move(e));
   }
 
   void end(WatchEnd e) {
     if (finished.exchange(true)) return;
     {
-      std::lock_guard lk(impl->mu);
+      cg::MutexLock lk(impl->mu);
       impl->watches.erase(this);
     }
     auto cb = std::move(on_done);
@@ -602,12 +655,14 @@ void KubeClient::Impl::after_limiter(std::function<void()> fn, std::function<voi
     asio::post(ioc, std::move(fn));
     return;
   }
-  auto t = std::make_shared<asio::steady_timer>(ioc);
-  // The wait is armed under `mu`: once the timer is in `timers`, shutdown() may post its cancel() to
-  // an io thread, which must not run while this thread is still inside expires_after()/async_wait()
-  // (a timer is not safe for concurrent use, and a cancel() before async_wait() would be lost). The
-  // handler never runs inline from async_wait(), so taking `mu` in it cannot deadlock.
-  std::lock_guard lk(mu);
+  // The wait runs on a strand private to the waiting request or watch (it has no connection, and so
+  // no connection strand, yet). It is armed under `mu`: once the timer is in `timers`, shutdown() may
+  // post its cancel() to that strand, which must not run while this thread is still inside
+  // expires_after()/async_wait() (a timer is not safe for concurrent use, and a cancel() before
+  // async_wait() would be lost). The handler never runs inline from async_wait(), so taking `mu` in it
+  // cannot deadlock.
+  auto t = std::make_shared<asio::steady_timer>(asio::make_strand(ioc));
+  cg::MutexLock lk(mu);
   if (shut) {
     asio::post(ioc, std::move(fail));
     return;
@@ -618,7 +673,7 @@ void KubeClient::Impl::after_limiter(std::function<void()> fn, std::function<voi
   t->async_wait([self = shared_from_this(), t, fn = std::move(fn), fail = std::move(fail)](beast::error_code) {
     bool shut_now;
     {
-      std::lock_guard lk(self->mu);
+      cg::MutexLock lk(self->mu);
       self->timers.erase(t);
       shut_now = self->shut;
     }
@@ -628,7 +683,7 @@ void KubeClient::Impl::after_limiter(std::function<void()> fn, std::function<voi
 }
 
 void KubeClient::Impl::enqueue(std::shared_ptr<Exchange> ex) {
-  std::unique_lock lk(mu);
+  cg::MutexLock lk(mu);
   if (shut) {
     lk.unlock();
     Response r;
@@ -652,7 +707,7 @@ void KubeClient::Impl::enqueue(std::shared_ptr<Exchange> ex) {
 void KubeClient::Impl::exchange_done(std::shared_ptr<Exchange>) {
   std::shared_ptr<Exchange> next;
   {
-    std::lock_guard lk(mu);
+    cg::MutexLock lk(mu);
     if (active > 0) --active;
     if (!shut && !queue.empty() && active < opts.max_connections) {
       next = std::move(queue.front());
@@ -673,7 +728,7 @@ void KubeClient::Impl::shutdown() {
   std::set<std::shared_ptr<asio::steady_timer>> ts;
   std::vector<std::shared_ptr<WatchOp>> ws;
   {
-    std::lock_guard lk(mu);
+    cg::MutexLock lk(mu);
     if (shut) return;
     shut = true;
     q.swap(queue);
@@ -685,7 +740,7 @@ void KubeClient::Impl::shutdown() {
       if (auto op = w.lock()) ws.push_back(op);
   }
   for (auto& w : ws) w->cancel();  // first: their connections closing below must read as a cancellation
-  for (auto& t : ts) asio::post(ioc, [t] { t->cancel(); });
+  for (auto& t : ts) asio::post(t->get_executor(), [t] { t->cancel(); });
   for (auto& i : idles) asio::post(i.conn->stream.get_executor(), [c = i.conn] { c->close(); });
   for (auto& c : conns) asio::post(c->stream.get_executor(), [c] { c->close(); });
   for (auto& ex : q) {
@@ -720,14 +775,15 @@ void KubeClient::request(Request req, Callback done) {
 }
 
 std::shared_ptr<WatchHandle> KubeClient::watch(std::string path_with_query, LineCallback on_line,
-                                               DoneCallback on_done) {
+                                               DoneCallback on_done, WatchOptions opts) {
   auto op = std::make_shared<WatchOp>();
   op->impl = impl_;
+  op->idle_timeout = opts.idle_timeout.count() > 0 ? opts.idle_timeout : impl_->opts.watch_idle_timeout;
   op->path = std::move(path_with_query);
   op->on_line = std::move(on_line);
   op->on_done = std::move(on_done);
   {
-    std::lock_guard lk(impl_->mu);
+    cg::MutexLock lk(impl_->mu);
     if (!impl_->shut) impl_->watches[op.get()] = op;
   }
   impl_->after_limiter([op] { op->begin(); }, [op] { op->end_cancelled(); });
@@ -741,7 +797,7 @@ const KubeConfig& KubeClient::config() const { return impl_->cfg; }
 asio::io_context& KubeClient::io_context() const { return impl_->ioc; }
 
 ClientStats KubeClient::stats() const {
-  std::lock_guard lk(impl_->mu);
+  cg::MutexLock lk(impl_->mu);
   return impl_->stats;
 }
 

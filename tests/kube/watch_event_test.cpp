@@ -1,8 +1,8 @@
-#include "plane_index/watch_event.hpp"
+#include "kube/watch_event.hpp"
 
 #include <catch2/catch.hpp>
 
-using namespace cg::plane;
+using namespace cg::kube;
 
 TEST_CASE("watch event: ADDED, MODIFIED, DELETED and BOOKMARK carry their object and resourceVersion") {
   for (std::string type : {"ADDED", "MODIFIED", "DELETED", "BOOKMARK"}) {
@@ -16,7 +16,7 @@ TEST_CASE("watch event: ADDED, MODIFIED, DELETED and BOOKMARK carry their object
   }
 }
 
-TEST_CASE("watch event: an unknown type with an object is decoded; the informer ignores it") {
+TEST_CASE("watch event: an unknown type with an object is decoded and the informer ignores it") {
   auto ev = decode_watch_event(R"({"type":"SYNC","object":{"metadata":{"resourceVersion":7}}})");
   CHECK(ev.error.empty());
   CHECK(ev.type == "SYNC");
@@ -76,6 +76,17 @@ TEST_CASE("list answer: items, resourceVersion, null items, and unreadable answe
   auto bad = decode_list_answer("<html>502</html>");
   CHECK_FALSE(bad.error.empty());
   CHECK(bad.items.empty());
+}
+
+TEST_CASE("list answer: a page's continue token") {
+  auto page = decode_list_answer(
+      R"({"metadata":{"resourceVersion":"7","continue":"eyJ2Ijoi","remainingItemCount":3},"items":[{"metadata":{"name":"a"}}]})");
+  CHECK(page.error.empty());
+  CHECK(page.continue_token == "eyJ2Ijoi");
+  CHECK(page.resource_version == "7");
+  CHECK(decode_list_answer(R"({"metadata":{"resourceVersion":"7"},"items":[]})").continue_token.empty());
+  CHECK(decode_list_answer(R"({"metadata":{"continue":""},"items":[]})").continue_token.empty());
+  CHECK(decode_list_answer(R"({"metadata":{"continue":5},"items":[]})").continue_token.empty());
 }
 
 TEST_CASE("meta_string reads metadata string fields only") {

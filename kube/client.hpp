@@ -3,9 +3,20 @@
 // like client-go's QPS/burst (requests wait, they are never dropped), bearer token or client
 // certificate authentication, and streaming watches (newline-delimited JSON events).
 //
+// Kept-alive connections the server closes (idle timeouts of API servers and load balancers): an
+// idle connection is checked before reuse and dropped when the server has closed it or sent
+// anything (its close_notify). When the close crosses the request on the wire instead (the request
+// went out, the connection ended with nothing received), the request is sent again once on a new
+// connection if it is a GET or HEAD, or whatever its method if the write itself failed (the server
+// cannot have had the whole request). Other requests (PATCH, POST, PUT, DELETE) fail with the
+// error; their caller decides (the status writer retries its PATCHes). As Go's net/http does.
+//
 // Callbacks run on the io_context's threads and must not block. Every callback is called exactly
-// once, never from inside request()/watch() themselves. Call shutdown() (or destroy the client)
-// before the io_context stops running.
+// once, never from inside request()/watch() themselves (always posted). Call shutdown() (or destroy
+// the client) before the io_context stops running.
+// Timers: each runs on the strand of what it belongs to: a connection's name-resolution deadline on
+// the connection's strand, a request's or watch's rate-limiter wait on a strand private to that
+// request or watch. None runs on the bare io_context.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -17,7 +28,7 @@
 #include <utility>
 #include <vector>
 
-#include "plane_index/kube_config.hpp"
+#include "kube/config.hpp"
 
 namespace boost::asio {
 class io_context;
@@ -49,12 +60,29 @@ struct Response {
   std::string message() const;
 };
 
+// How a watch ended.
+enum class WatchEndReason {
+  EndOfStream,  // the server ended the stream cleanly (timeoutSeconds elapsed, or it closed it)
+  Refused,      // the server answered another status than 200 (`status`, `body`, `retry_after`)
+  Failed,       // no answer (connect, TLS, write, headers timeout) or the stream broke (`error`)
+  Idle,         // the stream was running, then nothing arrived for the idle bound: presumed hung
+  Cancelled,    // WatchHandle::cancel() or KubeClient::shutdown()
+};
+const char* to_string(WatchEndReason r);
+
 struct WatchEnd {
+  WatchEndReason reason = WatchEndReason::Failed;
   int status = 0;          // 200: the stream was running; other: the server refused the watch; 0: no response
   std::string error;       // empty on a clean end of the stream (server-side timeout or close)
   std::string body;        // body of a non-200 answer (usually a Status)
-  bool cancelled = false;  // ended by WatchHandle::cancel() or KubeClient::shutdown()
   std::optional<std::chrono::seconds> retry_after;
+  bool cancelled() const { return reason == WatchEndReason::Cancelled; }
+};
+
+struct WatchOptions {
+  // Once the stream runs, no byte for this long ends the watch with WatchEndReason::Idle (the
+  // connection is closed). 0: ClientOptions::watch_idle_timeout.
+  std::chrono::milliseconds idle_timeout{0};
 };
 
 class WatchHandle {
@@ -70,8 +98,9 @@ struct ClientOptions {
   size_t max_connections = 16;     // concurrent plain requests (watches have their own connections)
   size_t max_idle = 4;             // idle keep-alive connections kept
   std::chrono::milliseconds watch_header_timeout{30000};   // until the watch response's headers
-  // No byte on a running watch for this long: the connection is presumed dead. Longer than the longest
-  // timeoutSeconds the plane source asks for (2 x 300 s), as servers need not send bookmarks.
+  // No byte on a running watch for this long: the connection is presumed dead (WatchEndReason::Idle),
+  // unless the watch gives its own bound (WatchOptions). Longer than the longest timeoutSeconds the
+  // plane source asks for (2 x 300 s), as servers need not send bookmarks.
   std::chrono::milliseconds watch_idle_timeout{660000};
   size_t body_limit = 256u << 20;  // largest response body accepted
   std::string user_agent;          // default "cluster-gateway/<version>"
@@ -82,6 +111,8 @@ struct ClientStats {
   uint64_t watches = 0;              // watch requests sent
   uint64_t connections_opened = 0;   // TCP+TLS connections established
   uint64_t throttled = 0;            // requests and watches that had to wait for the rate limiter
+  uint64_t stale_idle = 0;           // idle connections found closed by the server, dropped before reuse
+  uint64_t retries = 0;              // requests sent again on a new connection after a kept-alive one ended
 };
 
 class KubeClient {
@@ -97,8 +128,10 @@ class KubeClient {
   KubeClient& operator=(const KubeClient&) = delete;
 
   void request(Request req, Callback done);
-  // GET `path_with_query` (which should include watch=true) and stream its body line by line.
-  std::shared_ptr<WatchHandle> watch(std::string path_with_query, LineCallback on_line, DoneCallback on_done);
+  // GET `path_with_query` (which should include watch=true) and stream its body line by line. Events
+  // split over several HTTP chunks and several events in one chunk are delivered as whole lines.
+  std::shared_ptr<WatchHandle> watch(std::string path_with_query, LineCallback on_line, DoneCallback on_done,
+                                     WatchOptions opts = {});
 
   // Fails queued requests, cancels running requests and watches, closes idle connections. Later
   // requests fail at once (asynchronously). Idempotent.

@@ -7,8 +7,8 @@
 #include <optional>
 #include <string>
 
-#include "plane_index/kube_client.hpp"
-#include "plane_index/kube_config.hpp"
+#include "kube/client.hpp"
+#include "kube/config.hpp"
 #include "tests/support/fake_apiserver.hpp"
 #include "tests/support/gateway_fixture.hpp"
 #include "tests/support/pki.hpp"

@@ -1,5 +1,5 @@
 // Decoding of the Kubernetes API server's list answers and watch-stream lines, separated from the
-// informer's I/O (plane_index/kube_source.cpp) so it can be tested and fuzzed. Pure: no I/O, no
+// informer's I/O (kube/informer.cpp) so it can be tested and fuzzed. Pure: no I/O, no
 // logging, and it never throws whatever the server sends.
 #pragma once
 #include <nlohmann/json.hpp>
@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-namespace cg::plane {
+namespace cg::kube {
 
 // One line of a watch stream ({"type":…,"object":…}).
 struct WatchEvent {
@@ -19,10 +19,12 @@ struct WatchEvent {
 };
 WatchEvent decode_watch_event(std::string_view line);
 
-// A LIST answer ({"metadata":{"resourceVersion":…},"items":[…]}); "items": null is an empty list.
+// A LIST answer ({"metadata":{"resourceVersion":…,"continue":…},"items":[…]}); "items": null is an
+// empty list.
 struct ListAnswer {
   std::vector<nlohmann::json> items;  // as sent (the caller fills in apiVersion and kind)
   std::string resource_version;       // metadata.resourceVersion when it is a string, else empty
+  std::string continue_token;         // metadata.continue when it is a string: more pages follow
   std::string error;                  // non-empty: the answer is unreadable
 };
 ListAnswer decode_list_answer(std::string_view body);
@@ -30,4 +32,4 @@ ListAnswer decode_list_answer(std::string_view body);
 // obj.metadata.<field> when it is a string, else empty.
 std::string meta_string(const nlohmann::json& obj, const char* field);
 
-}  // namespace cg::plane
+}  // namespace cg::kube

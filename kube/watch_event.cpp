@@ -1,8 +1,9 @@
-#include "plane_index/watch_event.hpp"
+#include "kube/watch_event.hpp"
+#include "common/json_text.hpp"
 
 #include <stdexcept>
 
-namespace cg::plane {
+namespace cg::kube {
 using json = nlohmann::json;
 
 std::string meta_string(const json& obj, const char* field) {
@@ -44,9 +45,9 @@ WatchEvent decode_watch_event(std::string_view line) {
       return out;
     }
     std::string message;
-    if (!obj.is_object()) message = ev.dump();
+    if (!obj.is_object()) message = to_json_text(ev);
     else if (auto m = obj.find("message"); m != obj.end() && m->is_string()) message = m->get<std::string>();
-    else message = obj.dump();
+    else message = to_json_text(obj);
     out.error = "watch ERROR event: " + message;
     return out;
   }
@@ -73,6 +74,7 @@ ListAnswer decode_list_answer(std::string_view body) {
       throw std::runtime_error("no items");
     }
     out.resource_version = std::move(rv);
+    out.continue_token = meta_string(j, "continue");
   } catch (const std::exception& e) {
     out.items.clear();
     out.error = e.what();
@@ -80,4 +82,4 @@ ListAnswer decode_list_answer(std::string_view body) {
   return out;
 }
 
-}  // namespace cg::plane
+}  // namespace cg::kube

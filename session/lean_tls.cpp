@@ -1,0 +1,190 @@
+#include "session/lean_tls.hpp"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace cg::session {
+namespace {
+using net::tcp;
+namespace asio = net::asio;
+namespace beast = net::beast;
+
+// The BIO under the session's SSL object.
+struct SockBio {
+  // The session's socket, not a copy of its descriptor: the descriptor is read at every call, so that
+  // once the socket is closed (heartbeat timeout, teardown) OpenSSL gets EBADF instead of reaching
+  // whatever the kernel has since given that descriptor number to (another agent's socket, a file).
+  tcp::socket* sock = nullptr;
+  bool eof = false;
+  std::string pre;  // ciphertext Asio's BIO pair had received but OpenSSL had not read yet
+  size_t pre_off = 0;
+};
+
+int sockbio_fd(SockBio* st) { return st->sock && st->sock->is_open() ? st->sock->native_handle() : -1; }
+
+int sockbio_write(BIO* b, const char* data, int len) {
+  auto* st = static_cast<SockBio*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  const int fd = sockbio_fd(st);
+  if (fd < 0) {
+    errno = EBADF;
+    return -1;
+  }
+  for (;;) {
+    ssize_t r = ::send(fd, data, static_cast<size_t>(len), MSG_NOSIGNAL);
+    if (r >= 0) return static_cast<int>(r);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(b);
+    return -1;
+  }
+}
+
+int sockbio_read(BIO* b, char* data, int len) {
+  auto* st = static_cast<SockBio*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  if (len <= 0) return 0;
+  if (st->pre_off < st->pre.size()) {
+    size_t n = std::min(st->pre.size() - st->pre_off, static_cast<size_t>(len));
+    std::memcpy(data, st->pre.data() + st->pre_off, n);
+    st->pre_off += n;
+    if (st->pre_off == st->pre.size()) std::string().swap(st->pre), st->pre_off = 0;
+    return static_cast<int>(n);
+  }
+  const int fd = sockbio_fd(st);
+  if (fd < 0) {
+    errno = EBADF;
+    return -1;
+  }
+  for (;;) {
+    ssize_t r = ::recv(fd, data, static_cast<size_t>(len), 0);
+    if (r > 0) return static_cast<int>(r);
+    if (r == 0) {
+      st->eof = true;
+      return 0;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_read(b);
+    return -1;
+  }
+}
+
+long sockbio_ctrl(BIO* b, int cmd, long, void*) {
+  auto* st = static_cast<SockBio*>(BIO_get_data(b));
+  switch (cmd) {
+    case BIO_CTRL_FLUSH: return 1;
+    case BIO_CTRL_EOF: return st && st->eof ? 1 : 0;
+    default: return 0;
+  }
+}
+
+int sockbio_create(BIO* b) {
+  BIO_set_data(b, nullptr);
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+int sockbio_destroy(BIO* b) {
+  delete static_cast<SockBio*>(BIO_get_data(b));
+  BIO_set_data(b, nullptr);
+  return 1;
+}
+
+const BIO_METHOD* sockbio_method() {
+  static const BIO_METHOD* m = [] {
+    BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "cg-session-socket");
+    BIO_meth_set_write(bm, sockbio_write);
+    BIO_meth_set_read(bm, sockbio_read);
+    BIO_meth_set_ctrl(bm, sockbio_ctrl);
+    BIO_meth_set_create(bm, sockbio_create);
+    BIO_meth_set_destroy(bm, sockbio_destroy);
+    return bm;
+  }();
+  return m;
+}
+
+// As Asio's engine reports them: a close_notify is eof, an end of stream without one is
+// stream_truncated, anything else the OpenSSL error.
+beast::error_code map_error(SSL* ssl, int e) {
+  unsigned long err = ERR_peek_last_error();
+  if (e == SSL_ERROR_ZERO_RETURN) return asio::error::eof;
+  if (e == SSL_ERROR_SYSCALL && err == 0) {
+    if (errno != 0 && !static_cast<SockBio*>(BIO_get_data(SSL_get_rbio(ssl)))->eof)
+      return beast::error_code(errno, asio::error::get_system_category());
+    return asio::ssl::error::stream_truncated;
+  }
+  if (e == SSL_ERROR_SSL && ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+    ERR_clear_error();
+    return asio::ssl::error::stream_truncated;
+  }
+  ERR_clear_error();
+  if (err == 0) return asio::ssl::error::stream_truncated;
+  return beast::error_code(static_cast<int>(err), asio::error::get_ssl_category());
+}
+
+}  // namespace
+
+LeanTls::LeanTls(net::TlsStream& from) : sock_(std::move(from.next_layer().socket())), ssl_(from.native_handle()) {
+  SSL_up_ref(ssl_);  // Asio's engine frees its reference when `from` is destroyed
+  BIO* old = SSL_get_rbio(ssl_);
+  if (BIO_ctrl_wpending(SSL_get_wbio(ssl_)) != 0) adopt_error_ = "unsent TLS output left in the handshake stream";
+  auto* st = new SockBio;
+  st->sock = &sock_;  // LeanTls is neither copied nor moved, so the pointer stays valid
+  if (size_t pending = old ? BIO_ctrl_pending(old) : 0; pending > 0) {
+    st->pre.resize(pending);
+    int got = BIO_read(old, st->pre.data(), static_cast<int>(pending));
+    st->pre.resize(got > 0 ? static_cast<size_t>(got) : 0);
+    handed_over_ = st->pre.size();
+  }
+  BIO* b = BIO_new(sockbio_method());
+  if (!b) {
+    delete st;
+    adopt_error_ = "BIO_new failed";
+    return;
+  }
+  BIO_set_data(b, st);
+  SSL_set_bio(ssl_, b, b);  // frees Asio's half of the pair
+  beast::error_code ec;
+  sock_.native_non_blocking(true, ec);
+  if (ec && adopt_error_.empty()) adopt_error_ = ec.message();
+}
+
+LeanTls::~LeanTls() {
+  if (ssl_) SSL_free(ssl_);
+}
+
+LeanTls::Step LeanTls::finish_step(int ret, size_t n, bool shutdown) {
+  if (ret == 1) return Step{Want::nothing, {}, n};
+  int e = SSL_get_error(ssl_, ret);
+  if (e == SSL_ERROR_WANT_READ) return Step{Want::read};
+  if (e == SSL_ERROR_WANT_WRITE) return Step{Want::write};
+  beast::error_code ec = map_error(ssl_, e);
+  if (shutdown && ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
+  return Step{Want::nothing, ec, 0};
+}
+
+LeanTls::Step LeanTls::read_step(asio::mutable_buffer b) {
+  ERR_clear_error();
+  size_t n = 0;
+  int r = SSL_read_ex(ssl_, b.data(), b.size(), &n);
+  return finish_step(r, n, false);
+}
+
+LeanTls::Step LeanTls::write_step(asio::const_buffer b) {
+  ERR_clear_error();
+  size_t n = 0;
+  int r = SSL_write_ex(ssl_, b.data(), b.size(), &n);
+  return finish_step(r, n, false);
+}
+
+LeanTls::Step LeanTls::shutdown_step() {
+  ERR_clear_error();
+  int r = SSL_shutdown(ssl_);
+  return finish_step(r == 0 ? 1 : r, 0, true);  // 0: ours is sent, the peer's not received yet
+}
+
+}  // namespace cg::session
