@@ -28,6 +28,9 @@ class io_context;
 
 namespace cg::session {
 
+class RequestTable;
+class StreamTable;
+
 struct TunnelRequest {
   std::string target;  // "k8s"
   std::string method;
@@ -90,6 +93,8 @@ struct TunnelLimits {
 //    (then it gets no end event).
 // Consumers keep their own state on their own strand and post onto it from the callback
 // (gateway/internal_api.cpp, gateway/exec_bridge.cpp). Tested in tests/session/tunnel_test.cpp.
+// Requests live in a RequestTable, streams in a StreamTable (internal to session/); the Tunnel reads
+// each agent message once and hands it to the table it belongs to.
 class Tunnel final : public FrameHandler {
  public:
   Tunnel(boost::asio::io_context& ioc, SessionRegistry& registry, TunnelLimits limits = {});
@@ -121,36 +126,14 @@ class Tunnel final : public FrameHandler {
   void on_closed(AgentHandle& session) override;
 
  private:
-  struct Pending;
-  struct Stream;
-  void complete(const std::string& id, TunnelReply reply, const AgentHandle* from) CG_EXCLUDES(mu_);
-  void handle_text(AgentHandle& s, std::string_view text) CG_EXCLUDES(mu_);
+  void handle_text(AgentHandle& s, std::string_view text);
   void agent_warn(const AgentHandle& s, std::string_view msg, const nlohmann::json& fields);
-  bool on_stream_frame(AgentHandle& s, AgentFrame& frame) CG_EXCLUDES(mu_);
-  bool expects_reply(const std::string& id, const AgentHandle& from) CG_EXCLUDES(mu_);
-  // Feeds one input to a stream's machine under mu_ and applies the actions (no-op for an unknown id).
-  template <class Input>
-  void drive(const std::string& id, Input&& input) CG_EXCLUDES(mu_);
-  // Applying a machine's actions is two steps: apply_locked() does the bookkeeping and posts the
-  // events of a stream that goes on, under mu_ (so events are posted in the order decided); the
-  // caller then releases mu_ and apply_unlocked() sends the frames for the agent, counts and logs,
-  // and posts the last events of a stream that ended.
-  void apply_locked(const std::string& id, const std::shared_ptr<Stream>& st, StreamActions& a) CG_REQUIRES(mu_);
-  void apply_unlocked(const std::string& id, const std::shared_ptr<Stream>& st, StreamActions a) CG_EXCLUDES(mu_);
-  static void post_stream_events(const std::shared_ptr<Stream>& st, std::vector<StreamEvent> events);
 
-  boost::asio::io_context& ioc_;
-  SessionRegistry& registry_;
-  // Guards the maps below and each stream's machine and timer (Stream::machine, Stream::timer) and
-  // each request's timer (Pending::timer). Order: Tunnel::mu_ -> LogLimiter::mu_ (agent_warn() in
-  // complete()); no other lock is taken under it, and no callback runs under it.
-  mutable cg::Mutex mu_;
-  std::unordered_map<std::string, std::shared_ptr<Pending>> pending_ CG_GUARDED_BY(mu_);
-  std::unordered_map<std::string, std::shared_ptr<Stream>> streams_ CG_GUARDED_BY(mu_);
-  std::unordered_map<uint64_t, std::set<std::string>> by_session_ CG_GUARDED_BY(mu_);  // pending ids
-  std::unordered_map<uint64_t, std::set<std::string>> streams_by_session_ CG_GUARDED_BY(mu_);
-  const TunnelLimits limits_;
   log::LogLimiter warn_limit_;  // per connection and message: 10 lines a second, then a count
+  // The two halves (session/tunnel_requests.hpp, session/tunnel_streams.hpp), each with its own
+  // mutex; a frame is handed to one of them. Lock order: StreamTable -> RequestTable -> LogLimiter.
+  std::unique_ptr<RequestTable> requests_;
+  std::unique_ptr<StreamTable> streams_;
 };
 
 }  // namespace cg::session
