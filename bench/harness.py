@@ -295,18 +295,21 @@ class Gateway:
     def rss_kib(self):
         return proc_status_kib(self.pid)
 
+    label = "gateway"  # in failure messages; GoPeer shares these methods with its own label
+
     def wait(self, cond, timeout, what, interval=0.1):
         deadline = time.time() + timeout
         while time.time() < deadline:
             if not self.proc.alive():
-                raise ModeFailed(f"gateway exited while waiting for {what}; see {self.proc.logfile}")
+                raise ModeFailed(f"{self.label} exited while waiting for {what}; see {self.proc.logfile}")
             try:
                 if cond():
                     return
             except (OSError, ValueError):
                 pass
             time.sleep(interval)
-        raise ModeFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+        suffix = "" if self.label == "gateway" else f" ({self.label})"
+        raise ModeFailed(f"timed out after {timeout:.0f}s waiting for {what}{suffix}")
 
     def metrics(self, timeout=30.0):
         """The Prometheus text of /metrics (sum samples with metric_sum)."""
@@ -371,18 +374,8 @@ class GoPeer:
     metrics = Gateway.metrics
     sessions = Gateway.sessions
 
-    def wait(self, cond, timeout, what, interval=0.1):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if not self.proc.alive():
-                raise ModeFailed(f"go peer exited while waiting for {what}; see {self.proc.logfile}")
-            try:
-                if cond():
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(interval)
-        raise ModeFailed(f"timed out after {timeout:.0f}s waiting for {what} (go peer)")
+    wait = Gateway.wait
+    label = "go peer"
 
     def stop(self):
         return self.proc.stop(timeout=30)

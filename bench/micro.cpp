@@ -17,6 +17,7 @@
 #include <random>
 #include <string>
 
+#include "bench/json_body.hpp"
 #include "common/base64.hpp"
 #include "responder.hpp"
 #include "session/frames.hpp"
@@ -31,19 +32,7 @@ using cg::session::TunnelRequest;
 
 constexpr const char* kRequestId = "0b7f0e52-5c43-4c35-9bd9-1a1b8f8a2d11";
 
-// A JSON document of exactly n bytes (a configmap-like object with a filler string), as
-// bench-tunnel-load sends.
-std::string make_body(size_t n) {
-  std::string head = R"({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bench"},"data":{"blob":")";
-  std::string tail = R"("}})";
-  std::string body = head;
-  std::mt19937 rng(42);
-  const char* alpha = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-  while (body.size() + tail.size() < n) body.push_back(alpha[rng() % 62]);
-  body += tail;
-  if (body.size() > n) body.resize(n);
-  return body;
-}
+using cg::bench::make_body;  // bench/json_body.hpp
 
 // The frame cluster-agent-sim sends back for a POST echo (201, its headers, the body as base64).
 std::string response_frame(const std::string& body) {

@@ -22,6 +22,7 @@
 #include <random>
 #include <sstream>
 
+#include "bench/json_body.hpp"
 #include "common/net.hpp"
 
 using namespace cg::net;
@@ -64,18 +65,7 @@ double pct(std::vector<double> v, double p) {
   return v[std::min(i, v.size() - 1)];
 }
 
-// A JSON document of exactly n bytes (a configmap-like object with a filler string).
-std::string make_body(size_t n) {
-  std::string head = R"({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"bench"},"data":{"blob":")";
-  std::string tail = R"("}})";
-  std::string body = head;
-  std::mt19937 rng(42);
-  const char* alpha = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-  while (body.size() + tail.size() < n) body.push_back(alpha[rng() % 62]);
-  body += tail;
-  if (body.size() > n) body.resize(n);
-  return body;
-}
+using cg::bench::make_body;  // bench/json_body.hpp
 
 struct Run;
 
