@@ -8,12 +8,14 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "common/no_throw.hpp"
+
 namespace cg {
 namespace asio = boost::asio;
 
 struct ControlTimer::Core {
   enum class State { idle, armed, stopped };
-  explicit Core(asio::any_io_executor ex) : strand(asio::make_strand(ex)), timer(strand) {}
+  explicit Core(const asio::any_io_executor& ex) : strand(asio::make_strand(ex)), timer(strand) {}
   asio::strand<asio::any_io_executor> strand;
   asio::steady_timer timer;  // touched on the strand only
   uint64_t generation = 0;   // on the strand: a timed run counts only if no later one replaced it
@@ -22,9 +24,9 @@ struct ControlTimer::Core {
   std::atomic<State> state{State::idle};
 };
 
-ControlTimer::ControlTimer(asio::any_io_executor ex) : core_(std::make_shared<Core>(std::move(ex))) {}
+ControlTimer::ControlTimer(const asio::any_io_executor& ex) : core_(std::make_shared<Core>(ex)) {}
 
-ControlTimer::~ControlTimer() { stop(); }
+ControlTimer::~ControlTimer() { no_throw("ControlTimer::~ControlTimer", [this] { stop(); }); }
 
 bool ControlTimer::running_in_this_thread() const { return core_->strand.running_in_this_thread(); }
 

@@ -24,7 +24,7 @@ namespace cg {
 class ControlTimer {
  public:
   using Clock = std::chrono::steady_clock;
-  explicit ControlTimer(boost::asio::any_io_executor ex);
+  explicit ControlTimer(const boost::asio::any_io_executor& ex);
   ~ControlTimer();
   ControlTimer(const ControlTimer&) = delete;
   ControlTimer& operator=(const ControlTimer&) = delete;

@@ -43,7 +43,7 @@ class LogLimiter {
     uint64_t dropped = 0;  // lines of this key dropped in earlier windows, to report before it (then reset)
   };
   // A dropped count not reported yet (flush()).
-  struct Pending {
+  struct Pending {  // NOLINT(bugprone-exception-escape): the implicit moves are noexcept; the check sees throws inside nlohmann::json
     std::string key;
     uint64_t dropped = 0;
     Level level = Level::warn;

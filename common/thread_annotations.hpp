@@ -3,8 +3,8 @@
 // annotated mutex. libstdc++'s std::mutex and std::lock_guard carry no capability attributes, so
 // Clang's -Wthread-safety cannot see them; cg::Mutex and cg::MutexLock wrap them with the
 // attributes. Under other compilers the macros expand to nothing and the wrappers cost nothing.
-// scripts/thread-safety-check compiles every translation unit that includes this header with
-// clang++ -Wthread-safety -Werror=thread-safety (docs/architecture.md, "Threads").
+// scripts/lint runs clang-tidy with -Wthread-safety, as errors, over every gateway translation unit
+// (docs/architecture.md, "Threads").
 //
 // Use:
 //   mutable cg::Mutex mu_;

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cerrno>
 
+#include "common/no_throw.hpp"
 #include "common/log.hpp"
 #include "common/metrics.hpp"
 
@@ -119,7 +120,7 @@ struct Acceptor::Impl : std::enable_shared_from_this<Acceptor::Impl> {
 
 Acceptor::Acceptor(asio::io_context& ioc, const std::string& bind, uint16_t port, std::string name, OnAccept on_accept)
     : Acceptor(ioc, bind, port, std::move(name), AcceptLimits{},
-               [f = std::move(on_accept)](tcp::socket s, std::shared_ptr<void>) { f(std::move(s)); }) {}
+               [f = std::move(on_accept)](tcp::socket s, const std::shared_ptr<void>&) { f(std::move(s)); }) {}
 
 Acceptor::Acceptor(asio::io_context& ioc, const std::string& bind, uint16_t port, std::string name, AcceptLimits limits,
                    OnAcceptSlot on_accept)
@@ -131,7 +132,7 @@ Acceptor::Acceptor(asio::io_context& ioc, const std::string& bind, uint16_t port
   impl_->acceptor.listen(asio::socket_base::max_listen_connections);
 }
 
-Acceptor::~Acceptor() { stop(); }
+Acceptor::~Acceptor() { no_throw("Acceptor::~Acceptor", [this] { stop(); }); }
 uint16_t Acceptor::port() const { return impl_->acceptor.local_endpoint().port(); }
 void Acceptor::start() { asio::post(impl_->acceptor.get_executor(), [i = impl_] { i->accept(); }); }
 void Acceptor::stop() {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "gateway/agent_auth.hpp"
+#include "gateway/upgrade_target.hpp"
 #include "plane_index/index.hpp"
 #include "session/agent_session.hpp"
 #include "session/registry.hpp"
@@ -36,15 +37,6 @@ struct AgentListenerDeps {
   std::string forwarded_header;      // forwarded_header mode: the header carrying the chain
   std::vector<IpRange> trusted_proxies;  // forwarded_header mode: who may send that header
 };
-
-// Pre-upgrade decision for one request, separated from I/O so it can be tested and fuzzed.
-struct UpgradeDecision {
-  unsigned status = 0;  // 0: accept; otherwise the HTTP status to answer
-  std::string body;     // exact plain-text body (with Go's trailing newline)
-  std::string plane_type, plane_id;
-};
-// Checks path and query as upstream does: 404 for other paths, 400 for missing/invalid parameters.
-UpgradeDecision check_upgrade_target(const std::string& target);
 
 class AgentListener {
  public:

@@ -232,6 +232,7 @@ CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, 
   Pending p;
   const std::vector<Spec> specs = flag_table(cfg, p);
   std::vector<goflag::Flag> flags;
+  flags.reserve(specs.size());
   for (const auto& s : specs) flags.push_back(s.flag);
 
   // Environment first: in Go it sets the flags' defaults, which the command line then overrides.

@@ -16,6 +16,7 @@ class ExecBridge : public std::enable_shared_from_this<ExecBridge> {
       : ws_(std::move(s)), keep_(std::move(keep)), tunnel_(tunnel), t_(std::move(t)) {}
 
   void run(http::request<http::string_body> req) {
+    req_ = std::move(req);
     websocket::stream_base::timeout to{};
     to.handshake_timeout = t_.handshake_timeout;
     to.idle_timeout = websocket::stream_base::none();
@@ -24,7 +25,7 @@ class ExecBridge : public std::enable_shared_from_this<ExecBridge> {
     ws_.read_message_max(t_.max_message_size);
     ws_.set_option(websocket::stream_base::decorator(
         [](websocket::response_type& res) { res.set(http::field::server, "cluster-gateway"); }));
-    ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) {
+    ws_.async_accept(req_, [self = shared_from_this()](beast::error_code ec) {
       if (ec) {
         log::warn("exec: caller WebSocket upgrade failed", self->fields({{"reason", ec.message()}}));
         return;
@@ -141,6 +142,7 @@ class ExecBridge : public std::enable_shared_from_this<ExecBridge> {
   }
 
   websocket::stream<TlsStream> ws_;
+  http::request<http::string_body> req_;  // the upgrade request, alive for as long as async_accept may read it
   std::shared_ptr<const void> keep_;
   session::Tunnel& tunnel_;
   ExecTarget t_;

@@ -494,6 +494,7 @@ Result parse(const std::vector<Flag>& flags, const std::vector<std::string>& arg
 
 std::string usage(const std::vector<Flag>& flags, std::string_view program) {
   std::vector<const Flag*> sorted;
+  sorted.reserve(flags.size());
   for (const auto& f : flags) sorted.push_back(&f);
   std::sort(sorted.begin(), sorted.end(), [](const Flag* a, const Flag* b) { return a->name < b->name; });
   std::string out = "Usage of " + std::string(program) + ":\n";
@@ -513,7 +514,7 @@ std::string usage(const std::vector<Flag>& flags, std::string_view program) {
     if (auto a = text.find('`'); a != std::string::npos) {
       if (auto b = text.find('`', a + 1); b != std::string::npos) {
         type = text.substr(a + 1, b - a - 1);
-        text = text.substr(0, a) + type + text.substr(b + 1);
+        text.replace(a, b - a + 1, type);
       }
     }
     if (!type.empty()) line += " " + type;

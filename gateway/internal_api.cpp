@@ -50,7 +50,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
  private:
   // Runs `a` on the connection's strand. An exception ends this connection only (logged, counted).
   void spawn(awaitable<void> a) {
-    asio::co_spawn(io_.executor(), std::move(a), [self = shared_from_this()](std::exception_ptr e) {
+    asio::co_spawn(io_.executor(), std::move(a), [self = shared_from_this()](const std::exception_ptr& e) {
       if (!e) return;
       std::string why = "unknown exception";
       try {
@@ -264,12 +264,14 @@ class Conn : public std::enable_shared_from_this<Conn> {
   }
 
   // ---- answers -----------------------------------------------------------------------------------
+  // A coroutine, so that `a` lives in its frame until the answer is written (io_.error keeps a
+  // reference to the text; a plain function returning that awaitable would let it dangle).
   awaitable<Next> plane_answer(PlaneAnswer a) {
-    if (a.status != 200) return io_.error(a.status, a.text, true);
+    if (a.status != 200) co_return co_await io_.error(a.status, a.text, true);
     auto res = std::make_shared<ProxyResponse>(http::status::ok, 11);
     res->set(http::field::content_type, "application/json");
     res->body() = to_json_text(a.json) + "\n";
-    return io_.write(res, true);
+    co_return co_await io_.write(res, true);
   }
 
   std::shared_ptr<void> slot_;  // counts this connection against the listener's connection cap

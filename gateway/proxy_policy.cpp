@@ -104,8 +104,15 @@ void only_keys(const YAML::Node& map, const std::string& where, std::initializer
     std::string k = kv.first.IsScalar() ? kv.first.Scalar() : std::string();
     if (std::find(keys.begin(), keys.end(), k) == keys.end()) {
       std::string allowed;
-      for (auto a : keys) allowed += (allowed.empty() ? "" : ", ") + std::string(a);
-      fail(kv.first, where, "unknown key '" + k + "' (allowed: " + allowed + ")");
+      for (auto a : keys) {
+        if (!allowed.empty()) allowed += ", ";
+        allowed += a;
+      }
+      std::string msg = "unknown key '" + k;
+      msg += "' (allowed: ";
+      msg += allowed;
+      msg += ")";
+      fail(kv.first, where, msg);
     }
   }
 }
@@ -345,8 +352,8 @@ Policy parse_policy(std::string_view yaml_text) {
 
 // ---- the file ---------------------------------------------------------------------------------
 
-PolicyFile::PolicyFile(boost::asio::any_io_executor control, std::string path, std::chrono::milliseconds poll)
-    : path_(std::move(path)), poll_(poll), timer_(std::move(control)) {
+PolicyFile::PolicyFile(const boost::asio::any_io_executor& control, std::string path, std::chrono::milliseconds poll)
+    : path_(std::move(path)), poll_(poll), timer_(control) {
   auto text = read_file(path_);
   if (!text) throw PolicyError("proxy policy file " + path_ + " cannot be read");
   try {

@@ -104,7 +104,7 @@ PolicyDecision evaluate(const Policy& policy, const CallerIdentity& caller, std:
 class PolicyFile {
  public:
   // Loads the file now; throws PolicyError (with the path) when it cannot be read or parsed.
-  PolicyFile(boost::asio::any_io_executor control, std::string path,
+  PolicyFile(const boost::asio::any_io_executor& control, std::string path,
              std::chrono::milliseconds poll = std::chrono::seconds(1));
   ~PolicyFile();
   PolicyFile(const PolicyFile&) = delete;

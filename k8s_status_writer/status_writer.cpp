@@ -5,9 +5,9 @@
 
 namespace cg::status {
 
-StatusWriter::StatusWriter(boost::asio::any_io_executor control, plane::PlaneIndex& index,
+StatusWriter::StatusWriter(const boost::asio::any_io_executor& control, plane::PlaneIndex& index,
                            session::SessionRegistry& registry, StatusSink& sink, StatusWriterOptions opts)
-    : index_(index), registry_(registry), sink_(sink), opts_(opts), started_(steady::now()), timer_(std::move(control)) {}
+    : index_(index), registry_(registry), sink_(sink), opts_(opts), started_(steady::now()), timer_(control) {}
 
 StatusWriter::~StatusWriter() { stop(); }
 
@@ -216,7 +216,7 @@ void StatusWriter::process(const plane::CrRef& ref) {
   log::debug("writing status", {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)},
                                 {"connected", connected}, {"heartbeatOnly", hb_only}, {"flushing", flushing_}});
   mu_.unlock();
-  sink_.write(ref, desired, [this, ref, desired, hb_only](WriteResult r) { on_written(ref, desired, r, hb_only); });
+  sink_.write(ref, desired, [this, ref, desired, hb_only](const WriteResult& r) { on_written(ref, desired, r, hb_only); });
   mu_.lock();
 }
 

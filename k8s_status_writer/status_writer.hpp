@@ -43,7 +43,7 @@ struct StatusWriterStats {
 class StatusWriter {
  public:
   // `control` must keep running until stop() returned.
-  StatusWriter(boost::asio::any_io_executor control, plane::PlaneIndex& index, session::SessionRegistry& registry,
+  StatusWriter(const boost::asio::any_io_executor& control, plane::PlaneIndex& index, session::SessionRegistry& registry,
                StatusSink& sink, StatusWriterOptions opts);
   ~StatusWriter();
   void start();

@@ -19,6 +19,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "common/no_throw.hpp"
 #include "common/log.hpp"
 #include "common/net.hpp"
 #include "common/thread_annotations.hpp"
@@ -273,7 +274,7 @@ struct KubeClient::Impl : std::enable_shared_from_this<KubeClient::Impl> {
   void after_limiter(std::function<void()> fn, std::function<void()> fail) CG_EXCLUDES(mu);
 
   void enqueue(std::shared_ptr<Exchange> ex) CG_EXCLUDES(mu);
-  void exchange_done(std::shared_ptr<Exchange> ex) CG_EXCLUDES(mu);  // frees the slot and starts the next queued exchange
+  void exchange_done(const std::shared_ptr<Exchange>& ex) CG_EXCLUDES(mu);  // frees the slot and starts the next queued exchange
   void shutdown() CG_EXCLUDES(mu);
 };
 
@@ -284,7 +285,7 @@ using ImplPtr = std::shared_ptr<KubeClient::Impl>;
 // Sets the TLS name checks on a new connection and connects it: resolve, TCP, TLS handshake.
 // `deadline_ms` bounds the name resolution; the tcp_stream's expiry (set by the caller) bounds the rest.
 void connect_conn(const ImplPtr& impl, const std::shared_ptr<Conn>& c, std::chrono::milliseconds timeout,
-                  std::function<void(beast::error_code, const char* phase)> done) {
+                  const std::function<void(beast::error_code, const char* phase)>& done) {
   const KubeConfig& cfg = impl->cfg;
   const std::string& name = cfg.tls_server_name.empty() ? cfg.host : cfg.tls_server_name;
   if (!is_ip(name)) SSL_set_tlsext_host_name(c->stream.native_handle(), name.c_str());
@@ -313,7 +314,7 @@ void connect_conn(const ImplPtr& impl, const std::shared_ptr<Conn>& c, std::chro
     if (!ec) c->resolver.cancel();
   });
   c->resolver.async_resolve(cfg.host, cfg.port,
-                            [c, done, on_connected](beast::error_code ec, tcp::resolver::results_type results) {
+                            [c, done, on_connected](beast::error_code ec, const tcp::resolver::results_type& results) {
                               bool timed_out = c->timer.expiry() <= steady::now();
                               c->timer.cancel();
                               if (ec) return done(timed_out ? beast::error::timeout : ec, "resolve");
@@ -704,7 +705,7 @@ void KubeClient::Impl::enqueue(std::shared_ptr<Exchange> ex) {
   ex->start();
 }
 
-void KubeClient::Impl::exchange_done(std::shared_ptr<Exchange>) {
+void KubeClient::Impl::exchange_done(const std::shared_ptr<Exchange>&) {
   std::shared_ptr<Exchange> next;
   {
     cg::MutexLock lk(mu);
@@ -758,7 +759,7 @@ void KubeClient::Impl::shutdown() {
 KubeClient::KubeClient(asio::io_context& ioc, KubeConfig cfg, ClientOptions opts)
     : impl_(std::make_shared<Impl>(ioc, std::move(cfg), std::move(opts))) {}
 
-KubeClient::~KubeClient() { shutdown(); }
+KubeClient::~KubeClient() { no_throw("KubeClient::~KubeClient", [this] { shutdown(); }); }
 
 void KubeClient::request(Request req, Callback done) {
   auto ex = std::make_shared<Exchange>();

@@ -111,7 +111,7 @@ std::optional<YAML::Node> find_named(const YAML::Node& root, const char* list, c
 
 // --- TokenSource ------------------------------------------------------------------------------
 
-std::shared_ptr<TokenSource> TokenSource::fixed(std::string token) {
+std::shared_ptr<TokenSource> TokenSource::fixed(const std::string& token) {
   auto t = std::shared_ptr<TokenSource>(new TokenSource());
   cg::MutexLock lk(t->mu_);  // nothing else sees it yet; taken for the analysis' sake
   t->token_ = trim(token);

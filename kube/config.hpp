@@ -14,7 +14,7 @@ namespace cg::kube {
 // changes (projected service account tokens are rotated by the kubelet). Thread-safe.
 class TokenSource {
  public:
-  static std::shared_ptr<TokenSource> fixed(std::string token);
+  static std::shared_ptr<TokenSource> fixed(const std::string& token);
   // Reads the file now; throws when it cannot be read or is empty.
   static std::shared_ptr<TokenSource> file(std::string path);
 

@@ -158,7 +158,7 @@ void Informer::list_page(const std::string& token) {
   req.path = res_.path + (q.empty() ? "" : "?" + q);
   req.timeout = opts_.list_timeout;
   inflight_->begin();
-  client_.request(std::move(req), [self = shared_from_this(), token](Response r) {
+  client_.request(std::move(req), [self = shared_from_this(), token](const Response& r) {
     self->on_list(r, token);
     self->inflight_->end();
   });
@@ -244,7 +244,7 @@ void Informer::watch() {
     auto self = shared_from_this();
     handle_ = client_.watch(
         path, [self](std::string_view line) { self->on_line(line); },
-        [self](WatchEnd e) {
+        [self](const WatchEnd& e) {
           self->on_watch_end(e);
           self->inflight_->end();
         },

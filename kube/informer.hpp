@@ -31,7 +31,7 @@
 // its owner: an owner that keeps its informers and is reached from their callbacks must capture a
 // weak_ptr to itself in them (KubePlaneSource does), or it forms a cycle that only stop() breaks.
 // Lock order: Informer's mutex, then Inflight's (a leaf); callbacks run with neither held. Both are
-// cg::Mutex, checked by scripts/thread-safety-check.
+// cg::Mutex, checked by scripts/lint (-Wthread-safety).
 #pragma once
 #include <chrono>
 #include <condition_variable>

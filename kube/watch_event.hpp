@@ -10,7 +10,7 @@
 namespace cg::kube {
 
 // One line of a watch stream ({"type":…,"object":…}).
-struct WatchEvent {
+struct WatchEvent {  // NOLINT(bugprone-exception-escape): the implicit moves are noexcept; the check sees throws inside nlohmann::json
   std::string type;              // ADDED, MODIFIED, DELETED, BOOKMARK, ERROR or whatever the server sent
   nlohmann::json object;         // the event's object: an object whenever `error` is empty and `gone` false
   std::string resource_version;  // object.metadata.resourceVersion when it is a string, else empty

@@ -122,9 +122,9 @@ FileParse parse_yaml_documents(const std::string& text) {
   return out;
 }
 
-FilePlaneSource::FilePlaneSource(boost::asio::any_io_executor control, std::string dir, PlaneIndex& index,
+FilePlaneSource::FilePlaneSource(const boost::asio::any_io_executor& control, std::string dir, PlaneIndex& index,
                                  std::chrono::milliseconds poll, std::chrono::milliseconds settle)
-    : dir_(std::move(dir)), index_(index), poll_(poll), settle_(settle), timer_(std::move(control)) {}
+    : dir_(std::move(dir)), index_(index), poll_(poll), settle_(settle), timer_(control) {}
 
 FilePlaneSource::~FilePlaneSource() { stop(); }
 

@@ -37,7 +37,7 @@ FileParse parse_yaml_documents(const std::string& text);
 
 class FilePlaneSource : public PlaneSource {
  public:
-  FilePlaneSource(boost::asio::any_io_executor control, std::string dir, PlaneIndex& index,
+  FilePlaneSource(const boost::asio::any_io_executor& control, std::string dir, PlaneIndex& index,
                   std::chrono::milliseconds poll_interval = std::chrono::milliseconds(250),
                   std::chrono::milliseconds settle = std::chrono::milliseconds(0));
   ~FilePlaneSource() override;

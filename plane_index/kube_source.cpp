@@ -63,8 +63,8 @@ kube::InformerOptions informer_options(const KubeSourceOptions& o) {
 }  // namespace
 
 struct KubePlaneSource::State : std::enable_shared_from_this<KubePlaneSource::State> {
-  State(boost::asio::any_io_executor control, kube::KubeClient& c, PlaneIndex& i, KubeSourceOptions o)
-      : client(c), index(i), opts(o), timer(std::move(control)) {}
+  State(const boost::asio::any_io_executor& control, kube::KubeClient& c, PlaneIndex& i, KubeSourceOptions o)
+      : client(c), index(i), opts(o), timer(control) {}
 
   kube::KubeClient& client;
   PlaneIndex& index;
@@ -100,13 +100,13 @@ struct KubePlaneSource::State : std::enable_shared_from_this<KubePlaneSource::St
 
   // The informers' callbacks hold only a weak_ptr to the State (the State holds the informers).
   kube::InformerCallbacks callbacks_for_kind(size_t kind);
-  kube::InformerCallbacks callbacks_for_secret(const SecretId& id, std::shared_ptr<const Informer*> holder);
+  kube::InformerCallbacks callbacks_for_secret(const SecretId& id, const std::shared_ptr<const Informer*>& holder);
   void on_signal(InformerSignal s) CG_EXCLUDES(mu);
   // A named helper, so that the analysis checks the lock: it does not follow `stats.*field`.
   void count_locked(uint64_t KubeSourceStats::*field) CG_REQUIRES(mu) { ++(stats.*field); }
-  void apply_cr_list(size_t kind, std::vector<json> items) CG_EXCLUDES(mu);
+  void apply_cr_list(size_t kind, const std::vector<json>& items) CG_EXCLUDES(mu);
   void apply_cr_event(size_t kind, EventType type, const json& obj) CG_EXCLUDES(mu);
-  void apply_secret_list(const SecretId& id, const Informer* inf, std::vector<json> items) CG_EXCLUDES(mu);
+  void apply_secret_list(const SecretId& id, const Informer* inf, const std::vector<json>& items) CG_EXCLUDES(mu);
   void apply_secret_event(const SecretId& id, const Informer* inf, EventType type, const json& obj) CG_EXCLUDES(mu);
   // Recomputes the referenced secrets; informers to start/stop are returned to be acted on unlocked.
   void update_secret_refs_locked(std::vector<std::shared_ptr<Informer>>& start,
@@ -123,8 +123,8 @@ struct KubePlaneSource::State : std::enable_shared_from_this<KubePlaneSource::St
 kube::InformerCallbacks KubePlaneSource::State::callbacks_for_kind(size_t kind) {
   std::weak_ptr<State> weak = shared_from_this();
   kube::InformerCallbacks cb;
-  cb.on_list = [weak, kind](std::vector<json> items, const std::string&) {
-    if (auto s = weak.lock()) s->apply_cr_list(kind, std::move(items));
+  cb.on_list = [weak, kind](const std::vector<json>& items, const std::string&) {
+    if (auto s = weak.lock()) s->apply_cr_list(kind, items);
   };
   cb.on_event = [weak, kind](EventType type, const json& obj) {
     if (auto s = weak.lock()) s->apply_cr_event(kind, type, obj);
@@ -138,11 +138,11 @@ kube::InformerCallbacks KubePlaneSource::State::callbacks_for_kind(size_t kind) 
 // `holder` is filled in with the informer once it exists: its events count only while it is the one
 // in `secrets` for that id (a secret dropped and referenced again gets a new informer).
 kube::InformerCallbacks KubePlaneSource::State::callbacks_for_secret(const SecretId& id,
-                                                                     std::shared_ptr<const Informer*> holder) {
+                                                                     const std::shared_ptr<const Informer*>& holder) {
   std::weak_ptr<State> weak = shared_from_this();
   kube::InformerCallbacks cb;
-  cb.on_list = [weak, id, holder](std::vector<json> items, const std::string&) {
-    if (auto s = weak.lock()) s->apply_secret_list(id, *holder, std::move(items));
+  cb.on_list = [weak, id, holder](const std::vector<json>& items, const std::string&) {
+    if (auto s = weak.lock()) s->apply_secret_list(id, *holder, items);
   };
   cb.on_event = [weak, id, holder](EventType type, const json& obj) {
     if (auto s = weak.lock()) s->apply_secret_event(id, *holder, type, obj);
@@ -194,7 +194,7 @@ std::optional<PlaneCR> parse_cr(const json& obj, size_t kind, std::string& error
 
 }  // namespace
 
-void KubePlaneSource::State::apply_cr_list(size_t kind, std::vector<json> items) {
+void KubePlaneSource::State::apply_cr_list(size_t kind, const std::vector<json>& items) {
   std::map<std::string, PlaneCR> next;
   std::vector<std::pair<std::string, std::string>> problems;
   for (const auto& obj : items) {
@@ -248,7 +248,7 @@ void KubePlaneSource::State::apply_cr_event(size_t kind, EventType type, const j
   start_stop(start, stop);
 }
 
-void KubePlaneSource::State::apply_secret_list(const SecretId& id, const Informer* inf, std::vector<json> items) {
+void KubePlaneSource::State::apply_secret_list(const SecretId& id, const Informer* inf, const std::vector<json>& items) {
   std::optional<SecretObj> obj;
   for (const auto& item : items) {
     if (meta_string(item, "name") != id.second) continue;  // the field selector should make this moot
@@ -388,9 +388,9 @@ void KubePlaneSource::State::apply_step() {
 
 // --- KubePlaneSource ---------------------------------------------------------------------------
 
-KubePlaneSource::KubePlaneSource(boost::asio::any_io_executor control, kube::KubeClient& client, PlaneIndex& index,
+KubePlaneSource::KubePlaneSource(const boost::asio::any_io_executor& control, kube::KubeClient& client, PlaneIndex& index,
                                  KubeSourceOptions opts)
-    : st_(std::make_shared<State>(std::move(control), client, index, opts)) {}
+    : st_(std::make_shared<State>(control, client, index, opts)) {}
 
 KubePlaneSource::~KubePlaneSource() { stop(); }
 

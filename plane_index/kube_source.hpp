@@ -79,7 +79,7 @@ class KubePlaneSource : public PlaneSource {
  public:
   // `client` and `index` must outlive the source; `control` runs the applier and must keep running
   // until stop() returned.
-  KubePlaneSource(boost::asio::any_io_executor control, kube::KubeClient& client, PlaneIndex& index,
+  KubePlaneSource(const boost::asio::any_io_executor& control, kube::KubeClient& client, PlaneIndex& index,
                   KubeSourceOptions opts = {});
   ~KubePlaneSource() override;
   void start() override;

@@ -134,7 +134,8 @@ class SessionLifecycle {
 
  private:
   std::atomic<SessionState> state_{SessionState{}};
-  static_assert(sizeof(SessionState) == 2 && alignof(SessionState) == 2);
+  static_assert(sizeof(SessionState) == 2);
+  static_assert(alignof(SessionState) == 2);
   static_assert(std::atomic<SessionState>::is_always_lock_free);
 };
 

@@ -3,19 +3,14 @@
 // session may answer; when it dies every request pending on it fails at once; a timeout or a
 // caller that goes away removes the pending entry.
 #pragma once
-#include <atomic>
 #include <functional>
-#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "common/log_limiter.hpp"
-#include "common/thread_annotations.hpp"
 #include "common/time.hpp"
 #include "session/agent_session.hpp"
 #include "session/frames.hpp"

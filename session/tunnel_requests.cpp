@@ -61,7 +61,7 @@ std::string RequestTable::send(const std::string& plane_type, const std::string&
     asio::post(ioc_, [done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
     return {};
   }
-  const std::string id = uuid_v4();
+  std::string id = uuid_v4();
   auto p = std::make_shared<Pending>(ioc_);
   p->serial = session->serial();
   p->connection_id = session->connection_id();

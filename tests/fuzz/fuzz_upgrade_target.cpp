@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string>
 
-#include "gateway/agent_listener.hpp"
+#include "gateway/upgrade_target.hpp"
 #include "plane_index/plane_types.hpp"
 #include "tests/fuzz/fuzz_util.hpp"
 

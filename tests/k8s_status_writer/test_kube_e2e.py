@@ -15,7 +15,7 @@ import urllib.request
 
 ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
-from kube_e2e_support import BIN, CWP, FakeApiServer, read_bytes, start_gateway, wait_for  # noqa: E402
+from kube_e2e_support import BIN, CWP, SIM, FakeApiServer, read_bytes, start_gateway, wait_for  # noqa: E402
 
 
 class KubeModeE2E(unittest.TestCase):
@@ -87,7 +87,7 @@ status:
     def start_agent(cls):
         cls.stop_agent()
         cls.agent = subprocess.Popen(
-            [os.path.join(BIN, "cluster-agent-sim"), "--server-url", f"wss://localhost:{cls.ports['agentPort']}/ws",
+            [SIM, "--server-url", f"wss://localhost:{cls.ports['agentPort']}/ws",
              "--plane-type", "workflowplane", "--plane-id", "e2e-plane",
              "--client-cert", os.path.join(cls.pki, "agent-a.crt"), "--client-key", os.path.join(cls.pki, "agent-a.key"),
              "--server-ca", os.path.join(cls.pki, "gateway-ca.crt"), "--reconnect-delay", "500ms"],

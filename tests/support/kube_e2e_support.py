@@ -16,6 +16,8 @@ import yaml
 
 ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 BIN = os.environ.get("CG_BIN_DIR", os.path.join(ROOT, "build", "bin"))
+# The sanitizer builds use the normal build's simulator (CMake's CG_EXTERNAL_AGENT_SIM).
+SIM = os.environ.get("CG_SIM_BIN", os.path.join(BIN, "cluster-agent-sim"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "fakes", "kube_apiserver"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 from harness import FakeApiServer, make_pki  # noqa: E402  (re-exported)
@@ -92,7 +94,7 @@ class AgentSim:
 
     def __init__(self, pki, agent_port, plane_id, count=1, spread=0, plane_type="workflowplane", agent="agent-a",
                  reconnect_delay="500ms", log=None):
-        cmd = [os.path.join(BIN, "cluster-agent-sim"), "--server-url", f"wss://localhost:{agent_port}/ws",
+        cmd = [SIM, "--server-url", f"wss://localhost:{agent_port}/ws",
                "--plane-type", plane_type, "--plane-id", plane_id, "--count", str(count),
                "--client-cert", os.path.join(pki, agent + ".crt"), "--client-key", os.path.join(pki, agent + ".key"),
                "--server-ca", os.path.join(pki, "gateway-ca.crt"), "--reconnect-delay", reconnect_delay,
