@@ -53,10 +53,14 @@ class Conn : public std::enable_shared_from_this<Conn> {
     } else {
       res->result(http::status::not_found);
       res->set(http::field::content_type, "application/json");
-      res->body() = nlohmann::json{{"kind", "Status"}, {"apiVersion", "v1"}, {"metadata", nlohmann::json::object()},
-                                   {"status", "Failure"}, {"message", "the server could not find the requested resource"},
-                                   {"reason", "NotFound"}, {"code", 404}}
-                        .dump();
+      res->body() = nlohmann::json{
+          {"kind", "Status"},
+          {"apiVersion", "v1"},
+          {"metadata", nlohmann::json::object()},
+          {"status", "Failure"},
+          {"message", "the server could not find the requested resource"},
+          {"reason", "NotFound"},
+          {"code", 404}}.dump();
     }
     const bool keep = req.keep_alive();
     res->keep_alive(keep);

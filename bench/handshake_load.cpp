@@ -35,7 +35,7 @@ struct Options {
   std::vector<std::string> certs, keys;
   std::string server_ca;  // empty: the server certificate is not verified (the loader's CPU goes to the gateway)
   int concurrency = 16;
-  long count = 0;         // >0: exactly this many handshakes, measured from first to last
+  long count = 0;  // >0: exactly this many handshakes, measured from first to last
   double warmup = 1, duration = 0;  // duration > 0: measure [warmup, warmup + duration)
   int gateway_pid = 0;
   std::vector<asio::ip::address> source_ips;

@@ -270,7 +270,9 @@ int main(int argc, char** argv) {
     out["requests"] = measured;
     out["windowSeconds"] = window;
     out["achievedRate"] = window > 0 ? static_cast<double>(measured) / window : 0;
-    out["latencyMs"] = {{"p50", pct(lat, 50)}, {"p90", pct(lat, 90)}, {"p99", pct(lat, 99)},
+    out["latencyMs"] = {{"p50", pct(lat, 50)},
+                        {"p90", pct(lat, 90)},
+                        {"p99", pct(lat, 99)},
                         {"max", lat.empty() ? 0 : *std::max_element(lat.begin(), lat.end())}};
     if (o.server_pid) out["serverCpuUtilization"] = window > 0 ? (cpu1 - cpu0) / window : 0;
   } else {

@@ -18,15 +18,17 @@ struct ControlTimer::Core {
   explicit Core(const asio::any_io_executor& ex) : strand(asio::make_strand(ex)), timer(strand) {}
   asio::strand<asio::any_io_executor> strand;
   asio::steady_timer timer;  // touched on the strand only
-  uint64_t generation = 0;   // on the strand: a timed run counts only if no later one replaced it
-  bool stopped = false;      // on the strand
+  uint64_t generation = 0;  // on the strand: a timed run counts only if no later one replaced it
+  bool stopped = false;  // on the strand
   // Off the strand: whether stop() must wait (never armed: nothing can run) and stop() only once.
   std::atomic<State> state{State::idle};
 };
 
 ControlTimer::ControlTimer(const asio::any_io_executor& ex) : core_(std::make_shared<Core>(ex)) {}
 
-ControlTimer::~ControlTimer() { no_throw("ControlTimer::~ControlTimer", [this] { stop(); }); }
+ControlTimer::~ControlTimer() {
+  no_throw("ControlTimer::~ControlTimer", [this] { stop(); });
+}
 
 bool ControlTimer::running_in_this_thread() const { return core_->strand.running_in_this_thread(); }
 

@@ -16,8 +16,8 @@
 namespace cg {
 
 struct LiftedJson {
-  std::string rest;                                                // the text with lifted values as ""
-  std::vector<std::pair<std::string, std::string_view>> members;   // key → raw value (views into the input)
+  std::string rest;  // the text with lifted values as ""
+  std::vector<std::pair<std::string, std::string_view>> members;  // key → raw value (views into the input)
 };
 
 // True when at least one member was lifted (then `out` is filled); false when the text is not a JSON

@@ -33,7 +33,9 @@ std::string escape_text(std::string_view s, bool quote_if_needed = false);
 // other threads log.
 void set_output_for_tests(std::ostream* out);
 
-inline void debug(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) { if (enabled(Level::debug)) event(Level::debug, m, f); }
+inline void debug(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) {
+  if (enabled(Level::debug)) event(Level::debug, m, f);
+}
 inline void info(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) { event(Level::info, m, f); }
 inline void warn(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) { event(Level::warn, m, f); }
 inline void error(std::string_view m, const nlohmann::json& f = nlohmann::json::object()) { event(Level::error, m, f); }

@@ -30,8 +30,7 @@ LogLimiter::KeyState* LogLimiter::slot_locked(std::string_view key, std::chrono:
   return &it->second;
 }
 
-LogLimiter::Decision LogLimiter::admit_locked(std::string_view key, std::chrono::steady_clock::time_point now,
-                                              KeyState*& st) {
+LogLimiter::Decision LogLimiter::admit_locked(std::string_view key, std::chrono::steady_clock::time_point now, KeyState*& st) {
   Decision d;
   st = slot_locked(key, now);
   if (now - st->window_start >= opts_.window) {  // a new window: the budget is back

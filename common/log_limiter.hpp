@@ -33,22 +33,23 @@ class LogLimiter {
  public:
   using Clock = std::function<std::chrono::steady_clock::time_point()>;
   struct Options {
-    uint32_t per_window = 10;                         // lines logged per key and window
+    uint32_t per_window = 10;  // lines logged per key and window
     std::chrono::milliseconds window{1000};
     size_t max_keys = 4096;
   };
   // What admit() decided for one line.
   struct Decision {
-    bool log = false;      // log this line
+    bool log = false;  // log this line
     uint64_t dropped = 0;  // lines of this key dropped in earlier windows, to report before it (then reset)
   };
   // A dropped count not reported yet (flush()).
-  struct Pending {  // NOLINT(bugprone-exception-escape): the implicit moves are noexcept; the check sees throws inside nlohmann::json
+  // NOLINTNEXTLINE(bugprone-exception-escape): the check sees throws inside nlohmann::json's noexcept moves
+  struct Pending {
     std::string key;
     uint64_t dropped = 0;
     Level level = Level::warn;
-    std::string msg;             // message of the dropped lines
-    nlohmann::json summary;      // summary fields given with them
+    std::string msg;  // message of the dropped lines
+    nlohmann::json summary;  // summary fields given with them
   };
 
   LogLimiter() : LogLimiter(Options{}) {}
@@ -84,8 +85,7 @@ class LogLimiter {
     std::string msg;
     nlohmann::json summary;
   };
-  Decision admit_locked(std::string_view key, std::chrono::steady_clock::time_point now, KeyState*& st)
-      CG_REQUIRES(mu_);
+  Decision admit_locked(std::string_view key, std::chrono::steady_clock::time_point now, KeyState*& st) CG_REQUIRES(mu_);
   KeyState* slot_locked(std::string_view key, std::chrono::steady_clock::time_point now) CG_REQUIRES(mu_);
   static void log_summary(Level level, uint64_t dropped, const std::string& msg, const nlohmann::json& summary);
 

@@ -61,7 +61,7 @@ void proxy_policy_reload(const std::string& result);
 // Status writing and plane sources.
 void status_write(const std::string& result);  // ok | error | gone
 void plane_source_event(const std::string& source, const std::string& event);  // e.g. kubernetes/relist
-void ca_reload(const std::string& result);   // ok | error (plane CR CA bundles)
+void ca_reload(const std::string& result);  // ok | error (plane CR CA bundles)
 void tls_reload(const std::string& result);  // ok | error (server certificate, internal CA)
 void plane_document_rejected();
 

@@ -50,11 +50,17 @@ std::optional<SysTime> parse_rfc3339(std::string_view s) {
     ++i;
     int digits = 0;
     while (i < str.size() && std::isdigit(static_cast<unsigned char>(str[i]))) {
-      if (digits < 9) { frac_ns = frac_ns * 10 + (str[i] - '0'); ++digits; }
+      if (digits < 9) {
+        frac_ns = frac_ns * 10 + (str[i] - '0');
+        ++digits;
+      }
       ++i;
     }
     if (digits == 0) return std::nullopt;
-    while (digits < 9) { frac_ns *= 10; ++digits; }
+    while (digits < 9) {
+      frac_ns *= 10;
+      ++digits;
+    }
   }
   long offset = 0;
   if (i < str.size() && (str[i] == 'Z' || str[i] == 'z')) {
@@ -82,7 +88,7 @@ std::optional<SysTime> parse_rfc3339(std::string_view s) {
 std::optional<Duration> parse_go_duration(std::string_view s) {
   if (s.empty()) return std::nullopt;
   if (s == "0") return Duration::zero();
-  if (s[0] == '-' ) return std::nullopt;
+  if (s[0] == '-') return std::nullopt;
   if (s[0] == '+') s.remove_prefix(1);
   long double total_ns = 0;
   size_t i = 0;
@@ -124,8 +130,14 @@ std::string format_go_duration(Duration d) {
   }
   long long s = ns / 1000000000;
   std::string out;
-  if (s >= 3600) { out += std::to_string(s / 3600) + "h"; s %= 3600; }
-  if (s >= 60 || (!out.empty() && s > 0)) { out += std::to_string(s / 60) + "m"; s %= 60; }
+  if (s >= 3600) {
+    out += std::to_string(s / 3600) + "h";
+    s %= 3600;
+  }
+  if (s >= 60 || (!out.empty() && s > 0)) {
+    out += std::to_string(s / 60) + "m";
+    s %= 60;
+  }
   if (s > 0 || out.empty()) out += std::to_string(s) + "s";
   else if (!out.empty() && out.back() != 's') out += "0s";
   return out;

@@ -14,7 +14,10 @@ namespace {
 // Waits for a connection's first byte (or its deadline) on the connection's strand.
 struct FirstByte : std::enable_shared_from_this<FirstByte> {
   FirstByte(tcp::socket s, std::shared_ptr<void> slot, std::string listener, Acceptor::OnAcceptSlot then)
-      : sock(std::move(s)), timer(sock.get_executor()), slot(std::move(slot)), listener(std::move(listener)),
+      : sock(std::move(s)),
+        timer(sock.get_executor()),
+        slot(std::move(slot)),
+        listener(std::move(listener)),
         then(std::move(then)) {}
   tcp::socket sock;
   asio::steady_timer timer;
@@ -45,8 +48,12 @@ struct FirstByte : std::enable_shared_from_this<FirstByte> {
 
 struct Acceptor::Impl : std::enable_shared_from_this<Acceptor::Impl> {
   Impl(asio::io_context& ioc, std::string name, AcceptLimits limits, OnAcceptSlot on_accept)
-      : ioc(ioc), acceptor(asio::make_strand(ioc)), timer(acceptor.get_executor()), name(std::move(name)),
-        limits(limits), on_accept(std::move(on_accept)) {}
+      : ioc(ioc),
+        acceptor(asio::make_strand(ioc)),
+        timer(acceptor.get_executor()),
+        name(std::move(name)),
+        limits(limits),
+        on_accept(std::move(on_accept)) {}
   asio::io_context& ioc;
   tcp::acceptor acceptor;
   asio::steady_timer timer;
@@ -91,7 +98,7 @@ struct Acceptor::Impl : std::enable_shared_from_this<Acceptor::Impl> {
     acceptor.async_accept(asio::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
       if (self->stopped || ec == asio::error::operation_aborted) return;
       if (ec) {
-        const char* why = ec == asio::error::no_descriptors ? "emfile"
+        const char* why = ec == asio::error::no_descriptors    ? "emfile"
                           : ec.value() == ENFILE               ? "enfile"
                           : ec == asio::error::no_buffer_space ? "enobufs"
                                                                : "other";
@@ -132,9 +139,13 @@ Acceptor::Acceptor(asio::io_context& ioc, const std::string& bind, uint16_t port
   impl_->acceptor.listen(asio::socket_base::max_listen_connections);
 }
 
-Acceptor::~Acceptor() { no_throw("Acceptor::~Acceptor", [this] { stop(); }); }
+Acceptor::~Acceptor() {
+  no_throw("Acceptor::~Acceptor", [this] { stop(); });
+}
 uint16_t Acceptor::port() const { return impl_->acceptor.local_endpoint().port(); }
-void Acceptor::start() { asio::post(impl_->acceptor.get_executor(), [i = impl_] { i->accept(); }); }
+void Acceptor::start() {
+  asio::post(impl_->acceptor.get_executor(), [i = impl_] { i->accept(); });
+}
 void Acceptor::stop() {
   asio::post(impl_->acceptor.get_executor(), [i = impl_] {
     if (i->stopped) return;

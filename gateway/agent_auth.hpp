@@ -25,7 +25,7 @@ inline constexpr const char* kDefaultForwardedHeader = "X-Forwarded-Client-Cert"
 struct IpRange {
   bool v6 = false;
   std::array<uint8_t, 16> addr{};  // network address (first 4 bytes for IPv4)
-  unsigned prefix = 0;             // bits
+  unsigned prefix = 0;  // bits
 };
 // A comma-separated list of CIDRs or single addresses ("10.0.0.0/8, 192.168.1.5, fc00::/7"); a bare
 // address is a /32 or /128; host bits below the prefix are dropped (as Go's net.ParseCIDR does).
@@ -37,7 +37,7 @@ bool ip_in_ranges(const std::vector<IpRange>& ranges, std::string_view address);
 
 // --- the forwarded certificate chain ---------------------------------------------------------------
 struct ForwardedChain {
-  std::string pem;    // the certificates found, leaf first, re-encoded as PEM (CERTIFICATE blocks only)
+  std::string pem;  // the certificates found, leaf first, re-encoded as PEM (CERTIFICATE blocks only)
   std::string error;  // why none could be taken (empty when `pem` is set)
 };
 // Go's url.PathUnescape: %XX decoded, '+' kept; nullopt when a '%' is not followed by two hex digits.

@@ -72,8 +72,7 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
         metrics::handshakes_waiting(static_cast<int64_t>(queue_.size()));
       }
       if (usable(next)) {
-        asio::post(next.sock->get_executor(),
-                   [self = shared_from_this(), start = std::move(next.start)] { start(self); });
+        asio::post(next.sock->get_executor(), [self = shared_from_this(), start = std::move(next.start)] { start(self); });
         return;
       }
     }
@@ -133,7 +132,9 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     }
   }
 
-  ~Handshake() { no_throw("Handshake::~Handshake", [this] { give_back(); }); }
+  ~Handshake() {
+    no_throw("Handshake::~Handshake", [this] { give_back(); });
+  }
 
   void run() {
     slot_timer_.expires_after(kSlotHold);
@@ -159,15 +160,15 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     parser_.body_limit(0);
     http::async_read(stream_, buf_, parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       auto refuse = [&](unsigned status, const char* reason_class, const std::string& body) {
-        log::warn("agent connection rejected", {{"remote", self->remote_}, {"status", status},
-                                                {"reason", body.substr(0, body.size() - 1)}});
+        log::warn("agent connection rejected",
+                  {{"remote", self->remote_}, {"status", status}, {"reason", body.substr(0, body.size() - 1)}});
         metrics::handshake("rejected", reason_class);
         self->reply(status, body, {});
       };
       if (ec == http::error::header_limit) return refuse(431, "header_too_large", "request header fields too large\n");
       if (ec == http::error::body_limit) return refuse(413, "bad_request", "request body not allowed\n");
-      if (ec && ec.category() == http::make_error_code(http::error::bad_version).category() &&
-          ec != http::error::end_of_stream && ec != http::error::partial_message) {
+      if (ec && ec.category() == http::make_error_code(http::error::bad_version).category() && ec != http::error::end_of_stream &&
+          ec != http::error::partial_message) {
         // Not HTTP/1.1 (a binary blob, an HTTP/2 preface): answered like Go's net/http does.
         log::debug("agent upgrade request not read", {{"remote", self->remote_}, {"reason", ec.message()}});
         return refuse(400, "bad_request", "400 Bad Request: malformed HTTP request (" + ec.message() + ")\n");
@@ -215,7 +216,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     }
     if (ok.empty()) {
       std::string why = candidates == 0 ? "no " + d.plane_type + " CRs found with planeID '" + d.plane_id + "'"
-                                    : "certificate not valid for any CR with planeID '" + d.plane_id + "'";
+                                        : "certificate not valid for any CR with planeID '" + d.plane_id + "'";
       f["status"] = 401;
       f["reason"] = why;
       f["perCR"] = per_cr;
@@ -287,13 +288,15 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     f["agentAuthMode"] = to_string(deps_->auth_mode);
     auto it = req_.find(header);
     std::string_view value = it == req_.end() ? std::string_view() : std::string_view(it->value().data(), it->value().size());
-    while (!value.empty() && std::string_view(" \t\r\n\v\f").find(value.front()) != std::string_view::npos) value.remove_prefix(1);
+    while (!value.empty() && std::string_view(" \t\r\n\v\f").find(value.front()) != std::string_view::npos)
+      value.remove_prefix(1);
     while (!value.empty() && std::string_view(" \t\r\n\v\f").find(value.back()) != std::string_view::npos) value.remove_suffix(1);
     if (value.empty())
-      return refuse("no_client_certificate",
-                    no_cert + ": no " + header + " header" +
-                        (from_tls.empty() ? "" : " (a TLS client certificate is not used with --agent-auth-mode=forwarded-header)"),
-                    no_cert + "\n");
+      return refuse(
+          "no_client_certificate",
+          no_cert + ": no " + header + " header" +
+              (from_tls.empty() ? "" : " (a TLS client certificate is not used with --agent-auth-mode=forwarded-header)"),
+          no_cert + "\n");
     if (!ip_in_ranges(deps_->trusted_proxies, remote_ip_))
       return refuse("forwarded_untrusted_source",
                     header + " header from " + remote_ip_ + ", which is not in --agent-auth-trusted-proxies",
@@ -364,7 +367,7 @@ void await_first_byte(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, st
     sock->close(ig);
   });
   sock->async_wait(tcp::socket::wait_read, [sock, timer, ctx = std::move(ctx), deps = std::move(deps), deadline,
-                                             gate = std::move(gate)](beast::error_code ec) {
+                                            gate = std::move(gate)](beast::error_code ec) {
     if (!timer->cancel() && !ec) return;  // the timer already fired and closed the socket
     if (ec) return;
     gate->admit({sock, deadline, [sock, ctx, deps, deadline](std::shared_ptr<HandshakeGate> g) {
@@ -381,9 +384,7 @@ struct AgentListener::Impl {
       : ssl(std::move(ssl_ctx)),
         deps(std::make_shared<const AgentListenerDeps>(std::move(d))),
         gate(std::make_shared<HandshakeGate>(deps->max_concurrent_handshakes)),
-        acceptor(ioc, bind, port, "agent", [this](tcp::socket s) {
-          await_first_byte(std::move(s), ssl.get(), deps, gate);
-        }) {}
+        acceptor(ioc, bind, port, "agent", [this](tcp::socket s) { await_first_byte(std::move(s), ssl.get(), deps, gate); }) {}
   TlsContextSlot ssl;
   std::shared_ptr<const AgentListenerDeps> deps;
   std::shared_ptr<HandshakeGate> gate;

@@ -29,12 +29,12 @@ struct AgentListenerDeps {
   session::SessionRegistry& registry;
   std::shared_ptr<session::FrameHandler> frames;
   session::AgentSessionOptions session_options;
-  Duration handshake_timeout;        // TLS handshake plus reading the upgrade request
-  size_t max_sessions;               // agent sessions in this gateway; more get 503
-  size_t max_sessions_per_plane;     // per planeType/planeID; more get 503
+  Duration handshake_timeout;  // TLS handshake plus reading the upgrade request
+  size_t max_sessions;  // agent sessions in this gateway; more get 503
+  size_t max_sessions_per_plane;  // per planeType/planeID; more get 503
   size_t max_concurrent_handshakes;  // TLS handshakes in progress at once; more wait their turn
-  AgentAuthMode auth_mode;           // where the client certificate chain comes from
-  std::string forwarded_header;      // forwarded_header mode: the header carrying the chain
+  AgentAuthMode auth_mode;  // where the client certificate chain comes from
+  std::string forwarded_header;  // forwarded_header mode: the header carrying the chain
   std::vector<IpRange> trusted_proxies;  // forwarded_header mode: who may send that header
 };
 

@@ -4,8 +4,8 @@
 
 namespace cg::gateway {
 
-ReverifyResult reverify_plane(plane::PlaneIndex& index, session::SessionRegistry& registry,
-                              const std::string& plane_type, const std::string& plane_id) {
+ReverifyResult reverify_plane(plane::PlaneIndex& index, session::SessionRegistry& registry, const std::string& plane_type,
+                              const std::string& plane_id) {
   ReverifyResult out;
   auto sessions = registry.sessions_of(plane_type, plane_id);
   if (sessions.empty()) return out;
@@ -33,8 +33,7 @@ ReverifyResult reverify_plane(plane::PlaneIndex& index, session::SessionRegistry
       ++out.closed;
       f["perCR"] = reasons;
       log::warn("agent no longer authorized for any CR; closing", f);
-      s.handle->close(1008, "no longer authorized for any CR with planeID '" + plane_id + "'",
-                      session::CloseCause::revoked);
+      s.handle->close(1008, "no longer authorized for any CR with planeID '" + plane_id + "'", session::CloseCause::revoked);
     }
   }
   return out;

@@ -15,7 +15,7 @@ struct ReverifyResult {
   size_t closed = 0;
 };
 
-ReverifyResult reverify_plane(plane::PlaneIndex& index, session::SessionRegistry& registry,
-                              const std::string& plane_type, const std::string& plane_id);
+ReverifyResult reverify_plane(plane::PlaneIndex& index, session::SessionRegistry& registry, const std::string& plane_type,
+                              const std::string& plane_id);
 
 }  // namespace cg::gateway

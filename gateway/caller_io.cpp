@@ -28,8 +28,7 @@ void Wakeup::notify() {
 }
 
 // ---- CallerWatch ---------------------------------------------------------------------------------
-CallerWatch::CallerWatch(TlsStream& stream, beast::flat_buffer& buf)
-    : stream_(stream), buf_(buf), done_(stream.get_executor()) {}
+CallerWatch::CallerWatch(TlsStream& stream, beast::flat_buffer& buf) : stream_(stream), buf_(buf), done_(stream.get_executor()) {}
 
 void CallerWatch::arm(const Spawn& spawn, std::function<void()> on_hangup) {
   on_hangup_ = std::move(on_hangup);

@@ -26,10 +26,10 @@ using CallerRequest = net::http::request<net::http::string_body>;
 
 // What the connection does after a request.
 enum class Next {
-  keep_alive,   // read the next request
+  keep_alive,  // read the next request
   drain_close,  // answered early (the caller may still be sending): read and drop for 2 s, then close
-  close,        // close now (the caller is gone, or the answer could not be written)
-  handed_off    // the stream belongs to someone else now (exec)
+  close,  // close now (the caller is gone, or the answer could not be written)
+  handed_off  // the stream belongs to someone else now (exec)
 };
 
 // A one-strand event: wait() returns once notify() was called (before or during the wait).
@@ -68,16 +68,16 @@ class CallerWatch {
  private:
   awaitable<void> read();
   enum class State {
-    idle,         // no read outstanding
-    reading,      // the read is outstanding
+    idle,  // no read outstanding
+    reading,  // the read is outstanding
     caller_left,  // the read ended in an error while nothing was armed
-    hung_up       // the read ended in an error while a request was armed (its handler was called)
+    hung_up  // the read ended in an error while a request was armed (its handler was called)
   };
   net::TlsStream& stream_;
   net::beast::flat_buffer& buf_;
   State state_ = State::idle;
   std::function<void()> on_hangup_;  // armed while the agent works
-  Wakeup done_;                      // the read finished
+  Wakeup done_;  // the read finished
 };
 
 // The connection's I/O. The owner (one coroutine per connection) keeps it alive while any of its

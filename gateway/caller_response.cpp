@@ -8,8 +8,8 @@ namespace cg::gateway {
 using namespace cg::net;
 
 bool is_hop_by_hop(std::string_view name) {
-  static constexpr std::string_view kNames[] = {"Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer",
-                                                "Transfer-Encoding", "Upgrade", "Content-Length"};
+  static constexpr std::string_view kNames[] = {"Connection", "Keep-Alive",        "Proxy-Connection", "TE",
+                                                "Trailer",    "Transfer-Encoding", "Upgrade",          "Content-Length"};
   for (auto n : kNames)
     if (beast::iequals(name, n)) return true;
   return false;
@@ -51,7 +51,7 @@ FailureAnswer failure_answer(Surface surface, session::TunnelReply::Outcome outc
                              const std::string& plane, const std::string& cr_key) {
   using O = session::TunnelReply::Outcome;
   const std::string no_agents = "no agents found for plane " + plane;
-  const char* failed = surface == Surface::sse ? "wirelogs stream failed"
+  const char* failed = surface == Surface::sse           ? "wirelogs stream failed"
                        : surface == Surface::http_stream ? "HTTP stream request failed"
                                                          : "HTTP tunnel request failed";
   auto answer = [&](unsigned status, std::string message, std::string reason, const char* log_msg = nullptr) {
@@ -90,9 +90,9 @@ FailureAnswer failure_answer(Surface surface, session::TunnelReply::Outcome outc
     case O::send_failed:
       if (surface == Surface::proxy)
         return answer(502,
-                      "proxy request failed: " + (agent_error.empty()
-                                                      ? std::string("failed to send HTTP tunnel request: agent connection is closing")
-                                                      : agent_error),
+                      "proxy request failed: " +
+                          (agent_error.empty() ? std::string("failed to send HTTP tunnel request: agent connection is closing")
+                                               : agent_error),
                       agent_error.empty() ? "agent connection is closing" : agent_error);
       break;
   }

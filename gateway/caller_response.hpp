@@ -35,7 +35,7 @@ struct FailureAnswer {
   unsigned status = 0;
   std::string message;  // the plain-text body, without its newline
   const char* log_msg = "";
-  std::string reason;   // the log line's reason field
+  std::string reason;  // the log line's reason field
 };
 FailureAnswer failure_answer(Surface surface, session::TunnelReply::Outcome outcome, const std::string& agent_error,
                              const std::string& plane, const std::string& cr_key);

@@ -65,9 +65,11 @@ class Table {
     add({name, std::move(usage), std::to_string(Config{}.*m), std::function<void(int64_t)>([&c, m](int64_t v) { c.*m = v; })},
         env, [&c, m, env](const std::string& v) -> std::optional<std::string> {
           auto n = goflag::env_int(v);
-          if (!n) return std::string(env) + "=" + goflag::quote(v) + " is not a number: ignored, the default is used (as upstream)";
+          if (!n)
+            return std::string(env) + "=" + goflag::quote(v) + " is not a number: ignored, the default is used (as upstream)";
           c.*m = *n;
-          if (std::to_string(*n) != v) return std::string(env) + "=" + goflag::quote(v) + " is read as " + std::to_string(*n) + " (as upstream)";
+          if (std::to_string(*n) != v)
+            return std::string(env) + "=" + goflag::quote(v) + " is read as " + std::to_string(*n) + " (as upstream)";
           return std::nullopt;
         });
   }
@@ -85,17 +87,19 @@ class Table {
   }
   void add_bool(const char* name, const char* env, bool Config::*m, std::string usage) {
     Config& c = c_;
-    add({name, std::move(usage), Config{}.*m ? "true" : "false", std::function<void(bool)>([&c, m](bool v) { c.*m = v; })},
-        env, [&c, m, env](const std::string& v) -> std::optional<std::string> {
+    add({name, std::move(usage), Config{}.*m ? "true" : "false", std::function<void(bool)>([&c, m](bool v) { c.*m = v; })}, env,
+        [&c, m, env](const std::string& v) -> std::optional<std::string> {
           c.*m = goflag::env_bool(v);
           if (v != "true" && v != "1" && v != "false" && v != "0")
-            return std::string(env) + "=" + goflag::quote(v) + " is read as false: only \"true\" and \"1\" are true (as upstream)";
+            return std::string(env) + "=" + goflag::quote(v) +
+                   " is read as false: only \"true\" and \"1\" are true (as upstream)";
           return std::nullopt;
         });
   }
   void add_string(const char* name, const char* env, std::string Config::*m, std::string usage) {
     Config& c = c_;
-    add({name, std::move(usage), Config{}.*m, std::function<void(const std::string&)>([&c, m](const std::string& v) { c.*m = v; })},
+    add({name, std::move(usage), Config{}.*m,
+         std::function<void(const std::string&)>([&c, m](const std::string& v) { c.*m = v; })},
         env, [&c, m](const std::string& v) -> std::optional<std::string> {
           c.*m = v;
           return std::nullopt;
@@ -103,12 +107,14 @@ class Table {
   }
   void add_duration(const char* name, Duration Config::*m, std::string usage) {
     Config& c = c_;
-    add({name, std::move(usage), goflag::format_duration(Config{}.*m), std::function<void(Duration)>([&c, m](Duration v) { c.*m = v; })},
+    add({name, std::move(usage), goflag::format_duration(Config{}.*m),
+         std::function<void(Duration)>([&c, m](Duration v) { c.*m = v; })},
         nullptr, {});
   }
   void add_float(const char* name, double Config::*m, std::string usage) {
     Config& c = c_;
-    add({name, std::move(usage), float_text(Config{}.*m), std::function<void(double)>([&c, m](double v) { c.*m = v; })}, nullptr, {});
+    add({name, std::move(usage), float_text(Config{}.*m), std::function<void(double)>([&c, m](double v) { c.*m = v; })}, nullptr,
+        {});
   }
   // A string flag kept in Pending until it is checked.
   void add_pending(const char* name, const char* env, std::string Pending::*m, std::string default_text, std::string usage) {
@@ -123,7 +129,8 @@ class Table {
   }
   void add_version() {
     Pending& p = p_;
-    add({"version", "Print the version and exit", "false", std::function<void(bool)>([&p](bool v) { p.version = v; })}, nullptr, {});
+    add({"version", "Print the version and exit", "false", std::function<void(bool)>([&p](bool v) { p.version = v; })}, nullptr,
+        {});
   }
 
  private:
@@ -144,7 +151,8 @@ std::vector<Spec> flag_table(Config& c, Pending& p) {
             "Internal server port serving the caller-facing /api/* endpoints (TLS); 0 picks a free port");
   t.add_string("server-cert", "SERVER_CERT_PATH", &Config::server_cert,
                "Path to the server certificate chain (PEM); reloaded when the file changes");
-  t.add_string("server-key", "SERVER_KEY_PATH", &Config::server_key, "Path to the server private key (PEM); reloaded with --server-cert");
+  t.add_string("server-key", "SERVER_KEY_PATH", &Config::server_key,
+               "Path to the server private key (PEM); reloaded with --server-cert");
   t.add_bool("skip-client-cert-verify", "SKIP_CLIENT_CERT_VERIFY", &Config::skip_client_cert_verify,
              "Deprecated: has no effect (as upstream); agent certificates are always verified per plane CR");
   t.add_bool("internal-mtls", "INTERNAL_MTLS_ENABLED", &Config::internal_mtls,
@@ -169,7 +177,8 @@ std::vector<Spec> flag_table(Config& c, Pending& p) {
   t.add_string("agent-auth-trusted-proxies", "AGENT_AUTH_TRUSTED_PROXIES", &Config::agent_auth_trusted_proxies,
                "With --agent-auth-mode=forwarded-header: comma-separated source CIDRs (or addresses) of the proxies "
                "whose forwarded certificate header is accepted; from any other address such a request gets 401");
-  t.add_int("health-port", nullptr, &Config::health_port, "Plain HTTP port for /health, /ready and /metrics; 0 picks a free port");
+  t.add_int("health-port", nullptr, &Config::health_port,
+            "Plain HTTP port for /health, /ready and /metrics; 0 picks a free port");
   t.add_string("bind", nullptr, &Config::bind, "Address the agent, internal and health listeners bind to");
   t.add_duration("handshake-timeout", &Config::handshake_timeout,
                  "Agent port: TLS handshake plus upgrade request, and each WebSocket upgrade or close handshake; "
@@ -192,7 +201,8 @@ std::vector<Spec> flag_table(Config& c, Pending& p) {
   t.add_string("kube-context", nullptr, &Config::kube_context, "Kubeconfig context (default: current-context)");
   t.add_float("kube-api-qps", &Config::kube_api_qps, "Client-side rate limit for Kubernetes API calls, requests/s (0: none)");
   t.add_int("kube-api-burst", nullptr, &Config::kube_api_burst, "Burst for --kube-api-qps (>= 1)");
-  t.add_uint("max-message-size", nullptr, &Config::max_message_size, "Largest WebSocket message accepted from an agent, bytes (>= 1024)");
+  t.add_uint("max-message-size", nullptr, &Config::max_message_size,
+             "Largest WebSocket message accepted from an agent, bytes (>= 1024)");
   t.add_uint("max-agent-sessions", "MAX_AGENT_SESSIONS", &Config::max_sessions,
              "Most agent sessions this gateway holds; more are refused with 503 (>= 1)");
   t.add_uint("max-agents-per-plane", "MAX_AGENTS_PER_PLANE", &Config::max_sessions_per_plane,
@@ -226,8 +236,8 @@ bool is_http_token(const std::string& s) {
 
 }  // namespace
 
-CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, Config& cfg, std::ostream& out,
-                    std::ostream& err, const std::string& program) {
+CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, Config& cfg, std::ostream& out, std::ostream& err,
+                    const std::string& program) {
   CliResult res;
   Pending p;
   const std::vector<Spec> specs = flag_table(cfg, p);
@@ -266,8 +276,10 @@ CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, 
   if (!r.args.empty()) {
     std::string rest;
     for (const auto& a : r.args) rest += (rest.empty() ? "" : " ") + goflag::quote(a);
-    res.warnings.push_back("arguments after the flags are ignored (Go's flag syntax: the flags end at the first "
-                           "non-flag argument or \"--\"): " + rest);
+    res.warnings.push_back(
+        "arguments after the flags are ignored (Go's flag syntax: the flags end at the first "
+        "non-flag argument or \"--\"): " +
+        rest);
   }
 
   auto fail = [&](const std::string& msg) {
@@ -275,14 +287,20 @@ CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, 
     res.action = CliAction::exit_usage;
     return res;
   };
-  for (auto [name, v] : {std::pair{"--port", cfg.port}, {"--health-port", cfg.health_port}, {"--internal-port", cfg.internal_port}})
+  for (auto [name, v] :
+       {std::pair{"--port", cfg.port}, {"--health-port", cfg.health_port}, {"--internal-port", cfg.internal_port}})
     if (v < 0 || v > 65535) return fail(std::string(name) + ": " + std::to_string(v) + " is not a port number (0 to 65535)");
-  for (auto [name, v] : {std::pair{"--heartbeat-interval", cfg.heartbeat_interval}, {"--heartbeat-timeout", cfg.heartbeat_timeout},
+  for (auto [name, v] : {std::pair{"--heartbeat-interval", cfg.heartbeat_interval},
+                         {"--heartbeat-timeout", cfg.heartbeat_timeout},
                          {"--status-heartbeat-interval", cfg.status_heartbeat_interval},
-                         {"--handshake-timeout", cfg.handshake_timeout}, {"--request-timeout", cfg.request_timeout}})
-    if (v <= Duration::zero()) return fail(std::string(name) + " must be greater than 0 (got " + goflag::format_duration(v) + ")");
-  for (auto [name, v] : {std::pair{"--shutdown-timeout", cfg.shutdown_timeout}, {"--read-timeout", cfg.read_timeout},
-                         {"--write-timeout", cfg.write_timeout}, {"--idle-timeout", cfg.idle_timeout},
+                         {"--handshake-timeout", cfg.handshake_timeout},
+                         {"--request-timeout", cfg.request_timeout}})
+    if (v <= Duration::zero())
+      return fail(std::string(name) + " must be greater than 0 (got " + goflag::format_duration(v) + ")");
+  for (auto [name, v] : {std::pair{"--shutdown-timeout", cfg.shutdown_timeout},
+                         {"--read-timeout", cfg.read_timeout},
+                         {"--write-timeout", cfg.write_timeout},
+                         {"--idle-timeout", cfg.idle_timeout},
                          {"--startup-grace", cfg.startup_grace}})
     if (v < Duration::zero()) return fail(std::string(name) + " must not be negative (got " + goflag::format_duration(v) + ")");
   // upstream's SetupLogger: anything but the four names is info.
@@ -300,7 +318,8 @@ CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, 
   cfg.agent_auth_mode = *mode;
   if (cfg.agent_auth_forwarded_header.empty()) cfg.agent_auth_forwarded_header = kDefaultForwardedHeader;  // as upstream
   if (!is_http_token(cfg.agent_auth_forwarded_header))
-    return fail("--agent-auth-forwarded-header: " + goflag::quote(cfg.agent_auth_forwarded_header) + " is not an HTTP header name");
+    return fail("--agent-auth-forwarded-header: " + goflag::quote(cfg.agent_auth_forwarded_header) +
+                " is not an HTTP header name");
   std::string why;
   auto proxies = parse_ip_ranges(cfg.agent_auth_trusted_proxies, why);
   if (!proxies) return fail("--agent-auth-trusted-proxies: " + why);
@@ -310,15 +329,18 @@ CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, 
   if (cfg.io_threads < 0 || cfg.io_threads > 1024) return fail("--io-threads must be 0 to 1024");
   if (!(cfg.kube_api_qps >= 0) || std::isinf(cfg.kube_api_qps)) return fail("--kube-api-qps must be a number of at least 0");
   if (cfg.kube_api_burst < 1 || cfg.kube_api_burst > INT_MAX) return fail("--kube-api-burst must be at least 1");
-  for (auto [name, v] : {std::pair{"--max-agent-sessions", cfg.max_sessions}, {"--max-agents-per-plane", cfg.max_sessions_per_plane},
-                         {"--max-pending-per-agent", cfg.max_pending_per_agent}, {"--max-streams-per-agent", cfg.max_streams_per_agent},
+  for (auto [name, v] : {std::pair{"--max-agent-sessions", cfg.max_sessions},
+                         {"--max-agents-per-plane", cfg.max_sessions_per_plane},
+                         {"--max-pending-per-agent", cfg.max_pending_per_agent},
+                         {"--max-streams-per-agent", cfg.max_streams_per_agent},
                          {"--max-internal-connections", cfg.max_internal_connections}})
     if (v < 1) return fail(std::string(name) + " must be at least 1");
   if (!cfg.planes_dir.empty() && cfg.status_dir.empty()) cfg.status_dir = cfg.planes_dir + "/status";
   if (cfg.planes_dir.empty() && !cfg.status_dir.empty())
     return fail("--status-dir goes with --planes-dir (with the Kubernetes source, status is written onto the CRs)");
   if (cfg.internal_mtls && cfg.internal_client_ca.empty())
-    return fail("--internal-client-ca-cert is required while --internal-mtls is true (use --internal-mtls=false only for development)");
+    return fail(
+        "--internal-client-ca-cert is required while --internal-mtls is true (use --internal-mtls=false only for development)");
   if (cfg.skip_client_cert_verify) res.warnings.push_back("--skip-client-cert-verify is deprecated and has no effect");
   return res;
 }

@@ -18,8 +18,8 @@ namespace cg::gateway {
 
 struct Config {
   std::string bind = "0.0.0.0";
-  int64_t port = 8443;           // agent listener; 0 picks a free port
-  int64_t health_port = 8080;    // /health, /ready, /metrics
+  int64_t port = 8443;  // agent listener; 0 picks a free port
+  int64_t health_port = 8080;  // /health, /ready, /metrics
   int64_t internal_port = 8444;  // internal API for control-plane callers
   bool internal_mtls = true;
   std::string internal_client_ca;
@@ -50,11 +50,11 @@ struct Config {
   uint64_t max_message_size = 64u << 20;
   int64_t io_threads = 0;  // 0: one per core (effective_io_threads)
   // Limits (each refusal is logged and counted in cluster_gateway_limit_refusals_total).
-  uint64_t max_sessions = 100000;          // agent sessions in this gateway
-  uint64_t max_sessions_per_plane = 64;    // agent sessions per planeType/planeID
+  uint64_t max_sessions = 100000;  // agent sessions in this gateway
+  uint64_t max_sessions_per_plane = 64;  // agent sessions per planeType/planeID
   uint64_t max_concurrent_handshakes = 0;  // TLS handshakes in progress at once (0: effective_max_concurrent_handshakes)
-  uint64_t max_pending_per_agent = 1000;   // proxied requests waiting for one agent connection
-  uint64_t max_streams_per_agent = 100;    // open streams (watch, logs -f, exec, wirelogs) per agent connection
+  uint64_t max_pending_per_agent = 1000;  // proxied requests waiting for one agent connection
+  uint64_t max_streams_per_agent = 100;  // open streams (watch, logs -f, exec, wirelogs) per agent connection
   uint64_t max_internal_connections = 1000;  // open caller connections on the internal port
   std::string proxy_policy_file;  // --proxy-policy-file: allow/deny rules per caller (empty: built-in deny-list only)
   log::Level log_level = log::Level::info;
@@ -81,8 +81,8 @@ struct CliResult {
 // Go flags and environment rules do (see go_flag.hpp and docs/operations.md). Usage and errors go to
 // `err` (Go's flag package: stderr), --version to `out`.
 using GetEnv = std::function<std::optional<std::string>(const char* name)>;
-CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, Config& cfg, std::ostream& out,
-                    std::ostream& err, const std::string& program = "cluster-gateway");
+CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, Config& cfg, std::ostream& out, std::ostream& err,
+                    const std::string& program = "cluster-gateway");
 // The process's own argv and environment.
 CliResult parse_cli(int argc, char** argv, Config& cfg);
 

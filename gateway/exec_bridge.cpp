@@ -58,10 +58,9 @@ class ExecBridge : public std::enable_shared_from_this<ExecBridge> {
     auto self = shared_from_this();
     auto exec = ws_.get_executor();
     log::info("exec stream requested", fields({{"path", t_.path}}));
-    stream_id_ = tunnel_.open_stream(t_.plane_type, t_.plane_id, t_.cr_key, std::move(sr),
-                                     [self, exec](session::StreamEvent ev) {
-                                       asio::post(exec, [self, ev = std::move(ev)]() mutable { self->on_event(std::move(ev)); });
-                                     });
+    stream_id_ = tunnel_.open_stream(t_.plane_type, t_.plane_id, t_.cr_key, std::move(sr), [self, exec](session::StreamEvent ev) {
+      asio::post(exec, [self, ev = std::move(ev)]() mutable { self->on_event(std::move(ev)); });
+    });
     // The stream id is only known once open_stream returns; events posted before are handled after.
     read_caller();
   }
@@ -80,11 +79,26 @@ class ExecBridge : public std::enable_shared_from_this<ExecBridge> {
     std::string reason = ev.error;
     switch (ev.outcome) {
       case O::response: break;
-      case O::no_agent: code = 1011; reason = "no agent available: no agents found for plane " + t_.plane_type + "/" + t_.plane_id; break;
-      case O::not_authorized: code = 1011; reason = "no agent available: no agents authorized for CR " + t_.cr_key; break;
-      case O::timeout: code = 1011; reason = "timeout waiting for the agent to start the exec stream"; break;
-      case O::connection_closed: code = 1011; reason = "agent connection closed"; break;
-      default: code = 1011; if (reason.empty()) reason = "exec stream failed"; break;
+      case O::no_agent:
+        code = 1011;
+        reason = "no agent available: no agents found for plane " + t_.plane_type + "/" + t_.plane_id;
+        break;
+      case O::not_authorized:
+        code = 1011;
+        reason = "no agent available: no agents authorized for CR " + t_.cr_key;
+        break;
+      case O::timeout:
+        code = 1011;
+        reason = "timeout waiting for the agent to start the exec stream";
+        break;
+      case O::connection_closed:
+        code = 1011;
+        reason = "agent connection closed";
+        break;
+      default:
+        code = 1011;
+        if (reason.empty()) reason = "exec stream failed";
+        break;
     }
     log::info("exec stream ended", fields({{"closeCode", code}, {"reason", reason}}));
     close_code_ = code;

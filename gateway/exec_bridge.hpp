@@ -12,10 +12,10 @@ namespace cg::gateway {
 struct ExecTarget {
   std::string plane_type, plane_id, cr_key;
   std::string gateway_request_id;
-  std::string path;   // /api/v1/namespaces/{ns}/pods/{pod}/exec
+  std::string path;  // /api/v1/namespaces/{ns}/pods/{pod}/exec
   std::string query;  // stdout=true&stderr=true&stdin=…&tty=…&container=…&command=…
-  Duration first_timeout;      // --request-timeout
-  Duration write_timeout;      // --write-timeout
+  Duration first_timeout;  // --request-timeout
+  Duration write_timeout;  // --write-timeout
   Duration handshake_timeout;  // --handshake-timeout: the caller's WebSocket upgrade
   size_t max_message_size = 1u << 20;  // caller → gateway WebSocket message limit
 };

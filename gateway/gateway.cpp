@@ -28,7 +28,6 @@
 namespace cg::gateway {
 using namespace cg::net;
 
-
 struct Gateway::Impl {
   Config cfg;
   asio::io_context ioc;
@@ -92,7 +91,9 @@ struct Gateway::Impl {
     }
     return stamp;
   }
-  void schedule_reload() { reloader->run_after(std::chrono::seconds(2), [this] { reload_tick(); }); }
+  void schedule_reload() {
+    reloader->run_after(std::chrono::seconds(2), [this] { reload_tick(); });
+  }
   void reload_tick() {
     check_tls_files();
     schedule_reload();
@@ -139,7 +140,6 @@ std::string Gateway::not_ready_reason() const {
   return "";
 }
 
-
 void Gateway::start() {
   auto& m = *impl_;
   const Config& c = m.cfg;
@@ -172,7 +172,8 @@ void Gateway::start() {
       kc = kube::load_default(c.kubeconfig, c.kube_context);
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string("no plane source: pass --planes-dir DIR, or make the Kubernetes API reachable "
-                                           "(--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): ") + e.what());
+                                           "(--kubeconfig, $KUBECONFIG, ~/.kube/config or in-cluster): ") +
+                               e.what());
     }
     log::info("Kubernetes plane source", {{"api", kc.source}, {"qps", c.kube_api_qps}, {"burst", c.kube_api_burst}});
     kube::ClientOptions co;
@@ -193,8 +194,8 @@ void Gateway::start() {
   m.source->start();
   if (m.writer) m.writer->start();
 
-  auto tunnel = std::make_shared<session::Tunnel>(
-      m.ioc, *m.registry, session::TunnelLimits{c.max_pending_per_agent, c.max_streams_per_agent});
+  auto tunnel = std::make_shared<session::Tunnel>(m.ioc, *m.registry,
+                                                  session::TunnelLimits{c.max_pending_per_agent, c.max_streams_per_agent});
   m.tunnel_ref = tunnel;
   std::string proxies_error;
   auto trusted_proxies = parse_ip_ranges(c.agent_auth_trusted_proxies, proxies_error);
@@ -203,8 +204,7 @@ void Gateway::start() {
                          .registry = *m.registry,
                          .frames = tunnel,
                          .session_options = session::AgentSessionOptions{c.heartbeat_interval, c.heartbeat_timeout,
-                                                                         c.max_message_size, 256u << 20,
-                                                                         c.handshake_timeout},
+                                                                         c.max_message_size, 256u << 20, c.handshake_timeout},
                          .handshake_timeout = c.handshake_timeout,
                          .max_sessions = c.max_sessions,
                          .max_sessions_per_plane = c.max_sessions_per_plane,
@@ -215,11 +215,13 @@ void Gateway::start() {
   const int io_threads = effective_io_threads(c);
   if (c.agent_auth_mode == AgentAuthMode::forwarded_header)
     log::warn("agent authentication using forwarded header",
-              {{"mode", to_string(c.agent_auth_mode)}, {"header", c.agent_auth_forwarded_header},
+              {{"mode", to_string(c.agent_auth_mode)},
+               {"header", c.agent_auth_forwarded_header},
                {"trustedProxies", c.agent_auth_trusted_proxies},
-               {"note", "the header is trusted from --agent-auth-trusted-proxies only; the agent port must be "
-                        "reachable only through the TLS-terminating proxy, and every other ingress path must strip "
-                        "the header"}});
+               {"note",
+                "the header is trusted from --agent-auth-trusted-proxies only; the agent port must be "
+                "reachable only through the TLS-terminating proxy, and every other ingress path must strip "
+                "the header"}});
   try {
     m.agent_listener = std::make_unique<AgentListener>(m.ioc, ssl, c.bind, c.port, deps);
   } catch (const std::exception& e) {
@@ -241,22 +243,23 @@ void Gateway::start() {
   try {
     m.internal_api = std::make_unique<InternalApi>(m.ioc, internal_ssl, c.bind, c.internal_port, api_deps);
   } catch (const std::exception& e) {
-    throw std::runtime_error("--internal-port " + std::to_string(c.internal_port) + ": cannot listen on " + c.bind + ": " + e.what());
+    throw std::runtime_error("--internal-port " + std::to_string(c.internal_port) + ": cannot listen on " + c.bind + ": " +
+                             e.what());
   }
   try {
-    m.health = std::make_unique<HttpServer>(m.ioc, c.bind, c.health_port, [this](const std::string& method, const std::string& target) {
-      std::string path = target.substr(0, target.find('?'));
-      if (method != "GET" && method != "HEAD") return HttpReply{405, "text/plain; charset=utf-8", "method not allowed\n"};
-      if (path == "/metrics")
-        return HttpReply{200, "text/plain; version=0.0.4; charset=utf-8", metrics::serialize()};
-      if (path == "/health" || path == "/healthz") return HttpReply{200, "text/plain; charset=utf-8", "OK"};
-      if (path == "/ready" || path == "/readyz") {
-        auto why = not_ready_reason();
-        if (why.empty()) return HttpReply{200, "text/plain; charset=utf-8", "OK"};
-        return HttpReply{503, "text/plain; charset=utf-8", "not ready: " + why + "\n"};
-      }
-      return HttpReply{404, "text/plain; charset=utf-8", "404 page not found\n"};
-    });
+    m.health =
+        std::make_unique<HttpServer>(m.ioc, c.bind, c.health_port, [this](const std::string& method, const std::string& target) {
+          std::string path = target.substr(0, target.find('?'));
+          if (method != "GET" && method != "HEAD") return HttpReply{405, "text/plain; charset=utf-8", "method not allowed\n"};
+          if (path == "/metrics") return HttpReply{200, "text/plain; version=0.0.4; charset=utf-8", metrics::serialize()};
+          if (path == "/health" || path == "/healthz") return HttpReply{200, "text/plain; charset=utf-8", "OK"};
+          if (path == "/ready" || path == "/readyz") {
+            auto why = not_ready_reason();
+            if (why.empty()) return HttpReply{200, "text/plain; charset=utf-8", "OK"};
+            return HttpReply{503, "text/plain; charset=utf-8", "not ready: " + why + "\n"};
+          }
+          return HttpReply{404, "text/plain; charset=utf-8", "404 page not found\n"};
+        });
   } catch (const std::exception& e) {
     throw std::runtime_error("--health-port " + std::to_string(c.health_port) + ": cannot listen on " + c.bind + ": " + e.what());
   }
@@ -278,14 +281,19 @@ void Gateway::start() {
   if (m.proxy_policy) m.proxy_policy->start();
   m.health->start();
   m.started = true;
-  log::info("cluster-gateway started",
-            {{"agentPort", agent_port()}, {"healthPort", health_port()}, {"internalPort", internal_port()},
-             {"internalMTLS", c.internal_mtls}, {"agentAuthMode", to_string(c.agent_auth_mode)},
-             {"writeStatus", c.write_status}, {"bind", c.bind}, {"ioThreads", io_threads},
-             {"planeSource", c.planes_dir.empty() ? "kubernetes" : "file"}, {"planesDir", c.planes_dir},
-             {"statusDir", c.status_dir},
-             {"heartbeatInterval", format_go_duration(c.heartbeat_interval)},
-             {"heartbeatTimeout", format_go_duration(c.heartbeat_timeout)}});
+  log::info("cluster-gateway started", {{"agentPort", agent_port()},
+                                        {"healthPort", health_port()},
+                                        {"internalPort", internal_port()},
+                                        {"internalMTLS", c.internal_mtls},
+                                        {"agentAuthMode", to_string(c.agent_auth_mode)},
+                                        {"writeStatus", c.write_status},
+                                        {"bind", c.bind},
+                                        {"ioThreads", io_threads},
+                                        {"planeSource", c.planes_dir.empty() ? "kubernetes" : "file"},
+                                        {"planesDir", c.planes_dir},
+                                        {"statusDir", c.status_dir},
+                                        {"heartbeatInterval", format_go_duration(c.heartbeat_interval)},
+                                        {"heartbeatTimeout", format_go_duration(c.heartbeat_timeout)}});
 }
 
 void Gateway::shutdown() {
@@ -328,16 +336,16 @@ void Gateway::shutdown() {
     while (m.tunnel_ref && m.tunnel_ref->pending() > 0 && std::chrono::steady_clock::now() < drain_deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     const size_t left = m.tunnel_ref ? m.tunnel_ref->pending() : 0;
-    log::info("agent sessions drained", {{"sessions", sessions.size()}, {"inFlightAtGoaway", waited_for},
-                                         {"inFlightLeft", left}});
+    log::info("agent sessions drained",
+              {{"sessions", sessions.size()}, {"inFlightAtGoaway", waited_for}, {"inFlightLeft", left}});
     for (const auto& s : sessions) s.handle->close(1001, "gateway shutting down", session::CloseCause::shutdown);
   }
   // Each session closes its socket at most its close timeout (1 s) after sending the close frame,
   // whether or not the agent answers (upstream's agent never closes its old socket); this wait is
   // only a backstop, within half the budget.
-  const auto sessions_deadline =
-      std::chrono::steady_clock::now() +
-      std::min<Duration>(m.cfg.shutdown_timeout / 2, session::AgentSessionOptions{}.close_timeout + std::chrono::milliseconds(500));
+  const auto sessions_deadline = std::chrono::steady_clock::now() +
+                                 std::min<Duration>(m.cfg.shutdown_timeout / 2, session::AgentSessionOptions{}.close_timeout +
+                                                                                    std::chrono::milliseconds(500));
   while (m.registry->size() > 0 && std::chrono::steady_clock::now() < sessions_deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   if (m.source) m.source->stop();

@@ -214,9 +214,9 @@ NumError parse_float(std::string_view s, double& out) {
 
 std::optional<Duration> parse_duration(std::string_view s) {
   // time.ParseDuration: [-+]?([0-9]*(\.[0-9]*)?[a-z]+)+
-  static const std::map<std::string_view, uint64_t> units = {
-      {"ns", 1},           {"us", 1000},        {"\xC2\xB5s", 1000}, {"\xCE\xBCs", 1000},
-      {"ms", 1000000},     {"s", 1000000000},   {"m", 60000000000},  {"h", 3600000000000}};
+  static const std::map<std::string_view, uint64_t> units = {{"ns", 1},           {"us", 1000},        {"\xC2\xB5s", 1000},
+                                                             {"\xCE\xBCs", 1000}, {"ms", 1000000},     {"s", 1000000000},
+                                                             {"m", 60000000000},  {"h", 3600000000000}};
   constexpr uint64_t kLimit = uint64_t{1} << 63;
   uint64_t d = 0;
   bool neg = false;
@@ -520,8 +520,7 @@ std::string usage(const std::vector<Flag>& flags, std::string_view program) {
     if (!type.empty()) line += " " + type;
     line += line.size() <= 4 ? "\t" : "\n    \t";
     for (char c : text) line += c == '\n' ? std::string("\n    \t") : std::string(1, c);
-    if (f->default_text != zero)
-      line += " (default " + (f->set.index() == 4 ? quote(f->default_text) : f->default_text) + ")";
+    if (f->default_text != zero) line += " (default " + (f->set.index() == 4 ? quote(f->default_text) : f->default_text) + ")";
     out += line + "\n";
   }
   return out;

@@ -24,13 +24,13 @@ namespace cg::goflag {
 
 // --- Go's value parsers ---------------------------------------------------------------------------
 enum class NumError { none, syntax, range };
-std::optional<bool> parse_bool(std::string_view s);     // strconv.ParseBool
-NumError parse_int(std::string_view s, int64_t& out);    // strconv.ParseInt(s, 0, 64)
+std::optional<bool> parse_bool(std::string_view s);  // strconv.ParseBool
+NumError parse_int(std::string_view s, int64_t& out);  // strconv.ParseInt(s, 0, 64)
 NumError parse_uint(std::string_view s, uint64_t& out);  // strconv.ParseUint(s, 0, 64)
-NumError parse_float(std::string_view s, double& out);   // strconv.ParseFloat(s, 64)
+NumError parse_float(std::string_view s, double& out);  // strconv.ParseFloat(s, 64)
 std::optional<Duration> parse_duration(std::string_view s);  // time.ParseDuration
-std::string format_duration(Duration d);                     // time.Duration.String ("2m0s", "1.5s", "0s")
-std::string quote(std::string_view s);                       // strconv.Quote (as %q prints)
+std::string format_duration(Duration d);  // time.Duration.String ("2m0s", "1.5s", "0s")
+std::string quote(std::string_view s);  // strconv.Quote (as %q prints)
 
 // --- upstream's environment rules (internal/cmdutil) ----------------------------------------------
 // Each applies only to a set, non-empty variable; an empty one means "not set" (the default).
@@ -44,12 +44,11 @@ bool env_bool(std::string_view value);
 // What a flag does with a value; the alternative chosen is the flag's type (Go: BoolVar, Int64Var,
 // Uint64Var, Float64Var, StringVar, DurationVar).
 using Setter = std::variant<std::function<void(bool)>, std::function<void(int64_t)>, std::function<void(uint64_t)>,
-                            std::function<void(double)>, std::function<void(const std::string&)>,
-                            std::function<void(Duration)>>;
+                            std::function<void(double)>, std::function<void(const std::string&)>, std::function<void(Duration)>>;
 
 struct Flag {
-  std::string name;          // without dashes
-  std::string usage;         // help text (one paragraph)
+  std::string name;  // without dashes
+  std::string usage;  // help text (one paragraph)
   std::string default_text;  // Go's DefValue as its Value.String() prints it ("8443", "true", "30s", a path)
   Setter set;
 };
@@ -57,9 +56,9 @@ struct Flag {
 enum class Outcome { ok, help, error };
 struct Result {
   Outcome outcome = Outcome::ok;
-  std::string error;              // Go's message, e.g. `flag provided but not defined: -x`
+  std::string error;  // Go's message, e.g. `flag provided but not defined: -x`
   std::vector<std::string> args;  // flag.Args(): the arguments after the flags
-  std::vector<std::string> set;   // the flags given, in order (a name repeats when given again)
+  std::vector<std::string> set;  // the flags given, in order (a name repeats when given again)
 };
 
 // Parses `args` (argv without the program name), calling each flag's setter as Go does, in order.

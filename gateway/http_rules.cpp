@@ -29,7 +29,8 @@ std::optional<FramingProblem> framing_problem_of(const http::request_header<>& r
   while (!te.empty() && (te.front() == ' ' || te.front() == '\t')) te.remove_prefix(1);
   while (!te.empty() && (te.back() == ' ' || te.back() == '\t')) te.remove_suffix(1);
   if (!beast::iequals(te, "chunked"))
-    return FramingProblem{RequestFault::transfer_encoding, "unsupported Transfer-Encoding: only a single \"chunked\" is accepted"};
+    return FramingProblem{RequestFault::transfer_encoding,
+                          "unsupported Transfer-Encoding: only a single \"chunked\" is accepted"};
   if (req.count(http::field::content_length) > 0)
     return FramingProblem{RequestFault::transfer_encoding, "both Transfer-Encoding and Content-Length"};
   return std::nullopt;

@@ -40,7 +40,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
  public:
   Conn(tcp::socket s, std::shared_ptr<void> slot, std::shared_ptr<asio::ssl::context> ctx,
        std::shared_ptr<const InternalApiDeps> deps)
-      : slot_(std::move(slot)), deps_(std::move(deps)),
+      : slot_(std::move(slot)),
+        deps_(std::move(deps)),
         io_(std::move(s), std::move(ctx),
             {deps_->idle_timeout, deps_->read_timeout, deps_->write_timeout, deps_->handshake_timeout}),
         wake_(io_.executor()) {}
@@ -113,8 +114,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
     auto& req = io_.request();
     bool upgrade = req.count(http::field::upgrade) > 0 || beast::iequals(req[http::field::connection], "upgrade");
     auto policy = deps_->proxy_policy ? deps_->proxy_policy() : nullptr;
-    check_ = check_proxy_request(method_, path_, query_, io_.content_length(), upgrade, kMaxProxyBody, policy.get(),
-                                 &io_.caller());
+    check_ =
+        check_proxy_request(method_, path_, query_, io_.content_length(), upgrade, kMaxProxyBody, policy.get(), &io_.caller());
     gateway_request_id_ = gateway_request_id(req["X-Request-ID"]);
     if (check_.status) {
       record_proxy_refusal(check_, io_.caller(), method_, gateway_request_id_);  // log line and metric
@@ -161,8 +162,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
   awaitable<Next> answer(session::TunnelReply r) {
     using O = session::TunnelReply::Outcome;
-    nlohmann::json f = fields({{"hopRequestID", r.request_id},
-                               {"durationMs", static_cast<int64_t>(seconds_since(started_) * 1000)}});
+    nlohmann::json f =
+        fields({{"hopRequestID", r.request_id}, {"durationMs", static_cast<int64_t>(seconds_since(started_) * 1000)}});
     if (!r.connection_id.empty()) f["connectionID"] = r.connection_id;
     if (r.outcome == O::response) {
       metrics::tunnel_request(check_.plane_type, r.status_code, check_.target, seconds_since(started_));
@@ -224,8 +225,11 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
   awaitable<Next> relay(session::StreamRequest sr, Surface surface) {
     StreamTarget t{check_.plane_type, check_.plane_id, check_.cr_key, check_.target, {}};
-    t.log_fields = {{"requestID", gateway_request_id_}, {"planeType", check_.plane_type},
-                    {"planeID", check_.plane_id}, {"cr", check_.cr_key}, {"target", check_.target}};
+    t.log_fields = {{"requestID", gateway_request_id_},
+                    {"planeType", check_.plane_type},
+                    {"planeID", check_.plane_id},
+                    {"cr", check_.cr_key},
+                    {"target", check_.target}};
     auto relay = std::make_shared<StreamRelay>(io_, deps_->tunnel, std::move(t));
     co_return co_await relay->run(std::move(sr), surface, spawner());
   }
@@ -236,15 +240,21 @@ class Conn : public std::enable_shared_from_this<Conn> {
     gateway_request_id_ = gateway_request_id(req["X-Request-ID"]);
     bool plane_has = false;
     if (!deps_->registry.pick(r.plane_type, r.plane_id, r.cr_key, plane_has)) {
-      std::string why = plane_has ? "no agents authorized for CR " + r.cr_key
-                                  : "no agents found for plane " + r.plane_type + "/" + r.plane_id;
-      log::warn("exec refused: no agent", {{"requestID", gateway_request_id_}, {"planeType", r.plane_type},
-                                           {"planeID", r.plane_id}, {"cr", r.cr_key}, {"reason", why}});
+      std::string why =
+          plane_has ? "no agents authorized for CR " + r.cr_key : "no agents found for plane " + r.plane_type + "/" + r.plane_id;
+      log::warn("exec refused: no agent", {{"requestID", gateway_request_id_},
+                                           {"planeType", r.plane_type},
+                                           {"planeID", r.plane_id},
+                                           {"cr", r.cr_key},
+                                           {"reason", why}});
       co_return co_await io_.error(503, "no agent available: " + why, false);
     }
     if (auto refusal = websocket_upgrade_refusal(req)) {
-      log::warn("exec refused: not a WebSocket upgrade", {{"requestID", gateway_request_id_}, {"planeType", r.plane_type},
-                                                          {"planeID", r.plane_id}, {"cr", r.cr_key}, {"status", refusal->status}});
+      log::warn("exec refused: not a WebSocket upgrade", {{"requestID", gateway_request_id_},
+                                                          {"planeType", r.plane_type},
+                                                          {"planeID", r.plane_id},
+                                                          {"cr", r.cr_key},
+                                                          {"status", refusal->status}});
       RouteError e{refusal->status, refusal->text, {}, true};
       co_return co_await serve(e);
     }
@@ -300,8 +310,8 @@ struct InternalApi::Impl {
   Acceptor acceptor;
 };
 
-InternalApi::InternalApi(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl, const std::string& bind,
-                         uint16_t port, InternalApiDeps deps)
+InternalApi::InternalApi(asio::io_context& ioc, std::shared_ptr<asio::ssl::context> ssl, const std::string& bind, uint16_t port,
+                         InternalApiDeps deps)
     : impl_(std::make_shared<Impl>(ioc, std::move(ssl), bind, port, std::move(deps))) {}
 InternalApi::~InternalApi() { stop(); }
 uint16_t InternalApi::port() const { return impl_->acceptor.port(); }

@@ -33,7 +33,7 @@ struct InternalApiDeps {
   Duration idle_timeout;
   Duration write_timeout;
   Duration handshake_timeout;  // TLS handshake, and exec's WebSocket upgrade
-  size_t max_connections;      // open caller connections (exec WebSockets leave the count once handed over)
+  size_t max_connections;  // open caller connections (exec WebSockets leave the count once handed over)
   // The --proxy-policy-file policy in force (empty function or null: the built-in deny-list only).
   std::function<std::shared_ptr<const Policy>()> proxy_policy = {};
 };

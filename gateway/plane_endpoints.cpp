@@ -68,7 +68,9 @@ PlaneAnswer notify_plane(plane::PlaneIndex& index, session::SessionRegistry& reg
   if (*state == tls::CaState::unparseable && !registry.sessions_of(type, id).empty())
     return error(500, "re-validation failed: failed to parse new CA certificate");
   auto res = reverify_plane(index, registry, type, id);
-  return ok({{"success", true}, {"action", "revalidate"}, {"authorizationsGranted", res.granted},
+  return ok({{"success", true},
+             {"action", "revalidate"},
+             {"authorizationsGranted", res.granted},
              {"authorizationsRevoked", res.revoked}});
 }
 

@@ -144,8 +144,10 @@ PolicyRule parse_rule(const YAML::Node& n, const std::string& where) {
   if (!n["name"]) fail(n, where, "name is required");
   r.name = scalar(n["name"], where + ".name");
   if (!valid_rule_name(r.name))
-    fail(n["name"], where + ".name", "'" + r.name + "' must be 1-63 characters a-z, 0-9 and '-' (not at either end), "
-                                         "and not 'default'");
+    fail(n["name"], where + ".name",
+         "'" + r.name +
+             "' must be 1-63 characters a-z, 0-9 and '-' (not at either end), "
+             "and not 'default'");
   const std::string at = where + " (" + r.name + ")";
   only_keys(n, at, {"name", "action", "callers", "methods", "targets", "paths"});
   if (!n["action"]) fail(n, at, "action is required (allow or deny)");
@@ -271,7 +273,8 @@ PathPattern compile_path_pattern(std::string_view text) {
   for (auto seg : path_segments(text)) {
     if (seg.empty()) throw bad("contains an empty segment (//)");
     if (seg == "." || seg == "..") throw bad("contains a '.' or '..' segment");
-    if (seg != "**" && seg.find("**") != std::string_view::npos) throw bad("uses '**' inside a segment (only a whole segment may be **)");
+    if (seg != "**" && seg.find("**") != std::string_view::npos)
+      throw bad("uses '**' inside a segment (only a whole segment may be **)");
     p.segments.emplace_back(seg);
   }
   return p;
@@ -310,8 +313,8 @@ bool caller_matches(const CallerSelector& s, const CallerIdentity& id) {
   return true;
 }
 
-PolicyDecision evaluate(const Policy& policy, const CallerIdentity& caller, std::string_view method,
-                        std::string_view target, std::string_view canonical_path) {
+PolicyDecision evaluate(const Policy& policy, const CallerIdentity& caller, std::string_view method, std::string_view target,
+                        std::string_view canonical_path) {
   for (const auto& r : policy.rules) {
     if (!r.methods.empty() && std::find(r.methods.begin(), r.methods.end(), method) == r.methods.end()) continue;
     if (!r.targets.empty() && std::find(r.targets.begin(), r.targets.end(), target) == r.targets.end()) continue;
@@ -364,13 +367,17 @@ PolicyFile::PolicyFile(const boost::asio::any_io_executor& control, std::string 
   applied_hash_ = seen_hash_ = sha256_hex(*text);
   applied_ = 1;
   metrics::proxy_policy_reload("ok");
-  log::info("proxy policy loaded", {{"file", path_}, {"sha256", applied_hash_.substr(0, 16)},
-                                    {"rules", current_->rules.size()}, {"defaultAction", action_name(current_->default_action)}});
+  log::info("proxy policy loaded", {{"file", path_},
+                                    {"sha256", applied_hash_.substr(0, 16)},
+                                    {"rules", current_->rules.size()},
+                                    {"defaultAction", action_name(current_->default_action)}});
 }
 
 PolicyFile::~PolicyFile() { stop(); }
 
-void PolicyFile::start() { timer_.run_after(poll_, [this] { tick(); }); }
+void PolicyFile::start() {
+  timer_.run_after(poll_, [this] { tick(); });
+}
 
 void PolicyFile::stop() { timer_.stop(); }
 
@@ -404,8 +411,7 @@ void PolicyFile::check_once() {
       const std::string kept = applied_hash_.substr(0, 16);
       lk.unlock();
       metrics::proxy_policy_reload("error");
-      log::error("proxy policy file cannot be read; the previous policy stays in force",
-                 {{"file", path_}, {"sha256", kept}});
+      log::error("proxy policy file cannot be read; the previous policy stays in force", {{"file", path_}, {"sha256", kept}});
     }
     return;
   }
@@ -446,7 +452,9 @@ void PolicyFile::check_once() {
   ++applied_;
   lk.unlock();
   metrics::proxy_policy_reload("ok");
-  log::info("proxy policy reloaded", {{"file", path_}, {"sha256", hash.substr(0, 16)}, {"rules", next->rules.size()},
+  log::info("proxy policy reloaded", {{"file", path_},
+                                      {"sha256", hash.substr(0, 16)},
+                                      {"rules", next->rules.size()},
                                       {"defaultAction", action_name(next->default_action)}});
 }
 

@@ -30,9 +30,9 @@ enum class PolicyAction { allow, deny };
 // handshake verified it. `verified` is false without a certificate (--internal-mtls=false).
 struct CallerIdentity {
   bool verified = false;
-  std::string common_name;             // subject CN
+  std::string common_name;  // subject CN
   std::vector<std::string> dns_names;  // subjectAltName DNS entries
-  std::vector<std::string> uris;       // subjectAltName URI entries
+  std::vector<std::string> uris;  // subjectAltName URI entries
 };
 // Reads CN, SAN DNS and SAN URI names (as UTF-8; invalid bytes become U+FFFD). nullptr: anonymous.
 CallerIdentity identity_from_certificate(x509_st* cert);
@@ -56,9 +56,9 @@ struct PolicyRule {
   std::string name;
   PolicyAction action = PolicyAction::deny;
   std::vector<CallerSelector> callers;  // empty: every caller, anonymous included
-  std::vector<std::string> methods;     // empty: every method (upper case)
-  std::vector<std::string> targets;     // empty: every target (k8s, monitoring, logs)
-  std::vector<PathPattern> paths;       // at least one
+  std::vector<std::string> methods;  // empty: every method (upper case)
+  std::vector<std::string> targets;  // empty: every target (k8s, monitoring, logs)
+  std::vector<PathPattern> paths;  // at least one
 };
 
 // Rules in file order; the first rule that matches decides; no match: default_action.
@@ -93,8 +93,8 @@ PathPattern compile_path_pattern(std::string_view text);
 bool match_path_pattern(const PathPattern& p, std::string_view path);
 bool caller_matches(const CallerSelector& s, const CallerIdentity& id);
 
-PolicyDecision evaluate(const Policy& policy, const CallerIdentity& caller, std::string_view method,
-                        std::string_view target, std::string_view canonical_path);
+PolicyDecision evaluate(const Policy& policy, const CallerIdentity& caller, std::string_view method, std::string_view target,
+                        std::string_view canonical_path);
 
 // The policy file and its reload: the file's content hash is checked every `poll`; a changed
 // content is parsed once it has read the same on two consecutive checks (a file caught half
@@ -111,7 +111,7 @@ class PolicyFile {
   PolicyFile& operator=(const PolicyFile&) = delete;
 
   void start();  // the first check one `poll` from now, then every `poll`
-  void stop();   // idempotent; a check in progress has finished when it returns
+  void stop();  // idempotent; a check in progress has finished when it returns
   std::shared_ptr<const Policy> current() const;
   const std::string& path() const { return path_; }
   // Counters for tests and logs: policies applied (the first load counts) and refused files.

@@ -20,10 +20,8 @@ namespace {
 
 constexpr std::array<PathFormRule, 11> kPathFormRules = {{
     {PathForm::ok, "ok", ""},
-    {PathForm::query, "query",
-     "Path contains '?' after decoding (%3F); the agent would start a query string there"},
-    {PathForm::fragment, "fragment",
-     "Path contains '#' after decoding (%23); the agent would cut a URL fragment there"},
+    {PathForm::query, "query", "Path contains '?' after decoding (%3F); the agent would start a query string there"},
+    {PathForm::fragment, "fragment", "Path contains '#' after decoding (%23); the agent would cut a URL fragment there"},
     {PathForm::percent, "percent",
      "Path contains '%' after decoding (double encoding such as %252F); the agent would decode it again"},
     {PathForm::nul, "null_byte", "Path contains null bytes"},  // upstream's text
@@ -265,9 +263,10 @@ ProxyCheck check_proxy_request(std::string_view method, std::string_view decoded
 
 void record_proxy_refusal(const ProxyCheck& c, const CallerIdentity& caller, std::string_view method,
                           std::string_view request_id) {
-  nlohmann::json f = {{"requestID", request_id}, {"planeType", c.plane_type}, {"planeID", c.plane_id},
-                      {"cr", c.cr_namespace + "/" + c.cr_name}, {"target", c.target}, {"method", method},
-                      {"path", c.path}, {"caller", identity_json(caller)}, {"status", c.status}, {"reason", c.message}};
+  nlohmann::json f = {
+      {"requestID", request_id}, {"planeType", c.plane_type}, {"planeID", c.plane_id}, {"cr", c.cr_namespace + "/" + c.cr_name},
+      {"target", c.target},      {"method", method},          {"path", c.path},        {"caller", identity_json(caller)},
+      {"status", c.status},      {"reason", c.message}};
   if (!c.rule.empty()) f["rule"] = c.rule;
   if (c.path_form != PathForm::ok) f["pathForm"] = path_form_rule(c.path_form).reason;
   log::warn("request validation failed", f);

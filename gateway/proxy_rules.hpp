@@ -21,22 +21,22 @@ inline constexpr uint64_t kMaxProxyBody = 10u * 1024 * 1024;
 // Why a path is refused before the rules (ok: it is not).
 enum class PathForm {
   ok,
-  query,          // '?' (from %3F): the agent would start the query there
-  fragment,       // '#' (from %23): the agent's URL parser would cut a fragment there
-  percent,        // '%' (from %25, double encoding): the agent's URL parser would decode it again
-  nul,            // NUL byte
-  control,        // other bytes below 0x20, and 0x7f (the agent's URL parser refuses them)
-  backslash,      // '\' (some URL parsers read it as '/')
-  invalid_utf8,   // bytes that are not UTF-8 (the tunnel frame is JSON)
+  query,  // '?' (from %3F): the agent would start the query there
+  fragment,  // '#' (from %23): the agent's URL parser would cut a fragment there
+  percent,  // '%' (from %25, double encoding): the agent's URL parser would decode it again
+  nul,  // NUL byte
+  control,  // other bytes below 0x20, and 0x7f (the agent's URL parser refuses them)
+  backslash,  // '\' (some URL parsers read it as '/')
+  invalid_utf8,  // bytes that are not UTF-8 (the tunnel frame is JSON)
   empty_segment,  // "//" (the API server does not merge them: /namespaces//secrets names namespace "")
-  dot_segment,    // a "." segment (the API server does not remove it)
-  traversal,      // a ".." segment, or ".." anywhere (upstream's check, kept)
+  dot_segment,  // a "." segment (the API server does not remove it)
+  traversal,  // a ".." segment, or ".." anywhere (upstream's check, kept)
 };
 
 // The refusals as data: one row per form, with its metric label and its plain-text message.
 struct PathFormRule {
   PathForm form;
-  std::string_view reason;   // cluster_gateway_proxy_path_rejected_total{reason}
+  std::string_view reason;  // cluster_gateway_proxy_path_rejected_total{reason}
   std::string_view message;  // the 400 body (plus "\n")
 };
 std::span<const PathFormRule> path_form_rules();
@@ -69,18 +69,17 @@ struct ProxyCheck {
   std::string plane_type, plane_id, cr_namespace, cr_name, target, path;
   std::string resource_path;  // canonical path the rules judged (set once the form is ok)
   PathForm path_form = PathForm::ok;
-  std::string rule;        // a 403 by a rule: "builtin:<name>", a policy rule's name, or "default"
-  std::string cr_key;      // "ns/name", "/name" for _cluster
+  std::string rule;  // a 403 by a rule: "builtin:<name>", a policy rule's name, or "default"
+  std::string cr_key;  // "ns/name", "/name" for _cluster
   bool streaming = false;  // watch=true, logs follow=true, or upgrade headers
-  bool upgrade = false;    // Connection: Upgrade / Upgrade headers (port-forward, SPDY): always 501
+  bool upgrade = false;  // Connection: Upgrade / Upgrade headers (port-forward, SPDY): always 501
 };
 
 // `decoded_path` is the percent-decoded URL path starting with /api/proxy/. `policy` (may be null)
 // is the --proxy-policy-file policy, judged for `caller` after the built-in deny-list.
 ProxyCheck check_proxy_request(std::string_view method, std::string_view decoded_path, std::string_view raw_query,
-                               std::optional<uint64_t> content_length, bool upgrade_headers,
-                               uint64_t max_body = kMaxProxyBody, const Policy* policy = nullptr,
-                               const CallerIdentity* caller = nullptr);
+                               std::optional<uint64_t> content_length, bool upgrade_headers, uint64_t max_body = kMaxProxyBody,
+                               const Policy* policy = nullptr, const CallerIdentity* caller = nullptr);
 
 // The built-in deny-list on a decoded path (canonicalised first; a path of a refused form counts
 // as blocked).

@@ -24,9 +24,7 @@ session::StreamRequest wirelogs_stream_request(const WirelogsRoute& r, const std
   return sr;
 }
 
-std::string exec_path(const ExecRoute& r) {
-  return "/api/v1/namespaces/" + r.pod_namespace + "/pods/" + r.pod_name + "/exec";
-}
+std::string exec_path(const ExecRoute& r) { return "/api/v1/namespaces/" + r.pod_namespace + "/pods/" + r.pod_name + "/exec"; }
 
 std::string exec_query(const ExecRoute& r) {
   boost::urls::url q;

@@ -31,9 +31,7 @@ StreamRelay::StreamRelay(CallerIo& io, session::Tunnel& tunnel, StreamTarget tar
 
 StreamRelay::~StreamRelay() = default;
 
-double StreamRelay::seconds() const {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-}
+double StreamRelay::seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count(); }
 
 nlohmann::json StreamRelay::fields(nlohmann::json extra) const {
   for (const auto& [k, v] : target_.log_fields.items()) extra[k] = v;

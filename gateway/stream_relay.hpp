@@ -55,7 +55,7 @@ class StreamRelay : public std::enable_shared_from_this<StreamRelay> {
   std::string hop_id_;
   std::chrono::steady_clock::time_point started_{};
   std::deque<session::StreamEvent> events_;  // the stream's events not yet relayed
-  std::unique_ptr<Wakeup> wake_;             // an event arrived, or the caller left
+  std::unique_ptr<Wakeup> wake_;  // an event arrived, or the caller left
   // Whether the caller has the response head; its status then (for the metric).
   enum class Head { not_sent, sent } head_ = Head::not_sent;
   int head_status_ = 0;

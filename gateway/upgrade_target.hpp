@@ -9,7 +9,7 @@ namespace cg::gateway {
 // Pre-upgrade decision for one request.
 struct UpgradeDecision {
   unsigned status = 0;  // 0: accept; otherwise the HTTP status to answer
-  std::string body;     // exact plain-text body (with Go's trailing newline)
+  std::string body;  // exact plain-text body (with Go's trailing newline)
   std::string plane_type, plane_id;
 };
 // Checks path and query as upstream does: 404 for other paths, 400 for missing/invalid parameters.

@@ -28,8 +28,8 @@ std::optional<std::string> FileStatusSink::path_for(const plane::CrRef& ref) con
     log::error("status file name refused", {{"kind", std::string(plane::info(ref.kind).name)}, {"reason", problem}});
     return std::nullopt;
   }
-  return dir_ + "/" + std::string(plane::info(ref.kind).name) + "." + (ref.ns.empty() ? "_cluster" : ref.ns) + "." +
-         ref.name + ".json";
+  return dir_ + "/" + std::string(plane::info(ref.kind).name) + "." + (ref.ns.empty() ? "_cluster" : ref.ns) + "." + ref.name +
+         ".json";
 }
 
 std::optional<PlaneStatus> FileStatusSink::read(const plane::CrRef& ref) {

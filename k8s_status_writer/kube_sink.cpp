@@ -5,8 +5,7 @@
 
 namespace cg::status {
 
-KubeStatusSink::KubeStatusSink(kube::KubeClient& client, KubeSinkOptions opts)
-    : client_(client), opts_(std::move(opts)) {}
+KubeStatusSink::KubeStatusSink(kube::KubeClient& client, KubeSinkOptions opts) : client_(client), opts_(std::move(opts)) {}
 
 std::optional<PlaneStatus> KubeStatusSink::read(const plane::CrRef&) { return std::nullopt; }
 
@@ -16,8 +15,8 @@ std::string KubeStatusSink::status_path(const plane::CrRef& ref) const {
   const auto& ki = plane::info(ref.kind);
   std::string p = "/apis/" + std::string(plane::kApiVersion) + "/";
   if (!ki.cluster_scoped) p += "namespaces/" + kube::url_encode(ref.ns) + "/";
-  p += std::string(ki.plural) + "/" + kube::url_encode(ref.name) + "/status?fieldManager=" +
-       kube::url_encode(opts_.field_manager) + "&force=true";
+  p += std::string(ki.plural) + "/" + kube::url_encode(ref.name) +
+       "/status?fieldManager=" + kube::url_encode(opts_.field_manager) + "&force=true";
   return p;
 }
 

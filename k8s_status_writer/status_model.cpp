@@ -71,7 +71,8 @@ nlohmann::json PlaneStatus::to_json() const {
 PlaneStatus PlaneStatus::from_json(const nlohmann::json& j) {
   PlaneStatus s;
   if (!j.is_object()) return s;
-  if (auto it = j.find("observedGeneration"); it != j.end() && it->is_number_integer()) s.observed_generation = it->get<int64_t>();
+  if (auto it = j.find("observedGeneration"); it != j.end() && it->is_number_integer())
+    s.observed_generation = it->get<int64_t>();
   if (auto it = j.find("conditions"); it != j.end() && it->is_array()) {
     for (const auto& cj : *it) {
       if (!cj.is_object() || !cj.contains("type") || !cj["type"].is_string()) continue;
@@ -81,7 +82,8 @@ PlaneStatus PlaneStatus::from_json(const nlohmann::json& j) {
       c.reason = cj.value("reason", "");
       c.message = cj.value("message", "");
       c.last_transition = time_field(cj, "lastTransitionTime");
-      if (auto g = cj.find("observedGeneration"); g != cj.end() && g->is_number_integer()) c.observed_generation = g->get<int64_t>();
+      if (auto g = cj.find("observedGeneration"); g != cj.end() && g->is_number_integer())
+        c.observed_generation = g->get<int64_t>();
       nlohmann::json extra = cj;
       for (const char* k : {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}) extra.erase(k);
       c.extra = extra;
@@ -127,7 +129,8 @@ PlaneStatus compute_status(const PlaneStatus& prev, const session::SessionReport
   }
   next.agent = a;
 
-  Condition ac{kAgentConnected, is ? "True" : "False", is ? "AgentConnected" : "NoAgentConnected", a.message, {}, f.generation, nlohmann::json::object()};
+  Condition ac{kAgentConnected, is ? "True" : "False",   is ? "AgentConnected" : "NoAgentConnected", a.message, {},
+               f.generation,    nlohmann::json::object()};
   set_condition(next.conditions, ac, now);
 
   Condition ready{kReady, "False", "", "", {}, f.generation, nlohmann::json::object()};

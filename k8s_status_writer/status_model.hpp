@@ -46,8 +46,8 @@ struct PlaneStatus {
 struct SpecFacts {
   int64_t generation = 1;
   std::vector<std::string> spec_problems;  // → Ready False InvalidSpec
-  std::string ca_error;                    // → Ready False ClientCAError
-  std::string observability_problem;       // → Ready False ObservabilityPlaneNotFound
+  std::string ca_error;  // → Ready False ClientCAError
+  std::string observability_problem;  // → Ready False ObservabilityPlaneNotFound
 };
 
 inline constexpr const char* kAgentConnected = "AgentConnected";
@@ -60,8 +60,7 @@ std::string connection_message(int64_t agents);
 // report), lastDisconnectedTime only on true→false; a disconnect+reconnect that happened between two
 // writes stamps both. lastHeartbeatTime is the latest inbound frame/pong. Conditions keep their
 // lastTransitionTime unless their status changes; conditions of other types are kept untouched.
-PlaneStatus compute_status(const PlaneStatus& prev, const session::SessionReport& report, const SpecFacts& facts,
-                           SysTime now);
+PlaneStatus compute_status(const PlaneStatus& prev, const session::SessionReport& report, const SpecFacts& facts, SysTime now);
 
 // True when `a` and `b` differ in nothing but agentConnection.lastHeartbeatTime.
 bool only_heartbeat_differs(const PlaneStatus& a, const PlaneStatus& b);

@@ -11,7 +11,7 @@ namespace cg::status {
 
 struct WriteResult {
   bool ok = false;
-  bool gone = false;                    // the CR no longer exists (404): drop the key
+  bool gone = false;  // the CR no longer exists (404): drop the key
   std::optional<Duration> retry_after;  // server asked to wait (429 Retry-After)
   std::string error;
 };

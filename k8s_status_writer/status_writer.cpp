@@ -213,8 +213,11 @@ void StatusWriter::process(const plane::CrRef& ref) {
     return;
   }
   k.in_flight = true;
-  log::debug("writing status", {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)},
-                                {"connected", connected}, {"heartbeatOnly", hb_only}, {"flushing", flushing_}});
+  log::debug("writing status", {{"cr", ref.auth_key()},
+                                {"kind", std::string(plane::info(ref.kind).name)},
+                                {"connected", connected},
+                                {"heartbeatOnly", hb_only},
+                                {"flushing", flushing_}});
   mu_.unlock();
   sink_.write(ref, desired, [this, ref, desired, hb_only](const WriteResult& r) { on_written(ref, desired, r, hb_only); });
   mu_.lock();
@@ -250,7 +253,9 @@ void StatusWriter::on_written(const plane::CrRef& ref, const PlaneStatus& st, co
       Duration backoff = opts_.retry_base * (1LL << std::min(k.failures - 1, 10));
       if (backoff > opts_.retry_max) backoff = opts_.retry_max;
       if (r.retry_after && *r.retry_after > backoff) backoff = *r.retry_after;
-      nlohmann::json f = {{"cr", ref.auth_key()}, {"kind", std::string(plane::info(ref.kind).name)}, {"reason", r.error},
+      nlohmann::json f = {{"cr", ref.auth_key()},
+                          {"kind", std::string(plane::info(ref.kind).name)},
+                          {"reason", r.error},
                           {"retryInMs", std::chrono::duration_cast<std::chrono::milliseconds>(backoff).count()}};
       // Writes cut off by shutdown will not be retried: one summary line is logged by flush().
       if (stopping_) log::debug("status write cancelled by shutdown", f);

@@ -31,7 +31,7 @@ using steady = std::chrono::steady_clock;
 namespace {
 
 constexpr auto kIdleMaxAge = std::chrono::seconds(50);  // below common server idle timeouts (60-90 s)
-constexpr size_t kMaxLine = 64u << 20;                   // largest single watch event accepted
+constexpr size_t kMaxLine = 64u << 20;  // largest single watch event accepted
 
 bool is_ip(const std::string& h) {
   boost::system::error_code ec;
@@ -177,11 +177,7 @@ struct WatchOp;
 
 struct KubeClient::Impl : std::enable_shared_from_this<KubeClient::Impl> {
   Impl(asio::io_context& ioc, KubeConfig c, ClientOptions o)
-      : ioc(ioc),
-        cfg(std::move(c)),
-        opts(std::move(o)),
-        ssl(asio::ssl::context::tls_client),
-        limiter(opts.qps, opts.burst) {
+      : ioc(ioc), cfg(std::move(c)), opts(std::move(o)), ssl(asio::ssl::context::tls_client), limiter(opts.qps, opts.burst) {
     if (opts.user_agent.empty()) opts.user_agent = std::string("cluster-gateway/") + CG_VERSION;
     if (opts.max_connections == 0) opts.max_connections = 1;
     SSL_CTX_set_min_proto_version(ssl.native_handle(), TLS1_2_VERSION);
@@ -319,8 +315,7 @@ void connect_conn(const ImplPtr& impl, const std::shared_ptr<Conn>& c, std::chro
                               c->timer.cancel();
                               if (ec) return done(timed_out ? beast::error::timeout : ec, "resolve");
                               beast::get_lowest_layer(c->stream).async_connect(
-                                  results,
-                                  [on_connected](beast::error_code ec, const tcp::endpoint&) { on_connected(ec); });
+                                  results, [on_connected](beast::error_code ec, const tcp::endpoint&) { on_connected(ec); });
                             });
 }
 
@@ -421,8 +416,7 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
     }
     Response r;
     r.error = std::string(phase) + ": " + ec_text(ec);
-    if (ec == beast::error::timeout)
-      r.error = "timeout after " + std::to_string(req.timeout.count()) + "ms (" + phase + ")";
+    if (ec == beast::error::timeout) r.error = "timeout after " + std::to_string(req.timeout.count()) + "ms (" + phase + ")";
     {
       cg::MutexLock lk(impl->mu);
       if (impl->shut) r.error = std::string(kShutDownError);
@@ -535,20 +529,18 @@ struct WatchOp : WatchHandle, std::enable_shared_from_this<WatchOp> {
     parser.emplace();
     parser->header_limit(64 * 1024);
     parser->body_limit(std::numeric_limits<std::uint64_t>::max());
-    http::async_read_header(conn->stream, conn->buf, *parser,
-                            [self = shared_from_this()](beast::error_code ec, size_t) {
-                              if (ec) return self->fail(ec, "read");
-                              if (self->parser->get().result_int() != 200) return self->read_error_body();
-                              self->streaming = true;
-                              self->chunk_cb = [op = self.get()](std::uint64_t, beast::string_view body,
-                                                                 beast::error_code& ec) -> std::uint64_t {
-                                op->pending.append(body.data(), body.size());
-                                if (op->pending.size() > kMaxLine) ec = http::error::body_limit;
-                                return body.size();
-                              };
-                              self->parser->on_chunk_body(self->chunk_cb);
-                              self->read_some();
-                            });
+    http::async_read_header(conn->stream, conn->buf, *parser, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec) return self->fail(ec, "read");
+      if (self->parser->get().result_int() != 200) return self->read_error_body();
+      self->streaming = true;
+      self->chunk_cb = [op = self.get()](std::uint64_t, beast::string_view body, beast::error_code& ec) -> std::uint64_t {
+        op->pending.append(body.data(), body.size());
+        if (op->pending.size() > kMaxLine) ec = http::error::body_limit;
+        return body.size();
+      };
+      self->parser->on_chunk_body(self->chunk_cb);
+      self->read_some();
+    });
   }
 
   void read_error_body() {
@@ -759,7 +751,9 @@ void KubeClient::Impl::shutdown() {
 KubeClient::KubeClient(asio::io_context& ioc, KubeConfig cfg, ClientOptions opts)
     : impl_(std::make_shared<Impl>(ioc, std::move(cfg), std::move(opts))) {}
 
-KubeClient::~KubeClient() { no_throw("KubeClient::~KubeClient", [this] { shutdown(); }); }
+KubeClient::~KubeClient() {
+  no_throw("KubeClient::~KubeClient", [this] { shutdown(); });
+}
 
 void KubeClient::request(Request req, Callback done) {
   auto ex = std::make_shared<Exchange>();
@@ -775,8 +769,8 @@ void KubeClient::request(Request req, Callback done) {
                        });
 }
 
-std::shared_ptr<WatchHandle> KubeClient::watch(std::string path_with_query, LineCallback on_line,
-                                               DoneCallback on_done, WatchOptions opts) {
+std::shared_ptr<WatchHandle> KubeClient::watch(std::string path_with_query, LineCallback on_line, DoneCallback on_done,
+                                               WatchOptions opts) {
   auto op = std::make_shared<WatchOp>();
   op->impl = impl_;
   op->idle_timeout = opts.idle_timeout.count() > 0 ? opts.idle_timeout : impl_->opts.watch_idle_timeout;

@@ -38,7 +38,7 @@ namespace cg::kube {
 
 struct Request {
   std::string method = "GET";
-  std::string path;          // path with query, e.g. "/apis/openchoreo.dev/v1alpha1/dataplanes"
+  std::string path;  // path with query, e.g. "/apis/openchoreo.dev/v1alpha1/dataplanes"
   std::string body;
   std::string content_type;  // for a body; default "application/json"
   std::chrono::milliseconds timeout{30000};  // connect + TLS + write + read, after the rate limiter let it go
@@ -51,7 +51,7 @@ struct Response {
   int status = 0;  // 0: no HTTP response, `error` says why
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
-  std::string error;                                // network/TLS/timeout error ("timeout" for a timeout)
+  std::string error;  // network/TLS/timeout error ("timeout" for a timeout)
   std::optional<std::chrono::seconds> retry_after;  // the Retry-After header (seconds form)
 
   bool ok() const { return status >= 200 && status < 300; }
@@ -63,18 +63,18 @@ struct Response {
 // How a watch ended.
 enum class WatchEndReason {
   EndOfStream,  // the server ended the stream cleanly (timeoutSeconds elapsed, or it closed it)
-  Refused,      // the server answered another status than 200 (`status`, `body`, `retry_after`)
-  Failed,       // no answer (connect, TLS, write, headers timeout) or the stream broke (`error`)
-  Idle,         // the stream was running, then nothing arrived for the idle bound: presumed hung
-  Cancelled,    // WatchHandle::cancel() or KubeClient::shutdown()
+  Refused,  // the server answered another status than 200 (`status`, `body`, `retry_after`)
+  Failed,  // no answer (connect, TLS, write, headers timeout) or the stream broke (`error`)
+  Idle,  // the stream was running, then nothing arrived for the idle bound: presumed hung
+  Cancelled,  // WatchHandle::cancel() or KubeClient::shutdown()
 };
 const char* to_string(WatchEndReason r);
 
 struct WatchEnd {
   WatchEndReason reason = WatchEndReason::Failed;
-  int status = 0;          // 200: the stream was running; other: the server refused the watch; 0: no response
-  std::string error;       // empty on a clean end of the stream (server-side timeout or close)
-  std::string body;        // body of a non-200 answer (usually a Status)
+  int status = 0;  // 200: the stream was running; other: the server refused the watch; 0: no response
+  std::string error;  // empty on a clean end of the stream (server-side timeout or close)
+  std::string body;  // body of a non-200 answer (usually a Status)
   std::optional<std::chrono::seconds> retry_after;
   bool cancelled() const { return reason == WatchEndReason::Cancelled; }
 };
@@ -93,26 +93,26 @@ class WatchHandle {
 };
 
 struct ClientOptions {
-  double qps = 20;                 // <= 0: no rate limit
+  double qps = 20;  // <= 0: no rate limit
   int burst = 30;
-  size_t max_connections = 16;     // concurrent plain requests (watches have their own connections)
-  size_t max_idle = 4;             // idle keep-alive connections kept
-  std::chrono::milliseconds watch_header_timeout{30000};   // until the watch response's headers
+  size_t max_connections = 16;  // concurrent plain requests (watches have their own connections)
+  size_t max_idle = 4;  // idle keep-alive connections kept
+  std::chrono::milliseconds watch_header_timeout{30000};  // until the watch response's headers
   // No byte on a running watch for this long: the connection is presumed dead (WatchEndReason::Idle),
   // unless the watch gives its own bound (WatchOptions). Longer than the longest timeoutSeconds the
   // plane source asks for (2 x 300 s), as servers need not send bookmarks.
   std::chrono::milliseconds watch_idle_timeout{660000};
   size_t body_limit = 256u << 20;  // largest response body accepted
-  std::string user_agent;          // default "cluster-gateway/<version>"
+  std::string user_agent;  // default "cluster-gateway/<version>"
 };
 
 struct ClientStats {
-  uint64_t requests = 0;             // plain requests sent (retries included)
-  uint64_t watches = 0;              // watch requests sent
-  uint64_t connections_opened = 0;   // TCP+TLS connections established
-  uint64_t throttled = 0;            // requests and watches that had to wait for the rate limiter
-  uint64_t stale_idle = 0;           // idle connections found closed by the server, dropped before reuse
-  uint64_t retries = 0;              // requests sent again on a new connection after a kept-alive one ended
+  uint64_t requests = 0;  // plain requests sent (retries included)
+  uint64_t watches = 0;  // watch requests sent
+  uint64_t connections_opened = 0;  // TCP+TLS connections established
+  uint64_t throttled = 0;  // requests and watches that had to wait for the rate limiter
+  uint64_t stale_idle = 0;  // idle connections found closed by the server, dropped before reuse
+  uint64_t retries = 0;  // requests sent again on a new connection after a kept-alive one ended
 };
 
 class KubeClient {

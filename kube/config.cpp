@@ -92,8 +92,7 @@ bool boolean(const YAML::Node& n, const char* key) {
 }
 
 // The entry named `name` in a kubeconfig list (clusters, users, contexts): {name, <field>: {...}}.
-std::optional<YAML::Node> find_named(const YAML::Node& root, const char* list, const char* field,
-                                     const std::string& name) {
+std::optional<YAML::Node> find_named(const YAML::Node& root, const char* list, const char* field, const std::string& name) {
   const YAML::Node l = root[list];
   if (!l || l.IsNull()) return std::nullopt;
   if (!l.IsSequence()) throw std::runtime_error(std::string("'") + list + "' must be a list");
@@ -176,8 +175,7 @@ void parse_server_url(const std::string& url, KubeConfig& cfg) {
   if (auto p = url.find("://"); p != std::string::npos) {
     std::string scheme = url.substr(0, p);
     for (auto& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (scheme == "http")
-      throw std::runtime_error("server " + url + ": plain http:// is not supported, use https://");
+    if (scheme == "http") throw std::runtime_error("server " + url + ": plain http:// is not supported, use https://");
     if (scheme != "https") throw std::runtime_error("server " + url + ": unsupported scheme '" + scheme + "'");
     rest = url.substr(p + 3);
   }
@@ -187,8 +185,7 @@ void parse_server_url(const std::string& url, KubeConfig& cfg) {
     path = rest.substr(s);
     if (auto q = path.find_first_of("?#"); q != std::string::npos) path = path.substr(0, q);
   }
-  if (authority.find('@') != std::string::npos)
-    throw std::runtime_error("server " + url + ": user info is not supported");
+  if (authority.find('@') != std::string::npos) throw std::runtime_error("server " + url + ": user info is not supported");
   std::string host, port = "443";
   if (!authority.empty() && authority[0] == '[') {
     auto e = authority.find(']');
@@ -206,8 +203,8 @@ void parse_server_url(const std::string& url, KubeConfig& cfg) {
     host = authority;
   }
   if (host.empty()) throw std::runtime_error("server " + url + ": host is missing");
-  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(port) == 0 || std::stoi(port) > 65535)
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) == 0 ||
+      std::stoi(port) > 65535)
     throw std::runtime_error("server " + url + ": invalid port '" + port + "'");
   while (!path.empty() && path.back() == '/') path.pop_back();
   cfg.server = url;
@@ -228,8 +225,7 @@ KubeConfig load_in_cluster(const InClusterPaths& paths) {
   const std::string dir = paths.service_account_dir;
   const std::string token_path = dir + "/token", ca_path = dir + "/ca.crt";
   if (::access(token_path.c_str(), R_OK) != 0)
-    throw std::runtime_error("unable to load in-cluster configuration: service account token " + token_path +
-                             " cannot be read");
+    throw std::runtime_error("unable to load in-cluster configuration: service account token " + token_path + " cannot be read");
   cfg.token_source = TokenSource::file(token_path);
   if (::access(ca_path.c_str(), R_OK) != 0)
     throw std::runtime_error("unable to load in-cluster configuration: cluster CA " + ca_path + " cannot be read");
@@ -266,8 +262,7 @@ KubeConfig load_kubeconfig_file(const std::string& path, const std::string& cont
     std::string cluster_name = scalar(ctx, "cluster"), user_name = scalar(ctx, "user");
     if (cluster_name.empty()) throw std::runtime_error("context \"" + ctx_name + "\" names no cluster");
     auto cluster_found = find_named(root, "clusters", "cluster", cluster_name);
-    if (!cluster_found)
-      throw std::runtime_error("cluster \"" + cluster_name + "\" (of context \"" + ctx_name + "\") not found");
+    if (!cluster_found) throw std::runtime_error("cluster \"" + cluster_name + "\" (of context \"" + ctx_name + "\") not found");
     const YAML::Node cluster = *cluster_found;
     const std::string cl = "cluster \"" + cluster_name + "\": ";
     std::string server = scalar(cluster, "server");
@@ -294,8 +289,7 @@ KubeConfig load_kubeconfig_file(const std::string& path, const std::string& cont
 
     if (!user_name.empty()) {
       auto user_found = find_named(root, "users", "user", user_name);
-      if (!user_found)
-        throw std::runtime_error("user \"" + user_name + "\" (of context \"" + ctx_name + "\") not found");
+      if (!user_found) throw std::runtime_error("user \"" + user_name + "\" (of context \"" + ctx_name + "\") not found");
       const YAML::Node user = *user_found;
       const std::string ul = "user \"" + user_name + "\": ";
       std::string token = scalar(user, "token");
@@ -316,8 +310,7 @@ KubeConfig load_kubeconfig_file(const std::string& path, const std::string& cont
         cfg.client_cert_pem = decode_data(cert_data, ul + "client-certificate-data");
       } else if (!cert_file.empty()) {
         std::string p = resolve(base_dir, cert_file);
-        if (!read_file(p, cfg.client_cert_pem))
-          throw std::runtime_error(ul + "client-certificate " + p + " cannot be read");
+        if (!read_file(p, cfg.client_cert_pem)) throw std::runtime_error(ul + "client-certificate " + p + " cannot be read");
       }
       if (!key_data.empty()) {
         cfg.client_key_pem = decode_data(key_data, ul + "client-key-data");
@@ -326,13 +319,13 @@ KubeConfig load_kubeconfig_file(const std::string& path, const std::string& cont
         if (!read_file(p, cfg.client_key_pem)) throw std::runtime_error(ul + "client-key " + p + " cannot be read");
       }
       if (cfg.client_cert_pem.empty() != cfg.client_key_pem.empty())
-        throw std::runtime_error(ul + (cfg.client_cert_pem.empty()
-                                           ? "client-key is set but client-certificate is not"
-                                           : "client-certificate is set but client-key is not"));
+        throw std::runtime_error(ul + (cfg.client_cert_pem.empty() ? "client-key is set but client-certificate is not"
+                                                                   : "client-certificate is set but client-key is not"));
       bool has_auth = cfg.token_source || !cfg.client_cert_pem.empty();
       if (!has_auth && user["exec"] && !user["exec"].IsNull())
-        throw std::runtime_error(ul + "exec credential plugins are not supported; use a token, tokenFile or a client "
-                                      "certificate");
+        throw std::runtime_error(ul +
+                                 "exec credential plugins are not supported; use a token, tokenFile or a client "
+                                 "certificate");
       if (!has_auth && user["auth-provider"] && !user["auth-provider"].IsNull())
         throw std::runtime_error(ul + "auth-provider is not supported; use a token, tokenFile or a client certificate");
       if (!has_auth && !scalar(user, "username").empty())

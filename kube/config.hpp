@@ -29,25 +29,25 @@ class TokenSource {
   cg::Mutex mu_;  // a leaf (logs only under it)
   std::string path_;  // empty: fixed token; set before the source is shared, then constant
   std::string token_ CG_GUARDED_BY(mu_);
-  struct timespec mtime_ CG_GUARDED_BY(mu_){};
+  struct timespec mtime_ CG_GUARDED_BY(mu_) {};
   long long size_ CG_GUARDED_BY(mu_) = -1;
   unsigned long long inode_ CG_GUARDED_BY(mu_) = 0;
   bool warned_ CG_GUARDED_BY(mu_) = false;
 };
 
 struct KubeConfig {
-  std::string server;           // as configured, e.g. "https://10.96.0.1:443"
-  std::string host;             // "10.96.0.1", "::1", "api.example.com" (no brackets)
+  std::string server;  // as configured, e.g. "https://10.96.0.1:443"
+  std::string host;  // "10.96.0.1", "::1", "api.example.com" (no brackets)
   std::string port = "443";
-  std::string base_path;        // path prefix of the server URL without trailing '/', usually ""
+  std::string base_path;  // path prefix of the server URL without trailing '/', usually ""
   std::string tls_server_name;  // name the server certificate is checked against (and SNI); default: host
-  std::string ca_pem;           // trusted CA bundle; empty: the system's default roots
+  std::string ca_pem;  // trusted CA bundle; empty: the system's default roots
   bool insecure_skip_tls_verify = false;
   std::string client_cert_pem;  // client certificate (chain) and key, both or neither
   std::string client_key_pem;
   std::shared_ptr<TokenSource> token_source;  // null: no bearer token
-  std::string default_namespace;              // the context's / service account's namespace, if known
-  std::string source;                         // "in-cluster" or "kubeconfig PATH (context NAME)", for logs
+  std::string default_namespace;  // the context's / service account's namespace, if known
+  std::string source;  // "in-cluster" or "kubeconfig PATH (context NAME)", for logs
 
   std::string token() const { return token_source ? token_source->token() : std::string(); }
   bool has_client_cert() const { return !client_cert_pem.empty(); }

@@ -96,12 +96,11 @@ struct Informer::Timer {
 
 std::shared_ptr<Informer> Informer::create(KubeClient& client, InformerResource resource, InformerOptions opts,
                                            InformerCallbacks callbacks, std::shared_ptr<Inflight> inflight) {
-  return std::make_shared<Informer>(Private{}, client, std::move(resource), opts, std::move(callbacks),
-                                    std::move(inflight));
+  return std::make_shared<Informer>(Private{}, client, std::move(resource), opts, std::move(callbacks), std::move(inflight));
 }
 
-Informer::Informer(Private, KubeClient& client, InformerResource resource, InformerOptions opts,
-                   InformerCallbacks callbacks, std::shared_ptr<Inflight> inflight)
+Informer::Informer(Private, KubeClient& client, InformerResource resource, InformerOptions opts, InformerCallbacks callbacks,
+                   std::shared_ptr<Inflight> inflight)
     : client_(client),
       res_(std::move(resource)),
       name_(res_.name.empty() ? res_.path : res_.name),

@@ -59,27 +59,27 @@ const char* to_string(EventType t);
 
 // What happened in the list/watch cycle, for counters and metrics (on_signal); each also logs.
 enum class InformerSignal {
-  Listed,           // a LIST completed (all its pages); on_list follows
-  ListPage,         // a LIST page came with a continue token; the next page was requested
+  Listed,  // a LIST completed (all its pages); on_list follows
+  ListPage,  // a LIST page came with a continue token; the next page was requested
   ContinueExpired,  // 410 on a continue token: listing again from scratch, unpaged
-  ListError,        // a LIST failed or its answer was unreadable; a Backoff follows
-  WatchStarted,     // a watch request was sent
-  RelistGone,       // the watch ended with 410 Gone (HTTP 410 or an ERROR event): relisting
-  WatchIdle,        // a running watch was silent past its idle bound: restarted from the last resourceVersion
-  WatchError,       // the watch was refused, broke, or sent an ERROR event or a bad line; a Backoff follows
-  Backoff,          // a retry was scheduled after a backoff (every failure, and a watch that ended at once)
+  ListError,  // a LIST failed or its answer was unreadable; a Backoff follows
+  WatchStarted,  // a watch request was sent
+  RelistGone,  // the watch ended with 410 Gone (HTTP 410 or an ERROR event): relisting
+  WatchIdle,  // a running watch was silent past its idle bound: restarted from the last resourceVersion
+  WatchError,  // the watch was refused, broke, or sent an ERROR event or a bad line; a Backoff follows
+  Backoff,  // a retry was scheduled after a backoff (every failure, and a watch that ended at once)
 };
 // "listed", "list_page", "continue_expired", "list_error", "watch_started", "relist_gone", "watch_idle",
 // "watch_error", "backoff".
 const char* to_string(InformerSignal s);
 
 struct InformerResource {
-  std::string path;            // the collection, e.g. "/api/v1/namespaces/team-a/configmaps"
+  std::string path;  // the collection, e.g. "/api/v1/namespaces/team-a/configmaps"
   std::string field_selector;  // e.g. "metadata.name=ca" (sent URL-encoded); empty: none
   // Filled into every object that lacks them (items of typed lists carry no apiVersion and kind).
-  std::string api_version;     // e.g. "v1"
-  std::string kind;            // e.g. "ConfigMap"
-  std::string name;            // for logs (the "resource" field); empty: `path`
+  std::string api_version;  // e.g. "v1"
+  std::string kind;  // e.g. "ConfigMap"
+  std::string name;  // for logs (the "resource" field); empty: `path`
 };
 
 struct InformerOptions {

@@ -10,12 +10,13 @@
 namespace cg::kube {
 
 // One line of a watch stream ({"type":…,"object":…}).
-struct WatchEvent {  // NOLINT(bugprone-exception-escape): the implicit moves are noexcept; the check sees throws inside nlohmann::json
-  std::string type;              // ADDED, MODIFIED, DELETED, BOOKMARK, ERROR or whatever the server sent
-  nlohmann::json object;         // the event's object: an object whenever `error` is empty and `gone` false
+// NOLINTNEXTLINE(bugprone-exception-escape): the check sees throws inside nlohmann::json's noexcept moves
+struct WatchEvent {
+  std::string type;  // ADDED, MODIFIED, DELETED, BOOKMARK, ERROR or whatever the server sent
+  nlohmann::json object;  // the event's object: an object whenever `error` is empty and `gone` false
   std::string resource_version;  // object.metadata.resourceVersion when it is a string, else empty
-  bool gone = false;             // an ERROR event with code 410 (Gone): relist
-  std::string error;             // non-empty: the watch must end (unreadable line, ERROR event, no object)
+  bool gone = false;  // an ERROR event with code 410 (Gone): relist
+  std::string error;  // non-empty: the watch must end (unreadable line, ERROR event, no object)
 };
 WatchEvent decode_watch_event(std::string_view line);
 
@@ -23,9 +24,9 @@ WatchEvent decode_watch_event(std::string_view line);
 // empty list.
 struct ListAnswer {
   std::vector<nlohmann::json> items;  // as sent (the caller fills in apiVersion and kind)
-  std::string resource_version;       // metadata.resourceVersion when it is a string, else empty
-  std::string continue_token;         // metadata.continue when it is a string: more pages follow
-  std::string error;                  // non-empty: the answer is unreadable
+  std::string resource_version;  // metadata.resourceVersion when it is a string, else empty
+  std::string continue_token;  // metadata.continue when it is a string: more pages follow
+  std::string error;  // non-empty: the answer is unreadable
 };
 ListAnswer decode_list_answer(std::string_view body);
 

@@ -231,7 +231,7 @@ bool FilePlaneSource::scan(std::chrono::steady_clock::time_point now) {
         new_problems.push_back({name, static_cast<int>(i), fp.docs[i].error});
         metrics::plane_document_rejected();
         log::warn("plane document rejected; its last good version stays in force",
-                    {{"file", name}, {"document", i}, {"reason", fp.docs[i].error}});
+                  {{"file", name}, {"document", i}, {"reason", fp.docs[i].error}});
         continue;  // keep good[i] from before (if any)
       }
       good[i] = std::move(fp.docs[i]);
@@ -240,8 +240,7 @@ bool FilePlaneSource::scan(std::chrono::steady_clock::time_point now) {
     changed = true;
     st.last_good = std::move(good);
   }
-  for (auto it = settling_.begin(); it != settling_.end();)
-    it = contents.count(it->first) ? std::next(it) : settling_.erase(it);
+  for (auto it = settling_.begin(); it != settling_.end();) it = contents.count(it->first) ? std::next(it) : settling_.erase(it);
   {
     cg::MutexLock lk(mu_);
     // Problems of files not applied in this scan (unchanged or still settling) still stand.
@@ -259,8 +258,10 @@ bool FilePlaneSource::scan(std::chrono::steady_clock::time_point now) {
       if (!d.cr) continue;
       PlaneCR cr = *d.cr;
       if (auto it = seen.find(cr.ref); it != seen.end()) {
-        log::warn("duplicate plane CR; the first definition wins",
-                  {{"cr", cr.ref.auth_key()}, {"kind", std::string(info(cr.ref.kind).name)}, {"first", it->second}, {"duplicate", cr.origin}});
+        log::warn("duplicate plane CR; the first definition wins", {{"cr", cr.ref.auth_key()},
+                                                                    {"kind", std::string(info(cr.ref.kind).name)},
+                                                                    {"first", it->second},
+                                                                    {"duplicate", cr.origin}});
         continue;
       }
       seen[cr.ref] = cr.origin;

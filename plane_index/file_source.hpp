@@ -31,7 +31,7 @@ struct FileProblem {
 // Parses one file's text; each document yields either an object or a problem (exposed for tests and fuzzing).
 struct FileParse {
   std::vector<ParsedObject> docs;  // one per non-empty document, in order
-  std::string file_error;          // YAML syntax error: nothing in the file is usable
+  std::string file_error;  // YAML syntax error: nothing in the file is usable
 };
 FileParse parse_yaml_documents(const std::string& text);
 
@@ -42,7 +42,7 @@ class FilePlaneSource : public PlaneSource {
                   std::chrono::milliseconds settle = std::chrono::milliseconds(0));
   ~FilePlaneSource() override;
   void start() override;  // the first scan (synchronous), then one every poll interval
-  void stop() override;   // idempotent; a scan in progress has finished when it returns
+  void stop() override;  // idempotent; a scan in progress has finished when it returns
   // One synchronous scan, run on the strand (tests). Nothing happens after stop().
   void scan_now();
   // The same, as if the clock read `now` (tests: the settle time without sleeping).

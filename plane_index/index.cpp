@@ -20,9 +20,12 @@ Fingerprint fingerprint(const CrEntry& e) {
   Fingerprint f;
   f.plane_id = e.cr.plane_id;
   f.ca = e.ca ? e.ca->fingerprint() : "error:" + e.ca_error;
-  nlohmann::json s = {{"gen", e.cr.generation},   {"problems", e.spec_problems},
-                      {"obs", e.observability_problem}, {"display", e.cr.display_name()},
-                      {"ca", f.ca},               {"planeID", e.cr.plane_id}};
+  nlohmann::json s = {{"gen", e.cr.generation},
+                      {"problems", e.spec_problems},
+                      {"obs", e.observability_problem},
+                      {"display", e.cr.display_name()},
+                      {"ca", f.ca},
+                      {"planeID", e.cr.plane_id}};
   f.status_inputs = to_json_text(s);
   return f;
 }
@@ -69,8 +72,7 @@ void PlaneIndex::replace(const PlaneWorld& world) {
     const auto& ki = info(c.ref.kind);
     // Spec validity.
     if (!is_valid_plane_id(c.plane_id)) {
-      e->spec_problems.push_back((c.plane_id_explicit ? "spec.planeID '" : "planeID (from metadata.name) '") +
-                                 c.plane_id +
+      e->spec_problems.push_back((c.plane_id_explicit ? "spec.planeID '" : "planeID (from metadata.name) '") + c.plane_id +
                                  "' is invalid: it must be at most 63 characters and match "
                                  "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$");
     }
@@ -166,8 +168,11 @@ void PlaneIndex::replace(const PlaneWorld& world) {
   for (const auto& ref : change.changed) {
     auto e = find(ref);
     if (!e) continue;
-    nlohmann::json f = {{"cr", ref.auth_key()}, {"kind", std::string(info(ref.kind).name)},
-                        {"planeType", ref.plane_type()}, {"planeID", e->cr.plane_id}, {"generation", e->cr.generation}};
+    nlohmann::json f = {{"cr", ref.auth_key()},
+                        {"kind", std::string(info(ref.kind).name)},
+                        {"planeType", ref.plane_type()},
+                        {"planeID", e->cr.plane_id},
+                        {"generation", e->cr.generation}};
     if (e->ca) {
       f["caCertificates"] = e->ca->cert_count();
       f["caFingerprint"] = e->ca->fingerprint().substr(0, 16);
@@ -178,7 +183,8 @@ void PlaneIndex::replace(const PlaneWorld& world) {
     log::info(e->ca ? "plane CR loaded" : "plane CR loaded without a usable client CA", f);
   }
   for (const auto& ref : change.removed)
-    log::info("plane CR removed", {{"cr", ref.auth_key()}, {"kind", std::string(info(ref.kind).name)}, {"planeType", ref.plane_type()}});
+    log::info("plane CR removed",
+              {{"cr", ref.auth_key()}, {"kind", std::string(info(ref.kind).name)}, {"planeType", ref.plane_type()}});
   for (const auto& l : listeners) l(change);
 }
 

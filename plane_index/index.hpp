@@ -21,16 +21,16 @@ namespace cg::plane {
 struct CrEntry {
   PlaneCR cr;
   std::shared_ptr<const tls::CaStore> ca;  // null when the CA could not be loaded
-  std::string ca_error;                    // why, for logs and the Ready condition
+  std::string ca_error;  // why, for logs and the Ready condition
   tls::CaState ca_state = tls::CaState::unreachable;  // see tls::CaState
   std::vector<std::string> spec_problems;  // readable; non-empty means Ready=False InvalidSpec
-  std::string observability_problem;       // non-empty: referenced ClusterObservabilityPlane missing
+  std::string observability_problem;  // non-empty: referenced ClusterObservabilityPlane missing
 };
 
 struct IndexChange {
   uint64_t version = 0;
   std::set<std::pair<std::string, std::string>> planes;  // (planeType, planeID) whose authorization inputs changed
-  std::set<CrRef> changed;                               // CRs added or changed in a way status can see
+  std::set<CrRef> changed;  // CRs added or changed in a way status can see
   std::set<CrRef> removed;
 };
 
@@ -44,8 +44,7 @@ class PlaneIndex {
 
   // Every CR of that plane type whose effective planeID matches, cluster-scoped kinds first.
   // CRs whose CA could not be loaded are included with a null store and the error.
-  std::vector<tls::Anchor> anchors(const std::string& plane_type, const std::string& plane_id) const
-      CG_EXCLUDES(mu_);
+  std::vector<tls::Anchor> anchors(const std::string& plane_type, const std::string& plane_id) const CG_EXCLUDES(mu_);
   std::vector<std::shared_ptr<const CrEntry>> all() const CG_EXCLUDES(mu_);
   std::shared_ptr<const CrEntry> find(const CrRef& ref) const CG_EXCLUDES(mu_);
   uint64_t version() const CG_EXCLUDES(mu_);

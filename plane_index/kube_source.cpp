@@ -109,11 +109,13 @@ struct KubePlaneSource::State : std::enable_shared_from_this<KubePlaneSource::St
   void apply_secret_list(const SecretId& id, const Informer* inf, const std::vector<json>& items) CG_EXCLUDES(mu);
   void apply_secret_event(const SecretId& id, const Informer* inf, EventType type, const json& obj) CG_EXCLUDES(mu);
   // Recomputes the referenced secrets; informers to start/stop are returned to be acted on unlocked.
-  void update_secret_refs_locked(std::vector<std::shared_ptr<Informer>>& start,
-                                 std::vector<std::shared_ptr<Informer>>& stop) CG_REQUIRES(mu);
-  void start_stop(const std::vector<std::shared_ptr<Informer>>& start,
-                  const std::vector<std::shared_ptr<Informer>>& stop) CG_EXCLUDES(mu);
-  void kick() { timer.post([this] { apply_step(); }); }  // any thread, with or without mu
+  void update_secret_refs_locked(std::vector<std::shared_ptr<Informer>>& start, std::vector<std::shared_ptr<Informer>>& stop)
+      CG_REQUIRES(mu);
+  void start_stop(const std::vector<std::shared_ptr<Informer>>& start, const std::vector<std::shared_ptr<Informer>>& stop)
+      CG_EXCLUDES(mu);
+  void kick() {
+    timer.post([this] { apply_step(); });
+  }  // any thread, with or without mu
   void apply_step() CG_EXCLUDES(mu);
   PlaneWorld world_locked() const CG_REQUIRES(mu);
 };
@@ -161,11 +163,20 @@ void KubePlaneSource::State::on_signal(InformerSignal sig) {
   switch (sig) {
     case InformerSignal::Listed: field = &KubeSourceStats::lists; break;
     case InformerSignal::ListPage: field = &KubeSourceStats::list_pages; break;
-    case InformerSignal::ContinueExpired: field = &KubeSourceStats::continue_expired; metric = true; break;
+    case InformerSignal::ContinueExpired:
+      field = &KubeSourceStats::continue_expired;
+      metric = true;
+      break;
     case InformerSignal::ListError: metric = true; break;
     case InformerSignal::WatchStarted: field = &KubeSourceStats::watches; break;
-    case InformerSignal::RelistGone: field = &KubeSourceStats::relists_gone; metric = true; break;
-    case InformerSignal::WatchIdle: field = &KubeSourceStats::watch_idle_restarts; metric = true; break;
+    case InformerSignal::RelistGone:
+      field = &KubeSourceStats::relists_gone;
+      metric = true;
+      break;
+    case InformerSignal::WatchIdle:
+      field = &KubeSourceStats::watch_idle_restarts;
+      metric = true;
+      break;
     case InformerSignal::WatchError: metric = true; break;
     case InformerSignal::Backoff: field = &KubeSourceStats::errors; break;
   }
@@ -265,8 +276,7 @@ void KubePlaneSource::State::apply_secret_list(const SecretId& id, const Informe
   kick();
 }
 
-void KubePlaneSource::State::apply_secret_event(const SecretId& id, const Informer* inf, EventType type,
-                                                const json& obj) {
+void KubePlaneSource::State::apply_secret_event(const SecretId& id, const Informer* inf, EventType type, const json& obj) {
   if (meta_string(obj, "name") != id.second) return;
   std::optional<SecretObj> s;
   if (type != EventType::Deleted) {
@@ -317,8 +327,7 @@ void KubePlaneSource::State::update_secret_refs_locked(std::vector<std::shared_p
     res.api_version = "v1";
     res.kind = "Secret";
     res.name = "secret " + id.first + "/" + id.second;
-    auto inf = Informer::create(client, std::move(res), informer_options(opts), callbacks_for_secret(id, holder),
-                                inflight);
+    auto inf = Informer::create(client, std::move(res), informer_options(opts), callbacks_for_secret(id, holder), inflight);
     *holder = inf.get();
     SecretEntry e;
     e.informer = inf;
@@ -407,13 +416,13 @@ void KubePlaneSource::start() {
       res.api_version = std::string(kApiVersion);
       res.kind = std::string(ki.name);
       res.name = std::string(ki.plural);
-      st_->cr_informers[k] = Informer::create(st_->client, std::move(res), informer_options(st_->opts),
-                                              st_->callbacks_for_kind(k), st_->inflight);
+      st_->cr_informers[k] =
+          Informer::create(st_->client, std::move(res), informer_options(st_->opts), st_->callbacks_for_kind(k), st_->inflight);
     }
     infs = st_->cr_informers;
   }
-  log::info("kubernetes plane source starting", {{"server", st_->client.config().server},
-                                                 {"source", st_->client.config().source}});
+  log::info("kubernetes plane source starting",
+            {{"server", st_->client.config().server}, {"source", st_->client.config().source}});
   for (auto& inf : infs) inf->start();
   if (st_->opts.start_wait.count() > 0) wait_synced(st_->opts.start_wait);
 }
@@ -444,8 +453,7 @@ bool KubePlaneSource::synced() const {
 
 bool KubePlaneSource::wait_synced(std::chrono::milliseconds timeout) const {
   cg::MutexLock lk(st_->mu);
-  return st_->cv.wait_for(lk, timeout, [&]() CG_REQUIRES(st_->mu) { return st_->synced || st_->stopping; }) &&
-         st_->synced;
+  return st_->cv.wait_for(lk, timeout, [&]() CG_REQUIRES(st_->mu) { return st_->synced || st_->stopping; }) && st_->synced;
 }
 
 KubeSourceStats KubePlaneSource::stats() const {

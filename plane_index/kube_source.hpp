@@ -56,7 +56,7 @@ struct KubeSourceOptions {
   std::chrono::milliseconds new_secret_grace{1000};
   std::chrono::milliseconds start_wait{0};
   std::chrono::milliseconds stop_wait{5000};  // stop() waits this long at most for in-flight callbacks
-  size_t list_page_size = 500;                 // LIST `limit` (client-go's pager uses 500); 0: unpaged
+  size_t list_page_size = 500;  // LIST `limit` (client-go's pager uses 500); 0: unpaged
   // A running watch silent for its timeoutSeconds plus this margin is closed and restarted. Servers
   // need not send bookmarks, so the bound rests on timeoutSeconds, the one promise that a healthy
   // server ends the stream by then.
@@ -64,14 +64,14 @@ struct KubeSourceOptions {
 };
 
 struct KubeSourceStats {
-  uint64_t lists = 0;          // successful LISTs (CR kinds and secrets)
-  uint64_t relists_gone = 0;   // LISTs caused by 410 Gone
-  uint64_t watches = 0;        // watch requests started
-  uint64_t errors = 0;         // failed lists/watches (each followed by a backoff)
-  uint64_t list_pages = 0;     // LIST requests that followed a continue token
+  uint64_t lists = 0;  // successful LISTs (CR kinds and secrets)
+  uint64_t relists_gone = 0;  // LISTs caused by 410 Gone
+  uint64_t watches = 0;  // watch requests started
+  uint64_t errors = 0;  // failed lists/watches (each followed by a backoff)
+  uint64_t list_pages = 0;  // LIST requests that followed a continue token
   uint64_t continue_expired = 0;  // 410 on a continue token: listed again from scratch, unpaged
   uint64_t watch_idle_restarts = 0;  // watches silent past their idle bound, restarted
-  uint64_t replaces = 0;       // snapshots applied to the index
+  uint64_t replaces = 0;  // snapshots applied to the index
   uint64_t secrets_tracked = 0;  // referenced secrets currently followed
 };
 

@@ -137,16 +137,18 @@ std::string dns1123_subdomain_problem(std::string_view field, std::string_view v
   if (is_dns1123_subdomain(v)) return {};
   std::string head = std::string(field) + " " + quoted(v) + " is invalid: ";
   if (v.size() > 253) return head + "must be no more than 253 characters";
-  return head + "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-                "and must start and end with an alphanumeric character";
+  return head +
+         "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+         "and must start and end with an alphanumeric character";
 }
 
 std::string dns1123_label_problem(std::string_view field, std::string_view v) {
   if (is_dns1123_label(v)) return {};
   std::string head = std::string(field) + " " + quoted(v) + " is invalid: ";
   if (v.size() > 63) return head + "must be no more than 63 characters";
-  return head + "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
-                "and must start and end with an alphanumeric character";
+  return head +
+         "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+         "and must start and end with an alphanumeric character";
 }
 
 ParsedObject parse_object(const nlohmann::json& obj) {

@@ -10,8 +10,7 @@ const std::array<KindInfo, 6>& all_kinds() {
       {Kind::DataPlane, "DataPlane", "dataplanes", "dataplane", false},
       {Kind::ClusterWorkflowPlane, "ClusterWorkflowPlane", "clusterworkflowplanes", "workflowplane", true},
       {Kind::WorkflowPlane, "WorkflowPlane", "workflowplanes", "workflowplane", false},
-      {Kind::ClusterObservabilityPlane, "ClusterObservabilityPlane", "clusterobservabilityplanes",
-       "observabilityplane", true},
+      {Kind::ClusterObservabilityPlane, "ClusterObservabilityPlane", "clusterobservabilityplanes", "observabilityplane", true},
       {Kind::ObservabilityPlane, "ObservabilityPlane", "observabilityplanes", "observabilityplane", false},
   }};
   return kinds;
@@ -29,9 +28,7 @@ std::optional<Kind> kind_from_name(std::string_view name) {
   return std::nullopt;
 }
 
-bool is_valid_plane_type(std::string_view t) {
-  return t == "dataplane" || t == "workflowplane" || t == "observabilityplane";
-}
+bool is_valid_plane_type(std::string_view t) { return t == "dataplane" || t == "workflowplane" || t == "observabilityplane"; }
 
 std::vector<Kind> kinds_for_plane_type(std::string_view t) {
   std::vector<Kind> out;

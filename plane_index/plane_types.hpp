@@ -10,12 +10,19 @@
 
 namespace cg::plane {
 
-enum class Kind { DataPlane, ClusterDataPlane, WorkflowPlane, ClusterWorkflowPlane, ObservabilityPlane, ClusterObservabilityPlane };
+enum class Kind {
+  DataPlane,
+  ClusterDataPlane,
+  WorkflowPlane,
+  ClusterWorkflowPlane,
+  ObservabilityPlane,
+  ClusterObservabilityPlane
+};
 
 struct KindInfo {
   Kind kind;
-  std::string_view name;        // "ClusterWorkflowPlane"
-  std::string_view plural;      // "clusterworkflowplanes"
+  std::string_view name;  // "ClusterWorkflowPlane"
+  std::string_view plural;  // "clusterworkflowplanes"
   std::string_view plane_type;  // "workflowplane" (wire value)
   bool cluster_scoped;
 };

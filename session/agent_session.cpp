@@ -82,7 +82,8 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
       // The agent's close frame (or its answer to ours): Beast answers it and tears the stream down
       // before the read completes; the session leaves routing and status now.
       if (kind == websocket::frame_type::pong) dispatch(ev::Pong{steady::now(), ping_sent_});
-      else if (kind == websocket::frame_type::close) dispatch(ev::AgentCloseFrame{ws_.reason().code, ws_.reason().reason.c_str()});
+      else if (kind == websocket::frame_type::close)
+        dispatch(ev::AgentCloseFrame{ws_.reason().code, ws_.reason().reason.c_str()});
     });
     ws_.async_accept(req_, [self = shared_from_this()](beast::error_code ec) {
       self->req_ = UpgradeRequest{};  // not needed after the handshake (capabilities are parsed)
@@ -137,9 +138,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     switch (a.what) {
       case Do::note: return note(a);
       case Do::register_session: return register_session();
-      case Do::count_opened:
-        metrics::handshake("accepted", "ok");
-        return metrics::session_opened(id_.plane_type, id_.plane_id);
+      case Do::count_opened: metrics::handshake("accepted", "ok"); return metrics::session_opened(id_.plane_type, id_.plane_id);
       case Do::read: return do_read();
       case Do::deliver: {
         // The handler sees the message where it was read (flat_buffer is contiguous): no copy.
@@ -153,7 +152,9 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
                    [](AgentSession& s) { s.dispatch(ev::PingDue{steady::now()}); });
       case Do::arm_deadline:
         return arm(deadline_timer_, heartbeat_align(last_pong_ + opts_.heartbeat_timeout, opts_.heartbeat_interval),
-                   [](AgentSession& s) { s.dispatch(ev::DeadlineDue{steady::now(), s.last_pong_}); });
+                   [](AgentSession& s) {
+                     s.dispatch(ev::DeadlineDue{steady::now(), s.last_pong_});
+                   });
       case Do::arm_expiry: {
         // Timers take at most ~292 years; certificates far in the future are capped at 10 years.
         auto left = std::clamp<Duration>(id_.peer.not_after() - std::chrono::system_clock::now(), Duration(0),
@@ -172,12 +173,8 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
         return ws_.async_ping({}, [self = shared_from_this()](beast::error_code ec) {
           self->dispatch(ev::PingWritten{ec ? ec.message() : std::string()});
         });
-      case Do::record_pong:
-        last_pong_ = a.at;
-        return touch();
-      case Do::record_rtt:
-        ping_sent_.reset();
-        return metrics::heartbeat_rtt(std::chrono::duration<double>(a.span).count());
+      case Do::record_pong: last_pong_ = a.at; return touch();
+      case Do::record_rtt: ping_sent_.reset(); return metrics::heartbeat_rtt(std::chrono::duration<double>(a.span).count());
       case Do::send_goaway: {
         auto f = std::make_shared<const std::string>(R"({"type":"goaway","reason":"gateway draining"})");
         queued_bytes_ += f->size();
@@ -204,7 +201,8 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   void note(const SessionAction& a) {
     switch (a.note) {
       case Note::none: return;
-      case Note::upgrade_failed: return log::warn("websocket upgrade failed", fields({{"reason", a.text}, {"remote", id_.remote}}));
+      case Note::upgrade_failed:
+        return log::warn("websocket upgrade failed", fields({{"reason", a.text}, {"remote", id_.remote}}));
       case Note::draining: return log::info("agent upgraded during shutdown; closing", fields());
       case Note::too_big:
         return log::warn("agent message larger than the limit; closing 1009",
@@ -223,10 +221,12 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     nlohmann::json crs = nlohmann::json::array(), caps = nlohmann::json::array();
     for (const auto& k : id_.authorized) crs.push_back(k);
     for (const auto& c : caps_) caps.push_back(c);
-    log::info("agent connected successfully",
-              fields({{"validCRs", crs}, {"remote", id_.remote}, {"capabilities", caps}, {"certificateSubject", id_.peer.subject()},
-                      {"certificateIssuer", id_.peer.issuer()},
-                      {"certificateNotAfter", format_rfc3339(id_.peer.not_after())}}));
+    log::info("agent connected successfully", fields({{"validCRs", crs},
+                                                      {"remote", id_.remote},
+                                                      {"capabilities", caps},
+                                                      {"certificateSubject", id_.peer.subject()},
+                                                      {"certificateIssuer", id_.peer.issuer()},
+                                                      {"certificateNotAfter", format_rfc3339(id_.peer.not_after())}}));
     if (registry_.add(shared_from_this(), id_.authorized)) dispatch(ev::Registered{});
     else dispatch(ev::AdmissionRefused{});
   }
@@ -253,7 +253,8 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   void do_read() {
     size_t room = opts_.max_message_size + 1 - std::min(buffer_.size(), opts_.max_message_size);
     ws_.async_read_some(buffer_, std::min<size_t>(room, 1u << 20), [self = shared_from_this()](beast::error_code ec, size_t n) {
-      if (ec == websocket::error::closed) return self->dispatch(ev::ReadClosed{self->ws_.reason().code, self->ws_.reason().reason.c_str()});
+      if (ec == websocket::error::closed)
+        return self->dispatch(ev::ReadClosed{self->ws_.reason().code, self->ws_.reason().reason.c_str()});
       if (ec) return self->dispatch(ev::ReadFailed{ec.message()});
       self->touch();
       metrics::bytes_in(n);
@@ -317,8 +318,10 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
       cg::MutexLock lk(close_mu_);
       return close_reason_;
     }();
-    log::info("agent disconnected", fields({{"reason", reason}, {"cause", std::string(to_string(cause))},
-                                            {"connectedForMs", lived.count()}, {"closingForMs", closing_for.count()}}));
+    log::info("agent disconnected", fields({{"reason", reason},
+                                            {"cause", std::string(to_string(cause))},
+                                            {"connectedForMs", lived.count()},
+                                            {"closingForMs", closing_for.count()}}));
     teardown();
   }
 

@@ -65,9 +65,7 @@ class Handler {
             f_.error_message.clear();
             stack_.push_back(Ctx::error_obj);
             return true;
-          default:
-            scalar_at_top(Kind::container);
-            break;
+          default: scalar_at_top(Kind::container); break;
         }
         break;
       case Ctx::headers: f_.header_member_not_array = true; break;
@@ -250,8 +248,7 @@ class Handler {
 
   void add_header() {
     const size_t add = header_name_.size() + value_.size();
-    if (f_.headers_over_limit || f_.header_list.size() >= kMaxAgentHeaderCount ||
-        header_bytes_ + add > kMaxAgentHeaderBytes) {
+    if (f_.headers_over_limit || f_.header_list.size() >= kMaxAgentHeaderCount || header_bytes_ + add > kMaxAgentHeaderBytes) {
       f_.headers_over_limit = true;
       return;
     }
@@ -336,8 +333,7 @@ AgentFrame classify_agent_frame(std::string_view text) {
   if (!ec && n != text.size()) ec = bj::error::extra_data;
   if (ec) {
     AgentFrame bad;
-    bad.error = ec == bj::error::too_deep ? std::string("JSON nested deeper than 64 levels")
-                                          : "invalid JSON: " + ec.message();
+    bad.error = ec == bj::error::too_deep ? std::string("JSON nested deeper than 64 levels") : "invalid JSON: " + ec.message();
     return bad;
   }
   if (p.handler().root != Root::object) {

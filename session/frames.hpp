@@ -31,18 +31,18 @@ struct AgentFrame {
   std::string error;  // why the frame is invalid
 
   Member status_code = Member::absent;  // value: an integer (any range; see status_code_value)
-  int64_t status_code_value = 0;        // clamped to [-1, 100000] so that range checks stay simple
-  Member headers = Member::absent;      // value: an object
-  bool header_member_not_array = false; // some headers member was not an array
-  bool headers_over_limit = false;      // over kMaxAgentHeaderBytes / kMaxAgentHeaderCount / kMaxAgentHeaderName
+  int64_t status_code_value = 0;  // clamped to [-1, 100000] so that range checks stay simple
+  Member headers = Member::absent;  // value: an object
+  bool header_member_not_array = false;  // some headers member was not an array
+  bool headers_over_limit = false;  // over kMaxAgentHeaderBytes / kMaxAgentHeaderCount / kMaxAgentHeaderName
   std::vector<std::pair<std::string, std::string>> header_list;  // string values only, in order
-  Member body = Member::absent;         // value: a string (base64, not yet decoded)
+  Member body = Member::absent;  // value: a string (base64, not yet decoded)
   std::string body_b64;
-  Member data = Member::absent;         // value: a string (base64, not yet decoded)
+  Member data = Member::absent;  // value: a string (base64, not yet decoded)
   std::string data_b64;
-  bool is_close = false;    // "isClose": true
-  bool stream = false;      // "stream": true (a stream head)
-  int stream_id = 0;        // "streamId" when an integer in int range, else 0
+  bool is_close = false;  // "isClose": true
+  bool stream = false;  // "stream": true (a stream head)
+  int stream_id = 0;  // "streamId" when an integer in int range, else 0
   std::string error_message;  // "error": {"message": "..."} when a string
 };
 

@@ -58,7 +58,8 @@ namespace {
 class LocalRegistry final : public SessionRegistry {
  public:
   bool add(std::shared_ptr<AgentHandle> h, std::set<std::string> authorized) override {
-    RegistryEvent ev{RegistryEvent::Type::connected, h->plane_type(), h->plane_id(), h->connection_id(), authorized, std::nullopt};
+    RegistryEvent ev{
+        RegistryEvent::Type::connected, h->plane_type(), h->plane_id(), h->connection_id(), authorized, std::nullopt};
     size_t plane_count, total;
     {
       cg::MutexLock lk(mu_);
@@ -72,8 +73,10 @@ class LocalRegistry final : public SessionRegistry {
       plane_count = count_plane(h->plane_type(), h->plane_id());
       total = live_;
     }
-    log::info("agent registered", {{"planeType", h->plane_type()}, {"planeID", h->plane_id()},
-                                   {"connectionID", h->connection_id()}, {"connectionsForPlane", plane_count},
+    log::info("agent registered", {{"planeType", h->plane_type()},
+                                   {"planeID", h->plane_id()},
+                                   {"connectionID", h->connection_id()},
+                                   {"connectionsForPlane", plane_count},
                                    {"totalConnections", total}});
     notify(ev);
     return true;
@@ -96,9 +99,12 @@ class LocalRegistry final : public SessionRegistry {
       plane_count = count_plane(h.plane_type(), h.plane_id());
       total = live_;
     }
-    log::info("agent unregistered", {{"planeType", h.plane_type()}, {"planeID", h.plane_id()},
-                                     {"connectionID", h.connection_id()}, {"cause", std::string(to_string(cause))},
-                                     {"connectionsForPlane", plane_count}, {"totalConnections", total}});
+    log::info("agent unregistered", {{"planeType", h.plane_type()},
+                                     {"planeID", h.plane_id()},
+                                     {"connectionID", h.connection_id()},
+                                     {"cause", std::string(to_string(cause))},
+                                     {"connectionsForPlane", plane_count},
+                                     {"totalConnections", total}});
     notify(ev);
     return true;
   }
@@ -191,8 +197,7 @@ class LocalRegistry final : public SessionRegistry {
   }
 
   std::shared_ptr<AgentHandle> pick(const std::string& t, const std::string& id, const std::string& cr_key,
-                                    bool& plane_has_sessions, std::string_view capability,
-                                    bool* authorized_exists) override {
+                                    bool& plane_has_sessions, std::string_view capability, bool* authorized_exists) override {
     cg::MutexLock lk(mu_);
     plane_has_sessions = false;
     if (authorized_exists) *authorized_exists = false;

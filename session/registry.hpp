@@ -19,25 +19,25 @@ namespace cg::session {
 // counts add, earliest/latest take min/max.
 struct SessionReport {
   int connected_agents = 0;
-  std::optional<SysTime> last_seen;           // latest inbound frame or pong among the sessions
+  std::optional<SysTime> last_seen;  // latest inbound frame or pong among the sessions
   std::optional<SysTime> earliest_connected;  // earliest connectedAt among the sessions
-  std::optional<SysTime> last_rise;           // when the count last went 0 → ≥1
-  std::optional<SysTime> last_zero;           // when the count last went ≥1 → 0
+  std::optional<SysTime> last_rise;  // when the count last went 0 → ≥1
+  std::optional<SysTime> last_zero;  // when the count last went ≥1 → 0
   SessionReport& operator+=(const SessionReport& o);
 };
 
 // Why a session closed. Decided once, when the close starts; logs and metrics read it from here
 // (never from the reason text).
 enum class CloseCause : uint8_t {
-  agent_closed,         // the agent sent a close frame
-  connection_lost,      // TCP or TLS ended without a close frame (reset, end of stream, TLS error)
-  heartbeat_timeout,    // no pong within --heartbeat-timeout
-  revoked,              // re-verification left the session no CR: close 1008
+  agent_closed,  // the agent sent a close frame
+  connection_lost,  // TCP or TLS ended without a close frame (reset, end of stream, TLS error)
+  heartbeat_timeout,  // no pong within --heartbeat-timeout
+  revoked,  // re-verification left the session no CR: close 1008
   certificate_expired,  // the agent's client certificate expired: close 1008
-  shutdown,             // the gateway is shutting down (GOAWAY, then close 1001)
-  message_too_big,      // an inbound message over --max-message-size: close 1009
-  write_failed,         // writing to the agent failed
-  gateway_closed,       // any other close the gateway started (reconnect, notify `deleted`: 1001)
+  shutdown,  // the gateway is shutting down (GOAWAY, then close 1001)
+  message_too_big,  // an inbound message over --max-message-size: close 1009
+  write_failed,  // writing to the agent failed
+  gateway_closed,  // any other close the gateway started (reconnect, notify `deleted`: 1001)
 };
 // For logs (`cause` field): the enumerator's name.
 std::string_view to_string(CloseCause c);
@@ -125,9 +125,9 @@ class SessionRegistry {
   // sessions exist, none with the capability". Only live sessions authorized for at least one CR
   // count for `plane_has_sessions`: a closing one, or one re-verification just left without a CR
   // (it is closed right after), is on its way out, and upstream answers 502 once it is gone.
-  virtual std::shared_ptr<AgentHandle> pick(const std::string& plane_type, const std::string& plane_id,
-                                            const std::string& cr_key, bool& plane_has_sessions,
-                                            std::string_view capability = {}, bool* authorized_exists = nullptr) = 0;
+  virtual std::shared_ptr<AgentHandle> pick(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
+                                            bool& plane_has_sessions, std::string_view capability = {},
+                                            bool* authorized_exists = nullptr) = 0;
   virtual void subscribe(Listener l) = 0;
 };
 

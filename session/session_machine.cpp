@@ -107,8 +107,8 @@ struct Step {
   }
   Transition operator()(const ev::AdmissionRefused&) const {
     if (phase() == P::open)
-      return gateway_close(1001, "gateway shutting down", CloseCause::shutdown,
-                           {note(Note::draining), act(Do::send_goaway)}, {act(Do::read)});
+      return gateway_close(1001, "gateway shutting down", CloseCause::shutdown, {note(Note::draining), act(Do::send_goaway)},
+                           {act(Do::read)});
     if (phase() == P::closing) return stay({act(Do::read)});
     return stay();
   }
@@ -138,7 +138,8 @@ struct Step {
   Transition operator()(const ev::DeadlineDue& e) const {
     if (phase() != P::open) return stay();
     if (e.now < e.last_pong + o.heartbeat_timeout) return stay({act(Do::arm_deadline)});
-    return start_close(CloseCause::heartbeat_timeout, "heartbeat timeout: no pong within " + format_go_duration(o.heartbeat_timeout),
+    return start_close(CloseCause::heartbeat_timeout,
+                       "heartbeat timeout: no pong within " + format_go_duration(o.heartbeat_timeout),
                        {note(Note::heartbeat_timeout)}, {act(Do::teardown)});
   }
   Transition operator()(const ev::ExpiryDue& e) const {
@@ -206,9 +207,7 @@ struct Step {
 
 }  // namespace
 
-Transition next(SessionState s, const SessionEvent& e, const AgentSessionOptions& o) {
-  return std::visit(Step{s, o}, e);
-}
+Transition next(SessionState s, const SessionEvent& e, const AgentSessionOptions& o) { return std::visit(Step{s, o}, e); }
 
 Transition SessionLifecycle::apply(const SessionEvent& e, const AgentSessionOptions& o) {
   SessionState cur = state_.load(std::memory_order_acquire);

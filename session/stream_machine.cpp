@@ -116,8 +116,7 @@ StreamActions StreamMachine::on_chunk(StreamChunk c) {
   const bool before_head = cfg_.mode == StreamMode::http && state_ == StreamState::awaiting_first;
   a = start(std::move(a));
   switch (c.kind) {
-    case StreamChunk::Kind::malformed:
-      return end(std::move(a), StreamEnd::agent_error, kAgentFault, std::move(c.error), true);
+    case StreamChunk::Kind::malformed: return end(std::move(a), StreamEnd::agent_error, kAgentFault, std::move(c.error), true);
     case StreamChunk::Kind::close: {
       // A close chunk's data is the agent's error text (empty: a normal end).
       const bool failed = !c.data.empty();
@@ -126,7 +125,8 @@ StreamActions StreamMachine::on_chunk(StreamChunk c) {
     }
     case StreamChunk::Kind::data: break;
   }
-  if (before_head) return end(std::move(a), StreamEnd::agent_error, kAgentFault, "agent sent stream data before the response head", true);
+  if (before_head)
+    return end(std::move(a), StreamEnd::agent_error, kAgentFault, "agent sent stream data before the response head", true);
   received_ += c.data.size();
   const uint64_t unconsumed = received_ - consumed_;
   if (cfg_.flow_controlled && received_ > granted_)

@@ -17,26 +17,32 @@ namespace cg::session {
 
 struct TunnelReply {
   enum class Outcome {
-    response, no_agent, not_authorized, send_failed, timeout, connection_closed, cancelled,
+    response,
+    no_agent,
+    not_authorized,
+    send_failed,
+    timeout,
+    connection_closed,
+    cancelled,
     not_capable,  // streams: authorized agents exist but none announced the streaming capability
-    overloaded    // the picked session is at its pending-request or stream limit
+    overloaded  // the picked session is at its pending-request or stream limit
   };
   Outcome outcome = Outcome::response;
   int status_code = 0;
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   std::string agent_error;  // error.message from the agent, if any
-  std::string request_id;   // the hop's UUID
+  std::string request_id;  // the hop's UUID
   std::string connection_id;
 };
 
 struct StreamEvent {
   enum class Kind { head, data, end } kind = Kind::end;
   TunnelReply::Outcome outcome = TunnelReply::Outcome::response;  // end before any head/data: why
-  int status_code = 0;                                            // head
-  std::vector<std::pair<std::string, std::string>> headers;       // head
-  std::string data;                                               // data
-  int stream_id = 0;                                              // data (exec channel)
+  int status_code = 0;  // head
+  std::vector<std::pair<std::string, std::string>> headers;  // head
+  std::string data;  // data
+  int stream_id = 0;  // data (exec channel)
   std::string error;  // end: empty for a normal close, else the agent's or the gateway's reason
   std::string connection_id;
 };
@@ -56,16 +62,16 @@ enum class StreamState { awaiting_first, open, ended };
 struct StreamConfig {
   StreamMode mode = StreamMode::http;
   bool flow_controlled = false;  // the agent announced the stream capability: it honours credit
-  size_t window = 256 * 1024;    // payload bytes the agent may send before it gets credit
+  size_t window = 256 * 1024;  // payload bytes the agent may send before it gets credit
   size_t max_unconsumed = 8u << 20;  // agents without credit: delivered-but-unconsumed bytes allowed
   std::chrono::steady_clock::time_point deadline;  // for the head / first chunk
-  std::string connection_id;     // copied into head and end events
+  std::string connection_id;  // copied into head and end events
 };
 
 // A chunk frame ({"requestID","data","isClose","streamId"}) decoded outside any lock.
 struct StreamChunk {
   enum class Kind { data, close, malformed } kind = Kind::data;
-  std::string data;   // data: the payload; close: the agent's error text (empty: normal end)
+  std::string data;  // data: the payload; close: the agent's error text (empty: normal end)
   int stream_id = 0;  // data: the exec channel
   std::string error;  // malformed: why
 };
@@ -77,11 +83,11 @@ StreamChunk decode_stream_chunk(AgentFrame& f);
 // the agent `credit` (when > 0) and a close chunk (when `close_chunk`).
 struct StreamActions {
   std::vector<StreamEvent> events;
-  bool started = false;             // this input was the head / first chunk
-  std::optional<StreamEnd> ended;   // the stream ended with this input
-  bool close_chunk = false;         // tell the agent: {"requestID","data":null,"isClose":true}
-  uint64_t credit = 0;              // grant the agent this many more payload bytes
-  bool dropped = false;             // the frame does not fit the stream (counted as invalid, logged)
+  bool started = false;  // this input was the head / first chunk
+  std::optional<StreamEnd> ended;  // the stream ended with this input
+  bool close_chunk = false;  // tell the agent: {"requestID","data":null,"isClose":true}
+  uint64_t credit = 0;  // grant the agent this many more payload bytes
+  bool dropped = false;  // the frame does not fit the stream (counted as invalid, logged)
 };
 
 class StreamMachine {

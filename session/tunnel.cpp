@@ -44,8 +44,21 @@ bool is_token(std::string_view s) {
   for (unsigned char c : s) {
     if (std::isalnum(c)) continue;
     switch (c) {
-      case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-': case '.':
-      case '^': case '_': case '`': case '|': case '~': continue;
+      case '!':
+      case '#':
+      case '$':
+      case '%':
+      case '&':
+      case '\'':
+      case '*':
+      case '+':
+      case '-':
+      case '.':
+      case '^':
+      case '_':
+      case '`':
+      case '|':
+      case '~': continue;
       default: return false;
     }
   }
@@ -150,9 +163,9 @@ void Tunnel::on_text(AgentHandle& s, std::string_view text) {
   } catch (const std::exception& e) {
     // Nothing an agent sends may take more than its own connection down.
     metrics::handler_exception("agent_frame");
-    log::error("agent frame handling failed; closing the agent connection",
-               {{"planeType", s.plane_type()}, {"planeID", s.plane_id()}, {"connectionID", s.connection_id()},
-                {"reason", e.what()}});
+    log::error(
+        "agent frame handling failed; closing the agent connection",
+        {{"planeType", s.plane_type()}, {"planeID", s.plane_id()}, {"connectionID", s.connection_id()}, {"reason", e.what()}});
     s.close(1011, "internal error handling a frame");
   }
 }
@@ -163,15 +176,19 @@ void Tunnel::handle_text(AgentHandle& s, std::string_view text) {
   auto f = classify_agent_frame(text);
   if (f.kind == FrameKind::invalid) {
     metrics::frames_dropped("invalid");
-    agent_warn(s, "invalid frame from agent dropped", {{"planeType", s.plane_type()}, {"planeID", s.plane_id()},
-                                                    {"connectionID", s.connection_id()}, {"reason", f.error}});
+    agent_warn(
+        s, "invalid frame from agent dropped",
+        {{"planeType", s.plane_type()}, {"planeID", s.plane_id()}, {"connectionID", s.connection_id()}, {"reason", f.error}});
     return;
   }
   if (streams_->on_frame(s, f)) return;
   if (f.kind == FrameKind::stream_chunk) {
     metrics::frames_dropped("unknown_stream");
-    agent_warn(s, "stream chunk for an unknown stream dropped", {{"planeType", s.plane_type()}, {"planeID", s.plane_id()},
-                                                               {"connectionID", s.connection_id()}, {"requestID", f.request_id}});
+    agent_warn(s, "stream chunk for an unknown stream dropped",
+               {{"planeType", s.plane_type()},
+                {"planeID", s.plane_id()},
+                {"connectionID", s.connection_id()},
+                {"requestID", f.request_id}});
     return;
   }
   requests_->on_reply(s, f);

@@ -29,7 +29,7 @@ class StreamTable;
 struct TunnelRequest {
   std::string target;  // "k8s"
   std::string method;
-  std::string path;   // absolute backend path
+  std::string path;  // absolute backend path
   std::string query;  // raw, without '?'
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
@@ -63,7 +63,7 @@ struct StreamRequest {
   using Mode = StreamMode;
   Mode mode = Mode::http;
   std::string kind = "http";  // metric label: http | exec | wirelogs
-  TunnelRequest request;      // target, method, path, query, headers, body, gateway_request_id
+  TunnelRequest request;  // target, method, path, query, headers, body, gateway_request_id
   std::string upgrade_proto;  // upgrade mode: "SPDY/3.1" (exec) or "hubble/v1" (wirelogs)
   Duration first_timeout = std::chrono::seconds(30);  // until the head (http) or the first chunk (upgrade)
   size_t window = 256 * 1024;
@@ -72,7 +72,7 @@ struct StreamRequest {
 
 struct TunnelLimits {
   size_t max_pending_per_session = 1000;  // requests waiting for one agent's reply
-  size_t max_streams_per_session = 100;   // open streams on one agent connection
+  size_t max_streams_per_session = 100;  // open streams on one agent connection
 };
 
 // Callback contract (every async entry point: send, open_stream):

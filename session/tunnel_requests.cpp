@@ -50,14 +50,16 @@ std::string RequestTable::send(const std::string& plane_type, const std::string&
   }
   if (load >= max_per_session_) {
     metrics::limit_refused("pending_per_session");
-    log::warn("request refused: agent has too many pending requests",
-              {{"planeType", plane_type}, {"planeID", plane_id}, {"connectionID", session->connection_id()},
-               {"requestID", req.gateway_request_id}, {"limit", max_per_session_}});
+    log::warn("request refused: agent has too many pending requests", {{"planeType", plane_type},
+                                                                       {"planeID", plane_id},
+                                                                       {"connectionID", session->connection_id()},
+                                                                       {"requestID", req.gateway_request_id},
+                                                                       {"limit", max_per_session_}});
     TunnelReply r;
     r.outcome = TunnelReply::Outcome::overloaded;
     r.connection_id = session->connection_id();
-    r.agent_error = "agent connection has " + std::to_string(load) + " requests pending (limit " +
-                    std::to_string(max_per_session_) + ")";
+    r.agent_error =
+        "agent connection has " + std::to_string(load) + " requests pending (limit " + std::to_string(max_per_session_) + ")";
     asio::post(ioc_, [done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
     return {};
   }
@@ -105,7 +107,9 @@ void RequestTable::complete(const std::string& id, TunnelReply reply, const Agen
       if (from) {
         metrics::frames_dropped("unknown_request");
         warn_(*from, "received HTTP tunnel response for unknown request",
-              {{"requestID", id}, {"planeType", from->plane_type()}, {"planeID", from->plane_id()},
+              {{"requestID", id},
+               {"planeType", from->plane_type()},
+               {"planeID", from->plane_id()},
                {"connectionID", from->connection_id()}});
       }
       return;
@@ -113,8 +117,11 @@ void RequestTable::complete(const std::string& id, TunnelReply reply, const Agen
     if (from && it->second->serial != from->serial()) {
       metrics::frames_dropped("wrong_session");
       warn_(*from, "reply from a session that was not asked; dropped",
-            {{"requestID", id}, {"planeType", from->plane_type()}, {"planeID", from->plane_id()},
-             {"connectionID", from->connection_id()}, {"askedConnectionID", it->second->connection_id}});
+            {{"requestID", id},
+             {"planeType", from->plane_type()},
+             {"planeID", from->plane_id()},
+             {"connectionID", from->connection_id()},
+             {"askedConnectionID", it->second->connection_id}});
       return;
     }
     p = it->second;
@@ -150,8 +157,11 @@ void RequestTable::on_reply(AgentHandle& s, AgentFrame& f) {
     // A malformed answer still ends the request (502) rather than leaving the caller to time out.
     metrics::frames_dropped("malformed_response");
     warn_(s, "malformed HTTP tunnel response",
-          {{"planeType", s.plane_type()}, {"planeID", s.plane_id()}, {"connectionID", s.connection_id()},
-           {"requestID", f.request_id}, {"reason", err}});
+          {{"planeType", s.plane_type()},
+           {"planeID", s.plane_id()},
+           {"connectionID", s.connection_id()},
+           {"requestID", f.request_id},
+           {"reason", err}});
     r = TunnelReply{};
     r.outcome = TunnelReply::Outcome::send_failed;
     r.agent_error = "malformed response from agent: " + err;

@@ -17,22 +17,27 @@ struct StreamTable::Stream {
   uint64_t serial = 0;
   std::weak_ptr<AgentHandle> session;
   std::string connection_id, plane_type, plane_id, kind;
-  StreamMachine machine;                      // guarded by mu_
+  StreamMachine machine;  // guarded by mu_
   std::function<void(StreamEvent)> on_event;  // set before the stream is shared; runs on `strand` only
   asio::strand<asio::io_context::executor_type> strand;
-  asio::steady_timer timer;        // the first-answer deadline, on `strand`; armed and cancelled under mu_
+  asio::steady_timer timer;  // the first-answer deadline, on `strand`; armed and cancelled under mu_
   std::atomic<bool> muted{false};  // close() was called: no event starts any more
 };
 
 namespace {
 std::shared_ptr<const std::string> close_chunk(const std::string& id) {
-  return std::make_shared<const std::string>(to_json_text(nlohmann::json({{"requestID", id}, {"data", nullptr}, {"isClose", true}})));
+  return std::make_shared<const std::string>(
+      to_json_text(nlohmann::json({{"requestID", id}, {"data", nullptr}, {"isClose", true}})));
 }
 }  // namespace
 
 StreamTable::StreamTable(asio::io_context& ioc, SessionRegistry& registry, size_t max_per_session, AgentWarn warn,
                          std::function<bool(const std::string&)> id_in_use)
-    : ioc_(ioc), registry_(registry), max_per_session_(max_per_session), warn_(std::move(warn)), id_in_use_(std::move(id_in_use)) {}
+    : ioc_(ioc),
+      registry_(registry),
+      max_per_session_(max_per_session),
+      warn_(std::move(warn)),
+      id_in_use_(std::move(id_in_use)) {}
 StreamTable::~StreamTable() = default;
 
 size_t StreamTable::size() const {
@@ -90,8 +95,11 @@ void StreamTable::apply_unlocked(const std::string& id, const std::shared_ptr<St
     s->send_text(std::make_shared<const std::string>(to_json_text(nlohmann::json({{"requestID", id}, {"credit", a.credit}}))));
   if (!a.ended) return;
   if (*a.ended == StreamEnd::flow_control || *a.ended == StreamEnd::too_slow)
-    log::warn("stream ended", {{"requestID", id}, {"planeType", st->plane_type}, {"planeID", st->plane_id},
-                               {"connectionID", st->connection_id}, {"reason", a.events.back().error}});
+    log::warn("stream ended", {{"requestID", id},
+                               {"planeType", st->plane_type},
+                               {"planeID", st->plane_id},
+                               {"connectionID", st->connection_id},
+                               {"reason", a.events.back().error}});
   metrics::stream_ended(st->kind, to_string(*a.ended));
   if (s && a.close_chunk) s->send_text(close_chunk(id));
   post_events(st, std::move(a.events));
@@ -148,11 +156,13 @@ std::string StreamTable::open(const std::string& plane_type, const std::string& 
   }
   if (open_now >= max_per_session_) {
     metrics::limit_refused("streams_per_session");
-    log::warn("stream refused: agent connection has too many open streams",
-              {{"planeType", plane_type}, {"planeID", plane_id}, {"connectionID", st->connection_id},
-               {"requestID", req.request.gateway_request_id}, {"limit", max_per_session_}});
-    return fail(TunnelReply::Outcome::overloaded, "agent connection has " + std::to_string(open_now) +
-                                                      " open streams (limit " + std::to_string(max_per_session_) + ")");
+    log::warn("stream refused: agent connection has too many open streams", {{"planeType", plane_type},
+                                                                             {"planeID", plane_id},
+                                                                             {"connectionID", st->connection_id},
+                                                                             {"requestID", req.request.gateway_request_id},
+                                                                             {"limit", max_per_session_}});
+    return fail(TunnelReply::Outcome::overloaded, "agent connection has " + std::to_string(open_now) + " open streams (limit " +
+                                                      std::to_string(max_per_session_) + ")");
   }
   metrics::stream_opened(st->kind);
   nlohmann::json j;
@@ -188,8 +198,8 @@ bool StreamTable::on_frame(AgentHandle& s, AgentFrame& frame) {
     st = it->second;
   }
   auto fields = [&] {
-    return nlohmann::json{{"requestID", id}, {"planeType", s.plane_type()}, {"planeID", s.plane_id()},
-                          {"connectionID", s.connection_id()}};
+    return nlohmann::json{
+        {"requestID", id}, {"planeType", s.plane_type()}, {"planeID", s.plane_id()}, {"connectionID", s.connection_id()}};
   };
   if (st->serial != s.serial()) {
     metrics::frames_dropped("wrong_session");

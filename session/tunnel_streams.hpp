@@ -24,8 +24,8 @@ class StreamTable {
   StreamTable(const StreamTable&) = delete;
   StreamTable& operator=(const StreamTable&) = delete;
 
-  std::string open(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
-                   StreamRequest req, std::function<void(StreamEvent)> on_event);
+  std::string open(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key, StreamRequest req,
+                   std::function<void(StreamEvent)> on_event);
   // A head, answer or chunk from `s` for one of its streams; false when no stream has that id.
   bool on_frame(AgentHandle& s, AgentFrame& frame);
   bool send(const std::string& id, const std::string& data, int stream_id);

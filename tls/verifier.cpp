@@ -164,7 +164,8 @@ class VerifyCache {
   void put(const std::shared_ptr<const CaStore>& store, std::string der, SysTime until, SysTime now) {
     cg::MutexLock lk(mu_);
     if (map_.size() >= kVerifyCacheMax) {
-      for (auto it = map_.begin(); it != map_.end();) it = it->second.until <= now || it->second.store.expired() ? map_.erase(it) : std::next(it);
+      for (auto it = map_.begin(); it != map_.end();)
+        it = it->second.until <= now || it->second.store.expired() ? map_.erase(it) : std::next(it);
       if (map_.size() >= kVerifyCacheMax) map_.clear();
     }
     const size_t k = key(store.get(), der);
@@ -184,7 +185,7 @@ class VerifyCache {
     SysTime until;
   };
   static size_t key(const CaStore* store, const std::string& der) {
-    return std::hash<std::string>{}(der) ^ (std::hash<const void*>{}(store) * 0x9e3779b97f4a7c15ULL);
+    return std::hash<std::string>{}(der) ^ (std::hash<const void*>{}(store)*0x9e3779b97f4a7c15ULL);
   }
   cg::Mutex mu_;
   std::unordered_multimap<size_t, Entry> map_ CG_GUARDED_BY(mu_);
@@ -296,8 +297,7 @@ Verdict verify_one(const PeerChain& chain, const Anchor& anchor, std::optional<S
   return v;
 }
 
-std::vector<Verdict> verify_all(const PeerChain& chain, const std::vector<Anchor>& anchors,
-                                std::optional<SysTime> now) {
+std::vector<Verdict> verify_all(const PeerChain& chain, const std::vector<Anchor>& anchors, std::optional<SysTime> now) {
   std::vector<Verdict> out;
   out.reserve(anchors.size());
   for (const auto& a : anchors) out.push_back(verify_one(chain, a, now));

@@ -49,9 +49,9 @@ class PeerChain {
 enum class CaState { loaded, unparseable, not_configured, unreachable };
 
 struct Anchor {
-  std::string key;                         // CR auth key "ns/name"
-  std::shared_ptr<const CaStore> store;    // null: CA could not be loaded
-  std::string load_error;                  // why `store` is null
+  std::string key;  // CR auth key "ns/name"
+  std::shared_ptr<const CaStore> store;  // null: CA could not be loaded
+  std::string load_error;  // why `store` is null
   CaState state = CaState::loaded;
   bool candidate() const { return state != CaState::unreachable; }
 };
@@ -59,15 +59,15 @@ struct Anchor {
 // Why a chain failed one CR's verification: decided where the check fails; the reason text is for
 // humans only (logs, the 401 body), the metric label comes from this.
 enum class VerifyFailure : uint8_t {
-  none,                   // verified
-  ca_not_loaded,          // the CR's CA bundle could not be loaded (clientCA unset, Secret missing, ...)
+  none,  // verified
+  ca_not_loaded,  // the CR's CA bundle could not be loaded (clientCA unset, Secret missing, ...)
   no_client_certificate,  // the agent presented no certificate
-  unknown_authority,      // no chain to the CR's bundle
-  expired,                // a certificate of the chain has expired
-  not_yet_valid,          // a certificate of the chain is not valid yet
-  no_client_auth,         // extended key usage excludes clientAuth
-  insecure_algorithm,     // a certificate of the chain is signed with MD5 or SHA-1
-  other,                  // any other X.509 error, or an internal one
+  unknown_authority,  // no chain to the CR's bundle
+  expired,  // a certificate of the chain has expired
+  not_yet_valid,  // a certificate of the chain is not valid yet
+  no_client_auth,  // extended key usage excludes clientAuth
+  insecure_algorithm,  // a certificate of the chain is signed with MD5 or SHA-1
+  other,  // any other X.509 error, or an internal one
 };
 // The `reason` label of cluster_gateway_cr_verification_failures_total (docs/operations.md):
 // unknown_authority, expired, not_yet_valid, no_client_auth, insecure_algorithm, ca_not_loaded, other.

@@ -84,8 +84,7 @@ TEST_CASE("ControlTimer::run_sync runs on the strand and rethrows", "[control_ti
   CHECK_THROWS_WITH(t.run_sync([] { throw std::runtime_error("boom"); }), "boom");
 }
 
-TEST_CASE("ControlTimer: stop from the strand cancels without waiting, a timer never armed stops at once",
-          "[control_timer]") {
+TEST_CASE("ControlTimer: stop from the strand cancels without waiting, a timer never armed stops at once", "[control_timer]") {
   cg::testing::ControlThread control;
   {
     ControlTimer idle(control.executor());

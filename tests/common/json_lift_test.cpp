@@ -30,7 +30,8 @@ json via_lift(const std::string& text, size_t from, bool expect_lifted) {
 
 TEST_CASE("long plain strings are lifted and restored exactly", "[common][json_lift]") {
   const std::string body(5000, 'A');
-  const std::string text = R"({"requestID":"r1","statusCode":200,"headers":{"X":["a\"}"]},"body":")" + body + R"(","n":[1,{"body":"x"}]})";
+  const std::string text =
+      R"({"requestID":"r1","statusCode":200,"headers":{"X":["a\"}"]},"body":")" + body + R"(","n":[1,{"body":"x"}]})";
   LiftedJson l;
   REQUIRE(lift_long_strings(text, 1024, l));
   REQUIRE(l.members.size() == 1);

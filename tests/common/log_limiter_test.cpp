@@ -108,8 +108,8 @@ TEST_CASE("LogLimiter::event logs the allowed lines and one summary line with `d
   CHECK(lim.dropped_total() == 19998);
 
   clk.now += 1s;
-  lim.warn("c-7|frame for unknown request", "frame for unknown request",
-           {{"connectionID", "c-7"}, {"requestID", "later"}}, summary);
+  lim.warn("c-7|frame for unknown request", "frame for unknown request", {{"connectionID", "c-7"}, {"requestID", "later"}},
+           summary);
   lines = cap.take();
   REQUIRE(lines.size() == 2);
   CHECK(lines[0]["msg"] == "19998 similar lines dropped");

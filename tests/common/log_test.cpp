@@ -50,7 +50,7 @@ TEST_CASE("escape_text: controls, backslashes and non-UTF-8 bytes are escaped, U
   CHECK(escape_text(std::string("nul\0x", 5)) == "nul\\x00x");
   CHECK(escape_text("esc\x1b[0m del\x7f") == "esc\\x1b[0m del\\x7f");
   CHECK(escape_text(kNotUtf8) == "a\\xff\\xfeb\\xc3\\xe2\\x82");
-  CHECK(escape_text("\xc0\xaf") == "\\xc0\\xaf");          // overlong '/'
+  CHECK(escape_text("\xc0\xaf") == "\\xc0\\xaf");  // overlong '/'
   CHECK(escape_text("\xed\xa0\x80") == "\\xed\\xa0\\x80");  // a surrogate
   CHECK(escape_text(kLineSeparators) == "x\\u2028y\\u2029z\\u0085w");
   CHECK(escape_text("caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80") == "caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80");
@@ -69,8 +69,9 @@ TEST_CASE("escape_text: controls, backslashes and non-UTF-8 bytes are escaped, U
 TEST_CASE("text log format (--log-format text): hostile fields cannot forge log lines", "[log]") {
   Capture cap(Format::text);
   cg::log::warn("caller request rejected", {{"path", kForgedPath}, {"requestID", kForgedRequestID}});
-  cg::log::info("agent frame", {{"requestID", kNotUtf8}, {"note", kLineSeparators}, {"count", 3},
-                                {"obj", {{"k", "v\n"}, {"u", "\xe2\x80\xa8"}}}});
+  cg::log::info(
+      "agent frame",
+      {{"requestID", kNotUtf8}, {"note", kLineSeparators}, {"count", 3}, {"obj", {{"k", "v\n"}, {"u", "\xe2\x80\xa8"}}}});
   cg::log::error("message with\na newline", {{"reason", "x reason=forged"}});
 
   auto lines = cap.lines();
@@ -86,8 +87,8 @@ TEST_CASE("text log format (--log-format text): hostile fields cannot forge log 
     for (unsigned char c : l) controls = controls || c < 0x20 || c == 0x7f;
     CHECK_FALSE(controls);
   }
-  CHECK_THAT(lines[0], Catch::Matchers::Contains(
-                           "path=\"/api/v1/x\\n2030-01-01T00:00:00.000Z info  agent registered planeID=victim\""));
+  CHECK_THAT(lines[0],
+             Catch::Matchers::Contains("path=\"/api/v1/x\\n2030-01-01T00:00:00.000Z info  agent registered planeID=victim\""));
   CHECK_THAT(lines[0], Catch::Matchers::Contains("requestID=\"r1\\r\\n2030-01-01T00:00:00.000Z error forged\\x1b[2J\\x7f\""));
   CHECK_THAT(lines[1], Catch::Matchers::Contains("requestID=a\\xff\\xfeb\\xc3\\xe2\\x82"));
   CHECK_THAT(lines[1], Catch::Matchers::Contains("note=x\\u2028y\\u2029z\\u0085w"));

@@ -80,8 +80,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view method = f[0], query = f[2];
   std::string path = percent_decode(f[1]);
   std::optional<uint64_t> length;
-  if (uint64_t v = 0; !f[3].empty() && std::from_chars(f[3].data(), f[3].data() + f[3].size(), v).ec == std::errc())
-    length = v;
+  if (uint64_t v = 0; !f[3].empty() && std::from_chars(f[3].data(), f[3].data() + f[3].size(), v).ec == std::errc()) length = v;
   bool upgrade = f[4] == "1";
   CallerIdentity caller;
   if (!f[5].empty()) {

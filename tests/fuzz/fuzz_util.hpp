@@ -19,7 +19,7 @@ inline void quiet_logs() { cg::log::init(cg::log::Level::error, cg::log::Format:
 
 }  // namespace cg::fuzz
 
-#define FUZZ_CHECK(cond) \
-  do {                   \
+#define FUZZ_CHECK(cond)                                      \
+  do {                                                        \
     if (!(cond)) ::cg::fuzz::fail(#cond, __FILE__, __LINE__); \
   } while (0)

@@ -42,8 +42,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       FUZZ_CHECK(!cr.ref.name.empty() && !cr.plane_id.empty() && cr.generation >= 1);
       FUZZ_CHECK(cr.spec.is_object());
       FUZZ_CHECK(dumps(cr.spec) && dumps(cr.status));
-      nlohmann::json meta = {{"name", cr.ref.name}, {"namespace", cr.ref.ns}, {"planeID", cr.plane_id},
-                             {"annotations", cr.annotations}, {"displayName", cr.display_name()}};
+      nlohmann::json meta = {{"name", cr.ref.name},
+                             {"namespace", cr.ref.ns},
+                             {"planeID", cr.plane_id},
+                             {"annotations", cr.annotations},
+                             {"displayName", cr.display_name()}};
       if (cr.ca_value) meta["ca"] = *cr.ca_value;
       if (cr.ca_secret) meta["secret"] = {cr.ca_secret->name, cr.ca_secret->ns, cr.ca_secret->key};
       if (cr.obs_ref) meta["obs"] = {cr.obs_ref->kind, cr.obs_ref->name};

@@ -72,16 +72,20 @@ std::vector<std::string> certs_of(const ForwardedChain& fc) {
 
 struct Pki {
   t::Cert ca = t::make_ca("forwarded-ca");
-  t::Cert leaf = t::make_signed([] {
-    t::CertSpec s;
-    s.cn = "agent";
-    return s;
-  }(), ca);
-  t::Cert other = t::make_signed([] {
-    t::CertSpec s;
-    s.cn = "agent-2";
-    return s;
-  }(), ca);
+  t::Cert leaf = t::make_signed(
+      [] {
+        t::CertSpec s;
+        s.cn = "agent";
+        return s;
+      }(),
+      ca);
+  t::Cert other = t::make_signed(
+      [] {
+        t::CertSpec s;
+        s.cn = "agent-2";
+        return s;
+      }(),
+      ca);
 };
 
 }  // namespace
@@ -180,11 +184,20 @@ TEST_CASE("trusted proxy ranges", "[agent_auth]") {
     const char* addr;
     bool in;
   };
-  const Row rows[] = {{"10.1.2.3", true},         {"11.0.0.1", false},       {"192.168.1.5", true},
-                      {"192.168.1.6", false},     {"fd12::1", true},         {"fe80::1", false},
-                      {"::1", true},              {"::2", false},            {"::ffff:10.9.9.9", true},
-                      {"::ffff:8.8.8.8", false},  {"172.31.255.255", true},  {"172.32.0.0", false},
-                      {"not an address", false},  {"", false}};
+  const Row rows[] = {{"10.1.2.3", true},
+                      {"11.0.0.1", false},
+                      {"192.168.1.5", true},
+                      {"192.168.1.6", false},
+                      {"fd12::1", true},
+                      {"fe80::1", false},
+                      {"::1", true},
+                      {"::2", false},
+                      {"::ffff:10.9.9.9", true},
+                      {"::ffff:8.8.8.8", false},
+                      {"172.31.255.255", true},
+                      {"172.32.0.0", false},
+                      {"not an address", false},
+                      {"", false}};
   for (const auto& row : rows) {
     INFO(row.addr);
     CHECK(ip_in_ranges(*r, row.addr) == row.in);
@@ -197,8 +210,8 @@ TEST_CASE("trusted proxy ranges", "[agent_auth]") {
   REQUIRE(none);
   CHECK(none->empty());
   CHECK_FALSE(ip_in_ranges(*none, "127.0.0.1"));
-  for (const char* bad : {"10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/x", "host.example", "10.0.0.0/08",
-                          "::ffff:10.0.0.0/104"}) {
+  for (const char* bad :
+       {"10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/x", "host.example", "10.0.0.0/08", "::ffff:10.0.0.0/104"}) {
     INFO(bad);
     CHECK_FALSE(parse_ip_ranges(bad, err));
     CHECK(err.find(bad) != std::string::npos);

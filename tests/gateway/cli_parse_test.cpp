@@ -26,18 +26,44 @@ TEST_CASE("parse_int is strconv.ParseInt(s, 0, 64)", "[cli]") {
     int64_t v;
   };
   const Row rows[] = {
-      {"0", "ok", 0},           {"8443", "ok", 8443},     {"-1", "ok", -1},          {"+5", "ok", 5},
-      {"010", "ok", 8},         {"0x1F", "ok", 31},       {"0X1f", "ok", 31},        {"0o17", "ok", 15},
-      {"0O17", "ok", 15},       {"0b101", "ok", 5},       {"0x", "syntax", 0},       {"0b", "syntax", 0},
-      {"0o", "syntax", 0},      {"08", "syntax", 0},      {"09", "syntax", 0},       {"1_000", "ok", 1000},
-      {"0x_1F", "ok", 31},      {"1__0", "syntax", 0},    {"_1", "syntax", 0},       {"1_", "syntax", 0},
-      {"-0x10", "ok", -16},     {"9223372036854775807", "ok", INT64_MAX},
-      {"9223372036854775808", "range", INT64_MAX},        {"-9223372036854775808", "ok", INT64_MIN},
-      {"-9223372036854775809", "range", INT64_MIN},       {"99999999999999999999", "range", INT64_MAX},
-      {"99999999999999999999x", "range", INT64_MAX},      {"", "syntax", 0},
-      {" 1", "syntax", 0},      {"1 ", "syntax", 0},      {"1.0", "syntax", 0},      {"1e3", "syntax", 0},
-      {"abc", "syntax", 0},     {"+", "syntax", 0},       {"-", "syntax", 0},        {"0_7", "ok", 7},
-      {"00", "ok", 0},          {"0x1g", "syntax", 0},
+      {"0", "ok", 0},
+      {"8443", "ok", 8443},
+      {"-1", "ok", -1},
+      {"+5", "ok", 5},
+      {"010", "ok", 8},
+      {"0x1F", "ok", 31},
+      {"0X1f", "ok", 31},
+      {"0o17", "ok", 15},
+      {"0O17", "ok", 15},
+      {"0b101", "ok", 5},
+      {"0x", "syntax", 0},
+      {"0b", "syntax", 0},
+      {"0o", "syntax", 0},
+      {"08", "syntax", 0},
+      {"09", "syntax", 0},
+      {"1_000", "ok", 1000},
+      {"0x_1F", "ok", 31},
+      {"1__0", "syntax", 0},
+      {"_1", "syntax", 0},
+      {"1_", "syntax", 0},
+      {"-0x10", "ok", -16},
+      {"9223372036854775807", "ok", INT64_MAX},
+      {"9223372036854775808", "range", INT64_MAX},
+      {"-9223372036854775808", "ok", INT64_MIN},
+      {"-9223372036854775809", "range", INT64_MIN},
+      {"99999999999999999999", "range", INT64_MAX},
+      {"99999999999999999999x", "range", INT64_MAX},
+      {"", "syntax", 0},
+      {" 1", "syntax", 0},
+      {"1 ", "syntax", 0},
+      {"1.0", "syntax", 0},
+      {"1e3", "syntax", 0},
+      {"abc", "syntax", 0},
+      {"+", "syntax", 0},
+      {"-", "syntax", 0},
+      {"0_7", "ok", 7},
+      {"00", "ok", 0},
+      {"0x1g", "syntax", 0},
   };
   for (const auto& r : rows) {
     INFO(r.in);
@@ -53,8 +79,14 @@ TEST_CASE("parse_uint is strconv.ParseUint(s, 0, 64)", "[cli]") {
     const char* err;
     uint64_t v;
   };
-  const Row rows[] = {{"0", "ok", 0},   {"5", "ok", 5},   {"-1", "syntax", 0}, {"18446744073709551615", "ok", UINT64_MAX},
-                      {"18446744073709551616", "range", UINT64_MAX}, {"0x10", "ok", 16}, {"1_0", "ok", 10}, {"+1", "syntax", 0}};
+  const Row rows[] = {{"0", "ok", 0},
+                      {"5", "ok", 5},
+                      {"-1", "syntax", 0},
+                      {"18446744073709551615", "ok", UINT64_MAX},
+                      {"18446744073709551616", "range", UINT64_MAX},
+                      {"0x10", "ok", 16},
+                      {"1_0", "ok", 10},
+                      {"+1", "syntax", 0}};
   for (const auto& r : rows) {
     INFO(r.in);
     uint64_t v = 42;
@@ -64,10 +96,23 @@ TEST_CASE("parse_uint is strconv.ParseUint(s, 0, 64)", "[cli]") {
 }
 
 TEST_CASE("parse_bool is strconv.ParseBool", "[cli]") {
-  const std::map<std::string, std::optional<bool>> rows = {
-      {"1", true},    {"t", true},     {"T", true},       {"TRUE", true},    {"true", true},          {"True", true},
-      {"0", false},   {"f", false},    {"F", false},      {"FALSE", false},  {"false", false},        {"False", false},
-      {"yes", std::nullopt}, {"tRUE", std::nullopt}, {"", std::nullopt}, {"on", std::nullopt}, {" true", std::nullopt}};
+  const std::map<std::string, std::optional<bool>> rows = {{"1", true},
+                                                           {"t", true},
+                                                           {"T", true},
+                                                           {"TRUE", true},
+                                                           {"true", true},
+                                                           {"True", true},
+                                                           {"0", false},
+                                                           {"f", false},
+                                                           {"F", false},
+                                                           {"FALSE", false},
+                                                           {"false", false},
+                                                           {"False", false},
+                                                           {"yes", std::nullopt},
+                                                           {"tRUE", std::nullopt},
+                                                           {"", std::nullopt},
+                                                           {"on", std::nullopt},
+                                                           {" true", std::nullopt}};
   for (const auto& [in, want] : rows) {
     INFO(in);
     CHECK(parse_bool(in) == want);
@@ -80,13 +125,32 @@ TEST_CASE("parse_float is strconv.ParseFloat(s, 64)", "[cli]") {
     const char* err;
     double v;
   };
-  const Row rows[] = {{"20", "ok", 20},          {"0.5", "ok", 0.5},     {".5", "ok", 0.5},        {"5.", "ok", 5},
-                      {"1e3", "ok", 1000},       {"1E-2", "ok", 0.01},   {"1_000.5", "ok", 1000.5}, {"1__0", "syntax", 0},
-                      {"inf", "ok", HUGE_VAL},   {"+Inf", "ok", HUGE_VAL}, {"-infinity", "ok", -HUGE_VAL},
-                      {"infin", "syntax", 0},    {"+nan", "syntax", 0},  {"0x1p-2", "ok", 0.25},   {"0x1", "syntax", 0},
-                      {"0x1.8p1", "ok", 3},      {"1e", "syntax", 0},    {"1e+", "syntax", 0},     {"abc", "syntax", 0},
-                      {"", "syntax", 0},         {"1e400", "range", HUGE_VAL}, {"-1e400", "range", -HUGE_VAL},
-                      {"1e-400", "ok", 0},       {".", "syntax", 0},     {"1.2.3", "syntax", 0},   {"0x_1p0", "ok", 1}};
+  const Row rows[] = {{"20", "ok", 20},
+                      {"0.5", "ok", 0.5},
+                      {".5", "ok", 0.5},
+                      {"5.", "ok", 5},
+                      {"1e3", "ok", 1000},
+                      {"1E-2", "ok", 0.01},
+                      {"1_000.5", "ok", 1000.5},
+                      {"1__0", "syntax", 0},
+                      {"inf", "ok", HUGE_VAL},
+                      {"+Inf", "ok", HUGE_VAL},
+                      {"-infinity", "ok", -HUGE_VAL},
+                      {"infin", "syntax", 0},
+                      {"+nan", "syntax", 0},
+                      {"0x1p-2", "ok", 0.25},
+                      {"0x1", "syntax", 0},
+                      {"0x1.8p1", "ok", 3},
+                      {"1e", "syntax", 0},
+                      {"1e+", "syntax", 0},
+                      {"abc", "syntax", 0},
+                      {"", "syntax", 0},
+                      {"1e400", "range", HUGE_VAL},
+                      {"-1e400", "range", -HUGE_VAL},
+                      {"1e-400", "ok", 0},
+                      {".", "syntax", 0},
+                      {"1.2.3", "syntax", 0},
+                      {"0x_1p0", "ok", 1}};
   for (const auto& r : rows) {
     INFO(r.in);
     double v = -42;
@@ -148,11 +212,24 @@ TEST_CASE("parse_duration is time.ParseDuration, negative values included", "[cl
 }
 
 TEST_CASE("format_duration is time.Duration.String", "[cli]") {
-  const std::pair<int64_t, const char*> rows[] = {
-      {0, "0s"},           {1, "1ns"},           {999, "999ns"},         {1000, "1\xC2\xB5s"},   {1500, "1.5\xC2\xB5s"},
-      {1000000, "1ms"},    {1500000, "1.5ms"},   {999999999, "999.999999ms"}, {1000000000, "1s"}, {1500000000, "1.5s"},
-      {60000000000, "1m0s"}, {90000000000, "1m30s"}, {120000000000, "2m0s"}, {3600000000000, "1h0m0s"},
-      {3661000000000, "1h1m1s"}, {100000000000000, "27h46m40s"}, {-30000000000, "-30s"}, {30500000000, "30.5s"}};
+  const std::pair<int64_t, const char*> rows[] = {{0, "0s"},
+                                                  {1, "1ns"},
+                                                  {999, "999ns"},
+                                                  {1000, "1\xC2\xB5s"},
+                                                  {1500, "1.5\xC2\xB5s"},
+                                                  {1000000, "1ms"},
+                                                  {1500000, "1.5ms"},
+                                                  {999999999, "999.999999ms"},
+                                                  {1000000000, "1s"},
+                                                  {1500000000, "1.5s"},
+                                                  {60000000000, "1m0s"},
+                                                  {90000000000, "1m30s"},
+                                                  {120000000000, "2m0s"},
+                                                  {3600000000000, "1h0m0s"},
+                                                  {3661000000000, "1h1m1s"},
+                                                  {100000000000000, "27h46m40s"},
+                                                  {-30000000000, "-30s"},
+                                                  {30500000000, "30.5s"}};
   for (const auto& [ns, want] : rows) {
     INFO(ns);
     CHECK(format_duration(Duration(ns)) == want);
@@ -160,22 +237,46 @@ TEST_CASE("format_duration is time.Duration.String", "[cli]") {
 }
 
 TEST_CASE("quote is strconv.Quote", "[cli]") {
-  const std::pair<std::string, std::string> rows[] = {
-      {"abc", R"("abc")"},       {"a\"b", R"("a\"b")"}, {"a\\b", R"("a\\b")"}, {"tab\there", R"("tab\there")"},
-      {"nl\n", R"("nl\n")"},     {std::string(1, '\0'), R"("\x00")"}, {"\x7f", R"("\x7f")"}, {"\xC3\xA9", "\"\xC3\xA9\""},
-      {"\xff", R"("\xff")"},     {"\xc3", R"("\xc3")"}};
+  const std::pair<std::string, std::string> rows[] = {{"abc", R"("abc")"},   {"a\"b", R"("a\"b")"},
+                                                      {"a\\b", R"("a\\b")"}, {"tab\there", R"("tab\there")"},
+                                                      {"nl\n", R"("nl\n")"}, {std::string(1, '\0'), R"("\x00")"},
+                                                      {"\x7f", R"("\x7f")"}, {"\xC3\xA9", "\"\xC3\xA9\""},
+                                                      {"\xff", R"("\xff")"}, {"\xc3", R"("\xc3")"}};
   for (const auto& [in, want] : rows) CHECK(quote(in) == want);
 }
 
 TEST_CASE("env_int is upstream's GetEnvInt (fmt.Sscanf %d)", "[cli]") {
-  const std::pair<std::string, std::optional<int64_t>> rows[] = {
-      {"8443", 8443},      {"abc", std::nullopt}, {"8443abc", 8443},  {" 8443", 8443},   {"\t8443", 8443},
-      {"+8443", 8443},     {"-1", -1},            {"08443", 8443},    {"0x10", 0},       {"\n8443", std::nullopt},
-      {"\r\n8443", std::nullopt}, {"\r8443", 8443}, {"  ", std::nullopt}, {"-", std::nullopt}, {"+", std::nullopt},
-      {"99999999999999999999", std::nullopt},       {"9223372036854775807", INT64_MAX},
-      {"-9223372036854775808", INT64_MIN},          {"1_000", 1},       {"1.5", 1},        {"\xC2\xA0" "8443", 8443},
-      {"\xE2\x80\x83" "8443", 8443},                {"\xff" "8443", std::nullopt},       {"8 443", 8},
-      {"\v8443", 8443}};
+  const std::pair<std::string, std::optional<int64_t>> rows[] = {{"8443", 8443},
+                                                                 {"abc", std::nullopt},
+                                                                 {"8443abc", 8443},
+                                                                 {" 8443", 8443},
+                                                                 {"\t8443", 8443},
+                                                                 {"+8443", 8443},
+                                                                 {"-1", -1},
+                                                                 {"08443", 8443},
+                                                                 {"0x10", 0},
+                                                                 {"\n8443", std::nullopt},
+                                                                 {"\r\n8443", std::nullopt},
+                                                                 {"\r8443", 8443},
+                                                                 {"  ", std::nullopt},
+                                                                 {"-", std::nullopt},
+                                                                 {"+", std::nullopt},
+                                                                 {"99999999999999999999", std::nullopt},
+                                                                 {"9223372036854775807", INT64_MAX},
+                                                                 {"-9223372036854775808", INT64_MIN},
+                                                                 {"1_000", 1},
+                                                                 {"1.5", 1},
+                                                                 {"\xC2\xA0"
+                                                                  "8443",
+                                                                  8443},
+                                                                 {"\xE2\x80\x83"
+                                                                  "8443",
+                                                                  8443},
+                                                                 {"\xff"
+                                                                  "8443",
+                                                                  std::nullopt},
+                                                                 {"8 443", 8},
+                                                                 {"\v8443", 8443}};
   for (const auto& [in, want] : rows) {
     INFO(quote(in));
     CHECK(env_int(in) == want);
@@ -266,8 +367,7 @@ TEST_CASE("parse follows Go's flag syntax", "[cli]") {
     INFO(joined);
     Probe p;
     Result res = parse(p.flags(), r.args);
-    const std::string outcome =
-        res.outcome == Outcome::ok ? "ok" : res.outcome == Outcome::help ? "help" : res.error;
+    const std::string outcome = res.outcome == Outcome::ok ? "ok" : res.outcome == Outcome::help ? "help" : res.error;
     CHECK(outcome == r.outcome);
     if (res.outcome != Outcome::ok) continue;
     CHECK(p.port == r.port);
@@ -335,7 +435,8 @@ Run run(std::vector<std::string> args, std::map<std::string, std::string> env = 
   Run r;
   std::ostringstream out, err;
   r.res = gateway::parse_cli(
-      args, [&env](const char* name) -> std::optional<std::string> {
+      args,
+      [&env](const char* name) -> std::optional<std::string> {
         auto it = env.find(name);
         if (it == env.end()) return std::nullopt;
         return it->second;
@@ -398,7 +499,7 @@ TEST_CASE("upstream's Helm chart arguments (PR #4340) are accepted as they are r
 
 TEST_CASE("every syntax form reaches the gateway's flags and the last occurrence wins", "[cli]") {
   const std::vector<std::vector<std::string>> forms = {
-      {"-port=9000"}, {"--port=9000"}, {"-port", "9000"}, {"--port", "9000"}, {"--port=1", "-port=9000"},
+      {"-port=9000"},   {"--port=9000"}, {"-port", "9000"}, {"--port", "9000"}, {"--port=1", "-port=9000"},
       {"-port=0x2328"}, {"-port=021450"}};
   for (const auto& f : forms) {
     INFO(f[0]);
@@ -450,8 +551,8 @@ TEST_CASE("help flags (-h, -help, --help) print Go's usage on stderr and exit 0"
 TEST_CASE("the usage shows each default as Config holds it", "[cli]") {
   auto r = run({"-h"});
   const gateway::Config d;
-  CHECK(r.err.find("Drop an agent when no pong arrives within this time (> 0) (default " +
-                   format_duration(d.heartbeat_timeout) + ")") != std::string::npos);
+  CHECK(r.err.find("Drop an agent when no pong arrives within this time (> 0) (default " + format_duration(d.heartbeat_timeout) +
+                   ")") != std::string::npos);
   CHECK(r.err.find("(default " + std::to_string(d.max_sessions) + ")") != std::string::npos);
   CHECK(r.err.find("(0: 64 per io thread) (env MAX_CONCURRENT_HANDSHAKES)\n") != std::string::npos);  // 0: no default shown
   CHECK(r.err.find("(default \"" + d.server_cert + "\")") != std::string::npos);
@@ -538,7 +639,8 @@ TEST_CASE("environment variables follow upstream's rules and a flag overrides th
       {{{"INTERNAL_MTLS_ENABLED", "0"}}, [](auto& c) { return !c.internal_mtls; }, ""},
       {{{"SKIP_CLIENT_CERT_VERIFY", "1"}}, [](auto& c) { return c.skip_client_cert_verify; }, "deprecated"},
       {{{"SERVER_CERT_PATH", "/x.crt"}, {"SERVER_KEY_PATH", "/x.key"}},
-       [](auto& c) { return c.server_cert == "/x.crt" && c.server_key == "/x.key"; }, ""},
+       [](auto& c) { return c.server_cert == "/x.crt" && c.server_key == "/x.key"; },
+       ""},
       {{{"LOG_LEVEL", "debug"}}, [](auto& c) { return c.log_level == log::Level::debug; }, ""},
       {{{"LOG_LEVEL", "DEBUG"}}, [](auto& c) { return c.log_level == log::Level::info; }, "--log-level \"DEBUG\""},
       {{{"LOG_LEVEL", "warning"}}, [](auto& c) { return c.log_level == log::Level::info; }, "info is used (as upstream)"},
@@ -549,7 +651,8 @@ TEST_CASE("environment variables follow upstream's rules and a flag overrides th
        },
        ""},
       {{{"AGENT_AUTH_TRUSTED_PROXIES", "192.0.2.0/24"}},
-       [](auto& c) { return c.agent_auth_trusted_proxies == "192.0.2.0/24"; }, ""},
+       [](auto& c) { return c.agent_auth_trusted_proxies == "192.0.2.0/24"; },
+       ""},
       {{{"MAX_AGENT_SESSIONS", "5"}}, [](auto& c) { return c.max_sessions == 5; }, ""},
       {{{"MAX_AGENT_SESSIONS", "lots"}}, [](auto& c) { return c.max_sessions == 100000; }, "MAX_AGENT_SESSIONS=\"lots\""},
       {{{"MAX_CONCURRENT_HANDSHAKES", "-3"}}, [](auto& c) { return c.max_concurrent_handshakes == 0; }, "at least 0"},
@@ -567,7 +670,8 @@ TEST_CASE("environment variables follow upstream's rules and a flag overrides th
   CHECK(o.cfg.port == 7000);
   CHECK(o.cfg.log_level == log::Level::error);
   CHECK(o.res.warnings.empty());
-  auto m = run({"--planes-dir=/tmp/p", "--internal-mtls"}, {{"INTERNAL_MTLS_ENABLED", "false"}, {"INTERNAL_CLIENT_CA_PATH", "/ca"}});
+  auto m =
+      run({"--planes-dir=/tmp/p", "--internal-mtls"}, {{"INTERNAL_MTLS_ENABLED", "false"}, {"INTERNAL_CLIENT_CA_PATH", "/ca"}});
   CHECK(m.cfg.internal_mtls);
   CHECK(m.cfg.internal_client_ca == "/ca");
   // An env value that a flag's own check refuses is refused like the flag.

@@ -142,8 +142,7 @@ TEST_CASE("a session is authorized for exactly the CRs whose CA verified it", "[
     auto b = fx.status("ClusterWorkflowPlane", "", "tenant-b");
     auto team = fx.status("WorkflowPlane", "team", "team-a");
     return a.is_object() && a["agentConnection"]["connected"] == true && b.is_object() &&
-           b["agentConnection"]["connected"] == false && team.is_object() &&
-           team["agentConnection"]["connected"] == true;
+           b["agentConnection"]["connected"] == false && team.is_object() && team["agentConnection"]["connected"] == true;
   }));
   auto a = fx.status("ClusterWorkflowPlane", "", "tenant-a");
   CHECK(a["agentConnection"]["connectedAgents"] == 1);

@@ -64,11 +64,13 @@ TEST_CASE("last seen moves with pongs and the CR heartbeat time follows", "[gate
     return true;
   }));
   // Keep answering pings: a later heartbeat-only refresh moves lastHeartbeatTime.
-  REQUIRE(wait_until([&] {
-    ws->read(msg, 50ms);
-    auto s = fx.status("ClusterDataPlane", "", "prod");
-    return s["agentConnection"]["lastHeartbeatTime"] != hb0;
-  }, 10s));
+  REQUIRE(wait_until(
+      [&] {
+        ws->read(msg, 50ms);
+        auto s = fx.status("ClusterDataPlane", "", "prod");
+        return s["agentConnection"]["lastHeartbeatTime"] != hb0;
+      },
+      10s));
 }
 
 TEST_CASE("a session closes with 1008 when its client certificate expires", "[gateway][heartbeat][expiry]") {

@@ -83,12 +83,16 @@ TEST_CASE("proxy validation answers in upstream's order with upstream's bodies",
       // A watch is streamed when an agent announces the capability (tests/gateway/test_streams.py); with no
       // agent at all the answer is the plain "no agents" 502 rather than upstream's blanket 501.
       {"GET", kPods + "?watch=true", 502, "proxy request failed: no agents found for plane dataplane/prod\n"},
-      {"GET", kPods + "/x/portforward", 501, std::string(
-       "Streaming operations (watch, logs -f, exec, port-forward) are not yet supported through the HTTP proxy. "
-       "Use the CQRS API (/api/k8s-resources/) for resource operations, or connect directly to the data plane for "
-       "streaming operations.\n"), {{"Connection", "Upgrade"}, {"Upgrade", "SPDY/3.1"}}},
+      {"GET",
+       kPods + "/x/portforward",
+       501,
+       std::string("Streaming operations (watch, logs -f, exec, port-forward) are not yet supported through the HTTP proxy. "
+                   "Use the CQRS API (/api/k8s-resources/) for resource operations, or connect directly to the data plane for "
+                   "streaming operations.\n"),
+       {{"Connection", "Upgrade"}, {"Upgrade", "SPDY/3.1"}}},
       {"GET", "/api/nothing", 404, "404 page not found\n"},
-      {"GET", "/api/proxy/dataplane/other/_cluster/x/k8s/api", 502, "proxy request failed: no agents found for plane dataplane/other\n"},
+      {"GET", "/api/proxy/dataplane/other/_cluster/x/k8s/api", 502,
+       "proxy request failed: no agents found for plane dataplane/other\n"},
   };
   for (const auto& c : cases) {
     INFO(c.method << " " << c.target);
@@ -210,9 +214,8 @@ TEST_CASE("proxy: a caller that goes away cancels its request", "[internal][prox
   write_file(dir + "/caller.crt", env.fx.caller.cert_pem());
   write_file(dir + "/caller.key", env.fx.caller.key_pem());
   write_file(dir + "/server-ca.crt", env.fx.server_ca.cert_pem());
-  std::string cmd = "curl -s -o /dev/null --max-time 1 --cacert " + dir + "/server-ca.crt --cert " + dir +
-                    "/caller.crt --key " + dir + "/caller.key https://127.0.0.1:" +
-                    std::to_string(env.fx.gw->internal_port()) + kPods;
+  std::string cmd = "curl -s -o /dev/null --max-time 1 --cacert " + dir + "/server-ca.crt --cert " + dir + "/caller.crt --key " +
+                    dir + "/caller.key https://127.0.0.1:" + std::to_string(env.fx.gw->internal_port()) + kPods;
   int rc = std::system(cmd.c_str());
   CHECK(rc != 0);  // curl gave up (timeout)
   CHECK(wait_until([&] { return a->received_count() == 1; }));
@@ -235,8 +238,11 @@ TEST_CASE("plane status, notify and reconnect endpoints", "[internal][planes]") 
   Env env;
   auto unknown = env.call("GET", "/api/v1/planes/dataplane/nothing/status");
   REQUIRE(unknown.status == 200);
-  CHECK(json::parse(unknown.body) == json{{"planeType", "dataplane"}, {"planeID", "nothing"}, {"connected", false},
-                                          {"connectedAgents", 0}, {"lastSeen", "0001-01-01T00:00:00Z"}});
+  CHECK(json::parse(unknown.body) == json{{"planeType", "dataplane"},
+                                          {"planeID", "nothing"},
+                                          {"connected", false},
+                                          {"connectedAgents", 0},
+                                          {"lastSeen", "0001-01-01T00:00:00Z"}});
   auto a1 = env.agent(env.agent_a, TestAgent::echo("1"));
   auto a2 = env.agent(env.agent_a, TestAgent::echo("2"));
   auto b = env.agent(env.agent_b, TestAgent::echo("b"));
@@ -256,7 +262,8 @@ TEST_CASE("plane status, notify and reconnect endpoints", "[internal][planes]") 
   auto missing = env.call("POST", "/api/v1/planes/notify", {}, R"({"planeType":"dataplane"})");
   CHECK(missing.status == 400);
   CHECK(missing.body == "missing required fields: planeType, planeID, event\n");
-  auto unknown_event = env.call("POST", "/api/v1/planes/notify", {}, R"({"planeType":"dataplane","planeID":"prod","event":"moved"})");
+  auto unknown_event =
+      env.call("POST", "/api/v1/planes/notify", {}, R"({"planeType":"dataplane","planeID":"prod","event":"moved"})");
   CHECK(unknown_event.status == 400);
   CHECK(unknown_event.body == "unknown event type: moved\n");
   auto not_found = env.call("POST", "/api/v1/planes/notify", {},
@@ -265,8 +272,8 @@ TEST_CASE("plane status, notify and reconnect endpoints", "[internal][planes]") 
   auto updated = env.call("POST", "/api/v1/planes/notify", {},
                           R"({"planeType":"dataplane","planeID":"prod","event":"updated","namespace":"","name":"tenant-a"})");
   REQUIRE(updated.status == 200);
-  CHECK(json::parse(updated.body) == json{{"success", true}, {"action", "revalidate"}, {"authorizationsGranted", 0},
-                                          {"authorizationsRevoked", 0}});
+  CHECK(json::parse(updated.body) ==
+        json{{"success", true}, {"action", "revalidate"}, {"authorizationsGranted", 0}, {"authorizationsRevoked", 0}});
   auto wrong_method = env.call("GET", "/api/v1/planes/dataplane/prod/reconnect");
   CHECK(wrong_method.status == 405);
 
@@ -281,11 +288,14 @@ TEST_CASE("plane status, notify and reconnect endpoints", "[internal][planes]") 
 TEST_CASE("CRs without a usable CA: upstream's 401 text and notify answers", "[internal][planes]") {
   Env env;
   env.fx.write_plane("odd-notpem.yaml", plane_yaml("ClusterDataPlane", "", "odd-notpem", "odd", "this is not PEM\n"));
-  env.fx.write_plane("odd-noca.yaml", "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata:\n  name: odd-noca\n"
-                                      "spec:\n  planeID: odd\n");
+  env.fx.write_plane("odd-noca.yaml",
+                     "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterDataPlane\nmetadata:\n  name: odd-noca\n"
+                     "spec:\n  planeID: odd\n");
   env.fx.write_plane("gone.yaml", plane_yaml_secret("ClusterDataPlane", "", "gone", "gone", "default", "missing", "ca.crt"));
-  REQUIRE(wait_until([&] { return env.fx.gw->index().anchors("dataplane", "odd").size() == 2 &&
-                                  env.fx.gw->index().anchors("dataplane", "gone").size() == 1; }));
+  REQUIRE(wait_until([&] {
+    return env.fx.gw->index().anchors("dataplane", "odd").size() == 2 &&
+           env.fx.gw->index().anchors("dataplane", "gone").size() == 1;
+  }));
   HttpResult res;
   auto ws = WsClient::connect(env.fx.gw->agent_port(), "/ws?planeID=odd&planeType=dataplane", env.fx.client(env.agent_a), res);
   CHECK_FALSE(ws);
@@ -297,8 +307,9 @@ TEST_CASE("CRs without a usable CA: upstream's 401 text and notify answers", "[i
   CHECK(res.body == "client certificate verification failed: no dataplane CRs found with planeID 'gone'\n");
 
   auto notify = [&](const std::string& id, const std::string& name) {
-    return env.call("POST", "/api/v1/planes/notify", {},
-                    R"({"planeType":"dataplane","planeID":")" + id + R"(","event":"updated","namespace":"","name":")" + name + "\"}");
+    return env.call(
+        "POST", "/api/v1/planes/notify", {},
+        R"({"planeType":"dataplane","planeID":")" + id + R"(","event":"updated","namespace":"","name":")" + name + "\"}");
   };
   auto no_ca = notify("odd", "odd-noca");
   CHECK(no_ca.status == 503);

@@ -26,7 +26,8 @@ const cg::SysTime T0 = cg::SysTime{} + std::chrono::hours(24 * 365 * 56);
 cg::plane::PlaneCR cr(const std::string& kind, const std::string& ns, const std::string& name, json spec) {
   json meta = {{"name", name}};
   if (!ns.empty()) meta["namespace"] = ns;
-  auto r = cg::plane::parse_object({{"apiVersion", "openchoreo.dev/v1alpha1"}, {"kind", kind}, {"metadata", meta}, {"spec", spec}});
+  auto r =
+      cg::plane::parse_object({{"apiVersion", "openchoreo.dev/v1alpha1"}, {"kind", kind}, {"metadata", meta}, {"spec", spec}});
   INFO(r.error);
   REQUIRE(r.cr.has_value());
   return *r.cr;
@@ -97,11 +98,14 @@ TEST_CASE("notify: upstream's texts for bad payloads and unusable CRs", "[gatewa
   CHECK((missing.status == 400 && missing.text == "missing required fields: planeType, planeID, event"));
   auto unknown = notify({{"planeType", "dataplane"}, {"planeID", "p1"}, {"event", "renamed"}});
   CHECK((unknown.status == 400 && unknown.text == "unknown event type: renamed"));
-  auto gone = notify({{"planeType", "dataplane"}, {"planeID", "p1"}, {"event", "updated"}, {"namespace", "ns"}, {"name", "nope"}});
+  auto gone =
+      notify({{"planeType", "dataplane"}, {"planeID", "p1"}, {"event", "updated"}, {"namespace", "ns"}, {"name", "nope"}});
   CHECK((gone.status == 503 && gone.text == "failed to fetch CR CA for re-validation: CR ns/nope not found"));
-  auto no_ca = notify({{"planeType", "dataplane"}, {"planeID", "p1"}, {"event", "updated"}, {"namespace", "ns"}, {"name", "no-ca"}});
+  auto no_ca =
+      notify({{"planeType", "dataplane"}, {"planeID", "p1"}, {"event", "updated"}, {"namespace", "ns"}, {"name", "no-ca"}});
   CHECK((no_ca.status == 503 && no_ca.text == "failed to fetch CR CA for re-validation: CR ns/no-ca has no CA configured"));
-  auto junk = notify({{"planeType", "dataplane"}, {"planeID", "p1"}, {"event", "updated"}, {"namespace", "ns"}, {"name", "junk"}});
+  auto junk =
+      notify({{"planeType", "dataplane"}, {"planeID", "p1"}, {"event", "updated"}, {"namespace", "ns"}, {"name", "junk"}});
   CHECK((junk.status == 500 && junk.text == "re-validation failed: failed to parse new CA certificate"));
   // Nothing was closed by any of these.
   CHECK(w.a->close_code() == 0);

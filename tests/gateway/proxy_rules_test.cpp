@@ -114,8 +114,7 @@ TEST_CASE("every bypass form of the deny-list is refused or judged on the canoni
       {"GET", "/api/v1/namespaces/ns/serviceaccounts/sa/token", 0, "/api/v1/namespaces/ns/serviceaccounts/sa/token"},
       {"GET", "/api/v1/namespaces/kube-system/secretsx", 0, "/api/v1/namespaces/kube-system/secretsx"},
       {"GET", "/api/v1/namespaces/kube-system/configmaps", 0, "/api/v1/namespaces/kube-system/configmaps"},
-      {"GET", "/apis/apps/v1/watch/namespaces/kube-system/deployments", 0,
-       "/apis/apps/v1/namespaces/kube-system/deployments"},
+      {"GET", "/apis/apps/v1/watch/namespaces/kube-system/deployments", 0, "/apis/apps/v1/namespaces/kube-system/deployments"},
       {"GET", "/api/v1/namespaces/watch/pods", 0, "/api/v1/namespaces/watch/pods"},
       {"GET", "/api/v1/namespaces/d/pods/caf%C3%A9", 0, "/api/v1/namespaces/d/pods/caf\xC3\xA9"},
       {"GET", "/api/v1/namespaces/d/pods/a%20b", 0, "/api/v1/namespaces/d/pods/a b"},
@@ -144,8 +143,7 @@ TEST_CASE("every bypass form of the deny-list is refused or judged on the canoni
   }
 }
 
-TEST_CASE("without the canonical checks the agent would request another path (the bypass the table closes)",
-          "[proxy_rules]") {
+TEST_CASE("without the canonical checks the agent would request another path (the bypass the table closes)", "[proxy_rules]") {
   // The model shows why each refused form matters: decoded once by the gateway, the agent's URL
   // parser reads '?', '#' and '%' again.
   CHECK(agent_requested_path("/api/v1/namespaces/kube-system/secrets?", "").value() == "/api/v1/namespaces/kube-system/secrets");
@@ -212,15 +210,14 @@ TEST_CASE("path patterns: '*' one segment, '*' inside a segment, '**' zero or mo
     INFO(r.pattern << " ~ " << r.path);
     CHECK(match_path_pattern(compile_path_pattern(r.pattern), r.path) == r.match);
   }
-  for (const char* bad : {"", "api/v1", "/api//v1", "/api/v1/", "/api/./v1", "/api/../v1", "/api/v1?x", "/api/v1#",
-                          "/api/%2F", "/api\\v1", "/api/**x", "/api/a**", "/api/\x01"}) {
+  for (const char* bad : {"", "api/v1", "/api//v1", "/api/v1/", "/api/./v1", "/api/../v1", "/api/v1?x", "/api/v1#", "/api/%2F",
+                          "/api\\v1", "/api/**x", "/api/a**", "/api/\x01"}) {
     INFO(bad);
     CHECK_THROWS_AS(compile_path_pattern(bad), PolicyError);
   }
 }
 
-TEST_CASE("caller selectors: CN, SAN DNS, SAN URI, all fields of one selector, never an anonymous caller",
-          "[proxy_policy]") {
+TEST_CASE("caller selectors: CN, SAN DNS, SAN URI, all fields of one selector, never an anonymous caller", "[proxy_policy]") {
   CallerIdentity id = cn("openchoreo-controller-manager");
   id.dns_names = {"cm.openchoreo.svc", "cm"};
   id.uris = {"spiffe://cluster.local/ns/openchoreo/sa/cm"};
@@ -393,11 +390,11 @@ TEST_CASE("malformed policies are refused with the line and field at fault", "[p
   CHECK(parse_policy("defaultAction: deny\nrules:\n").rules.empty());
 }
 
-TEST_CASE("PolicyFile: a change is applied, a malformed file is refused and the last good policy stays",
-          "[proxy_policy]") {
+TEST_CASE("PolicyFile: a change is applied, a malformed file is refused and the last good policy stays", "[proxy_policy]") {
   const std::string dir = cg::testing::make_temp_dir("cg-policy-");
   const std::string file = dir + "/policy.yaml";
-  const std::string deny_secrets = "defaultAction: allow\nrules:\n  - {name: no-secrets, action: deny, paths: [/api/v1/secrets]}\n";
+  const std::string deny_secrets =
+      "defaultAction: allow\nrules:\n  - {name: no-secrets, action: deny, paths: [/api/v1/secrets]}\n";
   const std::string deny_pods = "defaultAction: allow\nrules:\n  - {name: deny-pods, action: deny, paths: [/api/v1/pods]}\n";
   cg::testing::write_file(file, "defaultAction: allow\nrules:\n  - {name: x, action: deny}\n");
   cg::testing::ControlThread control;

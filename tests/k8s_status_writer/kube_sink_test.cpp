@@ -9,6 +9,7 @@
 #include "tests/support/fake_apiserver.hpp"
 #include "tests/support/pki.hpp"
 
+using Catch::Matchers::Contains;
 using cg::plane::CrRef;
 using cg::plane::Kind;
 using cg::status::AgentConnection;
@@ -18,7 +19,6 @@ using cg::status::PlaneStatus;
 using cg::status::WriteResult;
 using cg::testing::FakeApiServer;
 using cg::testing::IoRunner;
-using Catch::Matchers::Contains;
 using json = nlohmann::json;
 
 namespace {
@@ -40,8 +40,8 @@ json plane(const std::string& kind, const std::string& ns, const std::string& na
           {"spec", {{"planeID", name + "-id"}, {"clusterAgent", {{"clientCA", {{"value", "not-a-pem"}}}}}}}};
 }
 
-Condition cond(const std::string& type, const std::string& status, const std::string& reason, const std::string& msg,
-               int64_t t, int64_t gen = 1) {
+Condition cond(const std::string& type, const std::string& status, const std::string& reason, const std::string& msg, int64_t t,
+               int64_t gen = 1) {
   Condition c;
   c.type = type;
   c.status = status;
@@ -82,9 +82,9 @@ TEST_CASE("KubeStatusSink writes only the gateway's part of the status", "[kube_
   cg::kube::KubeClient client(io.ioc(), fake.kube_config());
   KubeStatusSink sink(client);
 
-  auto [kind, ns, ref] = GENERATE(table<std::string, std::string, CrRef>(
-      {{"ClusterWorkflowPlane", "", CrRef{Kind::ClusterWorkflowPlane, "", "cwp"}},
-       {"DataPlane", "team-a", CrRef{Kind::DataPlane, "team-a", "dp"}}}));
+  auto [kind, ns, ref] =
+      GENERATE(table<std::string, std::string, CrRef>({{"ClusterWorkflowPlane", "", CrRef{Kind::ClusterWorkflowPlane, "", "cwp"}},
+                                                       {"DataPlane", "team-a", CrRef{Kind::DataPlane, "team-a", "dp"}}}));
   INFO(kind);
   fake.apply(plane(kind, ns, ref.name), "kubectl");
   // The plane controller's own condition and fields, written by another field manager.
@@ -132,8 +132,7 @@ TEST_CASE("KubeStatusSink writes only the gateway's part of the status", "[kube_
   CHECK(reqs[0]["path"] == sink.status_path(ref).substr(0, sink.status_path(ref).find('?')));
   bool gateway_manages = false;
   for (const auto& mf : after["metadata"]["managedFields"])
-    gateway_manages =
-        gateway_manages || (mf["manager"] == "cluster-gateway" && mf.value("subresource", "") == "status");
+    gateway_manages = gateway_manages || (mf["manager"] == "cluster-gateway" && mf.value("subresource", "") == "status");
   CHECK(gateway_manages);
 
   // The next transition: disconnected. The foreign condition is still untouched.

@@ -8,6 +8,7 @@
 #include "common/time.hpp"
 #include "k8s_status_writer/status_model.hpp"
 
+using Catch::Matchers::Contains;
 using cg::SysTime;
 using cg::session::SessionReport;
 using cg::status::compute_status;
@@ -15,7 +16,6 @@ using cg::status::Condition;
 using cg::status::only_heartbeat_differs;
 using cg::status::PlaneStatus;
 using cg::status::SpecFacts;
-using Catch::Matchers::Contains;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -301,23 +301,22 @@ TEST_CASE("lastTransitionTime changes only with the condition status", "[status]
 }
 
 TEST_CASE("foreign conditions are preserved with their extra fields", "[status]") {
-  json prev_json = {
-      {"observedGeneration", 2},
-      {"conditions",
-       {{{"type", "Created"},
-         {"status", "True"},
-         {"reason", "ClusterWorkflowPlaneCreated"},
-         {"message", "Workflowplane is created"},
-         {"lastTransitionTime", "2026-01-02T03:04:05Z"},
-         {"observedGeneration", 1},
-         {"severity", "Info"},
-         {"custom", {{"nested", true}}}},
-        {{"type", "Ready"},
-         {"status", "False"},
-         {"reason", "Old"},
-         {"message", "old"},
-         {"lastTransitionTime", "2026-01-01T00:00:00Z"},
-         {"vendorField", "kept"}}}}};
+  json prev_json = {{"observedGeneration", 2},
+                    {"conditions",
+                     {{{"type", "Created"},
+                       {"status", "True"},
+                       {"reason", "ClusterWorkflowPlaneCreated"},
+                       {"message", "Workflowplane is created"},
+                       {"lastTransitionTime", "2026-01-02T03:04:05Z"},
+                       {"observedGeneration", 1},
+                       {"severity", "Info"},
+                       {"custom", {{"nested", true}}}},
+                      {{"type", "Ready"},
+                       {"status", "False"},
+                       {"reason", "Old"},
+                       {"message", "old"},
+                       {"lastTransitionTime", "2026-01-01T00:00:00Z"},
+                       {"vendorField", "kept"}}}}};
   auto prev = PlaneStatus::from_json(prev_json);
   REQUIRE(prev.conditions.size() == 2);
   SpecFacts facts;
@@ -432,7 +431,8 @@ TEST_CASE("from_json is tolerant of junk", "[status]") {
   CHECK(PlaneStatus::from_json(json()) == PlaneStatus{});
   CHECK(PlaneStatus::from_json(json::array()) == PlaneStatus{});
   json j = {{"observedGeneration", "seven"},
-            {"conditions", {1, "x", {{"status", "True"}}, {{"type", "Ready"}, {"status", "True"}, {"lastTransitionTime", "not a time"}}}},
+            {"conditions",
+             {1, "x", {{"status", "True"}}, {{"type", "Ready"}, {"status", "True"}, {"lastTransitionTime", "not a time"}}}},
             {"agentConnection", {{"connected", true}, {"connectedAgents", "3"}, {"lastConnectedTime", "garbage"}}}};
   auto s = PlaneStatus::from_json(j);
   CHECK(s.observed_generation == 0);

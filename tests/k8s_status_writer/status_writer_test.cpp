@@ -143,8 +143,8 @@ TEST_CASE("a CR that already shows the truth is left alone and the writer stays 
   // the writer's loop would take the CR again and again while holding its lock (every session event
   // and every write completion then waits on that lock: the whole gateway stalls).
   const auto ca = cg::testing::make_ca("writer test CA");
-  const SysTime seen = std::chrono::time_point_cast<std::chrono::seconds>(std::chrono::system_clock::now()) -
-                       std::chrono::hours(1);
+  const SysTime seen =
+      std::chrono::time_point_cast<std::chrono::seconds>(std::chrono::system_clock::now()) - std::chrono::hours(1);
   PlaneIndex index;
   index.replace(one_cr(ca.cert_pem(), nullptr));
   auto entry = index.all().at(0);
@@ -152,14 +152,14 @@ TEST_CASE("a CR that already shows the truth is left alone and the writer stays 
   rep.connected_agents = 1;
   rep.last_seen = seen;
   rep.last_rise = seen;
-  const cg::status::SpecFacts facts{entry->cr.generation, entry->spec_problems, entry->ca_error,
-                                    entry->observability_problem};
+  const cg::status::SpecFacts facts{entry->cr.generation, entry->spec_problems, entry->ca_error, entry->observability_problem};
   const PlaneStatus truth = cg::status::compute_status(PlaneStatus{}, rep, facts, seen);
   REQUIRE(truth.agent->connected);
   index.replace(one_cr(ca.cert_pem(), truth.to_json()));
 
   auto registry = std::make_unique<CountingRegistry>();
-  REQUIRE(registry->add(std::make_shared<cg::testing::FakeHandle>(1, "dataplane", "p1", seen, seen), {index.all().at(0)->cr.ref.auth_key()}));
+  REQUIRE(registry->add(std::make_shared<cg::testing::FakeHandle>(1, "dataplane", "p1", seen, seen),
+                        {index.all().at(0)->cr.ref.auth_key()}));
   CountingSink sink;
   StatusWriterOptions opts;
   opts.startup_grace = std::chrono::seconds(0);
@@ -202,14 +202,13 @@ TEST_CASE("startup grace: only what a previous run left connected is held, and t
   // (its agent may still be reconnecting after the restart), while "mine"'s disconnect is news and
   // is written at once, like any transition. (Before the fix both waited for the grace to end.)
   const auto ca = cg::testing::make_ca("grace test CA");
-  const SysTime before = std::chrono::time_point_cast<std::chrono::seconds>(std::chrono::system_clock::now()) -
-                         std::chrono::minutes(5);
+  const SysTime before =
+      std::chrono::time_point_cast<std::chrono::seconds>(std::chrono::system_clock::now()) - std::chrono::minutes(5);
   cg::session::SessionReport rep;
   rep.connected_agents = 1;
   rep.last_seen = before;
   rep.last_rise = before;
-  const PlaneStatus left_connected =
-      cg::status::compute_status(PlaneStatus{}, rep, cg::status::SpecFacts{3, {}, "", ""}, before);
+  const PlaneStatus left_connected = cg::status::compute_status(PlaneStatus{}, rep, cg::status::SpecFacts{3, {}, "", ""}, before);
   REQUIRE(left_connected.agent->connected);
   PlaneIndex index;
   PlaneWorld w;

@@ -14,10 +14,10 @@
 #include "tests/support/pki.hpp"
 
 namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
 using cg::kube::KubeConfig;
 using cg::testing::base64;
 using cg::testing::write_file;
-using Catch::Matchers::Contains;
 
 namespace {
 
@@ -57,8 +57,7 @@ struct TempDir {
 std::string kubeconfig(const std::string& cluster, const std::string& user, const std::string& current = "ctx",
                        const std::string& ns = "") {
   std::string y = "apiVersion: v1\nkind: Config\nclusters:\n- name: c1\n  cluster:\n" + cluster +
-                  "users:\n- name: u1\n  user:\n" + user +
-                  "contexts:\n- name: ctx\n  context:\n    cluster: c1\n    user: u1\n" +
+                  "users:\n- name: u1\n  user:\n" + user + "contexts:\n- name: ctx\n  context:\n    cluster: c1\n    user: u1\n" +
                   (ns.empty() ? "" : "    namespace: " + ns + "\n") +
                   "- name: other\n  context:\n    cluster: c1\n    user: u1\n    namespace: other-ns\n";
   if (!current.empty()) y += "current-context: " + current + "\n";
@@ -79,9 +78,9 @@ std::string load_error(const std::string& path, const std::string& context = "")
 TEST_CASE("kubeconfig with a token and certificate-authority-data", "[kube_config]") {
   TempDir d;
   auto ca = cg::testing::make_ca("kube-ca");
-  auto p = d.file("config", kubeconfig("    server: https://10.1.2.3:6443\n    certificate-authority-data: " +
-                                           base64(ca.cert_pem()) + "\n",
-                                       "    token: sekret-token\n", "ctx", "team-a"));
+  auto p = d.file("config",
+                  kubeconfig("    server: https://10.1.2.3:6443\n    certificate-authority-data: " + base64(ca.cert_pem()) + "\n",
+                             "    token: sekret-token\n", "ctx", "team-a"));
   KubeConfig c = cg::kube::load_kubeconfig_file(p);
   CHECK(c.server == "https://10.1.2.3:6443");
   CHECK(c.host == "10.1.2.3");
@@ -160,15 +159,14 @@ TEST_CASE("kubeconfig with CA and client certificate files relative to it, and a
 
   // "token-file" is accepted as a spelling too.
   std::string t2 = d.file("t2", "other\n");
-  auto p2 = d.file("config2", kubeconfig("    server: https://k:1\n    insecure-skip-tls-verify: true\n",
-                                         "    token-file: " + t2 + "\n"));
+  auto p2 = d.file("config2",
+                   kubeconfig("    server: https://k:1\n    insecure-skip-tls-verify: true\n", "    token-file: " + t2 + "\n"));
   CHECK(cg::kube::load_kubeconfig_file(p2).token() == "other");
 }
 
 TEST_CASE("kubeconfig: a context can be chosen explicitly", "[kube_config]") {
   TempDir d;
-  auto p =
-      d.file("config", kubeconfig("    server: https://k:1\n    insecure-skip-tls-verify: true\n", "    token: t\n"));
+  auto p = d.file("config", kubeconfig("    server: https://k:1\n    insecure-skip-tls-verify: true\n", "    token: t\n"));
   CHECK(cg::kube::load_kubeconfig_file(p).default_namespace == "default");
   CHECK(cg::kube::load_kubeconfig_file(p, "other").default_namespace == "other-ns");
 }
@@ -193,13 +191,12 @@ TEST_CASE("kubeconfig errors name what is missing", "[kube_config]") {
     CHECK_THAT(load_error(p), Contains("http://"));
   }
   SECTION("unreadable CA file") {
-    auto p = d.file("config", kubeconfig("    server: https://k:1\n    certificate-authority: /nonexistent/ca.crt\n",
-                                         "    token: t\n"));
+    auto p = d.file("config",
+                    kubeconfig("    server: https://k:1\n    certificate-authority: /nonexistent/ca.crt\n", "    token: t\n"));
     CHECK_THAT(load_error(p), Contains("certificate-authority /nonexistent/ca.crt cannot be read"));
   }
   SECTION("bad CA data") {
-    auto p = d.file("config",
-                    kubeconfig("    server: https://k:1\n    certificate-authority-data: '%%%'\n", "    token: t\n"));
+    auto p = d.file("config", kubeconfig("    server: https://k:1\n    certificate-authority-data: '%%%'\n", "    token: t\n"));
     CHECK_THAT(load_error(p), Contains("certificate-authority-data is not valid base64"));
   }
   SECTION("insecure together with a CA") {
@@ -210,8 +207,8 @@ TEST_CASE("kubeconfig errors name what is missing", "[kube_config]") {
     CHECK_THAT(load_error(p), Contains("insecure"));
   }
   SECTION("certificate without key") {
-    auto p = d.file("config", kubeconfig(ok_cluster, "    client-certificate-data: " +
-                                                         base64(cg::testing::make_ca("x").cert_pem()) + "\n"));
+    auto p = d.file(
+        "config", kubeconfig(ok_cluster, "    client-certificate-data: " + base64(cg::testing::make_ca("x").cert_pem()) + "\n"));
     CHECK_THAT(load_error(p), Contains("client-certificate is set but client-key is not"));
   }
   SECTION("exec plugin") {
@@ -250,8 +247,7 @@ TEST_CASE("kubeconfig path: explicit, else the first KUBECONFIG entry, else ~/.k
     CHECK(cg::kube::load_default().host == "home");
     fs::remove(home);
     CHECK(cg::kube::kubeconfig_path().empty());
-    CHECK_THROWS_WITH(cg::kube::load_default(),
-                      Contains("no Kubernetes configuration found") && Contains(".kube/config"));
+    CHECK_THROWS_WITH(cg::kube::load_default(), Contains("no Kubernetes configuration found") && Contains(".kube/config"));
   }
 }
 

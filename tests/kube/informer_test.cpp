@@ -65,8 +65,8 @@ struct Recorder {
   std::vector<Event> events;
   std::vector<InformerSignal> signals;
   std::set<std::thread::id> threads;
-  int running = 0;        // callbacks running now
-  int overlapped = 0;     // callbacks that started while another one of this informer was running
+  int running = 0;  // callbacks running now
+  int overlapped = 0;  // callbacks that started while another one of this informer was running
   const std::thread::id test_thread = std::this_thread::get_id();
 
   // Runs `record` under the lock, noting the calling thread and whether another callback was running.
@@ -99,8 +99,7 @@ struct Recorder {
     cb.on_event = [this](EventType type, const json& obj) {
       enter([&] {
         std::string value = obj.contains("data") ? obj["data"].value("value", "") : "";
-        events.push_back({type, name_of(obj), value,
-                          obj.value("apiVersion", "") == "v1" && obj.value("kind", "") == "Secret"});
+        events.push_back({type, name_of(obj), value, obj.value("apiVersion", "") == "v1" && obj.value("kind", "") == "Secret"});
       });
     };
     cb.on_signal = [this](InformerSignal s) { enter([&] { signals.push_back(s); }); };
@@ -142,8 +141,7 @@ size_t count_requests(FakeApiServer& f, const std::string& query, int status) {
 
 }  // namespace
 
-TEST_CASE("kube::Informer lists in pages, watches from the list's resourceVersion, relists after 410 Gone",
-          "[kube_informer]") {
+TEST_CASE("kube::Informer lists in pages, watches from the list's resourceVersion, relists after 410 Gone", "[kube_informer]") {
   FakeApiServer fake({"--bookmark-interval", "0.3"});
   IoRunner io;
   KubeClient client(io.ioc(), fake.kube_config());
@@ -248,7 +246,7 @@ TEST_CASE("kube::Informer restarts a silently stalled watch from its last resour
 
   Recorder rec;
   auto opts = fast_options();
-  opts.watch_timeout = 1s;      // timeoutSeconds in [1, 2)
+  opts.watch_timeout = 1s;  // timeoutSeconds in [1, 2)
   opts.watch_idle_margin = 1s;  // so a silent watch is given up after 2 to 3 s
   auto res = secrets_in(kNs);
   res.field_selector = "metadata.name=a";  // and only that one secret
@@ -260,7 +258,9 @@ TEST_CASE("kube::Informer restarts a silently stalled watch from its last resour
 
   // Stall the open watch (it may be between two watches: then try again).
   REQUIRE(wait_until(
-      [&] { return fake.control("POST", "stall-watches", {{"resource", "secrets"}})["stalled"].get<int>() == 1; },
+      [&] {
+        return fake.control("POST", "stall-watches", {{"resource", "secrets"}})["stalled"].get<int>() == 1;
+      },
       kWait));
   // Changes while it is stalled: only a restarted watch can bring them (a stalled watch does not even
   // end at its timeoutSeconds). The other secret is outside the field selector.

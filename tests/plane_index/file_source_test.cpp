@@ -15,12 +15,12 @@
 #include "tests/support/pki.hpp"
 
 namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
 using cg::plane::CrRef;
 using cg::plane::FilePlaneSource;
 using cg::plane::FileProblem;
 using cg::plane::Kind;
 using cg::plane::PlaneIndex;
-using Catch::Matchers::Contains;
 
 namespace {
 
@@ -73,15 +73,14 @@ std::string secret_yaml(const std::string& ns, const std::string& name, const st
 std::string cwp_yaml(const std::string& name, const std::string& plane_id, const std::string& secret_ns,
                      const std::string& secret_name, const std::string& extra_meta = "") {
   return "apiVersion: openchoreo.dev/v1alpha1\nkind: ClusterWorkflowPlane\nmetadata:\n  name: " + name + "\n" + extra_meta +
-         "spec:\n  planeID: " + plane_id +
-         "\n  clusterAgent:\n    clientCA:\n      secretKeyRef:\n        name: " + secret_name + "\n        namespace: " +
-         secret_ns + "\n        key: ca.crt\n";
+         "spec:\n  planeID: " + plane_id + "\n  clusterAgent:\n    clientCA:\n      secretKeyRef:\n        name: " + secret_name +
+         "\n        namespace: " + secret_ns + "\n        key: ca.crt\n";
 }
 
 std::string wp_yaml(const std::string& ns, const std::string& name, const std::string& plane_id, const std::string& pem,
                     const std::string& extra_meta = "") {
-  return "apiVersion: openchoreo.dev/v1alpha1\nkind: WorkflowPlane\nmetadata:\n  name: " + name + "\n  namespace: " + ns +
-         "\n" + extra_meta + "spec:\n  planeID: " + plane_id + "\n  clusterAgent:\n    clientCA:\n      value: |\n" +
+  return "apiVersion: openchoreo.dev/v1alpha1\nkind: WorkflowPlane\nmetadata:\n  name: " + name + "\n  namespace: " + ns + "\n" +
+         extra_meta + "spec:\n  planeID: " + plane_id + "\n  clusterAgent:\n    clientCA:\n      value: |\n" +
          indent(pem, "        ");
 }
 
@@ -110,7 +109,8 @@ TEST_CASE("parse_yaml_documents", "[plane_index][file_source]") {
   }
   SECTION("scalars: quoted strings stay strings, unquoted numbers are numbers") {
     auto quoted = cg::plane::parse_yaml_documents(
-        "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata:\n  name: dp\n  generation: 3\nspec:\n  planeID: \"123\"\n");
+        "apiVersion: openchoreo.dev/v1alpha1\nkind: DataPlane\nmetadata:\n  name: dp\n  generation: 3\nspec:\n  planeID: "
+        "\"123\"\n");
     REQUIRE(quoted.docs.size() == 1);
     REQUIRE(quoted.docs[0].cr.has_value());
     CHECK(quoted.docs[0].cr->plane_id == "123");
@@ -134,8 +134,8 @@ TEST_CASE("parse_yaml_documents", "[plane_index][file_source]") {
     CHECK(fp.docs.empty());
   }
   SECTION("deep nesting is refused, not a crash") {
-    std::string deep = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: x\nextra: " + std::string(200, '[') +
-                       std::string(200, ']') + "\n";
+    std::string deep =
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: x\nextra: " + std::string(200, '[') + std::string(200, ']') + "\n";
     auto fp = cg::plane::parse_yaml_documents(deep);
     REQUIRE(fp.file_error.empty());
     REQUIRE(fp.docs.size() == 1);
@@ -149,8 +149,8 @@ TEST_CASE("FilePlaneSource loads multi-document YAML", "[plane_index][file_sourc
   auto ca = cg::testing::make_ca("file-ca");
   const auto pem = ca.cert_pem();
   dir.write("planes.yaml", "# plane definitions\n" + secret_yaml("infra", "agent-ca", pem) + "---\n" +
-                               cwp_yaml("shared", "p1", "infra", "agent-ca") + "---\n" +
-                               wp_yaml("team-a", "wp", "p1", pem) + "---\n");
+                               cwp_yaml("shared", "p1", "infra", "agent-ca") + "---\n" + wp_yaml("team-a", "wp", "p1", pem) +
+                               "---\n");
   dir.write("notes.txt", "kind: DataPlane\n");  // ignored: not .yaml/.yml
   dir.write(".hidden.yaml", wp_yaml("team-h", "hidden", "p1", pem));  // ignored: hidden
 
@@ -205,8 +205,8 @@ TEST_CASE("a malformed document keeps its last good version", "[plane_index][fil
   // Document 1 broken (unknown kind), document 2 changed (new planeID).
   std::string broken = cwp_yaml("shared", "p2", "infra", "agent-ca");
   broken.replace(broken.find("ClusterWorkflowPlane"), std::string("ClusterWorkflowPlane").size(), "ClusterWorkflowPlan");
-  dir.write("planes.yaml", secret_yaml("infra", "agent-ca", pem) + "---\n" + broken + "---\n" +
-                               wp_yaml("team-a", "wp", "p2", pem));
+  dir.write("planes.yaml",
+            secret_yaml("infra", "agent-ca", pem) + "---\n" + broken + "---\n" + wp_yaml("team-a", "wp", "p2", pem));
   src.scan_now();
 
   auto problems = src.problems();
@@ -257,15 +257,15 @@ TEST_CASE("documents with invalid Kubernetes names are reported, the others in t
            "spec:\n  clusterAgent:\n    clientCA:\n      value: |\n" + indent(pem, "        ");
   };
   // Double-quoted YAML: "\0" is a NUL and "\n" a newline inside the name.
-  dir.write("planes.yaml", wp_yaml("team-a", "wp", "p1", pem) + "---\n" +                  // 0: good
+  dir.write("planes.yaml", wp_yaml("team-a", "wp", "p1", pem) + "---\n" +  // 0: good
                                dp("  name: \"wp\\0evil\"\n  namespace: team-a\n") + "---\n" +  // 1: NUL
-                               dp("  name: a/b\n  namespace: team-a\n") + "---\n" +            // 2: slash
-                               dp("  name: ..\n  namespace: team-a\n") + "---\n" +             // 3: dot-dot
-                               dp("  name: ok\n  namespace: ../team-a\n") + "---\n" +          // 4: namespace
-                               dp("  name: \"x\\ny\"\n") + "---\n" +                           // 5: newline
-                               secret_yaml("infra", "Agent_CA", pem) + "---\n" +               // 6: Secret name
-                               cwp_yaml("shared", "p1", "infra", "agent-ca") + "---\n" +       // 7: good
-                               secret_yaml("infra", "agent-ca", pem));                         // 8: good
+                               dp("  name: a/b\n  namespace: team-a\n") + "---\n" +  // 2: slash
+                               dp("  name: ..\n  namespace: team-a\n") + "---\n" +  // 3: dot-dot
+                               dp("  name: ok\n  namespace: ../team-a\n") + "---\n" +  // 4: namespace
+                               dp("  name: \"x\\ny\"\n") + "---\n" +  // 5: newline
+                               secret_yaml("infra", "Agent_CA", pem) + "---\n" +  // 6: Secret name
+                               cwp_yaml("shared", "p1", "infra", "agent-ca") + "---\n" +  // 7: good
+                               secret_yaml("infra", "agent-ca", pem));  // 8: good
   PlaneIndex idx;
   cg::testing::ControlThread control;
   FilePlaneSource src(control.executor(), dir.str(), idx);
@@ -273,9 +273,8 @@ TEST_CASE("documents with invalid Kubernetes names are reported, the others in t
 
   auto problems = src.problems();
   REQUIRE(problems.size() == 6);
-  const std::vector<std::pair<int, std::string>> expect = {{1, "metadata.name"}, {2, "metadata.name"},
-                                                           {3, "metadata.name"}, {4, "metadata.namespace"},
-                                                           {5, "metadata.name"}, {6, "metadata.name"}};
+  const std::vector<std::pair<int, std::string>> expect = {{1, "metadata.name"},      {2, "metadata.name"}, {3, "metadata.name"},
+                                                           {4, "metadata.namespace"}, {5, "metadata.name"}, {6, "metadata.name"}};
   for (size_t i = 0; i < expect.size(); ++i) {
     INFO(problems[i].reason);
     CHECK(problems[i].file == "planes.yaml");

@@ -11,6 +11,7 @@
 #include "plane_index/index.hpp"
 #include "tests/support/pki.hpp"
 
+using Catch::Matchers::Contains;
 using cg::plane::CrRef;
 using cg::plane::IndexChange;
 using cg::plane::Kind;
@@ -18,7 +19,6 @@ using cg::plane::PlaneCR;
 using cg::plane::PlaneIndex;
 using cg::plane::PlaneWorld;
 using cg::plane::SecretObj;
-using Catch::Matchers::Contains;
 using json = nlohmann::json;
 
 namespace {
@@ -34,7 +34,8 @@ PlaneCR cr(const std::string& kind, const std::string& ns, const std::string& na
   json meta = {{"name", name}};
   if (!ns.empty()) meta["namespace"] = ns;
   for (auto it = meta_extra.begin(); it != meta_extra.end(); ++it) meta[it.key()] = it.value();
-  auto r = cg::plane::parse_object({{"apiVersion", "openchoreo.dev/v1alpha1"}, {"kind", kind}, {"metadata", meta}, {"spec", spec}});
+  auto r =
+      cg::plane::parse_object({{"apiVersion", "openchoreo.dev/v1alpha1"}, {"kind", kind}, {"metadata", meta}, {"spec", spec}});
   INFO(r.error);
   REQUIRE(r.cr.has_value());
   return *r.cr;

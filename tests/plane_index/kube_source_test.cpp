@@ -21,6 +21,7 @@
 #include "tests/support/pki.hpp"
 #include "tls/ca_store.hpp"
 
+using Catch::Matchers::Contains;
 using cg::kube::KubeClient;
 using cg::kube::Request;
 using cg::kube::Response;
@@ -31,7 +32,6 @@ using cg::plane::PlaneIndex;
 using cg::testing::FakeApiServer;
 using cg::testing::IoRunner;
 using cg::testing::wait_until;
-using Catch::Matchers::Contains;
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -172,8 +172,7 @@ std::vector<std::string> unreferenced_secret_requests(FakeApiServer& f, const st
     std::string ns = r.value("namespace", "");
     std::string fs = r.contains("query") ? r["query"].value("fieldSelector", "") : "";
     std::string who = !name.empty() ? name : (fs.rfind("metadata.name=", 0) == 0 ? fs.substr(14) : "");
-    if (who.empty() || !referenced.count(ns + "/" + who))
-      bad.push_back(r.value("path", "") + "?" + r.value("rawQuery", ""));
+    if (who.empty() || !referenced.count(ns + "/" + who)) bad.push_back(r.value("path", "") + "?" + r.value("rawQuery", ""));
   }
   return bad;
 }
@@ -288,8 +287,7 @@ TEST_CASE("KubeClient: the rate limiter makes requests wait, never drops them", 
 // The rate-limiter waits run on strands of their own (kube/client.hpp, "Timers"); shutdown() posts
 // their cancellation there. Each waiting request and watch still ends exactly once, posted (never on
 // the calling thread), long before the limiter would have let it go (the last one after ~100 s).
-TEST_CASE("KubeClient: shutdown ends requests and watches waiting for the rate limiter, each once, posted",
-          "[kube_client]") {
+TEST_CASE("KubeClient: shutdown ends requests and watches waiting for the rate limiter, each once, posted", "[kube_client]") {
   FakeApiServer fake;
   IoRunner io;
   cg::kube::ClientOptions o;
@@ -312,12 +310,14 @@ TEST_CASE("KubeClient: shutdown ends requests and watches waiting for the rate l
     });
   }
   for (int i = 0; i < kWatches; ++i) {
-    client->watch("/api/v1/namespaces?watch=true", [](std::string_view) {}, [&, i](cg::kube::WatchEnd e) {
-      if (std::this_thread::get_id() == caller) ++on_caller_thread;
-      std::lock_guard lk(mu);
-      ++watch_calls[i];
-      ends[i] = std::move(e);
-    });
+    client->watch(
+        "/api/v1/namespaces?watch=true", [](std::string_view) {},
+        [&, i](cg::kube::WatchEnd e) {
+          if (std::this_thread::get_id() == caller) ++on_caller_thread;
+          std::lock_guard lk(mu);
+          ++watch_calls[i];
+          ends[i] = std::move(e);
+        });
   }
   CHECK(client->stats().throttled >= kRequests + kWatches - 1);
   client->shutdown();
@@ -352,12 +352,13 @@ TEST_CASE("KubeClient: a watch streams events line by line and ends when cancell
   std::mutex mu;
   std::vector<json> events;
   std::promise<cg::kube::WatchEnd> ended;
-  auto h = client.watch("/apis/openchoreo.dev/v1alpha1/clusterdataplanes?watch=true&allowWatchBookmarks=true",
-                        [&](std::string_view line) {
-                          std::lock_guard lk(mu);
-                          events.push_back(json::parse(line));
-                        },
-                        [&](cg::kube::WatchEnd e) { ended.set_value(std::move(e)); });
+  auto h = client.watch(
+      "/apis/openchoreo.dev/v1alpha1/clusterdataplanes?watch=true&allowWatchBookmarks=true",
+      [&](std::string_view line) {
+        std::lock_guard lk(mu);
+        events.push_back(json::parse(line));
+      },
+      [&](cg::kube::WatchEnd e) { ended.set_value(std::move(e)); });
   REQUIRE(wait_until([&] { return fake.open_watches() == 1; }, kWait));
   auto ca = cg::testing::make_ca("w");
   fake.apply(cr_inline("ClusterDataPlane", "", "w1", "w1", ca.cert_pem()));
@@ -383,22 +384,22 @@ TEST_CASE("KubeClient: a watch streams events line by line and ends when cancell
   client.shutdown();
 }
 
-TEST_CASE("KubeClient: a refused watch reports the status and body, and shutdown ends running watches",
-          "[kube_client]") {
+TEST_CASE("KubeClient: a refused watch reports the status and body, and shutdown ends running watches", "[kube_client]") {
   FakeApiServer fake;
   IoRunner io;
   KubeClient client(io.ioc(), fake.kube_config());
   std::promise<cg::kube::WatchEnd> refused;
-  client.watch("/apis/openchoreo.dev/v1alpha1/nosuchplural?watch=true", [](std::string_view) {},
-               [&](cg::kube::WatchEnd e) { refused.set_value(std::move(e)); });
+  client.watch(
+      "/apis/openchoreo.dev/v1alpha1/nosuchplural?watch=true", [](std::string_view) {},
+      [&](cg::kube::WatchEnd e) { refused.set_value(std::move(e)); });
   auto r = refused.get_future().get();
   CHECK(r.status == 404);
   CHECK(r.reason == cg::kube::WatchEndReason::Refused);
   CHECK_THAT(r.body, Contains("Status"));
 
   std::promise<cg::kube::WatchEnd> ended;
-  client.watch("/api/v1/namespaces?watch=true", [](std::string_view) {},
-               [&](cg::kube::WatchEnd e) { ended.set_value(std::move(e)); });
+  client.watch(
+      "/api/v1/namespaces?watch=true", [](std::string_view) {}, [&](cg::kube::WatchEnd e) { ended.set_value(std::move(e)); });
   REQUIRE(wait_until([&] { return fake.open_watches() == 1; }, kWait));
   client.shutdown();
   auto fut = ended.get_future();
@@ -593,11 +594,9 @@ TEST_CASE("KubePlaneSource relists after 410 Gone", "[kube_source]") {
   }
   SECTION("an ERROR event carrying a 410 Status") {
     auto before = w.source->stats().relists_gone;
-    w.fake.control("POST", "faults",
-                   {{"match", {{"verb", "watch"}, {"resource", "dataplanes"}}},
-                    {"code", 410},
-                    {"asWatchEvent", true},
-                    {"count", 1}});
+    w.fake.control(
+        "POST", "faults",
+        {{"match", {{"verb", "watch"}, {"resource", "dataplanes"}}}, {"code", 410}, {"asWatchEvent", true}, {"count", 1}});
     w.fake.control("POST", "drop-watches", {{"mode", "close"}, {"resource", "dataplanes"}});
     w.fake.apply(cr_inline("DataPlane", "team-a", "dp-new", "dp-new", s.ca_inline.cert_pem()));
     CHECK(wait_until([&] { return w.index.find({Kind::DataPlane, "team-a", "dp-new"}) != nullptr; }, kWait));
@@ -606,8 +605,7 @@ TEST_CASE("KubePlaneSource relists after 410 Gone", "[kube_source]") {
   }
   SECTION("an HTTP 410 answer to the watch") {
     auto before = w.source->stats().relists_gone;
-    w.fake.control("POST", "errors",
-                   {{"code", 410}, {"verb", "watch"}, {"resource", "clusterdataplanes"}, {"count", 1}});
+    w.fake.control("POST", "errors", {{"code", 410}, {"verb", "watch"}, {"resource", "clusterdataplanes"}, {"count", 1}});
     w.fake.control("POST", "drop-watches", {{"mode", "close"}, {"resource", "clusterdataplanes"}});
     CHECK(wait_until([&] { return w.source->stats().relists_gone > before; }, kWait));
     w.fake.apply(cr_inline("ClusterDataPlane", "", "cdp-new", "cdp-new", s.ca_inline.cert_pem()));
@@ -768,24 +766,23 @@ TEST_CASE("KubeClient: a GET that loses the race against the server's idle close
   client.shutdown();
 }
 
-TEST_CASE("KubeClient: watch events split over chunks and several in one chunk arrive as whole lines",
-          "[kube_client][rude]") {
+TEST_CASE("KubeClient: watch events split over chunks and several in one chunk arrive as whole lines", "[kube_client][rude]") {
   FakeApiServer fake;
   IoRunner io;
   KubeClient client(io.ioc(), fake.kube_config());
   fake.control("POST", "watch-chunking", {{"split", 3}, {"coalesce", 0.05}});
   std::mutex mu;
   std::vector<std::string> lines;
-  auto h = client.watch("/apis/openchoreo.dev/v1alpha1/clusterdataplanes?watch=true",
-                        [&](std::string_view line) {
-                          std::lock_guard lk(mu);
-                          lines.emplace_back(line);
-                        },
-                        [](cg::kube::WatchEnd) {});
+  auto h = client.watch(
+      "/apis/openchoreo.dev/v1alpha1/clusterdataplanes?watch=true",
+      [&](std::string_view line) {
+        std::lock_guard lk(mu);
+        lines.emplace_back(line);
+      },
+      [](cg::kube::WatchEnd) {});
   REQUIRE(wait_until([&] { return fake.open_watches() == 1; }, kWait));
   auto ca = cg::testing::make_ca("chunks");
-  for (int i = 0; i < 4; ++i)
-    fake.apply(cr_inline("ClusterDataPlane", "", "c" + std::to_string(i), "c", ca.cert_pem()));
+  for (int i = 0; i < 4; ++i) fake.apply(cr_inline("ClusterDataPlane", "", "c" + std::to_string(i), "c", ca.cert_pem()));
   REQUIRE(wait_until(
       [&] {
         std::lock_guard lk(mu);
@@ -811,8 +808,9 @@ TEST_CASE("KubeClient: a running watch silent for its idle bound ends as Idle", 
   std::promise<cg::kube::WatchEnd> ended;
   cg::kube::WatchOptions wo;
   wo.idle_timeout = 500ms;
-  client.watch("/apis/openchoreo.dev/v1alpha1/clusterdataplanes?watch=true&timeoutSeconds=1", [](std::string_view) {},
-               [&](cg::kube::WatchEnd e) { ended.set_value(std::move(e)); }, wo);
+  client.watch(
+      "/apis/openchoreo.dev/v1alpha1/clusterdataplanes?watch=true&timeoutSeconds=1", [](std::string_view) {},
+      [&](cg::kube::WatchEnd e) { ended.set_value(std::move(e)); }, wo);
   auto fut = ended.get_future();
   REQUIRE(fut.wait_for(kWait) == std::future_status::ready);
   auto e = fut.get();
@@ -831,8 +829,8 @@ TEST_CASE("KubePlaneSource lists in pages, following continue tokens", "[kube_so
   Seed s;
   s.apply(w.fake);
   for (int i = 0; i < 4; ++i)
-    w.fake.apply(cr_inline("ClusterDataPlane", "", "cdp-" + std::to_string(i), "cdp-" + std::to_string(i),
-                           s.ca_inline.cert_pem()));
+    w.fake.apply(
+        cr_inline("ClusterDataPlane", "", "cdp-" + std::to_string(i), "cdp-" + std::to_string(i), s.ca_inline.cert_pem()));
   w.fake.control("DELETE", "requests");
   w.start_and_sync();
   CHECK(w.index.all().size() == 10);
@@ -857,8 +855,8 @@ TEST_CASE("KubePlaneSource: an expired continue token lists again from scratch, 
   Seed s;
   s.apply(w.fake);
   for (int i = 0; i < 4; ++i)
-    w.fake.apply(cr_inline("ClusterDataPlane", "", "cdp-" + std::to_string(i), "cdp-" + std::to_string(i),
-                           s.ca_inline.cert_pem()));
+    w.fake.apply(
+        cr_inline("ClusterDataPlane", "", "cdp-" + std::to_string(i), "cdp-" + std::to_string(i), s.ca_inline.cert_pem()));
   w.fake.control("DELETE", "requests");
   const double expired_before = source_events("continue_expired");
   // The ClusterDataPlane pages are held 2 s each; while the second one waits, the server changes and
@@ -893,7 +891,7 @@ TEST_CASE("KubePlaneSource: an expired continue token lists again from scratch, 
 
 TEST_CASE("KubePlaneSource restarts a silently stalled watch from its last resourceVersion", "[kube_source][rude]") {
   auto o = fast_options();
-  o.watch_timeout = 1s;      // timeoutSeconds in [1, 2)
+  o.watch_timeout = 1s;  // timeoutSeconds in [1, 2)
   o.watch_idle_margin = 1s;  // so a silent watch is given up after 2 to 3 s
   World w(o);
   Seed s;
@@ -908,12 +906,11 @@ TEST_CASE("KubePlaneSource restarts a silently stalled watch from its last resou
         return w.fake.control("POST", "stall-watches", {{"resource", "clusterdataplanes"}})["stalled"].get<int>() == 1;
       },
       kWait));
-  const double t_stall =
-      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() - 0.5;
+  const double t_stall = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count() - 0.5;
   // A change while it is stalled: the server's history keeps it; only a restarted watch can bring it
   // (a stalled watch does not even end at its timeoutSeconds).
-  auto changed = w.fake.merge_patch(cr_inline("ClusterDataPlane", "", "cdp", "", ""),
-                                    {{"spec", {{"planeID", "cdp-after-stall"}}}});
+  auto changed =
+      w.fake.merge_patch(cr_inline("ClusterDataPlane", "", "cdp", "", ""), {{"spec", {{"planeID", "cdp-after-stall"}}}});
   const long long changed_rv = std::stoll(changed["metadata"]["resourceVersion"].get<std::string>());
   CHECK(wait_until([&] { return w.index.anchors("dataplane", "cdp-after-stall").size() == 1; }, kWait));
   CHECK(w.source->stats().watch_idle_restarts >= 1);
@@ -939,8 +936,8 @@ TEST_CASE("KubePlaneSource with watch events split over chunks and several in on
   w.start_and_sync();
   REQUIRE(wait_until([&] { return w.fake.open_watches() == 8; }, kWait));
   for (int i = 0; i < 5; ++i)
-    w.fake.apply(cr_inline("ClusterDataPlane", "", "chunk-" + std::to_string(i), "chunk-" + std::to_string(i),
-                           s.ca_inline.cert_pem()));
+    w.fake.apply(
+        cr_inline("ClusterDataPlane", "", "chunk-" + std::to_string(i), "chunk-" + std::to_string(i), s.ca_inline.cert_pem()));
   auto rotated = cg::testing::make_ca("rotated-in-chunks");
   w.fake.apply(secret("team-a", "dp-ca", "ca.crt", rotated.cert_pem()));
   for (int i = 0; i < 5; ++i) {
@@ -958,8 +955,7 @@ TEST_CASE("KubePlaneSource converges under jittered 500/429/503 faults", "[kube_
   s.apply(w.fake);
   // Every third request or so fails, on every API path (lists, watches, secrets).
   w.fake.control("POST", "jitter",
-                 {{"fraction", 0.35}, {"codes", {500, 429, 503}}, {"retryAfter", 1}, {"seed", 20261202},
-                  {"path", "^/api"}});
+                 {{"fraction", 0.35}, {"codes", {500, 429, 503}}, {"retryAfter", 1}, {"seed", 20261202}, {"path", "^/api"}});
   w.start_and_sync();
   CHECK(w.index.all().size() == 6);
   CHECK(index_ca(w.index, s.cwp) == fingerprint_of(s.ca_cwp.cert_pem()));
@@ -975,7 +971,9 @@ TEST_CASE("KubePlaneSource converges under jittered 500/429/503 faults", "[kube_
       }
     }
   };
-  until_applied([&] { w.fake.merge_patch(cr_inline("ClusterDataPlane", "", "cdp", "", ""), {{"spec", {{"planeID", "cdp-jitter"}}}}); });
+  until_applied([&] {
+    w.fake.merge_patch(cr_inline("ClusterDataPlane", "", "cdp", "", ""), {{"spec", {{"planeID", "cdp-jitter"}}}});
+  });
   until_applied([&] { w.fake.remove("openchoreo.dev/v1alpha1", "WorkflowPlane", "team-a", "wp"); });
   CHECK(wait_until([&] { return w.index.anchors("dataplane", "cdp-jitter").size() == 1; }, kWait));
   CHECK(wait_until([&] { return !w.index.find(s.wp); }, kWait));
@@ -986,8 +984,7 @@ TEST_CASE("KubePlaneSource converges under jittered 500/429/503 faults", "[kube_
   CHECK(wait_until([&] { return w.fake.open_watches() == 8; }, kWait));  // six kinds + two secrets
 }
 
-TEST_CASE("KubePlaneSource: lists that lose the race against the server's idle close are resent unseen",
-          "[kube_source][rude]") {
+TEST_CASE("KubePlaneSource: lists that lose the race against the server's idle close are resent unseen", "[kube_source][rude]") {
   World w;
   Seed s;
   s.apply(w.fake);
@@ -1020,8 +1017,8 @@ TEST_CASE("KubePlaneSource: lists that lose the race against the server's idle c
     ++dropped;
     bool resent = false;  // the same list answered later on another connection
     for (size_t j = i + 1; j < log.size(); ++j)
-      resent = resent || (log[j]["path"] == log[i]["path"] && log[j]["status"] == 200 &&
-                          log[j]["connection"] != log[i]["connection"]);
+      resent =
+          resent || (log[j]["path"] == log[i]["path"] && log[j]["status"] == 200 && log[j]["connection"] != log[i]["connection"]);
     CHECK(resent);
   }
   CHECK(dropped >= 1);

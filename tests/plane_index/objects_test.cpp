@@ -7,9 +7,9 @@
 #include "plane_index/objects.hpp"
 #include "plane_index/plane_types.hpp"
 
+using Catch::Matchers::Contains;
 using cg::plane::Kind;
 using cg::plane::parse_object;
-using Catch::Matchers::Contains;
 using json = nlohmann::json;
 
 namespace {
@@ -40,8 +40,7 @@ TEST_CASE("plane kinds table", "[plane_index][objects]") {
   CHECK(cg::plane::is_valid_plane_type("workflowplane"));
   CHECK(cg::plane::is_valid_plane_type("observabilityplane"));
   CHECK_FALSE(cg::plane::is_valid_plane_type("DataPlane"));
-  CHECK(cg::plane::kinds_for_plane_type("workflowplane") ==
-        std::vector<Kind>{Kind::ClusterWorkflowPlane, Kind::WorkflowPlane});
+  CHECK(cg::plane::kinds_for_plane_type("workflowplane") == std::vector<Kind>{Kind::ClusterWorkflowPlane, Kind::WorkflowPlane});
   CHECK(cg::plane::kinds_for_plane_type("dataplane") == std::vector<Kind>{Kind::ClusterDataPlane, Kind::DataPlane});
   CHECK(cg::plane::kinds_for_plane_type("nope").empty());
 
@@ -331,9 +330,9 @@ TEST_CASE("DNS-1123 subdomain and label rules (Kubernetes' IsDNS1123Subdomain / 
       {"example.com", true, false},
       {"1-2.3-4", true, false},
       {l63, true, true},
-      {l63 + "a", true, false},                       // a label of 64: still a subdomain (no per-part limit)
+      {l63 + "a", true, false},  // a label of 64: still a subdomain (no per-part limit)
       {l63 + "." + l63 + "." + l63 + "." + std::string(61, 'a'), true, false},  // 253 characters
-      {l63 + "." + l63 + "." + l63 + "." + std::string(62, 'a'), false, false}, // 254
+      {l63 + "." + l63 + "." + l63 + "." + std::string(62, 'a'), false, false},  // 254
       {"", false, false},
       {"Prod", false, false},
       {"-lead", false, false},
@@ -364,8 +363,7 @@ TEST_CASE("DNS-1123 subdomain and label rules (Kubernetes' IsDNS1123Subdomain / 
   CHECK(cg::plane::dns1123_label_problem("metadata.namespace", c.value).empty() == c.label);
 }
 
-TEST_CASE("invalid metadata.name / metadata.namespace: the object is rejected with the reason",
-          "[plane_index][objects][names]") {
+TEST_CASE("invalid metadata.name / metadata.namespace: the object is rejected with the reason", "[plane_index][objects][names]") {
   struct Case {
     const char* what;
     std::string name;
@@ -416,8 +414,8 @@ TEST_CASE("invalid metadata.name / metadata.namespace: the object is rejected wi
 
 TEST_CASE("valid Kubernetes names load: dots in names, 253 characters, 63-character namespaces",
           "[plane_index][objects][names]") {
-  const std::string long_name = std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') + "." +
-                                std::string(61, 'd');
+  const std::string long_name =
+      std::string(63, 'a') + "." + std::string(63, 'b') + "." + std::string(63, 'c') + "." + std::string(61, 'd');
   REQUIRE(long_name.size() == 253);
   for (const std::string& name : {std::string("prod.eu-1"), long_name, std::string("0")}) {
     CAPTURE(name);

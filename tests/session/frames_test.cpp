@@ -7,12 +7,14 @@
 #include "session/frames.hpp"
 #include "session/tunnel.hpp"
 
+using Catch::Matchers::Contains;
 using cg::session::classify_agent_frame;
 using cg::session::FrameKind;
-using Catch::Matchers::Contains;
 
 namespace {
-std::string nested_arrays(int depth) { return std::string(static_cast<size_t>(depth), '[') + std::string(static_cast<size_t>(depth), ']'); }
+std::string nested_arrays(int depth) {
+  return std::string(static_cast<size_t>(depth), '[') + std::string(static_cast<size_t>(depth), ']');
+}
 }  // namespace
 
 TEST_CASE("stream chunks", "[session][frames]") {
@@ -68,9 +70,7 @@ TEST_CASE("responses", "[session][frames]") {
   SECTION("data null with isClose false is a response") {
     CHECK(classify_agent_frame(R"({"requestID":"r1","data":null,"isClose":false})").kind == FrameKind::response);
   }
-  SECTION("just a requestID") {
-    CHECK(classify_agent_frame(R"({"requestID":"only"})").kind == FrameKind::response);
-  }
+  SECTION("just a requestID") { CHECK(classify_agent_frame(R"({"requestID":"only"})").kind == FrameKind::response); }
   SECTION("surrounding whitespace is fine") {
     CHECK(classify_agent_frame(" \n{\"requestID\":\"ws\",\"statusCode\":204}\n ").kind == FrameKind::response);
   }
@@ -97,8 +97,8 @@ TEST_CASE("invalid frames", "[session][frames]") {
     CHECK(classify_agent_frame(R"({"requestID":null,"data":"x"})").kind == FrameKind::invalid);
   }
   SECTION("invalid JSON") {
-    for (const char* text : {"", "not json", "{", R"({"requestID":"r1",})", R"({"requestID":"r1"} trailing)",
-                             "{'requestID':'r1'}"}) {
+    for (const char* text :
+         {"", "not json", "{", R"({"requestID":"r1",})", R"({"requestID":"r1"} trailing)", "{'requestID':'r1'}"}) {
       CAPTURE(text);
       auto f = classify_agent_frame(text);
       CHECK(f.kind == FrameKind::invalid);
@@ -234,9 +234,11 @@ TEST_CASE("a response that breaks HTTP is refused (the caller gets 502)", "[sess
   CHECK(decode_error(R"({"requestID":"r","statusCode":99})").find("statusCode") != std::string::npos);
   CHECK(decode_error(R"({"requestID":"r","statusCode":1000})").find("statusCode") != std::string::npos);
   CHECK(decode_error(R"({"requestID":"r","statusCode":200.5})").find("statusCode") != std::string::npos);
-  CHECK(decode_error(R"({"requestID":"r","statusCode":200,"headers":{"X":["a\r\nSet-Cookie: x=1"]}})").find("control character") !=
+  CHECK(
+      decode_error(R"({"requestID":"r","statusCode":200,"headers":{"X":["a\r\nSet-Cookie: x=1"]}})").find("control character") !=
+      std::string::npos);
+  CHECK(decode_error(R"({"requestID":"r","statusCode":200,"headers":{"X":["a\nb"]}})").find("control character") !=
         std::string::npos);
-  CHECK(decode_error(R"({"requestID":"r","statusCode":200,"headers":{"X":["a\nb"]}})").find("control character") != std::string::npos);
   CHECK(decode_error(R"({"requestID":"r","statusCode":200,"headers":{"X":["a\u0000b"]}})").find("control character") !=
         std::string::npos);
   CHECK(decode_error(R"({"requestID":"r","statusCode":200,"headers":{"Bad Name":["v"]}})").find("token") != std::string::npos);
@@ -255,7 +257,8 @@ TEST_CASE("a response that breaks HTTP is refused (the caller gets 502)", "[sess
                      R"("]}})")
             .find("exceed") != std::string::npos);
   std::string many = R"({"requestID":"r","statusCode":200,"headers":{)";
-  for (size_t i = 0; i <= cg::session::kMaxAgentHeaderCount; ++i) many += (i ? "," : "") + std::string("\"H") + std::to_string(i) + "\":[\"v\"]";
+  for (size_t i = 0; i <= cg::session::kMaxAgentHeaderCount; ++i)
+    many += (i ? "," : "") + std::string("\"H") + std::to_string(i) + "\":[\"v\"]";
   many += "}}";
   CHECK(decode_error(many).find("exceed") != std::string::npos);
 }
@@ -278,7 +281,8 @@ TEST_CASE("well-formed responses pass through unchanged", "[session][frames]") {
 
 TEST_CASE("a header name over the name cap is refused even when the total is small", "[session][frames]") {
   const std::string name(cg::session::kMaxAgentHeaderName + 1, 'n');
-  CHECK(decode_error(R"({"requestID":"r","statusCode":200,"headers":{")" + name + R"(":["v"]}})").find("exceed") != std::string::npos);
+  CHECK(decode_error(R"({"requestID":"r","statusCode":200,"headers":{")" + name + R"(":["v"]}})").find("exceed") !=
+        std::string::npos);
   const std::string ok_name(cg::session::kMaxAgentHeaderName, 'n');
   auto r = decode_ok(R"({"requestID":"r","statusCode":200,"headers":{")" + ok_name + R"(":["v"]}})");
   CHECK(r.headers.size() == 1);

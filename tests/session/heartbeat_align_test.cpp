@@ -7,7 +7,9 @@ using cg::session::heartbeat_align;
 using steady = std::chrono::steady_clock;
 
 namespace {
-steady::time_point at(std::chrono::nanoseconds since) { return steady::time_point(std::chrono::duration_cast<steady::duration>(since)); }
+steady::time_point at(std::chrono::nanoseconds since) {
+  return steady::time_point(std::chrono::duration_cast<steady::duration>(since));
+}
 }  // namespace
 
 TEST_CASE("heartbeat times are rounded up to a grid of 1/8 of the interval, at most 250 ms", "[session][heartbeat]") {

@@ -29,7 +29,7 @@ TEST_CASE("session phases move only forward, one step at a time", "[session][lif
   CHECK(allowed == std::set<std::pair<SessionPhase, SessionPhase>>{
                        {SessionPhase::upgrading, SessionPhase::open},
                        {SessionPhase::upgrading, SessionPhase::closed},  // the upgrade failed
-                       {SessionPhase::open, SessionPhase::closing},      // every close starts here
+                       {SessionPhase::open, SessionPhase::closing},  // every close starts here
                        {SessionPhase::closing, SessionPhase::closed},
                    });
   // Notably: an open session never ends without passing through closing (where it leaves routing

@@ -13,9 +13,9 @@
 
 using cg::SysTime;
 using cg::session::AgentHandle;
-using cg::testing::FakeHandle;
 using cg::session::RegistryEvent;
 using cg::session::SessionReport;
+using cg::testing::FakeHandle;
 using namespace std::chrono_literals;
 
 namespace {
@@ -401,10 +401,10 @@ TEST_CASE("close causes: names for logs, the documented labels for the metric", 
   CHECK(to_string(CloseCause::agent_closed) == "agent_closed");
   // sessions_closed_total{reason} keeps its documented values (docs/operations.md).
   const std::set<std::string> documented{"heartbeat_timeout", "agent_closed", "gateway_closed",
-                                         "message_too_big", "write_failed", "connection_lost"};
-  for (auto c : {CloseCause::agent_closed, CloseCause::connection_lost, CloseCause::heartbeat_timeout,
-                 CloseCause::revoked, CloseCause::certificate_expired, CloseCause::shutdown,
-                 CloseCause::message_too_big, CloseCause::write_failed, CloseCause::gateway_closed})
+                                         "message_too_big",   "write_failed", "connection_lost"};
+  for (auto c : {CloseCause::agent_closed, CloseCause::connection_lost, CloseCause::heartbeat_timeout, CloseCause::revoked,
+                 CloseCause::certificate_expired, CloseCause::shutdown, CloseCause::message_too_big, CloseCause::write_failed,
+                 CloseCause::gateway_closed})
     CHECK(documented.count(std::string(metric_label(c))) == 1);
   CHECK(metric_label(CloseCause::revoked) == "gateway_closed");
   CHECK(metric_label(CloseCause::shutdown) == "gateway_closed");
@@ -429,10 +429,10 @@ TEST_CASE("SessionReport += sums counts and merges times", "[session][registry]"
   SessionReport sum = a;
   sum += b;
   CHECK(sum.connected_agents == 5);
-  CHECK(sum.last_seen == T0 + 20s);           // max
-  CHECK(sum.earliest_connected == T0 + 2s);   // min
-  CHECK(sum.last_rise == T0 + 5s);            // max
-  CHECK(sum.last_zero == T0 + 4s);            // max
+  CHECK(sum.last_seen == T0 + 20s);  // max
+  CHECK(sum.earliest_connected == T0 + 2s);  // min
+  CHECK(sum.last_rise == T0 + 5s);  // max
+  CHECK(sum.last_zero == T0 + 4s);  // max
 
   SECTION("commutative") {
     SessionReport other = b;

@@ -88,8 +88,7 @@ const std::vector<Row>& table() {
       {P::upgrading, "upgraded", P::open, {Do::record_pong, Do::register_session}},
       // open: registration, heartbeats, reads
       {P::open, "registered", P::open, {Do::count_opened, Do::read, Do::arm_ping, Do::arm_deadline, Do::arm_expiry}},
-      {P::open, "admission_refused", P::closing,
-       {Do::note, Do::send_goaway, Do::leave_routing, Do::post_close_frame, Do::read}},
+      {P::open, "admission_refused", P::closing, {Do::note, Do::send_goaway, Do::leave_routing, Do::post_close_frame, Do::read}},
       {P::open, "ping_due", P::open, {Do::send_ping}},
       {P::open, "ping_written", P::open, {Do::arm_ping}},
       {P::open, "ping_failed", P::open, {Do::note, Do::arm_ping}},
@@ -103,7 +102,9 @@ const std::vector<Row>& table() {
       {P::open, "agent_close_frame", P::closing, {Do::leave_routing, Do::arm_close_timer}},
       {P::open, "received_part", P::open, {Do::read}},
       {P::open, "received_message", P::open, {Do::deliver, Do::read}},
-      {P::open, "received_too_big", P::closing,
+      {P::open,
+       "received_too_big",
+       P::closing,
        {Do::note, Do::discard_input, Do::leave_routing, Do::stop_timers, Do::arm_close_timer, Do::close_and_wait}},
       {P::open, "read_closed", P::closing, {Do::leave_routing, Do::done}},
       {P::open, "read_failed", P::closing, {Do::leave_routing, Do::done}},
@@ -352,7 +353,7 @@ TEST_CASE("a whole session: upgrade, heartbeats, then the gateway closes it", "[
   run(ev::GatewayClose{1001, "reconnect", CloseCause::gateway_closed});
   CHECK(run.life.state() == SessionState{P::closing, CloseCause::gateway_closed});
   run(ev::CloseFrameDue{1001, "reconnect"});
-  run(ev::PingDue{now + 30s});          // a timer that had fired already: nothing
+  run(ev::PingDue{now + 30s});  // a timer that had fired already: nothing
   run(ev::AgentCloseFrame{1001, ""});  // the agent's answer: the close is already under way
   run(ev::ReadClosed{1001, ""});
   CHECK(run.take() == std::vector<Do>{Do::leave_routing, Do::post_close_frame, Do::stop_timers, Do::arm_close_timer,

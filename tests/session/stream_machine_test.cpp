@@ -199,10 +199,11 @@ TEST_CASE("204 and 304: a complete answer, never a stream head", "[session][stre
 }
 
 TEST_CASE("a malformed head ends the stream: 502 for the caller, a close chunk for the agent", "[session][stream_machine]") {
-  for (const std::string& text : {std::string(R"({"requestID":"r1","statusCode":99,"stream":true})"),
-                                  std::string(R"({"requestID":"r1","statusCode":200,"headers":{"Bad Name":["x"]},"stream":true})"),
-                                  std::string(R"({"requestID":"r1","statusCode":204,"body":"eA=="})"),
-                                  std::string(R"({"requestID":"r1","statusCode":200,"body":"%%%"})")}) {
+  for (const std::string& text :
+       {std::string(R"({"requestID":"r1","statusCode":99,"stream":true})"),
+        std::string(R"({"requestID":"r1","statusCode":200,"headers":{"Bad Name":["x"]},"stream":true})"),
+        std::string(R"({"requestID":"r1","statusCode":204,"body":"eA=="})"),
+        std::string(R"({"requestID":"r1","statusCode":200,"body":"%%%"})")}) {
     INFO(text);
     StreamMachine m(config(StreamMode::http, true));
     auto a = feed(m, text);
@@ -227,8 +228,9 @@ TEST_CASE("data before the head is a protocol fault", "[session][stream_machine]
 }
 
 TEST_CASE("a chunk whose data is not base64 text ends the stream", "[session][stream_machine]") {
-  for (const std::string& text : {std::string(R"({"requestID":"r1","data":"%%%"})"), std::string(R"({"requestID":"r1","data":7})"),
-                                  std::string(R"({"requestID":"r1","data":"%%%","isClose":true})")}) {
+  for (const std::string& text :
+       {std::string(R"({"requestID":"r1","data":"%%%"})"), std::string(R"({"requestID":"r1","data":7})"),
+        std::string(R"({"requestID":"r1","data":"%%%","isClose":true})")}) {
     INFO(text);
     auto m = open_http();
     auto a = feed(m, text);
@@ -279,7 +281,7 @@ TEST_CASE("flow control: credit after consumption, a quarter window at a time", 
   CHECK(m.granted() == 1000);
   CHECK(feed(m, chunk(std::string(600, 'a'))).events.size() == 1);
   CHECK(feed(m, chunk(std::string(400, 'b'))).events.size() == 1);  // exactly the window
-  CHECK(m.on_consumed(200).credit == 0);                              // under a quarter window
+  CHECK(m.on_consumed(200).credit == 0);  // under a quarter window
   auto a = m.on_consumed(100);
   CHECK(a.credit == 300);
   CHECK(a.events.empty());
@@ -306,7 +308,7 @@ TEST_CASE("flow control: a byte over the granted window ends the stream", "[sess
 TEST_CASE("without credit: the caller may fall max_unconsumed behind, then the stream ends", "[session][stream_machine]") {
   auto m = open_http(false, 1000, 4000);
   CHECK(feed(m, chunk(std::string(3000, 'a'))).events.size() == 1);  // over the window: no credit needed
-  CHECK(m.on_consumed(2000).credit == 0);                             // never credit frames
+  CHECK(m.on_consumed(2000).credit == 0);  // never credit frames
   CHECK(feed(m, chunk(std::string(3000, 'b'))).events.size() == 1);  // 4000 unconsumed: at the limit
   auto a = feed(m, chunk("x"));
   REQUIRE(a.events.size() == 1);

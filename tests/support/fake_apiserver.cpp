@@ -167,8 +167,7 @@ nlohmann::json parse_or_throw(const HttpResponse& r, const std::string& what) {
 void FakeApiServer::ensure_namespace(const std::string& ns) {
   if (ns.empty() || std::find(namespaces_.begin(), namespaces_.end(), ns) != namespaces_.end()) return;
   nlohmann::json obj = {{"apiVersion", "v1"}, {"kind", "Namespace"}, {"metadata", {{"name", ns}}}};
-  auto r = request("PATCH", "/api/v1/namespaces/" + ns + "?fieldManager=test-client", obj.dump(),
-                   "application/apply-patch+yaml");
+  auto r = request("PATCH", "/api/v1/namespaces/" + ns + "?fieldManager=test-client", obj.dump(), "application/apply-patch+yaml");
   parse_or_throw(r, "create namespace " + ns);
   namespaces_.push_back(ns);
 }
@@ -177,8 +176,8 @@ nlohmann::json FakeApiServer::apply(const nlohmann::json& obj, const std::string
   bool namespaced = obj.at("kind") == "Secret";
   if (auto k = plane::kind_from_name(obj.at("kind").get<std::string>())) namespaced = !plane::info(*k).cluster_scoped;
   if (namespaced) ensure_namespace(obj.at("metadata").value("namespace", "default"));
-  auto r = request("PATCH", path_of(obj) + "?fieldManager=" + manager + "&force=true", obj.dump(),
-                   "application/apply-patch+yaml");
+  auto r =
+      request("PATCH", path_of(obj) + "?fieldManager=" + manager + "&force=true", obj.dump(), "application/apply-patch+yaml");
   return parse_or_throw(r, "apply " + path_of(obj));
 }
 

@@ -47,8 +47,7 @@ class FakeApiServer {
   // JSON merge patch on an object (path from apiVersion/kind/namespace/name of `ref`).
   nlohmann::json merge_patch(const nlohmann::json& ref, const nlohmann::json& patch);
   // The object, or null when it does not exist (404).
-  nlohmann::json get(const std::string& api_version, const std::string& kind, const std::string& ns,
-                     const std::string& name);
+  nlohmann::json get(const std::string& api_version, const std::string& kind, const std::string& ns, const std::string& name);
   void remove(const std::string& api_version, const std::string& kind, const std::string& ns, const std::string& name);
   void ensure_namespace(const std::string& ns);
 

@@ -30,8 +30,8 @@ std::string header(const std::string& kind, const std::string& ns, const std::st
 }
 }  // namespace
 
-std::string plane_yaml(const std::string& kind, const std::string& ns, const std::string& name,
-                       const std::string& plane_id, const std::string& ca_pem) {
+std::string plane_yaml(const std::string& kind, const std::string& ns, const std::string& name, const std::string& plane_id,
+                       const std::string& ca_pem) {
   std::string y = header(kind, ns, name) + "spec:\n";
   if (!plane_id.empty()) y += "  planeID: " + plane_id + "\n";
   y += "  clusterAgent:\n    clientCA:\n      value: |\n" + indent(ca_pem, "        ");
@@ -49,8 +49,8 @@ std::string plane_yaml_secret(const std::string& kind, const std::string& ns, co
 }
 
 std::string secret_yaml(const std::string& ns, const std::string& name, const std::string& key, const std::string& pem) {
-  return "apiVersion: v1\nkind: Secret\nmetadata:\n  name: " + name + "\n  namespace: " + ns + "\ndata:\n  " + key +
-         ": " + base64(pem) + "\n";
+  return "apiVersion: v1\nkind: Secret\nmetadata:\n  name: " + name + "\n  namespace: " + ns + "\ndata:\n  " + key + ": " +
+         base64(pem) + "\n";
 }
 
 GatewayFixture::GatewayFixture(std::function<void(gateway::Config&)> tweak) {

@@ -17,8 +17,8 @@ namespace cg::testing {
 std::string make_temp_dir(const std::string& prefix);
 
 // YAML for a plane CR whose clientCA is an inline value (PEM text, indented as a block scalar).
-std::string plane_yaml(const std::string& kind, const std::string& ns, const std::string& name,
-                       const std::string& plane_id, const std::string& ca_pem);
+std::string plane_yaml(const std::string& kind, const std::string& ns, const std::string& name, const std::string& plane_id,
+                       const std::string& ca_pem);
 // YAML for a plane CR whose clientCA comes from a secret.
 std::string plane_yaml_secret(const std::string& kind, const std::string& ns, const std::string& name,
                               const std::string& plane_id, const std::string& secret_ns, const std::string& secret,

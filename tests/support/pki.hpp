@@ -19,9 +19,9 @@ struct CertSpec {
   std::string cn = "test";
   std::string org = "cluster-gateway tests";
   bool is_ca = false;
-  bool client_auth = true;   // EKU clientAuth
+  bool client_auth = true;  // EKU clientAuth
   bool server_auth = false;  // EKU serverAuth
-  bool no_eku = false;       // omit the EKU extension entirely
+  bool no_eku = false;  // omit the EKU extension entirely
   std::vector<std::string> dns;
   std::vector<std::string> ips;
   std::chrono::seconds not_before = std::chrono::hours(-1);  // relative to now

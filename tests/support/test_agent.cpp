@@ -45,8 +45,8 @@ size_t TestAgent::received_count() const {
 
 TestAgent::Handler TestAgent::echo(const std::string& who) {
   return [who](const nlohmann::json& req) -> std::vector<nlohmann::json> {
-    nlohmann::json body = {{"agent", who}, {"method", req.value("method", "")}, {"path", req.value("path", "")},
-                           {"query", req.value("query", "")}};
+    nlohmann::json body = {
+        {"agent", who}, {"method", req.value("method", "")}, {"path", req.value("path", "")}, {"query", req.value("query", "")}};
     if (req.contains("body")) body["bodyBytes"] = base64_decode(req["body"].get<std::string>()).value_or("").size();
     return {{{"requestID", req.value("requestID", "")},
              {"statusCode", 200},

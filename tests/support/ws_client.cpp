@@ -104,9 +104,9 @@ std::string HttpResponse::header(const std::string& name) const {
   return {};
 }
 
-HttpResponse https_request(unsigned short port, const std::string& method, const std::string& target,
-                           const ClientTls& tls, const std::vector<std::pair<std::string, std::string>>& headers,
-                           const std::string& body, bool chunked) {
+HttpResponse https_request(unsigned short port, const std::string& method, const std::string& target, const ClientTls& tls,
+                           const std::vector<std::pair<std::string, std::string>>& headers, const std::string& body,
+                           bool chunked) {
   HttpResponse r;
   asio::io_context ioc;
   auto ctx = make_ctx(tls);

@@ -11,13 +11,13 @@ namespace cg::testing {
 struct ClientTls {
   std::string cert_chain_pem;  // leaf first, then intermediates to send; empty: no client certificate
   std::string key_pem;
-  std::string ca_pem;          // trusted server CA
-  int max_version = 0;         // e.g. TLS1_1_VERSION to force an old protocol; 0: library default
+  std::string ca_pem;  // trusted server CA
+  int max_version = 0;  // e.g. TLS1_1_VERSION to force an old protocol; 0: library default
   int min_version = 0;
 };
 
 struct HttpResult {
-  int status = 0;         // 0: no HTTP response (connection or TLS failure: see error)
+  int status = 0;  // 0: no HTTP response (connection or TLS failure: see error)
   std::string body;
   std::string error;
 };
@@ -34,15 +34,14 @@ struct HttpResponse {
 };
 
 // One HTTPS request with any method, headers and body. `chunked` sends the body with chunked encoding.
-HttpResponse https_request(unsigned short port, const std::string& method, const std::string& target,
-                           const ClientTls& tls, const std::vector<std::pair<std::string, std::string>>& headers = {},
-                           const std::string& body = "", bool chunked = false);
+HttpResponse https_request(unsigned short port, const std::string& method, const std::string& target, const ClientTls& tls,
+                           const std::vector<std::pair<std::string, std::string>>& headers = {}, const std::string& body = "",
+                           bool chunked = false);
 
 class WsClient {
  public:
   // nullptr when the upgrade is refused; `res` then holds the HTTP status and body.
-  static std::unique_ptr<WsClient> connect(unsigned short port, const std::string& target, const ClientTls& tls,
-                                           HttpResult& res);
+  static std::unique_ptr<WsClient> connect(unsigned short port, const std::string& target, const ClientTls& tls, HttpResult& res);
   ~WsClient();
   // Reads one message, answering pings meanwhile. False on close, error or timeout.
   bool read(std::string& msg, std::chrono::milliseconds timeout);

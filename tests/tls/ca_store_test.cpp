@@ -10,6 +10,7 @@
 #include "tls/ca_store.hpp"
 #include "tls/verifier.hpp"
 
+using Catch::Matchers::Contains;
 using cg::testing::CertSpec;
 using cg::testing::KeyType;
 using cg::testing::make_ca;
@@ -17,7 +18,6 @@ using cg::testing::make_signed;
 using cg::tls::Anchor;
 using cg::tls::CaStore;
 using cg::tls::PeerChain;
-using Catch::Matchers::Contains;
 
 namespace {
 
@@ -114,8 +114,8 @@ TEST_CASE("a truncated certificate block is skipped", "[tls][ca_store]") {
   // Cut the body in half but keep the armour.
   auto body_start = victim.find('\n') + 1;
   auto end = victim.find("-----END");
-  std::string truncated = victim.substr(0, body_start) + victim.substr(body_start, (end - body_start) / 2) + "\n" +
-                          victim.substr(end);
+  std::string truncated =
+      victim.substr(0, body_start) + victim.substr(body_start, (end - body_start) / 2) + "\n" + victim.substr(end);
   auto st = load_ok(truncated + good.cert_pem());
   CHECK(st->cert_count() == 1);
   CHECK(st->skipped_blocks() == 1);

@@ -16,6 +16,7 @@
 #include "tls/ca_store.hpp"
 #include "tls/verifier.hpp"
 
+using Catch::Matchers::Contains;
 using cg::testing::CertSpec;
 using cg::testing::KeyType;
 using cg::testing::make_ca;
@@ -26,7 +27,6 @@ using cg::tls::CaStore;
 using cg::tls::PeerChain;
 using cg::tls::verify_all;
 using cg::tls::verify_one;
-using Catch::Matchers::Contains;
 
 namespace {
 
@@ -156,13 +156,12 @@ TEST_CASE("bundle = intermediate only (partial chain) is accepted", "[tls][verif
     CHECK(v.reason.empty());
   }
   SECTION("agent sends leaf and intermediate") {
-    auto v = verify_one(PeerChain::from_pem(pki.leaf.cert_pem() + pki.inter.cert_pem()),
-                        anchor_for("ns/a", pki.inter.cert_pem()));
+    auto v =
+        verify_one(PeerChain::from_pem(pki.leaf.cert_pem() + pki.inter.cert_pem()), anchor_for("ns/a", pki.inter.cert_pem()));
     CHECK(v.ok);
   }
   SECTION("bundle = root + intermediate, agent sends only its leaf") {
-    auto v = verify_one(PeerChain::from_pem(pki.leaf.cert_pem()),
-                        anchor_for("ns/a", pki.root.cert_pem() + pki.inter.cert_pem()));
+    auto v = verify_one(PeerChain::from_pem(pki.leaf.cert_pem()), anchor_for("ns/a", pki.root.cert_pem() + pki.inter.cert_pem()));
     CHECK(v.ok);
   }
 }
@@ -294,8 +293,7 @@ TEST_CASE("an intermediate whose EKU list excludes clientAuth invalidates the ch
     ok_spec.client_auth = true;
     auto ok_inter = make_signed(ok_spec, root);
     auto ok_leaf = make_signed(agent_spec("agent2"), ok_inter);
-    CHECK(verify_one(PeerChain::from_pem(ok_leaf.cert_pem() + ok_inter.cert_pem()), anchor_for("ns/a", root.cert_pem()))
-              .ok);
+    CHECK(verify_one(PeerChain::from_pem(ok_leaf.cert_pem() + ok_inter.cert_pem()), anchor_for("ns/a", root.cert_pem())).ok);
   }
 }
 

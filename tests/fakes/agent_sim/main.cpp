@@ -49,9 +49,9 @@ using namespace cg::net;
 namespace {
 
 enum class CloseMode {
-  clean,     // a WebSocket close handshake, then TLS close_notify and TCP close (Beast's client)
+  clean,  // a WebSocket close handshake, then TLS close_notify and TCP close (Beast's client)
   upstream,  // upstream's agent: answer the close frame, keep the socket open, reconnect after the delay
-  silent,    // as upstream, without answering the close frame
+  silent,  // as upstream, without answering the close frame
 };
 
 // The TLS stream under the agent's WebSocket, with what upstream's agent does at a close: once
@@ -121,8 +121,8 @@ struct Options {
   bool tls_enabled = true;
   Duration reconnect_delay = std::chrono::seconds(5);
   int count = 1;
-  int plane_spread = 0;      // >0: agent i uses planeID "<plane_id>-<i mod plane_spread>"
-  double connect_rate = 0;   // >0: first connections started at this many per second
+  int plane_spread = 0;  // >0: agent i uses planeID "<plane_id>-<i mod plane_spread>"
+  double connect_rate = 0;  // >0: first connections started at this many per second
   std::vector<asio::ip::address> source_ips;  // agent i binds to source_ips[i mod n]
   Duration duration = Duration::zero();
   std::string capabilities = "http-stream/v1";  // announced on the upgrade request; "" = as upstream's agent
@@ -142,9 +142,13 @@ std::atomic<int> g_connected{0};
 class Agent : public std::enable_shared_from_this<Agent> {
  public:
   Agent(asio::io_context& ioc, asio::ssl::context& ctx, const Options& o, int index)
-      : ioc_(ioc), ctx_(&ctx), o_(o), index_(index),
+      : ioc_(ioc),
+        ctx_(&ctx),
+        o_(o),
+        index_(index),
         plane_id_(o.plane_spread > 0 ? o.plane_id + "-" + std::to_string(index % o.plane_spread) : o.plane_id),
-        resolver_(asio::make_strand(ioc)), timer_(resolver_.get_executor()) {}
+        resolver_(asio::make_strand(ioc)),
+        timer_(resolver_.get_executor()) {}
   const std::string& plane_id() const { return plane_id_; }
   // A TLS context of this agent's own (its own client certificate).
   void own_context(std::unique_ptr<asio::ssl::context> ctx) {
@@ -212,7 +216,9 @@ class Agent : public std::enable_shared_from_this<Agent> {
           dst = e.endpoint();
           break;
         }
-      if (!dst) return self->retry("connect: " + self->o_.host + " has no address of the family of " + src.to_string(), self->o_.reconnect_delay);
+      if (!dst)
+        return self->retry("connect: " + self->o_.host + " has no address of the family of " + src.to_string(),
+                           self->o_.reconnect_delay);
       auto& sock = lowest.socket();
       sock.open(dst->protocol(), ec);
       if (!ec) {
@@ -249,14 +255,14 @@ class Agent : public std::enable_shared_from_this<Agent> {
           raw->ws_->next_layer().linger = true;
           if (raw->o_.close_mode == CloseMode::silent) raw->ws_->next_layer().mute = true;
           log::info("close frame received; the socket stays open (upstream agent behaviour)",
-                    raw->fields({{"code", raw->ws_->reason().code}, {"answered", raw->o_.close_mode == CloseMode::upstream},
+                    raw->fields({{"code", raw->ws_->reason().code},
+                                 {"answered", raw->o_.close_mode == CloseMode::upstream},
                                  {"localPort", raw->local_port_}}));
         });
       }
       if (!self->o_.capabilities.empty())
-        self->ws_->set_option(websocket::stream_base::decorator([caps = self->o_.capabilities](websocket::request_type& req) {
-          req.set("X-Cluster-Agent-Capabilities", caps);
-        }));
+        self->ws_->set_option(websocket::stream_base::decorator(
+            [caps = self->o_.capabilities](websocket::request_type& req) { req.set("X-Cluster-Agent-Capabilities", caps); }));
       std::string target = self->o_.path + "?planeID=" + self->plane_id_ + "&planeType=" + self->o_.plane_type;
       self->ws_->async_handshake(self->resp_, self->o_.host, target, [self](beast::error_code ec) {
         if (ec) {
@@ -285,7 +291,8 @@ class Agent : public std::enable_shared_from_this<Agent> {
         if (self->o_.stop_reading == StopReading::after_time) {
           auto t = std::make_shared<asio::steady_timer>(self->ws_->get_executor(), self->o_.stop_reading_after);
           t->async_wait([self, t, serial = self->conn_serial_](beast::error_code ec) {
-            if (!ec && serial == self->conn_serial_) self->stop_reader("after " + format_go_duration(self->o_.stop_reading_after));
+            if (!ec && serial == self->conn_serial_)
+              self->stop_reader("after " + format_go_duration(self->o_.stop_reading_after));
           });
         }
         self->read();
@@ -317,10 +324,9 @@ class Agent : public std::enable_shared_from_this<Agent> {
     if (reader_ == Reader::stopped) return;
     ws_->async_read(buf_, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) {
-        std::string why = ec == websocket::error::closed
-                              ? "closed by gateway (code " + std::to_string(self->ws_->reason().code) + ": " +
-                                    std::string(self->ws_->reason().reason.c_str()) + ")"
-                              : ec.message();
+        std::string why = ec == websocket::error::closed ? "closed by gateway (code " + std::to_string(self->ws_->reason().code) +
+                                                               ": " + std::string(self->ws_->reason().reason.c_str()) + ")"
+                                                         : ec.message();
         if (self->o_.close_mode != CloseMode::clean) {
           // As upstream's agent: the read loop ends, the old socket is neither closed nor read
           // again (it is kept until the process exits), and a new one is dialled after the delay.
@@ -328,9 +334,9 @@ class Agent : public std::enable_shared_from_this<Agent> {
           self->queue_.clear();
           self->queued_bytes_ = 0;
           ++self->gen_;
-          log::info("connection lost, reconnecting",
-                    self->fields({{"reason", why}, {"delay", format_go_duration(self->o_.reconnect_delay)},
-                                  {"keptOpenLocalPort", self->lingering_.back().local_port}}));
+          log::info("connection lost, reconnecting", self->fields({{"reason", why},
+                                                                   {"delay", format_go_duration(self->o_.reconnect_delay)},
+                                                                   {"keptOpenLocalPort", self->lingering_.back().local_port}}));
           return self->retry(why, self->o_.reconnect_delay);
         }
         if (self->goaway_) {
@@ -443,9 +449,9 @@ class Agent : public std::enable_shared_from_this<Agent> {
     uint16_t local_port = 0;
   };
   std::vector<Lingering> lingering_;  // upstream and silent modes: old connections, never closed
-  uint64_t gen_ = 0;                  // the current connection's number
+  uint64_t gen_ = 0;  // the current connection's number
   uint16_t local_port_ = 0;
-  bool closing_ = false;              // agent_close() started
+  bool closing_ = false;  // agent_close() started
   websocket::response_type resp_;
   beast::flat_buffer buf_;
   std::deque<std::string> queue_;
@@ -461,12 +467,20 @@ int main(int argc, char** argv) {
   CLI::App app{"cluster-agent-sim: simulated OpenChoreo cluster agents (upstream agent protocol)"};
   std::string reconnect = "5s", duration = "0", log_level = "info", unused_hb = "30s", unused_rt = "30s";
   app.add_option("--server-url", o.server_url, "Gateway WebSocket URL")->envname("SERVER_URL")->capture_default_str();
-  app.add_option("--plane-type", o.plane_type, "dataplane, workflowplane or observabilityplane")->envname("PLANE_TYPE")->capture_default_str();
+  app.add_option("--plane-type", o.plane_type, "dataplane, workflowplane or observabilityplane")
+      ->envname("PLANE_TYPE")
+      ->capture_default_str();
   app.add_option("--plane-id", o.plane_id, "Plane ID (required)")->envname("PLANE_ID");
-  app.add_option("--client-cert", o.client_cert, "Client certificate chain (PEM)")->envname("CLIENT_CERT_PATH")->capture_default_str();
+  app.add_option("--client-cert", o.client_cert, "Client certificate chain (PEM)")
+      ->envname("CLIENT_CERT_PATH")
+      ->capture_default_str();
   app.add_option("--client-key", o.client_key, "Client key (PEM)")->envname("CLIENT_KEY_PATH")->capture_default_str();
-  app.add_option("--server-ca", o.server_ca, "CA that signed the gateway's certificate")->envname("SERVER_CA_PATH")->capture_default_str();
-  app.add_option("--tls-enabled", o.tls_enabled, "Use TLS with the client certificate")->envname("TLS_ENABLED")->capture_default_str();
+  app.add_option("--server-ca", o.server_ca, "CA that signed the gateway's certificate")
+      ->envname("SERVER_CA_PATH")
+      ->capture_default_str();
+  app.add_option("--tls-enabled", o.tls_enabled, "Use TLS with the client certificate")
+      ->envname("TLS_ENABLED")
+      ->capture_default_str();
   app.add_option("--reconnect-delay", reconnect, "Delay before reconnecting")->capture_default_str();
   app.add_option("--heartbeat-interval", unused_hb, "Accepted for compatibility; unused (as upstream)");
   app.add_option("--request-timeout", unused_rt, "Accepted for compatibility; unused (as upstream)");
@@ -565,8 +579,7 @@ int main(int argc, char** argv) {
     o.stop_reading = StopReading::after_time;
     o.stop_reading_after = *sr;
   } else return fail("--stop-reading must be never, after-first-request or a duration");
-  if (o.client_ca_cert.empty() != o.client_ca_key.empty())
-    return fail("--client-ca-cert and --client-ca-key go together");
+  if (o.client_ca_cert.empty() != o.client_ca_key.empty()) return fail("--client-ca-cert and --client-ca-key go together");
   if (!o.client_ca_cert.empty() && !o.client_cert_dir.empty())
     return fail("--client-ca-cert and --client-cert-dir are alternatives");
   if (o.connect_rate < 0) return fail("--connect-rate must not be negative");

@@ -7,10 +7,10 @@
 #include "common/json_lift.hpp"
 
 namespace cg::sim {
-using cg::LiftedJson;
-using cg::lift_long_strings;
-using cg::restore_lifted;
 using cg::dump_with_plain_member;
+using cg::lift_long_strings;
+using cg::LiftedJson;
+using cg::restore_lifted;
 
 std::string b64encode(const std::string& in) {
   std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
@@ -48,10 +48,12 @@ std::string dump_reply(nlohmann::json reply) {
 }
 
 bool parse_reply_fault(const std::string& s, ReplyFault& out) {
-  static const std::pair<const char*, ReplyFault> names[] = {
-      {"none", ReplyFault::none},           {"bad-base64", ReplyFault::bad_base64},
-      {"wrong-types", ReplyFault::wrong_types}, {"body-on-204", ReplyFault::body_on_204},
-      {"crlf-header", ReplyFault::crlf_header}, {"crlf-header-name", ReplyFault::crlf_header_name}};
+  static const std::pair<const char*, ReplyFault> names[] = {{"none", ReplyFault::none},
+                                                             {"bad-base64", ReplyFault::bad_base64},
+                                                             {"wrong-types", ReplyFault::wrong_types},
+                                                             {"body-on-204", ReplyFault::body_on_204},
+                                                             {"crlf-header", ReplyFault::crlf_header},
+                                                             {"crlf-header-name", ReplyFault::crlf_header_name}};
   for (const auto& [n, f] : names)
     if (s == n) {
       out = f;
@@ -70,19 +72,16 @@ void apply_fault(nlohmann::json& reply, ReplyFault fault) {
       if (!reply.contains("body") || !reply["body"].is_string() || reply["body"].get<std::string>().empty())
         reply["body"] = b64encode("a body on 204");
       return;
-    case ReplyFault::crlf_header:
-      reply["headers"]["X-Sim"] = nlohmann::json::array({"a\r\nSet-Cookie: evil=1"});
-      return;
-    case ReplyFault::crlf_header_name:
-      reply["headers"]["X-Sim\r\nSet-Cookie"] = nlohmann::json::array({"evil=1"});
-      return;
+    case ReplyFault::crlf_header: reply["headers"]["X-Sim"] = nlohmann::json::array({"a\r\nSet-Cookie: evil=1"}); return;
+    case ReplyFault::crlf_header_name: reply["headers"]["X-Sim\r\nSet-Cookie"] = nlohmann::json::array({"evil=1"}); return;
   }
 }
 
 namespace {
 nlohmann::json status_body(int code, const std::string& reason, const std::string& msg) {
-  return {{"kind", "Status"}, {"apiVersion", "v1"}, {"metadata", nlohmann::json::object()}, {"status", "Failure"},
-          {"message", msg},   {"reason", reason},   {"code", code}};
+  return {{"kind", "Status"},    {"apiVersion", "v1"}, {"metadata", nlohmann::json::object()},
+          {"status", "Failure"}, {"message", msg},     {"reason", reason},
+          {"code", code}};
 }
 }  // namespace
 
@@ -126,8 +125,10 @@ nlohmann::json respond(const nlohmann::json& req, const std::string& plane_id, i
             {"status", {{"phase", "Running"}}}};
   } else if (method == "GET" && std::regex_match(path, m, list_re)) {
     // Empty lists (tests of the proxy deny-list and policy: the request reached the agent).
-    body = {{"apiVersion", "v1"}, {"kind", m[2].str() == "secrets" ? "SecretList" : "ServiceAccountList"},
-            {"metadata", {{"resourceVersion", "1"}}}, {"items", nlohmann::json::array()}};
+    body = {{"apiVersion", "v1"},
+            {"kind", m[2].str() == "secrets" ? "SecretList" : "ServiceAccountList"},
+            {"metadata", {{"resourceVersion", "1"}}},
+            {"items", nlohmann::json::array()}};
   } else if (method == "POST" || method == "PUT" || method == "PATCH") {
     // Echo: the decoded request body comes back, so tests can check body round trips.
     std::string in = req.contains("body") && req["body"].is_string() ? b64decode(req["body"].get<std::string>()) : "";

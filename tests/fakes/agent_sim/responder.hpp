@@ -18,10 +18,10 @@ std::string dump_reply(nlohmann::json reply);
 // Rude replies (--reply-fault): what the agent breaks in an HTTPTunnelResponse it would send.
 enum class ReplyFault {
   none,
-  bad_base64,        // "body" is not base64
-  wrong_types,       // "statusCode" is a string ("200"), as a careless agent in another language might send
-  body_on_204,       // status 204 with a body
-  crlf_header,       // a header value with CR/LF (response splitting: "a\r\nSet-Cookie: evil=1")
+  bad_base64,  // "body" is not base64
+  wrong_types,  // "statusCode" is a string ("200"), as a careless agent in another language might send
+  body_on_204,  // status 204 with a body
+  crlf_header,  // a header value with CR/LF (response splitting: "a\r\nSet-Cookie: evil=1")
   crlf_header_name,  // a header name with CR/LF
 };
 // Parses the flag value (bad-base64, wrong-types, body-on-204, crlf-header, crlf-header-name, none).

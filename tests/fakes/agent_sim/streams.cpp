@@ -111,7 +111,9 @@ void SimStreams::start_http(const nlohmann::json& req) {
     s->ns = m[1].str();
     auto ts = first(q, "timeoutSeconds");
     if (!ts.empty()) s->deadline = std::chrono::steady_clock::now() + std::chrono::seconds(std::atoi(ts.c_str()));
-    send_(nlohmann::json({{"requestID", id}, {"statusCode", 200}, {"stream", true},
+    send_(nlohmann::json({{"requestID", id},
+                          {"statusCode", 200},
+                          {"stream", true},
                           {"headers", {{"Content-Type", {"application/json"}}, {"X-Agent-Index", {std::to_string(index_)}}}}})
               .dump());
   } else if (req.value("method", "GET") == "GET" && std::regex_match(path, m, log_re) && first(q, "follow") == "true") {
@@ -119,7 +121,9 @@ void SimStreams::start_http(const nlohmann::json& req) {
     s->ns = m[1].str();
     s->pod = m[2].str();
     s->flood = first(q, "container") == "flood";
-    send_(nlohmann::json({{"requestID", id}, {"statusCode", 200}, {"stream", true},
+    send_(nlohmann::json({{"requestID", id},
+                          {"statusCode", 200},
+                          {"stream", true},
                           {"headers", {{"Content-Type", {"text/plain"}}, {"X-Agent-Index", {std::to_string(index_)}}}}})
               .dump());
   } else {
@@ -191,7 +195,8 @@ void SimStreams::start_hubble(const nlohmann::json& init) {
   auto q = query_params(init.value("query", ""));
   const std::string ns = first(q, "namespace"), env = first(q, "environment");
   if (ns.empty() || env.empty()) {
-    send_(nlohmann::json({{"requestID", id}, {"data", b64encode("namespace and environment are required")}, {"isClose", true}}).dump());
+    send_(nlohmann::json({{"requestID", id}, {"data", b64encode("namespace and environment are required")}, {"isClose", true}})
+              .dump());
     return;
   }
   if (ns == "reject") {
@@ -244,17 +249,23 @@ void SimStreams::produce(const std::shared_ptr<Stream>& s) {
       ++s->seq;
       const int pod = static_cast<int>((s->seq - 1) % 2);
       nlohmann::json ev = {{"type", s->seq <= 2 ? "ADDED" : "MODIFIED"},
-                           {"object", {{"apiVersion", "v1"}, {"kind", "Pod"},
-                                       {"metadata", {{"name", plane_id_ + "-worker-" + std::to_string(pod)},
-                                                     {"namespace", s->ns}, {"resourceVersion", std::to_string(s->seq)}}},
-                                       {"status", {{"phase", "Running"}}}}}};
+                           {"object",
+                            {{"apiVersion", "v1"},
+                             {"kind", "Pod"},
+                             {"metadata",
+                              {{"name", plane_id_ + "-worker-" + std::to_string(pod)},
+                               {"namespace", s->ns},
+                               {"resourceVersion", std::to_string(s->seq)}}},
+                             {"status", {{"phase", "Running"}}}}}};
       data = ev.dump() + "\n";
     } else {
       ++s->seq;
-      nlohmann::json flow = {{"flow", {{"time", format_rfc3339_nano(std::chrono::system_clock::now())},
-                                       {"verdict", "FORWARDED"}, {"seq", s->seq},
-                                       {"source", {{"namespace", s->ns}, {"pod_name", plane_id_ + "-worker-0"}}},
-                                       {"destination", {{"namespace", s->ns}, {"pod_name", plane_id_ + "-worker-1"}}}}}};
+      nlohmann::json flow = {{"flow",
+                              {{"time", format_rfc3339_nano(std::chrono::system_clock::now())},
+                               {"verdict", "FORWARDED"},
+                               {"seq", s->seq},
+                               {"source", {{"namespace", s->ns}, {"pod_name", plane_id_ + "-worker-0"}}},
+                               {"destination", {{"namespace", s->ns}, {"pod_name", plane_id_ + "-worker-1"}}}}}};
       data = s->multiline ? flow.dump(2) : flow.dump();
     }
     if (s->flow_controlled && s->credit < static_cast<int64_t>(data.size())) {

@@ -15,7 +15,7 @@ namespace cg::sim {
 
 struct StreamOptions {
   Duration interval = std::chrono::milliseconds(200);  // between generated events/lines/flows
-  size_t flood_chunk = 16 * 1024;                      // logs follow of container "flood"
+  size_t flood_chunk = 16 * 1024;  // logs follow of container "flood"
   // --stream-overrun: >0: right after the head of a flow-controlled HTTP stream, one data chunk of
   // window + overrun bytes (more than the gateway allows before any credit).
   size_t overrun = 0;
@@ -50,6 +50,7 @@ class SimStreams {
   int index_;
   Send send_;
   std::map<std::string, std::shared_ptr<Stream>> streams_;
+
  public:
   size_t* queued_bytes = nullptr;  // the agent's outbound queue size (producers pause above 1 MiB)
 };
