@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """A fake Kubernetes API server for tests: the six OpenChoreo plane kinds plus core v1 Secrets and
-Namespaces, with real-server semantics for resourceVersions, generation, the /status subresource,
+Namespaces, coordination.k8s.io/v1 Leases and discovery.k8s.io/v1 EndpointSlices, with real-server semantics for resourceVersions, generation, the /status subresource,
 patches, watches (bookmarks, 410 Gone), Status error bodies, plus fault injection under /fake/.
 
 Run with the Debian interpreter (it needs python3-aiohttp and python3-yaml):
@@ -91,6 +91,14 @@ def human_age(created):
         return f"{h}h"
     d = h // 24
     return f"{d}d{h % 24}h" if d < 8 and h % 24 else f"{d}d"
+
+
+def list_with_more(items, limit=3):
+    """kubectl's printers' listWithMoreString: the first 3, "+ N more...", "<unset>" when empty."""
+    s = ",".join(items[:limit])
+    if len(items) > limit:
+        return f"{s} + {len(items) - limit} more..."
+    return s or "<unset>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,8 +546,9 @@ class FakeApiServer:
         h["Cache-Control"] = "no-cache, private"
         for k, v in (headers or {}).items():
             h[k] = v
-        for w in warnings:
-            h.add("Warning", f'299 - "{w}"')
+        for w in warnings:  # a quoted-string (RFC 9110): client-go ignores a header it cannot parse
+            text = w.replace("\\", "\\\\").replace('"', '\\"')
+            h.add("Warning", f'299 - "{text}"')
         body = json.dumps(obj, separators=(",", ":")) + "\n"
         return web.Response(body=body.encode(), status=status, headers=h)
 
@@ -757,12 +766,17 @@ class FakeApiServer:
         aggregated = "as=APIGroupDiscoveryList" in accept and "v=v2;" in accept.replace(" ", "") + ";" \
             and not self.args.legacy_discovery
         doc = info.doc
-        group_info = {"name": ks.GROUP, "versions": [{"groupVersion": f"{ks.GROUP}/{ks.VERSION}", "version": ks.VERSION}],
-                      "preferredVersion": {"groupVersion": f"{ks.GROUP}/{ks.VERSION}", "version": ks.VERSION}}
+        versions = dict(ks.API_GROUPS)
+
+        def group_info(g):
+            gv = {"groupVersion": f"{g}/{versions[g]}", "version": versions[g]}
+            return {"name": g, "versions": [gv], "preferredVersion": gv}
+
         if doc == "root":
-            paths = ["/api", "/api/v1", "/apis", f"/apis/{ks.GROUP}", f"/apis/{ks.GROUP}/{ks.VERSION}", "/healthz",
-                     "/livez", "/readyz", "/version"]
-            return self.respond({"paths": paths})
+            paths = ["/api", "/api/v1", "/apis"]
+            for g, v in ks.API_GROUPS:
+                paths += [f"/apis/{g}", f"/apis/{g}/{v}"]
+            return self.respond({"paths": paths + ["/healthz", "/livez", "/readyz", "/version"]})
         if doc == "api":
             if aggregated:
                 return self.respond({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
@@ -772,20 +786,22 @@ class FakeApiServer:
         if doc == "apis":
             if aggregated:
                 return self.respond({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
-                                     "metadata": {}, "items": [self._agg_group(ks.GROUP, ks.VERSION)]}, content_type=AGG_CT)
-            return self.respond({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_info]})
-        if doc == ("group", ks.GROUP):
-            return self.respond({"kind": "APIGroup", "apiVersion": "v1", **group_info})
+                                     "metadata": {}, "items": [self._agg_group(g, v) for g, v in ks.API_GROUPS]},
+                                    content_type=AGG_CT)
+            return self.respond({"kind": "APIGroupList", "apiVersion": "v1",
+                                 "groups": [group_info(g) for g, _ in ks.API_GROUPS]})
+        if isinstance(doc, tuple) and doc[0] == "group" and doc[1] in versions:
+            return self.respond({"kind": "APIGroup", "apiVersion": "v1", **group_info(doc[1])})
         if doc == ("resources", "", "v1"):
             return self.respond({"kind": "APIResourceList", "groupVersion": "v1", "resources": self._api_resources("")})
-        if doc == ("resources", ks.GROUP, ks.VERSION):
-            return self.respond({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{ks.GROUP}/{ks.VERSION}",
-                                 "resources": self._api_resources(ks.GROUP)})
+        if isinstance(doc, tuple) and doc[0] == "resources" and versions.get(doc[1]) == doc[2]:
+            return self.respond({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{doc[1]}/{doc[2]}",
+                                 "resources": self._api_resources(doc[1])})
         raise ks.ApiError(404, "NotFound", "the server could not find the requested resource", {})
 
     # -- OpenAPI v3 (just enough for kubectl; /openapi/v2 is a 404) ------------------------------
 
-    OPENAPI_GV = {"api/v1": ("", "v1"), f"apis/{ks.GROUP}/{ks.VERSION}": (ks.GROUP, ks.VERSION)}
+    OPENAPI_GV = {"api/v1": ("", "v1"), **{f"apis/{g}/{v}": (g, v) for g, v in ks.API_GROUPS}}
 
     def openapi_v3(self, path):
         rel = path[len("/openapi/v3"):].strip("/")
@@ -809,7 +825,8 @@ class FakeApiServer:
             if rt.group != group:
                 continue
             gvk = {"group": group, "version": version, "kind": rt.kind}
-            sname = (f"dev.openchoreo.{version}.{rt.kind}" if rt.is_crd else f"io.k8s.api.core.v1.{rt.kind}")
+            pkg = group.split(".")[0] if group else "core"
+            sname = (f"dev.openchoreo.{version}.{rt.kind}" if rt.is_crd else f"io.k8s.api.{pkg}.{version}.{rt.kind}")
             schemas[sname] = {"type": "object", "x-kubernetes-group-version-kind": [gvk], "properties": {
                 "apiVersion": {"type": "string"}, "kind": {"type": "string"},
                 "metadata": {"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}},
@@ -844,6 +861,16 @@ class FakeApiServer:
                      {"name": "Data", "type": "string", "format": "", "priority": 0, "description": "The number of entries"}]
         if rt is ks.NAMESPACES:
             cols += [{"name": "Status", "type": "string", "format": "", "priority": 0, "description": "The phase"}]
+        if rt is ks.LEASES:
+            cols += [{"name": "Holder", "type": "string", "format": "", "priority": 0,
+                      "description": "holderIdentity contains the identity of the holder of a current lease."}]
+        if rt is ks.ENDPOINTSLICES:
+            cols += [{"name": "AddressType", "type": "string", "format": "", "priority": 0,
+                      "description": "addressType specifies the type of address carried by this EndpointSlice."},
+                     {"name": "Ports", "type": "string", "format": "", "priority": 0,
+                      "description": "ports specifies the list of network ports exposed by each endpoint in this slice."},
+                     {"name": "Endpoints", "type": "string", "format": "", "priority": 0,
+                      "description": "endpoints is a list of unique endpoints in this slice."}]
         cols.append({"name": "Age", "type": "date" if rt.is_crd else "string", "format": "", "priority": 0,
                      "description": "CreationTimestamp is a timestamp representing the server time when this object was created."})
         rows = []
@@ -854,6 +881,12 @@ class FakeApiServer:
                 cells += [o.get("type", ""), len(o.get("data") or {})]
             if rt is ks.NAMESPACES:
                 cells.append(o.get("status", {}).get("phase", ""))
+            if rt is ks.LEASES:
+                cells.append((o.get("spec") or {}).get("holderIdentity", ""))
+            if rt is ks.ENDPOINTSLICES:
+                ports = [str(p["port"]) if "port" in p else (p.get("name") or "*") for p in o.get("ports") or []]
+                addrs = [a for e in o.get("endpoints") or [] for a in e.get("addresses") or []]
+                cells += [o.get("addressType", ""), list_with_more(ports), list_with_more(addrs)]
             cells.append(human_age(m.get("creationTimestamp")))
             row = {"cells": cells}
             if include == "Object":
@@ -979,8 +1012,11 @@ class FakeApiServer:
             options = body if isinstance(body, dict) else {}
             obj, _ = self.store.delete(rt, ns, name, options, opts.dry_run)
             self._schedule_ns_finalize()
-            if rt is ks.SECRETS and obj["metadata"].get("deletionTimestamp") is None:
-                return self.respond(ks.status_success({"name": name, "kind": rt.plural, "uid": obj["metadata"]["uid"]}))
+            # Built-in kinds answer an immediate delete with a Status; CRs (and pending deletes) with the object.
+            if not rt.is_crd and obj["metadata"].get("deletionTimestamp") is None:
+                details = {"name": name, **({"group": rt.group} if rt.group else {}), "kind": rt.plural,
+                           "uid": obj["metadata"]["uid"]}
+                return self.respond(ks.status_success(details))
             return self.respond(obj)
         if verb == "deletecollection":
             _, body = await self._body(request, info)

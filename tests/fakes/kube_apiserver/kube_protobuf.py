@@ -1,4 +1,4 @@
-"""Decoding of Kubernetes protobuf request bodies for the two built-in kinds the fake serves.
+"""Decoding of Kubernetes protobuf request bodies for Secrets and Namespaces (other kinds: 415).
 
 kubectl sends typed objects (e.g. `kubectl create namespace`, `kubectl create secret generic`) as
 application/vnd.kubernetes.protobuf: the bytes "k8s\\x00" followed by a runtime.Unknown message whose

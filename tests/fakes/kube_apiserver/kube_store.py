@@ -8,6 +8,7 @@ import base64
 import binascii
 import copy
 import datetime
+import ipaddress
 import json
 import random
 import re
@@ -148,13 +149,15 @@ def conflict(rt, name, why="the object has been modified; please apply your chan
 
 class ResourceType:
     def __init__(self, group, version, kind, plural, namespaced, short_names=(), has_status=False,
-                 is_crd=False, verbs=None):
+                 is_crd=False, verbs=None, has_generation=None):
         self.group, self.version, self.kind, self.plural = group, version, kind, plural
         self.singular = kind.lower()
         self.namespaced = namespaced
         self.short_names = list(short_names)
         self.has_status = has_status
         self.is_crd = is_crd
+        # metadata.generation: 1 on create, +1 when anything but metadata/status changes (CRs, EndpointSlices).
+        self.has_generation = is_crd if has_generation is None else has_generation
         self.verbs = verbs or ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
     @property
@@ -187,11 +190,17 @@ RESOURCE_TYPES = [
     ResourceType("", "v1", "Namespace", "namespaces", False, ["ns"], has_status=True,
                  verbs=["create", "delete", "get", "list", "patch", "update", "watch"]),
     ResourceType("", "v1", "Secret", "secrets", True),
+    ResourceType("coordination.k8s.io", "v1", "Lease", "leases", True),
+    ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", True, has_generation=True),
 ]
 BY_KEY = {rt.key: rt for rt in RESOURCE_TYPES}
 BY_KIND = {(rt.api_version, rt.kind): rt for rt in RESOURCE_TYPES}
 NAMESPACES = BY_KEY[("", "namespaces")]
 SECRETS = BY_KEY[("", "secrets")]
+LEASES = BY_KEY[("coordination.k8s.io", "leases")]
+ENDPOINTSLICES = BY_KEY[("discovery.k8s.io", "endpointslices")]
+# The API groups under /apis, in the real server's order (built-in groups first, CRD groups last).
+API_GROUPS = [("coordination.k8s.io", "v1"), ("discovery.k8s.io", "v1"), (GROUP, VERSION)]
 
 
 def lookup(group, version, plural):
@@ -746,6 +755,267 @@ def validate_labels(labels, errs):
 
 
 # ---------------------------------------------------------------------------------------------
+# Built-in typed kinds (Lease, EndpointSlice): what decoding into the Go struct does
+
+
+OMIT = object()  # an omitempty field: left out when absent
+MICRO_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\.(\d{6})(Z|[+-]\d{2}:\d{2})$")
+MICRO_LAYOUT = "2006-01-02T15:04:05.000000Z07:00"
+
+
+def _f(name, type_, zero=OMIT, default=OMIT):
+    """A struct field: `zero` is what a non-omitempty field is written as when unset (nil slices are
+    null), `default` what the defaulting functions fill in."""
+    return (name, type_, zero, default)
+
+
+def _obj(go_name, *fields):
+    return ("object", go_name, fields)
+
+
+OBJECT_REFERENCE = _obj("ObjectReference", _f("kind", "string"), _f("namespace", "string"), _f("name", "string"),
+                        _f("uid", "string"), _f("apiVersion", "string"), _f("resourceVersion", "string"),
+                        _f("fieldPath", "string"))
+# strategy and preferredHolder need the CoordinatedLeaderElection feature gate (off in 1.32): dropped.
+LEASE_SPEC = _obj("LeaseSpec", _f("holderIdentity", "string"), _f("leaseDurationSeconds", "int32"),
+                  _f("acquireTime", "microtime"), _f("renewTime", "microtime"), _f("leaseTransitions", "int32"),
+                  _f("strategy", "dropped"), _f("preferredHolder", "dropped"))
+ENDPOINT = _obj("Endpoint",
+                _f("addresses", ("array", "string"), None),
+                _f("conditions", _obj("EndpointConditions", _f("ready", "bool"), _f("serving", "bool"),
+                                      _f("terminating", "bool")), {}),
+                _f("hostname", "string"), _f("targetRef", OBJECT_REFERENCE),
+                _f("deprecatedTopology", ("map", "string")), _f("nodeName", "string"), _f("zone", "string"),
+                _f("hints", _obj("EndpointHints", _f("forZones", ("array", _obj("ForZone", _f("name", "string")))))))
+ENDPOINT_PORT = _obj("EndpointPort", _f("name", "string", default=""), _f("protocol", "string", default="TCP"),
+                     _f("port", "int32"), _f("appProtocol", "string"))
+TYPED_SCHEMAS = {
+    LEASES: _obj("Lease", _f("spec", LEASE_SPEC, {})),
+    ENDPOINTSLICES: _obj("EndpointSlice", _f("addressType", "string", ""),
+                         _f("endpoints", ("array", ENDPOINT), None), _f("ports", ("array", ENDPOINT_PORT), None)),
+}
+_JSON_TYPE = {str: "string", bool: "bool", int: "number", float: "number", list: "array", dict: "object"}
+
+
+def _go_type(t):
+    if isinstance(t, tuple):
+        if t[0] == "object":
+            return "v1." + t[1]
+        if t[0] == "array":
+            return "[]" + _go_type(t[1])
+        return "map[string]" + _go_type(t[1])
+    return {"microtime": "v1.MicroTime"}.get(t, t)
+
+
+def microtime(v):
+    """A MicroTime as the server writes it back (UTC, 6 fractional digits); ValueError like Go's
+    time.Parse with RFC3339Micro, which wants exactly 6 fractional digits."""
+    m = MICRO_TIME.match(v)
+    if not m:
+        head = re.match(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}", v)
+        rest, elem = (v[head.end():], ".000000") if head else (v, "2006")
+        raise ValueError(f'parsing time {json.dumps(v)} as "{MICRO_LAYOUT}": cannot parse {json.dumps(rest)} as "{elem}"')
+    tz = m.group(3).replace("Z", "+00:00")
+    t = datetime.datetime.fromisoformat(f"{m.group(1)}.{m.group(2)}{tz}")
+    return t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _DecodeError(Exception):
+    pass
+
+
+def _decode(value, t, struct, jpath, fpath, warnings):
+    """One value decoded as type t; `struct`/`jpath` name the Go field for error messages, `fpath` is the
+    field path of unknown-field warnings. Returns OMIT for a value that decodes to nothing."""
+    if value is None:
+        return OMIT
+    got = _JSON_TYPE.get(type(value), "null")
+
+    def mismatch():
+        where = f"Go struct field {struct}.{jpath}" if struct else "Go value"
+        return _DecodeError(f"json: cannot unmarshal {got} into {where} of type {_go_type(t)}")
+
+    if t == "dropped":
+        return OMIT
+    if t == "string":
+        if not isinstance(value, str):
+            raise mismatch()
+        return value
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise mismatch()
+        return value
+    if t == "int32":
+        if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
+                                        and not -2 ** 31 <= value < 2 ** 31):
+            # Go's decoder rejects a fraction (even 80.0) and an out-of-range number for an int32.
+            raise _DecodeError(f"json: cannot unmarshal number {value} into Go struct field {struct}.{jpath} of type int32")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise mismatch()
+        return value
+    if t == "microtime":
+        if not isinstance(value, str):
+            raise _DecodeError(f"json: cannot unmarshal {got} into Go value of type string")
+        try:
+            return microtime(value)
+        except ValueError as e:
+            raise _DecodeError(str(e))
+    kind = t[0]
+    if kind == "array":
+        if not isinstance(value, list):
+            raise mismatch()
+        out = []
+        for i, item in enumerate(value):
+            d = _decode(item, t[1], struct, jpath, f"{fpath}[{i}]", warnings)
+            out.append(_zero_of(t[1]) if d is OMIT else d)
+        return out if out else OMIT  # an empty slice comes back from storage as nil
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise mismatch()
+        out = {k: _decode(v, t[1], struct, jpath, f"{fpath}.{k}", warnings) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not OMIT} or OMIT
+    if not isinstance(value, dict):
+        raise mismatch()
+    return _decode_struct(value, t, fpath, jpath, warnings)
+
+
+def _zero_of(t):
+    return {} if isinstance(t, tuple) and t[0] == "object" else ("" if t == "string" else 0)
+
+
+def _decode_struct(value, t, fpath, jpath, warnings):
+    _, go_name, fields = t
+    known = {f[0] for f in fields}
+    for k in value:
+        if k not in known:
+            warnings.append(f'unknown field "{fpath + "." if fpath else ""}{k}"')
+    out = {}
+    for name, ft, zero, default in fields:
+        sub = f"{jpath}.{name}" if jpath else name
+        d = _decode(value.get(name), ft, go_name, sub, f"{fpath}.{name}" if fpath else name, warnings)
+        if d is OMIT and default is not OMIT:
+            d = copy.deepcopy(default)
+        if d is OMIT:
+            if zero is OMIT:
+                continue
+            d = copy.deepcopy(zero)
+        out[name] = d
+    return out
+
+
+def decode_typed(rt, obj, opts):
+    """Decodes obj (in place) as the real server decodes a built-in kind into its Go struct: unknown
+    fields dropped with a warning (400 with fieldValidation=Strict), type mismatches 400, defaults
+    filled in, MicroTimes normalized, fields in struct order."""
+    schema = TYPED_SCHEMAS[rt]
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+    try:
+        decoded = _decode_struct(body, schema, "", "", opts.warnings)
+    except _DecodeError as e:
+        raise bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: {e}')
+    for k in list(obj):
+        if k not in ("apiVersion", "kind", "metadata"):
+            del obj[k]
+    obj.update(decoded)
+
+
+DNS1123_LABEL_MSG = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+                     "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', "
+                     "regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+
+
+def validate_dns1123_label(value, field, errs):
+    if len(value) > 63:
+        errs.append(invalid(field, value, "must be no more than 63 characters"))
+    if not DNS1123_LABEL.match(value):
+        errs.append(invalid(field, value, DNS1123_LABEL_MSG))
+
+
+def _not_supported(field, value, supported):
+    sup = ", ".join(json.dumps(x) for x in supported)
+    return FieldError("FieldValueNotSupported", field, f"Unsupported value: {json.dumps(value)}: supported values: {sup}")
+
+
+def validate_lease(obj, old, errs):
+    spec = obj.get("spec") or {}
+    d = spec.get("leaseDurationSeconds")
+    if d is not None and d <= 0:
+        errs.append(invalid("spec.leaseDurationSeconds", d, "must be greater than 0"))
+    n = spec.get("leaseTransitions")
+    if n is not None and n < 0:
+        errs.append(invalid("spec.leaseTransitions", n, "must be greater than or equal to 0"))
+
+
+def _endpoint_ip_errors(field, addr, family):
+    """validation.IsValidIPv{4,6}Address plus ValidateEndpointIP (no unspecified, loopback, link-local)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        ip = None
+    if ip is None or ip.version != family:
+        return [invalid(field, addr, f"must be a valid IPv{family} address")]
+    errs = []
+    if ip.is_unspecified:
+        errs.append(invalid(field, addr, f"may not be unspecified ({addr})"))
+    if ip.is_loopback:
+        errs.append(invalid(field, addr, "may not be in the loopback range (127.0.0.0/8, ::1/128)"))
+    if ip.is_link_local:
+        errs.append(invalid(field, addr, "may not be in the link-local range (169.254.0.0/16, fe80::/10)"))
+    if ip in ipaddress.ip_network("224.0.0.0/24") or (family == 6 and ip.packed[0] == 0xFF and ip.packed[1] & 0x0F == 0x02):
+        errs.append(invalid(field, addr, "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"))
+    return errs
+
+
+def validate_endpointslice(obj, old, errs):
+    at = obj.get("addressType", "")
+    types = ["FQDN", "IPv4", "IPv6"]
+    if at == "":
+        errs.append(required("addressType"))
+    elif at not in types:
+        errs.append(_not_supported("addressType", at, types))
+    for i, ep in enumerate(obj.get("endpoints") or []):
+        path = f"endpoints[{i}]"
+        addrs = ep.get("addresses") or []
+        if not addrs:
+            errs.append(required(f"{path}.addresses", "must contain at least 1 address"))
+        elif len(addrs) > 100:
+            errs.append(FieldError("FieldValueTooMany", f"{path}.addresses", f"Too many: {len(addrs)}: must have at most 100 items"))
+        for j, a in enumerate(addrs):
+            f = f"{path}.addresses[{j}]"
+            if at in ("IPv4", "IPv6"):
+                errs.extend(_endpoint_ip_errors(f, a, 4 if at == "IPv4" else 6))
+            elif at == "FQDN":
+                name = a[:-1] if a.endswith(".") else a
+                if len(name.split(".")) < 2:
+                    errs.append(invalid(f, a, "should be a domain with at least two segments separated by dots"))
+                elif len(name) > 253 or not DNS1123_SUBDOMAIN.match(name):
+                    errs.append(invalid(f, a, "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
+                                        "characters, '-' or '.', and must start and end with an alphanumeric character"))
+        if "hostname" in ep:
+            validate_dns1123_label(ep["hostname"], f"{path}.hostname", errs)
+        if "nodeName" in ep and (len(ep["nodeName"]) > 253 or not DNS1123_SUBDOMAIN.match(ep["nodeName"])):
+            errs.append(invalid(f"{path}.nodeName", ep["nodeName"], "a lowercase RFC 1123 subdomain must consist of "
+                                "lower case alphanumeric characters, '-' or '.', and must start and end with an "
+                                "alphanumeric character"))
+    names = set()
+    for i, p in enumerate(obj.get("ports") or []):
+        path = f"ports[{i}]"
+        name = p.get("name", "")
+        if name:
+            validate_dns1123_label(name, f"{path}.name", errs)
+        if name in names:
+            errs.append(FieldError("FieldValueDuplicate", f"{path}.name", f"Duplicate value: {json.dumps(name)}"))
+        names.add(name)
+        if p.get("protocol") not in ("SCTP", "TCP", "UDP"):
+            errs.append(_not_supported(f"{path}.protocol", p.get("protocol"), ["SCTP", "TCP", "UDP"]))
+    if old is not None and at != old.get("addressType", ""):
+        errs.append(invalid("addressType", at, "field is immutable"))
+
+
+TYPED_VALIDATORS = {LEASES: validate_lease, ENDPOINTSLICES: validate_endpointslice}
+
+
+# ---------------------------------------------------------------------------------------------
 # The store
 
 
@@ -774,7 +1044,8 @@ class WriteOptions:
 META_ORDER = ["name", "generateName", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
               "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations", "ownerReferences",
               "finalizers", "managedFields"]
-TYPED_ORDER = ["kind", "apiVersion", "metadata", "spec", "immutable", "data", "stringData", "type", "status"]
+TYPED_ORDER = ["kind", "apiVersion", "metadata", "spec", "addressType", "endpoints", "ports", "immutable", "data",
+               "stringData", "type", "status"]
 
 
 def _sorted(v):
@@ -953,6 +1224,8 @@ class Store:
                 obj.pop("data", None)
             if not obj.get("type"):
                 obj["type"] = "Opaque"
+        if rt in TYPED_SCHEMAS:
+            decode_typed(rt, obj, opts)
         if rt is NAMESPACES:
             name = _meta(obj).get("name", "")
             labels = _meta(obj).setdefault("labels", {})
@@ -1009,6 +1282,8 @@ class Store:
                         errs.append(forbidden("data", "field is immutable when `immutable` is set"))
                     if not obj.get("immutable"):
                         errs.append(forbidden("immutable", "field is immutable when `immutable` is set"))
+        if rt in TYPED_VALIDATORS:
+            TYPED_VALIDATORS[rt](obj, old, errs)
         if old is not None and old["metadata"].get("deletionTimestamp"):
             added = set(meta.get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
             if added:
@@ -1101,7 +1376,7 @@ class Store:
             raise already_exists(rt, name)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
-        if rt.is_crd:
+        if rt.has_generation:
             meta["generation"] = 1
         rec = Record(obj)
         if apply_paths is not None:
@@ -1163,7 +1438,7 @@ class Store:
             else:
                 result.pop("status", None)
         self._normalize(rt, result, opts, old)
-        if rt.is_crd:
+        if rt.has_generation:
             strip = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}
             if not json_equal(strip(result), strip(old)):
                 rmeta["generation"] = old["metadata"].get("generation", 1) + 1

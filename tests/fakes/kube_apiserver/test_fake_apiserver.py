@@ -26,6 +26,10 @@ CWP = G + "/clusterworkflowplanes"
 MERGE = "application/merge-patch+json"
 JSONPATCH = "application/json-patch+json"
 APPLY = "application/apply-patch+yaml"
+SMP = "application/strategic-merge-patch+json"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
+SLICES = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+SVC_LABEL = "kubernetes.io/service-name"
 
 
 def cwp(name, plane_id=None, labels=None, **extra):
@@ -35,6 +39,24 @@ def cwp(name, plane_id=None, labels=None, **extra):
         o["metadata"]["labels"] = labels
     o.update(extra)
     return o
+
+
+def lease(name, holder="replica-a", duration=15, **spec):
+    s = {"holderIdentity": holder, "leaseDurationSeconds": duration,
+         "acquireTime": "2026-12-06T18:00:00.000000Z", "renewTime": "2026-12-06T18:00:00.000000Z", "leaseTransitions": 0}
+    s.update(spec)
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "default"},
+            "spec": s}
+
+
+def endpoint_slice(name, service, addresses, address_type="IPv4", ready=True, port=8443):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default", "labels": {SVC_LABEL: service}},
+            "addressType": address_type,
+            "endpoints": [{"addresses": [a], "conditions": {"ready": ready, "serving": ready, "terminating": False},
+                           "hostname": f"replica-{i}", "targetRef": {"kind": "Pod", "namespace": "default", "name": f"{service}-{i}"}}
+                          for i, a in enumerate(addresses)],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}
 
 
 class ServerCase(unittest.TestCase):
@@ -232,6 +254,80 @@ class KubectlTest(ServerCase):
         applies = [r for r in self.srv.control("GET", "requests?method=PATCH")["items"] if r["contentType"] == APPLY]
         self.assertTrue(applies and all(r["query"].get("fieldManager") for r in applies))
 
+    def test_leases_and_endpointslices(self):
+        slices = [endpoint_slice("kc-gw-a", "kc-gw", ["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4"]),
+                  endpoint_slice("kc-gw-b", "kc-gw", ["10.1.1.1"]),
+                  endpoint_slice("kc-other", "kc-other", ["10.1.2.1"])]
+        path = self.write("lease.yaml", [lease("kc-leader"), *slices])
+        out = self.kubectl("apply", "-f", path).stdout
+        self.assertIn("lease.coordination.k8s.io/kc-leader created", out)
+        self.assertIn("endpointslice.discovery.k8s.io/kc-gw-a created", out)
+        self.assertIn("lease.coordination.k8s.io/kc-leader unchanged", self.kubectl("apply", "-f", path).stdout)
+        # A changed file: kubectl computes a strategic merge patch from last-applied (Lease is a built-in type).
+        changed = lease("kc-leader", holder="replica-b", leaseTransitions=1)
+        self.assertIn("lease.coordination.k8s.io/kc-leader configured",
+                      self.kubectl("apply", "-f", self.write("lease2.yaml", [changed])).stdout)
+        patches = self.srv.control("GET", "requests?method=PATCH&resource=leases")["items"]
+        self.assertEqual([p["contentType"] for p in patches], [SMP])
+
+        table = self.kubectl("get", "leases").stdout
+        self.assertRegex(table, r"NAME\s+HOLDER\s+AGE")
+        self.assertRegex(table, r"kc-leader\s+replica-b\s")
+        got = json.loads(self.kubectl("get", "lease", "kc-leader", "-o", "json").stdout)
+        self.assertEqual((got["spec"]["holderIdentity"], got["spec"]["leaseTransitions"]), ("replica-b", 1))
+        sel = json.loads(self.kubectl("get", "endpointslices", "-l", f"{SVC_LABEL}=kc-gw", "-o", "json").stdout)
+        self.assertEqual([i["metadata"]["name"] for i in sel["items"]], ["kc-gw-a", "kc-gw-b"])
+        table = self.kubectl("get", "endpointslices", "-l", f"{SVC_LABEL}=kc-gw").stdout
+        self.assertRegex(table, r"NAME\s+ADDRESSTYPE\s+PORTS\s+ENDPOINTS\s+AGE")
+        self.assertRegex(table, r"kc-gw-a\s+IPv4\s+8443\s+10\.1\.0\.1,10\.1\.0\.2,10\.1\.0\.3 \+ 1 more\.\.\.")
+        self.assertNotIn("kc-other", table)
+
+        # Optimistic concurrency through kubectl: replace with a stale resourceVersion is a Conflict.
+        stale = dict(got, spec=dict(got["spec"], holderIdentity="replica-c"))
+        self.kubectl("patch", "lease", "kc-leader", "--type=merge", "-p", '{"spec":{"renewTime":"2026-12-06T18:01:00.000000Z"}}')
+        p = self.kubectl("replace", "-f", self.write("stale.yaml", [stale]), check=False)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn('Error from server (Conflict): error when replacing', p.stderr)
+        self.assertIn('Operation cannot be fulfilled on leases.coordination.k8s.io "kc-leader": the object has been modified', p.stderr)
+        p = self.kubectl("create", "-f", self.write("zero.yaml", [lease("kc-zero", duration=0)]), check=False)
+        self.assertIn('The Lease "kc-zero" is invalid: spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0', p.stderr)
+        bad = endpoint_slice("kc-notype", "kc-gw", ["10.1.3.1"])
+        del bad["addressType"]
+        p = self.kubectl("create", "-f", self.write("notype.yaml", [bad]), check=False)
+        self.assertIn('The EndpointSlice "kc-notype" is invalid: addressType: Required value', p.stderr)
+        # kubectl's default field validation (Strict) rejects an unknown field; --validate=warn prints the warning.
+        odd = lease("kc-odd", bogus=1)
+        p = self.kubectl("create", "-f", self.write("odd.yaml", [odd]), check=False)
+        self.assertIn('strict decoding error: unknown field "spec.bogus"', p.stderr)
+        p = self.kubectl("create", "--validate=warn", "-f", self.write("odd.yaml", [odd]))
+        self.assertIn('Warning: unknown field "spec.bogus"', p.stderr)
+
+        # kubectl's watch sees a slice change and go away.
+        env = dict(os.environ, KUBECONFIG=self.srv.kubeconfig, HOME=self.tmp)
+        proc = subprocess.Popen([KUBECTL, "--cache-dir", os.path.join(self.tmp, "kcache"), "get", "endpointslices", "-l",
+                                 f"{SVC_LABEL}=kc-gw", "--watch", "-o", "json", "--output-watch-events"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            events = KubectlEvents(proc)
+            events.until(lambda e: e["type"] == "ADDED" and e["object"]["metadata"]["name"] == "kc-gw-b", 10)
+            harness_wait_watchers(self.srv, 1)
+            self.kubectl("patch", "endpointslice", "kc-gw-b", "--type=json", "-p",
+                         '[{"op":"replace","path":"/endpoints/0/conditions/ready","value":false}]')
+            ev = events.until(lambda e: e["type"] == "MODIFIED", 10)
+            self.assertIs(ev["object"]["endpoints"][0]["conditions"]["ready"], False)
+            self.assertEqual(ev["object"]["metadata"]["generation"], 2)
+            self.assertIn('endpointslice.discovery.k8s.io "kc-gw-b" deleted', self.kubectl("delete", "endpointslice", "kc-gw-b").stdout)
+            events.until(lambda e: e["type"] == "DELETED" and e["object"]["metadata"]["name"] == "kc-gw-b", 10)
+        finally:
+            proc.terminate()
+            proc.wait(5)
+            proc.stdout.close()
+            proc.stderr.close()
+
+        self.assertIn('lease.coordination.k8s.io "kc-leader" deleted', self.kubectl("delete", "lease", "kc-leader").stdout)
+        p = self.kubectl("get", "lease", "kc-leader", check=False)
+        self.assertIn('Error from server (NotFound): leases.coordination.k8s.io "kc-leader" not found', p.stderr)
+
     # -- the rude modes, seen by the real kubectl (client-go) ------------------------------------------
 
     def test_watch_with_split_and_coalesced_chunks(self):
@@ -378,7 +474,9 @@ class HttpTest(ServerCase):
         st, _, body = self.req("GET", "/api/v1")
         self.assertEqual({r["name"] for r in body["resources"]} >= {"secrets", "namespaces"}, True)
         st, _, body = self.req("GET", "/apis")
-        self.assertEqual(body["groups"][0]["preferredVersion"]["groupVersion"], "openchoreo.dev/v1alpha1")
+        # The real server's order: built-in groups first, CRD groups last.
+        self.assertEqual([g["preferredVersion"]["groupVersion"] for g in body["groups"]],
+                         ["coordination.k8s.io/v1", "discovery.k8s.io/v1", "openchoreo.dev/v1alpha1"])
         st, _, _ = self.req("GET", "/openapi/v2")
         self.assertEqual(st, 404)
 
@@ -712,6 +810,259 @@ class WatchTest(ServerCase):
         finally:
             w.close()
             w2.close()
+
+
+class LeaseAndEndpointSliceTest(ServerCase):
+    """coordination.k8s.io/v1 Leases and discovery.k8s.io/v1 EndpointSlices over raw HTTP."""
+
+    def test_discovery_lists_both_groups(self):
+        st, _, g = self.req("GET", "/apis/coordination.k8s.io")
+        self.assertEqual((st, g["kind"], g["preferredVersion"]["groupVersion"]), (200, "APIGroup", "coordination.k8s.io/v1"))
+        for gv, plural, kind in (("coordination.k8s.io/v1", "leases", "Lease"),
+                                 ("discovery.k8s.io/v1", "endpointslices", "EndpointSlice")):
+            st, _, body = self.req("GET", "/apis/" + gv)
+            self.assertEqual((st, body["groupVersion"]), (200, gv))
+            self.assertEqual([(r["name"], r["kind"], r["namespaced"]) for r in body["resources"]], [(plural, kind, True)])
+            self.assertEqual(set(body["resources"][0]["verbs"]),
+                             {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"})
+        st, h, agg = self.req("GET", "/apis", headers={"Accept": "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"})
+        self.assertEqual((st, agg["kind"]), (200, "APIGroupDiscoveryList"))
+        by_group = {i["metadata"].get("name"): i["versions"][0] for i in agg["items"]}
+        self.assertEqual([r["resource"] for r in by_group["coordination.k8s.io"]["resources"]], ["leases"])
+        self.assertEqual(by_group["discovery.k8s.io"]["resources"][0]["responseKind"],
+                         {"group": "discovery.k8s.io", "version": "v1", "kind": "EndpointSlice"})
+        self.assertEqual(by_group["discovery.k8s.io"]["resources"][0]["scope"], "Namespaced")
+        st, _, root = self.req("GET", "/openapi/v3")
+        self.assertIn("apis/coordination.k8s.io/v1", root["paths"])
+        self.assertIn("apis/discovery.k8s.io/v1", root["paths"])
+        self.assertEqual(self.req("GET", "/apis/nosuch.k8s.io")[0], 404)
+
+    def test_lease_create_get_update_conflict_patch_delete(self):
+        body = lease("gw-leader", renewTime="2026-12-06T20:00:00.000000+02:00")
+        body["spec"]["bogus"] = 1
+        st, h, o = self.req("POST", LEASES, body)
+        self.assertEqual(st, 201, o)
+        self.assertEqual(h.get("Warning"), '299 - "unknown field \\"spec.bogus\\""')  # a quoted-string, escaped
+        self.assertEqual(o["spec"], {"holderIdentity": "replica-a", "leaseDurationSeconds": 15,
+                                     "acquireTime": "2026-12-06T18:00:00.000000Z",
+                                     "renewTime": "2026-12-06T18:00:00.000000Z",  # MicroTime comes back in UTC
+                                     "leaseTransitions": 0})
+        self.assertEqual(list(o)[:4], ["kind", "apiVersion", "metadata", "spec"])
+        self.assertNotIn("generation", o["metadata"])  # Leases have no generation
+        rv1 = int(o["metadata"]["resourceVersion"])
+        st, _, err = self.req("POST", LEASES, lease("gw-leader"))
+        self.assertEqual(st, 409)
+        self.assertStatus(err, 409, "AlreadyExists")
+        self.assertEqual(err["message"], 'leases.coordination.k8s.io "gw-leader" already exists')
+        st, _, got = self.req("GET", LEASES + "/gw-leader")
+        self.assertEqual((st, got), (200, o))
+
+        # Take over with the current resourceVersion: OK, and a new resourceVersion.
+        takeover = json.loads(json.dumps(o))
+        takeover["spec"].update(holderIdentity="replica-b", leaseTransitions=1, renewTime="2026-12-06T18:00:10.000000Z")
+        st, _, o2 = self.req("PUT", LEASES + "/gw-leader", takeover)
+        self.assertEqual(st, 200, o2)
+        self.assertEqual((o2["spec"]["holderIdentity"], o2["spec"]["leaseTransitions"]), ("replica-b", 1))
+        self.assertGreater(int(o2["metadata"]["resourceVersion"]), rv1)
+        # A competing replica that read the old version loses: 409 Conflict, nothing written.
+        stale = json.loads(json.dumps(o))
+        stale["spec"]["holderIdentity"] = "replica-c"
+        st, _, err = self.req("PUT", LEASES + "/gw-leader", stale)
+        self.assertEqual(st, 409)
+        self.assertStatus(err, 409, "Conflict")
+        self.assertEqual(err["message"], 'Operation cannot be fulfilled on leases.coordination.k8s.io "gw-leader": '
+                                         'the object has been modified; please apply your changes to the latest version and try again')
+        self.assertEqual(err["details"], {"name": "gw-leader", "group": "coordination.k8s.io", "kind": "leases"})
+        self.assertEqual(self.req("GET", LEASES + "/gw-leader")[2]["spec"]["holderIdentity"], "replica-b")
+        # Without a resourceVersion, PUT is an unconditional update (Leases allow it, unlike the CRs).
+        del stale["metadata"]["resourceVersion"]
+        st, _, o3 = self.req("PUT", LEASES + "/gw-leader", stale)
+        self.assertEqual((st, o3["spec"]["holderIdentity"]), (200, "replica-c"))
+
+        # Renewals by patch: merge, strategic merge (accepted for built-in kinds), JSON patch.
+        st, _, o4 = self.req("PATCH", LEASES + "/gw-leader", {"spec": {"renewTime": "2026-12-06T18:00:20.000000Z"}}, MERGE)
+        self.assertEqual((st, o4["spec"]["renewTime"], o4["spec"]["holderIdentity"]), (200, "2026-12-06T18:00:20.000000Z", "replica-c"))
+        st, _, o5 = self.req("PATCH", LEASES + "/gw-leader", {"spec": {"leaseDurationSeconds": 30}}, SMP)
+        self.assertEqual((st, o5["spec"]["leaseDurationSeconds"]), (200, 30))
+        st, _, o6 = self.req("PATCH", LEASES + "/gw-leader", [
+            {"op": "test", "path": "/spec/holderIdentity", "value": "replica-c"},
+            {"op": "replace", "path": "/spec/renewTime", "value": "2026-12-06T18:00:30.000000Z"}], JSONPATCH)
+        self.assertEqual((st, o6["spec"]["renewTime"]), (200, "2026-12-06T18:00:30.000000Z"))
+        st, _, err = self.req("PATCH", LEASES + "/gw-leader", [{"op": "test", "path": "/spec/holderIdentity", "value": "replica-a"}],
+                              JSONPATCH)
+        self.assertEqual(st, 422)
+        # A resourceVersion in a patch is a precondition.
+        st, _, err = self.req("PATCH", LEASES + "/gw-leader",
+                              {"metadata": {"resourceVersion": o2["metadata"]["resourceVersion"]}, "spec": {"holderIdentity": "x"}}, MERGE)
+        self.assertEqual(st, 409)
+        self.assertStatus(err, 409, "Conflict")
+        # A renewal that changes nothing writes nothing.
+        st, _, same = self.req("PATCH", LEASES + "/gw-leader", {"spec": {"leaseDurationSeconds": 30}}, MERGE)
+        self.assertEqual(same["metadata"]["resourceVersion"], o6["metadata"]["resourceVersion"])
+
+        st, _, gone = self.req("DELETE", LEASES + "/gw-leader")
+        self.assertEqual((st, gone["kind"], gone["status"]), (200, "Status", "Success"))
+        self.assertEqual(gone["details"], {"name": "gw-leader", "group": "coordination.k8s.io", "kind": "leases",
+                                           "uid": o["metadata"]["uid"]})
+        st, _, err = self.req("GET", LEASES + "/gw-leader")
+        self.assertEqual(st, 404)
+        self.assertEqual(err["message"], 'leases.coordination.k8s.io "gw-leader" not found')
+        self.assertEqual(self.req("DELETE", LEASES + "/gw-leader")[0], 404)
+
+    def test_lease_validation(self):
+        st, _, err = self.req("POST", LEASES, lease("bad-duration", duration=0))
+        self.assertEqual(st, 422)
+        self.assertStatus(err, 422, "Invalid")
+        self.assertEqual(err["message"], 'Lease.coordination.k8s.io "bad-duration" is invalid: '
+                                         'spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0')
+        self.assertEqual(err["details"]["causes"], [{"reason": "FieldValueInvalid", "message": "Invalid value: 0: must be greater than 0",
+                                                     "field": "spec.leaseDurationSeconds"}])
+        self.assertEqual(self.req("GET", LEASES + "/bad-duration")[0], 404)
+        st, _, err = self.req("POST", LEASES, lease("bad-transitions", leaseTransitions=-1))
+        self.assertEqual((st, err["details"]["causes"][0]["field"]), (422, "spec.leaseTransitions"))
+        # Updates are validated too; the stored object stays as it was.
+        self.create(lease("valid"), LEASES)
+        st, _, err = self.req("PATCH", LEASES + "/valid", {"spec": {"leaseDurationSeconds": -5}}, MERGE)
+        self.assertEqual((st, err["reason"]), (422, "Invalid"))
+        self.assertEqual(self.req("GET", LEASES + "/valid")[2]["spec"]["leaseDurationSeconds"], 15)
+        # Typed decoding: wrong JSON types and MicroTimes without microseconds are 400, as from the real decoder.
+        st, _, err = self.req("POST", LEASES, lease("bad-type", duration="15"))
+        self.assertEqual(st, 400)
+        self.assertStatus(err, 400, "BadRequest")
+        self.assertIn("cannot unmarshal string into Go struct field LeaseSpec.spec.leaseDurationSeconds of type int32",
+                      err["message"])
+        st, _, err = self.req("POST", LEASES, lease("bad-time", renewTime="2026-12-06T18:00:00Z"))
+        self.assertEqual(st, 400)
+        self.assertIn('parsing time "2026-12-06T18:00:00Z" as "2006-01-02T15:04:05.000000Z07:00"', err["message"])
+        # Unknown fields: a warning by default, 400 with fieldValidation=Strict.
+        st, _, err = self.req("POST", LEASES + "?fieldValidation=Strict", lease("strict", bogus=True))
+        self.assertEqual(st, 400)
+        self.assertIn('strict decoding error: unknown field "spec.bogus"', err["message"])
+
+    def test_endpointslice_crud_label_selector_and_validation(self):
+        a = self.create(endpoint_slice("gw-a", "gw", ["10.0.0.1", "10.0.0.2"]), SLICES)
+        self.assertEqual(a["metadata"]["generation"], 1)
+        self.assertEqual(a["ports"], [{"name": "https", "protocol": "TCP", "port": 8443}])
+        self.assertEqual(a["endpoints"][0]["conditions"], {"ready": True, "serving": True, "terminating": False})
+        self.assertEqual(a["endpoints"][1]["targetRef"], {"kind": "Pod", "namespace": "default", "name": "gw-1"})
+        self.assertEqual(list(a)[:6], ["kind", "apiVersion", "metadata", "addressType", "endpoints", "ports"])
+        # Defaults: a port without name/protocol gets "" and TCP; missing conditions are {}; no endpoints is null.
+        b = endpoint_slice("gw-b", "gw", ["10.0.1.1"])
+        b["ports"] = [{"port": 9443}]
+        del b["endpoints"][0]["conditions"]
+        b = self.create(b, SLICES)
+        self.assertEqual(b["ports"], [{"name": "", "protocol": "TCP", "port": 9443}])
+        self.assertEqual(b["endpoints"][0]["conditions"], {})
+        empty = endpoint_slice("other-a", "other", [])
+        empty = self.create(empty, SLICES)
+        self.assertIsNone(empty["endpoints"])
+
+        st, _, lst = self.req("GET", SLICES + "?labelSelector=" + harness.quote(f"{SVC_LABEL}=gw"))
+        self.assertEqual((st, lst["kind"], lst["apiVersion"]), (200, "EndpointSliceList", "discovery.k8s.io/v1"))
+        self.assertEqual([i["metadata"]["name"] for i in lst["items"]], ["gw-a", "gw-b"])
+        self.assertNotIn("kind", lst["items"][0])  # typed lists carry no per-item kind
+        st, _, lst = self.req("GET", "/apis/discovery.k8s.io/v1/endpointslices?labelSelector=" + harness.quote(f"{SVC_LABEL}=other"))
+        self.assertEqual([i["metadata"]["name"] for i in lst["items"]], ["other-a"])
+        st, _, lst = self.req("GET", SLICES + "?labelSelector=" + harness.quote(f"{SVC_LABEL} in (gw,other),!nope"))
+        self.assertEqual(len(lst["items"]), 3)
+
+        # A replica going unready: generation +1; a label-only change leaves generation alone.
+        st, _, a2 = self.req("PATCH", SLICES + "/gw-a", [{"op": "replace", "path": "/endpoints/1/conditions/ready", "value": False}],
+                             JSONPATCH)
+        self.assertEqual((st, a2["endpoints"][1]["conditions"]["ready"], a2["metadata"]["generation"]), (200, False, 2))
+        st, _, a3 = self.req("PATCH", SLICES + "/gw-a", {"metadata": {"labels": {"extra": "1"}}}, MERGE)
+        self.assertEqual((st, a3["metadata"]["generation"]), (200, 2))
+        a3["endpoints"] = a3["endpoints"][:1]
+        st, _, a4 = self.req("PUT", SLICES + "/gw-a", a3)
+        self.assertEqual((st, len(a4["endpoints"]), a4["metadata"]["generation"]), (200, 1, 3))
+        st, _, err = self.req("PUT", SLICES + "/gw-a", a3)  # a3's resourceVersion is stale now
+        self.assertEqual(st, 409)
+        self.assertStatus(err, 409, "Conflict")
+        self.assertIn('endpointslices.discovery.k8s.io "gw-a"', err["message"])
+
+        st, _, err = self.req("POST", SLICES, {"metadata": {"name": "no-type"}, "endpoints": []})
+        self.assertEqual(st, 422)
+        self.assertStatus(err, 422, "Invalid")
+        self.assertEqual(err["message"], 'EndpointSlice.discovery.k8s.io "no-type" is invalid: addressType: Required value')
+        self.assertEqual(err["details"]["causes"], [{"reason": "FieldValueRequired", "message": "Required value", "field": "addressType"}])
+        st, _, err = self.req("POST", SLICES, endpoint_slice("bad-type", "gw", ["10.0.0.9"], address_type="IPv5"))
+        self.assertEqual((st, err["details"]["causes"][0]["reason"]), (422, "FieldValueNotSupported"))
+        st, _, err = self.req("POST", SLICES, endpoint_slice("loop", "gw", ["127.0.0.1", "not-an-ip"]))
+        self.assertEqual(st, 422)
+        self.assertEqual([c["field"] for c in err["details"]["causes"]], ["endpoints[0].addresses[0]", "endpoints[1].addresses[0]"])
+        self.assertIn("may not be in the loopback range", err["message"])
+        self.assertIn("must be a valid IPv4 address", err["message"])
+        fqdn = self.create(endpoint_slice("gw-fqdn", "gw-fqdn", ["replica-0.gw.example.com"], address_type="FQDN"), SLICES)
+        self.assertEqual(fqdn["addressType"], "FQDN")
+        st, _, err = self.req("PATCH", SLICES + "/gw-b", {"addressType": "IPv6"}, MERGE)
+        self.assertEqual(st, 422)
+        self.assertIn("addressType: Invalid value: \"IPv6\": field is immutable", err["message"])
+        st, _, err = self.req("PATCH", SLICES + "/gw-b", {"ports": [{"port": "https"}]}, MERGE)
+        self.assertEqual(st, 400)
+
+        st, _, gone = self.req("DELETE", SLICES + "/gw-b")
+        self.assertEqual((st, gone["status"], gone["details"]["group"]), (200, "Success", "discovery.k8s.io"))
+        self.assertEqual(self.req("GET", SLICES + "/gw-b")[0], 404)
+
+    def test_endpointslice_watch_added_modified_deleted(self):
+        st, _, lst = self.req("GET", SLICES + "?labelSelector=" + harness.quote(f"{SVC_LABEL}=gw-w"))
+        self.assertEqual((st, lst["items"]), (200, []))
+        rv = lst["metadata"]["resourceVersion"]
+        w = self.srv.watch(SLICES + f"?watch=true&resourceVersion={rv}&labelSelector=" + harness.quote(f"{SVC_LABEL}=gw-w"))
+        try:
+            self.assertEqual(w.status, 200)
+            self.create(endpoint_slice("ignored", "not-gw-w", ["10.0.2.1"]), SLICES)  # another service: not seen
+            self.create(endpoint_slice("gw-w-1", "gw-w", ["10.0.2.2"]), SLICES)
+            ev = w.next(5)
+            self.assertEqual((ev["type"], ev["object"]["metadata"]["name"]), ("ADDED", "gw-w-1"))
+            self.assertEqual((ev["object"]["kind"], ev["object"]["apiVersion"]), ("EndpointSlice", "discovery.k8s.io/v1"))
+            self.req("PATCH", SLICES + "/gw-w-1", {"endpoints": [{"addresses": ["10.0.2.2"], "conditions": {"ready": False}}]}, MERGE)
+            ev2 = w.next(5)
+            self.assertEqual((ev2["type"], ev2["object"]["endpoints"][0]["conditions"]), ("MODIFIED", {"ready": False}))
+            self.assertGreater(int(ev2["object"]["metadata"]["resourceVersion"]), int(ev["object"]["metadata"]["resourceVersion"]))
+            self.req("DELETE", SLICES + "/gw-w-1")
+            ev3 = w.next(5)
+            self.assertEqual((ev3["type"], ev3["object"]["metadata"]["name"]), ("DELETED", "gw-w-1"))
+            self.assertGreater(int(ev3["object"]["metadata"]["resourceVersion"]), int(ev2["object"]["metadata"]["resourceVersion"]))
+        finally:
+            w.close()
+        # The same events again from the list's resourceVersion (history replay), and nothing for the other service.
+        w = self.srv.watch(SLICES + f"?watch=1&timeoutSeconds=1&resourceVersion={rv}&labelSelector=" + harness.quote(f"{SVC_LABEL}=gw-w"))
+        try:
+            evs = w.until(lambda e: e is None, 4)
+            self.assertEqual([e["type"] for e in evs[:-1]], ["ADDED", "MODIFIED", "DELETED"])
+        finally:
+            w.close()
+
+    def test_lease_watch_bookmarks_and_expired_resource_version(self):
+        self.srv.control("PUT", "config", {"bookmarkInterval": 0.2})
+        o = self.create(lease("gw-w"), LEASES)
+        old_rv = o["metadata"]["resourceVersion"]
+        w = self.srv.watch(LEASES + f"?watch=true&allowWatchBookmarks=true&resourceVersion={old_rv}")
+        try:
+            self.req("PATCH", LEASES + "/gw-w", {"spec": {"renewTime": "2026-12-06T18:00:05.000000Z"}}, MERGE)
+            evs = w.until(lambda e: e["type"] == "MODIFIED", 5)
+            self.assertEqual(evs[-1]["object"]["spec"]["renewTime"], "2026-12-06T18:00:05.000000Z")
+            evs = w.until(lambda e: e["type"] == "BOOKMARK", 3)
+            self.assertEqual(evs[-1]["object"], {"kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+                                                 "metadata": {"resourceVersion": evs[-1]["object"]["metadata"]["resourceVersion"]}})
+        finally:
+            w.close()
+        # Older than the retained history: 200, one ERROR event with a 410 Expired Status, end of stream.
+        self.srv.control("PUT", "config", {"history": 2})
+        for i in range(4):
+            self.req("PATCH", LEASES + "/gw-w", {"spec": {"leaseTransitions": i + 1}}, MERGE)
+        for path in (LEASES, SLICES):
+            w = self.srv.watch(path + f"?watch=true&resourceVersion={old_rv}")
+            try:
+                self.assertEqual(w.status, 200)
+                ev = w.next(5)
+                self.assertEqual(ev["type"], "ERROR")
+                self.assertStatus(ev["object"], 410, "Expired")
+                self.assertIn(f"too old resource version: {old_rv}", ev["object"]["message"])
+                self.assertIsNone(w.next(5))
+            finally:
+                w.close()
 
 
 class FaultTest(ServerCase):
