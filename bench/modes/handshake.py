@@ -21,12 +21,18 @@ SIZES = {
                  held_agents=20, held_planes=10, held_rate=0, held_timeout=60.0),
 }
 GO_GOAL = 1.5  # gateway ÷ Go reference, handshakes per server CPU-second (issue 18)
-# CG_BENCH_HELD=<agents>x<planes> (e.g. 3000x1, all on one plane): the held side-by-side shape of this run.
+# CG_BENCH_HELD=<agents>x<planes>[@rate] (e.g. 3000x1, all on one plane): the held side-by-side shape of this run.
+# A rate may follow: 300x100@30 (agents started per second; 0 = all at once), for runs under callgrind.
 if os.environ.get("CG_BENCH_HELD"):
-    _a, _, _p = os.environ["CG_BENCH_HELD"].partition("x")
+    _shape, _, _r = os.environ["CG_BENCH_HELD"].partition("@")
+    _a, _, _p = _shape.partition("x")
     for _z in SIZES.values():
         _z.update(held_agents=int(_a), held_planes=int(_p or 1))
+        if _r:
+            _z.update(held_rate=int(_r))
 KINDS = (("ecdsa", "ec", "ECDSA P-256"), ("rsa", "rsa", "RSA-2048"))
+# CG_BENCH_HELD_ONLY=1: only the held side-by-side shape (and openssl speed for its bound); no loop, no s_server.
+HELD_ONLY = os.environ.get("CG_BENCH_HELD_ONLY", "") not in ("", "0")
 GOAL = 0.6  # of the crypto bound
 
 
@@ -87,6 +93,10 @@ def run(env):
                                      for kind, short, _ in KINDS])
     log("handshake: openssl speed (crypto reference, pinned to CPU 0)")
     speed = openssl_speed(z["speed_seconds"])
+    if HELD_ONLY:
+        log("handshake: CG_BENCH_HELD_ONLY: the held shape only")
+        return {"speed": speed, "kinds": {}, "heldOnly": True, "gatewayArgs": "--io-threads 1", "gatewayCpu": 0,
+                "held": run_held(env, z, speed)}
     gw = Gateway(env, NAME, planes, extra=["--io-threads", "1"], cpu=0, expect_crs=3)
     res = {"speed": speed, "gatewayArgs": "--io-threads 1", "gatewayCpu": 0, "kinds": {}}
     try:
@@ -174,6 +184,7 @@ def _held_once(env, z, which, planes):
         rss0 = srv.rss_kib()
         log(f"handshake: {n:,} agents over {p:,} planes connect to the {which} and stay "
             f"({'at ' + str(z['held_rate']) + '/s' if z['held_rate'] else 'all at once'}; agents pinned to CPU 1)")
+        h = perf_start(env, srv.pid, f"held-{which}")
         sim = start_agents(env, srv, f"{name}:sim-{which}", n, "hsp", spread=p, rate=z["held_rate"],
                            source_ips=env.source_ips(2), cpu=1, log_level="info",
                            extra=["--client-ca-cert", env.agent_ca("ec"),
@@ -187,6 +198,7 @@ def _held_once(env, z, which, planes):
             return count_lines(sim.logfile, '"connected to control plane"') >= n
         srv.wait(all_in, z["held_timeout"], f"{n} agents connected", interval=0.1)
         c1, t1 = srv.cpu_seconds(), time.time()
+        perf_stop(env, h)
         got = srv.sessions(timeout=10.0)
         if got < n:
             raise ModeFailed(f"{which}: the agents report {n} connections but the server counts {got} sessions")
@@ -220,6 +232,8 @@ def run_held(env, z, speed):
 def summary(res, z):
     rows = []
     for kind, _, label in KINDS:
+        if kind not in res["kinds"]:
+            continue  # CG_BENCH_HELD_ONLY
         r = res["kinds"][kind]
         ref = r.get("reference")
         rows.append((f"a. Handshakes, {label} agents",
@@ -276,6 +290,8 @@ def tables(res, z):
             ("rsa2048_sign", "RSA-2048 sign"), ("rsa2048_verify", "RSA-2048 verify"))]))
     rows = []
     for kind, _, label in KINDS:
+        if kind not in res["kinds"]:
+            continue  # CG_BENCH_HELD_ONLY
         r = res["kinds"][kind]
         bp = r["boundParts"]
         rows.append((label, f"{r['tls'].get('version')} {r['tls'].get('cipher')}", str(r["tls"].get("group")),
@@ -291,7 +307,7 @@ def tables(res, z):
     out.append(Table("Gateway", ("Agent key", "TLS", "group", "bound µs (sign + kx + verify + verify)", "bound/s",
                                  "handshakes", "window", "gateway CPU", "handshakes/s", "per gateway CPU-second",
                                  "of bound", "latency p50 / p99", "loader CPU"), rows))
-    if all("reference" in res["kinds"][k] for k, _, _ in KINDS):
+    if all("reference" in res["kinds"].get(k, {}) for k, _, _ in KINDS):
         rows = []
         for kind, _, label in KINDS:
             g = res["kinds"][kind]
@@ -303,7 +319,7 @@ def tables(res, z):
         out.append(Table("Reference: openssl s_server", ("Agent key", "handshakes", "window", "s_server CPU",
                                                          "per CPU-second", "of bound", "gateway ÷ s_server per CPU-second"),
                          rows))
-    if all("goPeer" in res["kinds"][k] for k, _, _ in KINDS):
+    if all("goPeer" in res["kinds"].get(k, {}) for k, _, _ in KINDS):
         rows = []
         for kind, _, label in KINDS:
             g = res["kinds"][kind]
