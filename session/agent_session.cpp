@@ -247,7 +247,15 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     }
   }
 
-  void touch() { last_seen_ns_.store(to_ns(std::chrono::system_clock::now())); }
+  // A frame or pong arrived. The registry hears of it once per second of the clock (status times
+  // have that resolution; the first frame of a second truncates to the same time as the last).
+  void touch() {
+    const auto now = std::chrono::system_clock::now();
+    const int64_t ns = to_ns(now);
+    last_seen_ns_.store(ns);
+    const int64_t sec = ns / 1000000000;
+    if (heard_sec_.exchange(sec) != sec) registry_.heard(*this, now);
+  }
 
   // Reads at most one byte past the limit; a message is read in pieces until it is done.
   void do_read() {
@@ -335,6 +343,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   const uint64_t serial_;
   const SysTime connected_at_;
   std::atomic<int64_t> last_seen_ns_;
+  std::atomic<int64_t> heard_sec_{0};  // the second of the last frame the registry heard of (touch())
   SessionLifecycle life_;
   // Strand only.
   steady::time_point last_pong_{};

@@ -66,7 +66,7 @@ class LocalRegistry final : public SessionRegistry {
       if (admission_closed_) return false;
       auto now = std::chrono::system_clock::now();
       Entry e{h, authorized};
-      for (const auto& k : authorized) join(h->plane_type(), k, h->serial(), now);
+      for (const auto& k : authorized) join(*h, k, now);
       sessions_[h->serial()] = std::move(e);
       by_plane_[plane_key(h->plane_type(), h->plane_id())].insert(h->serial());
       ++live_;
@@ -137,8 +137,8 @@ class LocalRegistry final : public SessionRegistry {
         if (!it->second.authorized.count(k)) granted.insert(k);
       for (const auto& k : it->second.authorized)
         if (!authorized.count(k)) revoked.insert(k);
-      for (const auto& k : granted) join(h.plane_type(), k, h.serial(), now);
-      for (const auto& k : revoked) leave(h.plane_type(), k, h.serial(), now);
+      for (const auto& k : granted) join(h, k, now);
+      for (const auto& k : revoked) leave(h, k, now);
       it->second.authorized = std::move(authorized);
     }
     if (!granted.empty() || !revoked.empty()) {
@@ -179,14 +179,24 @@ class LocalRegistry final : public SessionRegistry {
     SessionReport r;
     auto it = tracks_.find(track_key(t, cr_key));
     if (it == tracks_.end()) return r;
-    r.last_rise = it->second.last_rise;
-    r.last_zero = it->second.last_zero;
-    for (uint64_t serial : it->second.members) {
-      auto s = sessions_.find(serial);
-      if (s == sessions_.end()) continue;
-      add_session(r, *s->second.handle);
+    const Track& tr = it->second;
+    r.last_rise = tr.last_rise;
+    r.last_zero = tr.last_zero;
+    r.connected_agents = static_cast<int>(tr.members.size());
+    if (!tr.members.empty()) {
+      r.last_seen = tr.last_seen;
+      r.earliest_connected = *tr.connected.begin();
     }
     return r;
+  }
+
+  void heard(const AgentHandle& h, SysTime at) override {
+    cg::MutexLock lk(mu_);
+    auto it = sessions_.find(h.serial());
+    if (it == sessions_.end() || it->second.state != EntryState::live) return;
+    for (const auto& k : it->second.authorized)
+      if (auto tr = tracks_.find(track_key(h.plane_type(), k)); tr != tracks_.end())
+        take_max(tr->second.last_seen, std::optional(at));
   }
 
   SessionReport plane_report(const std::string& t, const std::string& id) const override {
@@ -229,8 +239,11 @@ class LocalRegistry final : public SessionRegistry {
     std::set<std::string> authorized;
     EntryState state = EntryState::live;
   };
+  // One CR's sessions, kept incrementally (report() is O(1)).
   struct Track {
     std::set<uint64_t> members;
+    std::multiset<SysTime> connected;  // the members' connected_at()
+    std::optional<SysTime> last_seen;  // latest frame heard from a member while it was one
     std::optional<SysTime> last_rise, last_zero;
   };
 
@@ -248,7 +261,7 @@ class LocalRegistry final : public SessionRegistry {
   // live → closing: out of the tracks (last_zero) and the plane index. Under mu_.
   void leave_locked(const AgentHandle& h, Entry& e) CG_REQUIRES(mu_) {
     auto now = std::chrono::system_clock::now();
-    for (const auto& k : e.authorized) leave(h.plane_type(), k, h.serial(), now);
+    for (const auto& k : e.authorized) leave(h, k, now);
     e.state = EntryState::closing;
     --live_;
     if (auto bp = by_plane_.find(plane_key(h.plane_type(), h.plane_id())); bp != by_plane_.end()) {
@@ -256,17 +269,23 @@ class LocalRegistry final : public SessionRegistry {
       if (bp->second.empty()) by_plane_.erase(bp);
     }
   }
-  void join(const std::string& t, const std::string& k, uint64_t serial, SysTime now) CG_REQUIRES(mu_) {
-    auto& tr = tracks_[track_key(t, k)];
-    if (tr.members.empty()) tr.last_rise = now;
-    tr.members.insert(serial);
+  void join(const AgentHandle& h, const std::string& k, SysTime now) CG_REQUIRES(mu_) {
+    auto& tr = tracks_[track_key(h.plane_type(), k)];
+    if (!tr.members.insert(h.serial()).second) return;
+    if (tr.members.size() == 1) tr.last_rise = now;
+    tr.connected.insert(h.connected_at());
+    take_max(tr.last_seen, std::optional(h.last_seen()));
   }
-  void leave(const std::string& t, const std::string& k, uint64_t serial, SysTime now) CG_REQUIRES(mu_) {
-    auto it = tracks_.find(track_key(t, k));
+  void leave(const AgentHandle& h, const std::string& k, SysTime now) CG_REQUIRES(mu_) {
+    auto it = tracks_.find(track_key(h.plane_type(), k));
     if (it == tracks_.end()) return;
-    if (it->second.members.erase(serial) && it->second.members.empty()) {
-      it->second.last_zero = now;
-      rr_.erase(track_key(t, k));
+    Track& tr = it->second;
+    if (!tr.members.erase(h.serial())) return;
+    if (auto c = tr.connected.find(h.connected_at()); c != tr.connected.end()) tr.connected.erase(c);
+    take_max(tr.last_seen, std::optional(h.last_seen()));  // its last frame was heard while it was a member
+    if (tr.members.empty()) {
+      tr.last_zero = now;
+      rr_.erase(track_key(h.plane_type(), k));
     }
   }
   size_t count_plane(const std::string& t, const std::string& id) const CG_REQUIRES(mu_) {

@@ -115,8 +115,17 @@ class SessionRegistry {
   virtual std::vector<SessionView> all() const = 0;
   // Registered sessions, closing ones included (shutdown waits for this to reach 0).
   virtual size_t size() const = 0;
-  // CR-specific report (sessions authorized for plane_type + auth key).
+  // CR-specific report (sessions authorized for plane_type + auth key). O(1): the count, the earliest
+  // connectedAt and the latest inbound frame are kept per CR as sessions join, leave and are heard,
+  // so a status write costs the same on a plane with 10,000 sessions as on one with one. last_seen is
+  // the latest frame heard from any session while it was authorized for the CR (the CRD's
+  // lastHeartbeatTime: "when the control plane last received any communication from an agent"), set
+  // only while the CR has sessions.
   virtual SessionReport report(const std::string& plane_type, const std::string& cr_key) const = 0;
+  // The session received a frame or pong at `at` (its last_seen()). Sessions call it at most once per
+  // second of `at` (the resolution of status times), so that report() needs no scan of the sessions.
+  // No-op for a session that is not registered or is closing.
+  virtual void heard(const AgentHandle& h, SysTime at) = 0;
   // Plane-level report (every session of plane_type/plane_id).
   virtual SessionReport plane_report(const std::string& plane_type, const std::string& plane_id) const = 0;
   // Round-robin among live, non-closing sessions authorized for the CR (and, when `capability` is

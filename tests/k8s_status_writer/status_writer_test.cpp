@@ -75,6 +75,7 @@ class CountingRegistry final : public cg::session::SessionRegistry {
                                     std::string_view cap, bool* authorized) override {
     return r_->pick(t, id, key, has, cap, authorized);
   }
+  void heard(const AgentHandle& h, cg::SysTime at) override { r_->heard(h, at); }
   void subscribe(Listener l) override { r_->subscribe(std::move(l)); }
   mutable std::atomic<long> reports{0};
 

@@ -132,7 +132,52 @@ TEST_CASE("report() is per plane type and CR key", "[session][registry]") {
   reg->remove(*a);
   CHECK(reg->report("workflowplane", "/shared").connected_agents == 1);
   CHECK(reg->report("workflowplane", "team-a/wp").connected_agents == 1);
-  CHECK(reg->report("workflowplane", "team-a/wp").last_seen == T0 + 150s);
+  CHECK(reg->report("workflowplane", "team-a/wp").earliest_connected == T0 + 10s);
+  // The last frame heard for the CR stays the latest, even from a session that left (the CRD's
+  // lastHeartbeatTime: when the control plane last received any communication from an agent).
+  CHECK(reg->report("workflowplane", "team-a/wp").last_seen == T0 + 200s);
+}
+
+TEST_CASE("report() is kept incrementally: heard() raises last_seen of the session's CRs only", "[session][registry]") {
+  auto reg = cg::session::make_local_registry();
+  auto a = handle(1, "dataplane", "p1", T0 + 1s, T0 + 1s);
+  auto b = handle(2, "dataplane", "p1", T0 + 2s, T0 + 2s);
+  reg->add(a, {"ns/x", "ns/y"});
+  reg->add(b, {"ns/y"});
+  CHECK(reg->report("dataplane", "ns/x").last_seen == T0 + 1s);
+  CHECK(reg->report("dataplane", "ns/y").last_seen == T0 + 2s);
+
+  reg->heard(*a, T0 + 30s);
+  CHECK(reg->report("dataplane", "ns/x").last_seen == T0 + 30s);
+  CHECK(reg->report("dataplane", "ns/y").last_seen == T0 + 30s);
+  reg->heard(*b, T0 + 20s);  // older than what ns/y has: no change
+  CHECK(reg->report("dataplane", "ns/y").last_seen == T0 + 30s);
+  reg->heard(*b, T0 + 40s);
+  CHECK(reg->report("dataplane", "ns/x").last_seen == T0 + 30s);  // b is not authorized for ns/x
+  CHECK(reg->report("dataplane", "ns/y").last_seen == T0 + 40s);
+
+  // A revoked CR no longer hears the session; a closing session is heard by none.
+  reg->set_authorized(*a, {"ns/y"});
+  CHECK(reg->report("dataplane", "ns/x").connected_agents == 0);
+  CHECK_FALSE(reg->report("dataplane", "ns/x").last_seen.has_value());
+  reg->heard(*a, T0 + 50s);
+  CHECK(reg->report("dataplane", "ns/y").last_seen == T0 + 50s);
+  reg->begin_close(*b, cg::session::CloseCause::agent_closed);
+  reg->heard(*b, T0 + 60s);
+  CHECK(reg->report("dataplane", "ns/y").last_seen == T0 + 50s);
+  CHECK(reg->report("dataplane", "ns/y").connected_agents == 1);
+  CHECK(reg->report("dataplane", "ns/y").earliest_connected == T0 + 1s);
+
+  // Granted again: counted, with its connectedAt, from now on.
+  reg->set_authorized(*a, {"ns/x", "ns/y"});
+  auto x = reg->report("dataplane", "ns/x");
+  CHECK(x.connected_agents == 1);
+  CHECK(x.earliest_connected == T0 + 1s);
+  CHECK(x.last_seen == T0 + 30s);  // what ns/x heard before, and a's own last_seen (T0 + 1s) is older
+  // A stranger is heard by nobody.
+  auto stranger = handle(9);
+  reg->heard(*stranger, T0 + 99s);
+  CHECK(reg->report("dataplane", "ns/x").last_seen == T0 + 30s);
 }
 
 TEST_CASE("last_rise and last_zero follow 0→1 and 1→0 transitions only", "[session][registry]") {
