@@ -285,7 +285,7 @@ class LocalRegistry final : public SessionRegistry {
     take_max(tr.last_seen, std::optional(h.last_seen()));  // its last frame was heard while it was a member
     if (tr.members.empty()) {
       tr.last_zero = now;
-      rr_.erase(track_key(h.plane_type(), k));
+      rr_.erase(it->first);  // the track's key is the round-robin key
     }
   }
   size_t count_plane(const std::string& t, const std::string& id) const CG_REQUIRES(mu_) {
