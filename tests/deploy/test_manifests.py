@@ -1,7 +1,10 @@
 """Checks the Kubernetes manifests under deploy/ without a cluster.
 
   (a) `kubectl kustomize deploy/` renders, with the expected objects: six CRDs, RBAC with exactly the
-      least-privilege rules, the Deployment's security context / probes / args, Services, cert-manager PKI.
+      least-privilege rules, the Deployment's security context / probes / args, Services, cert-manager PKI,
+      and the three-replica mesh (issue 15): replicas, rolling update, downward-API env, mesh args/port/
+      certificate volume, topology spread, graceful termination, headless Service, PodDisruptionBudget,
+      namespaced Lease/EndpointSlice Role, mesh CA and peer certificate.
   (b) every deploy/examples/*.yaml is valid against its CRD's openAPIV3Schema (converted to JSON Schema;
       the CRDs' CEL x-kubernetes-validations rules are re-implemented in Python), and every file in
       deploy/examples/invalid/ is rejected, each for its expected reason only.
@@ -31,6 +34,11 @@ NAMESPACE = "openchoreo-control-plane"
 GROUP = "openchoreo.dev"
 VERSION = "v1alpha1"
 PLANEID_PATTERN = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+POD_SELECTOR = {"app.kubernetes.io/name": "cluster-gateway", "app.kubernetes.io/component": "cluster-gateway"}
+MESH_SERVICE = "cluster-gateway-mesh"
+MESH_PORT = 8445
+MESH_SECRET = "cluster-gateway-mesh-tls"
+SHUTDOWN_TIMEOUT_DEFAULT = 30  # the gateway's --shutdown-timeout default, seconds
 
 # kind -> (plural, scope, short names)
 KINDS = {
@@ -494,8 +502,9 @@ class RenderTest(unittest.TestCase):
         for o in self.objs:
             counts[o["kind"]] = counts.get(o["kind"], 0) + 1
         self.assertEqual(counts, {"CustomResourceDefinition": 6, "Namespace": 1, "ServiceAccount": 1,
-                                  "ClusterRole": 1, "ClusterRoleBinding": 1, "Deployment": 1, "Service": 2,
-                                  "Issuer": 3, "Certificate": 5})
+                                  "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1,
+                                  "Deployment": 1, "PodDisruptionBudget": 1, "Service": 3,
+                                  "Issuer": 4, "Certificate": 7})
         self.assertNotIn("PodMonitor", counts)  # optional, not in the default kustomization
 
     def test_namespaces(self):
@@ -522,6 +531,15 @@ class RenderTest(unittest.TestCase):
             expected |= {(GROUP, p, v) for v in ("get", "list", "watch")}
             expected |= {(GROUP, p + "/status", v) for v in ("get", "patch")}
         expected |= {("", "secrets", v) for v in ("get", "list", "watch")}
+        self.assertEqual(self.granted(role), expected)
+        (binding,) = [o for o in self.objs if o["kind"] == "ClusterRoleBinding"]
+        self.assertEqual(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                              "name": role["metadata"]["name"]})
+        self.assertEqual(binding["subjects"], [{"kind": "ServiceAccount", "name": "cluster-gateway",
+                                                "namespace": NAMESPACE}])
+
+    def granted(self, role):
+        """The (apiGroup, resource, verb) triples a Role/ClusterRole grants; no wildcards, no resourceNames."""
         granted = set()
         for rule in role["rules"]:
             self.assertEqual(set(rule) - {"apiGroups", "resources", "verbs"}, set(), "no resourceNames/nonResourceURLs")
@@ -530,15 +548,43 @@ class RenderTest(unittest.TestCase):
                     for v in rule["verbs"]:
                         self.assertNotIn("*", (g, r, v))
                         granted.add((g, r, v))
-        self.assertEqual(granted, expected)
-        (binding,) = [o for o in self.objs if o["kind"] == "ClusterRoleBinding"]
-        self.assertEqual(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                              "name": role["metadata"]["name"]})
+        return granted
+
+    def test_mesh_rbac_is_namespaced_least_privilege(self):
+        (role,) = [o for o in self.objs if o["kind"] == "Role"]
+        self.assertEqual(role["metadata"]["name"], "cluster-gateway-mesh")
+        self.assertEqual(role["metadata"]["namespace"], NAMESPACE)
+        self.assertEqual(self.granted(role), {
+            ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "list"),
+            ("coordination.k8s.io", "leases", "watch"), ("coordination.k8s.io", "leases", "create"),
+            ("coordination.k8s.io", "leases", "update"),
+            ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch")})
+        (binding,) = [o for o in self.objs if o["kind"] == "RoleBinding"]
+        self.assertEqual(binding["metadata"]["namespace"], NAMESPACE)
+        self.assertEqual(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                              "name": "cluster-gateway-mesh"})
         self.assertEqual(binding["subjects"], [{"kind": "ServiceAccount", "name": "cluster-gateway",
                                                 "namespace": NAMESPACE}])
+        # Nothing cluster-wide about Leases or EndpointSlices.
+        for o in self.objs:
+            if o["kind"] == "ClusterRole":
+                groups = {g for g, _, _ in self.granted(o)}
+                self.assertEqual(groups & {"coordination.k8s.io", "discovery.k8s.io"}, set())
 
     def deployment(self):
         return self.by[("Deployment", "cluster-gateway")]
+
+    def pod_spec(self):
+        return self.deployment()["spec"]["template"]["spec"]
+
+    def pod_labels(self):
+        return self.deployment()["spec"]["template"]["metadata"]["labels"]
+
+    def arg(self, name):
+        """The value of --name=VALUE in the container's args (None when absent); one occurrence at most."""
+        values = [a.split("=", 1)[1] for a in self.container()["args"] if a.startswith("--%s=" % name)]
+        self.assertLessEqual(len(values), 1, name)
+        return values[0] if values else None
 
     def container(self):
         (c,) = self.deployment()["spec"]["template"]["spec"]["containers"]
@@ -547,19 +593,99 @@ class RenderTest(unittest.TestCase):
     def test_deployment_basics(self):
         dep = self.deployment()
         pod = dep["spec"]["template"]["spec"]
-        self.assertEqual(dep["spec"]["replicas"], 1)
+        self.assertEqual(dep["spec"]["replicas"], 3)
         self.assertEqual(pod["serviceAccountName"], "cluster-gateway")
         c = self.container()
         self.assertEqual(c["image"], "cluster-gateway:latest")
         self.assertEqual(c["args"], ["--port=8443", "--health-port=8080", "--server-cert=/certs/tls.crt",
                                      "--server-key=/certs/tls.key", "--heartbeat-interval=30s",
                                      "--heartbeat-timeout=90s", "--log-level=info", "--internal-port=8444",
-                                     "--internal-client-ca-cert=/internal-ca/ca.crt"])
+                                     "--internal-client-ca-cert=/internal-ca/ca.crt",
+                                     "--mesh=true", "--mesh-port=8445", "--mesh-service=cluster-gateway-mesh",
+                                     "--mesh-ca-cert=/mesh-certs/ca.crt", "--mesh-cert=/mesh-certs/tls.crt",
+                                     "--mesh-key=/mesh-certs/tls.key"])
         self.assertEqual(c["resources"], {"requests": {"cpu": "100m", "memory": "64Mi"},
                                           "limits": {"cpu": "500m", "memory": "256Mi"}})
+        self.assertEqual(dep["spec"]["selector"]["matchLabels"], POD_SELECTOR)
         labels = dep["spec"]["template"]["metadata"]["labels"]
         for k, v in dep["spec"]["selector"]["matchLabels"].items():
             self.assertEqual(labels.get(k), v)
+
+    def test_rolling_update_never_below_the_replica_count(self):
+        self.assertEqual(self.deployment()["spec"]["strategy"],
+                         {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
+
+    def test_pod_name_and_namespace_from_the_downward_api(self):
+        self.assertEqual(self.container()["env"], [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE",
+             "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}}])
+        self.assertIsNone(self.arg("replica-id"))  # defaults to POD_NAME: one Lease per pod
+
+    def test_mesh_port_and_peer_certificate_are_wired(self):
+        c = self.container()
+        self.assertEqual(self.arg("mesh"), "true")
+        self.assertEqual(int(self.arg("mesh-port")), MESH_PORT)
+        self.assertIn({"name": "mesh", "containerPort": MESH_PORT, "protocol": "TCP"}, c["ports"])
+        self.assertEqual(len({p["containerPort"] for p in c["ports"]}), len(c["ports"]), "ports are distinct")
+        self.assertIn({"name": "mesh-certs", "mountPath": "/mesh-certs", "readOnly": True}, c["volumeMounts"])
+        vols = {v["name"]: v for v in self.pod_spec()["volumes"]}
+        self.assertEqual(vols["mesh-certs"]["secret"], {
+            "secretName": MESH_SECRET,
+            "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"},
+                      {"key": "ca.crt", "path": "ca.crt"}]})
+        self.assertEqual((self.arg("mesh-ca-cert"), self.arg("mesh-cert"), self.arg("mesh-key")),
+                         ("/mesh-certs/ca.crt", "/mesh-certs/tls.crt", "/mesh-certs/tls.key"))
+        # The peer certificate the volume mounts is the one cert-manager issues for the mesh.
+        certs = [o for o in self.objs if o["kind"] == "Certificate" and o["spec"]["secretName"] == MESH_SECRET]
+        self.assertEqual([o["metadata"]["name"] for o in certs], ["cluster-gateway-mesh"])
+
+    def test_topology_spread_over_nodes_and_zones(self):
+        selector = {"matchLabels": POD_SELECTOR}
+        self.assertEqual(self.pod_spec()["topologySpreadConstraints"], [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": selector},
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": selector}])
+        for k, v in POD_SELECTOR.items():
+            self.assertEqual(self.pod_labels().get(k), v)
+
+    def test_termination_leaves_room_for_the_drain(self):
+        pod, c = self.pod_spec(), self.container()
+        self.assertEqual(pod["terminationGracePeriodSeconds"], 45)
+        self.assertEqual(c["lifecycle"], {"preStop": {"exec": {"command": ["/bin/sleep", "5"]}}})
+        self.assertIsNone(self.arg("shutdown-timeout"))  # the gateway's default, 30 s
+        pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+        # The grace period runs from the start of preStop: preStop + the drain + at least 5 s to spare.
+        self.assertGreaterEqual(pod["terminationGracePeriodSeconds"], pre_stop + SHUTDOWN_TIMEOUT_DEFAULT + 5)
+        self.assertGreaterEqual(pod["terminationGracePeriodSeconds"], 40)
+
+    def test_headless_mesh_service(self):
+        svc = self.by[("Service", MESH_SERVICE)]
+        self.assertEqual(self.arg("mesh-service"), MESH_SERVICE)
+        self.assertEqual(svc["metadata"]["namespace"], NAMESPACE)
+        self.assertEqual(svc["spec"], {
+            "clusterIP": "None", "publishNotReadyAddresses": False, "selector": POD_SELECTOR,
+            "ports": [{"name": "mesh", "port": MESH_PORT, "targetPort": "mesh", "protocol": "TCP"}]})
+        self.assertEqual(self.container_port("mesh"), MESH_PORT)
+        # The mesh port is published by the headless Service only.
+        for name in ("cluster-gateway", "cluster-gateway-external"):
+            ports = self.by[("Service", name)]["spec"]["ports"]
+            self.assertNotIn(MESH_PORT, [p["port"] for p in ports])
+            self.assertNotIn("mesh", [p["targetPort"] for p in ports])
+
+    def test_pod_disruption_budget(self):
+        pdb = self.by[("PodDisruptionBudget", "cluster-gateway")]
+        self.assertEqual(pdb["apiVersion"], "policy/v1")
+        self.assertEqual(pdb["metadata"]["namespace"], NAMESPACE)
+        self.assertEqual(pdb["spec"], {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+                                       "selector": {"matchLabels": POD_SELECTOR}})
+        self.assertEqual(pdb["spec"]["selector"]["matchLabels"], self.deployment()["spec"]["selector"]["matchLabels"])
+        # With maxUnavailable 1 a node drain may proceed at any replica count, also replicas: 1, while
+        # with the default 3 replicas two keep serving.
+        for replicas in (1, 2, 3, 5):
+            self.assertEqual(min(pdb["spec"]["maxUnavailable"], replicas), 1)
+        self.assertEqual(self.deployment()["spec"]["replicas"] - pdb["spec"]["maxUnavailable"], 2)
 
     def test_internal_api_port_and_ca_are_wired(self):
         c = self.container()
@@ -632,7 +758,13 @@ class RenderTest(unittest.TestCase):
         self.assertEqual(issuers["cluster-gateway-selfsigned-issuer"]["spec"], {"ca": {"secretName": "cluster-gateway-ca"}})
         self.assertEqual(issuers["cluster-gateway-internal-ca-issuer"]["spec"],
                          {"ca": {"secretName": "cluster-gateway-internal-ca"}})
-        for name in ("cluster-gateway-ca", "cluster-gateway-internal-ca"):
+        self.assertEqual(sorted(issuers), ["cluster-gateway-ca-issuer", "cluster-gateway-internal-ca-issuer",
+                                           "cluster-gateway-mesh-ca-issuer", "cluster-gateway-selfsigned-issuer"])
+        self.assertEqual(sorted(certs), ["cluster-gateway-ca", "cluster-gateway-internal-ca", "cluster-gateway-mesh",
+                                         "cluster-gateway-mesh-ca", "cluster-gateway-tls",
+                                         "controller-manager-cluster-gateway-client",
+                                         "openchoreo-api-cluster-gateway-client"])
+        for name in ("cluster-gateway-ca", "cluster-gateway-internal-ca", "cluster-gateway-mesh-ca"):
             with self.subTest(ca=name):
                 spec = certs[name]["spec"]
                 self.assertIs(spec["isCA"], True)
@@ -660,11 +792,56 @@ class RenderTest(unittest.TestCase):
         for cert in certs.values():
             self.assertIn(cert["spec"]["issuerRef"]["name"], issuers)
 
+    def test_mesh_pki(self):
+        issuers = {n: o for (k, n), o in self.by.items() if k == "Issuer"}
+        certs = {n: o for (k, n), o in self.by.items() if k == "Certificate"}
+        # self-signed bootstrap Issuer -> mesh CA Certificate -> mesh CA Issuer -> peer Certificate
+        ca = certs["cluster-gateway-mesh-ca"]["spec"]
+        self.assertEqual(ca["issuerRef"], {"kind": "Issuer", "name": "cluster-gateway-ca-issuer",
+                                           "group": "cert-manager.io"})
+        self.assertEqual(issuers[ca["issuerRef"]["name"]]["spec"], {"selfSigned": {}})
+        self.assertEqual((ca["commonName"], ca["duration"], ca["renewBefore"]),
+                         ("openchoreo-cluster-gateway-mesh-ca", "87600h", "720h"))
+        self.assertEqual(ca["privateKey"]["rotationPolicy"], "Never")
+        self.assertEqual(issuers["cluster-gateway-mesh-ca-issuer"]["spec"], {"ca": {"secretName": "cluster-gateway-mesh-ca"}})
+        peer = certs["cluster-gateway-mesh"]["spec"]
+        self.assertEqual(peer["secretName"], MESH_SECRET)
+        self.assertEqual(peer["issuerRef"], {"kind": "Issuer", "name": "cluster-gateway-mesh-ca-issuer",
+                                             "group": "cert-manager.io"})
+        self.assertEqual(peer["usages"], ["server auth", "client auth", "digital signature", "key encipherment"])
+        self.assertNotIn("isCA", peer)
+        svc, ns = MESH_SERVICE, NAMESPACE
+        self.assertEqual(peer["dnsNames"], [svc, "%s.%s.svc" % (svc, ns), "%s.%s.svc.cluster.local" % (svc, ns),
+                                            "*.%s.%s.svc" % (svc, ns), "*.%s.%s.svc.cluster.local" % (svc, ns)])
+        self.assertEqual(peer["commonName"], "%s.%s.svc" % (svc, ns))
+        self.assertEqual((peer["duration"], peer["renewBefore"]), ("2160h", "360h"))
+        self.assertEqual((peer["privateKey"]["algorithm"], peer["privateKey"]["size"],
+                          peer["privateKey"]["rotationPolicy"]), ("RSA", 2048, "Always"))
+        # The mesh CA signs peer certificates only: any certificate it issued is accepted as a peer.
+        signed_by_mesh_ca = [n for n, c in certs.items() if c["spec"]["issuerRef"]["name"] == "cluster-gateway-mesh-ca-issuer"]
+        self.assertEqual(signed_by_mesh_ca, ["cluster-gateway-mesh"])
+        self.assertNotIn(ca["secretName"], {"cluster-gateway-ca", "cluster-gateway-internal-ca"})
+
     def test_gateway_only_kustomization_has_no_crds_or_namespace(self):
-        kinds = {o["kind"] for o in self.render(os.path.join(DEPLOY, "gateway"))}
+        objs = self.render(os.path.join(DEPLOY, "gateway"))
+        kinds = {o["kind"] for o in objs}
         self.assertNotIn("CustomResourceDefinition", kinds)
         self.assertNotIn("Namespace", kinds)
         self.assertIn("Deployment", kinds)
+        # Everything but the CRDs and the Namespace, the mesh objects included.
+        self.assertEqual(sorted((o["kind"], o["metadata"]["name"]) for o in objs),
+                         sorted(k for k in self.by if k[0] not in ("CustomResourceDefinition", "Namespace")))
+
+    def test_readme_replicas_section(self):
+        with open(os.path.join(DEPLOY, "README.md"), encoding="utf-8") as f:
+            readme = f.read()
+        m = re.search(r"^## Replicas\n(.*?)(?=^## |\Z)", readme, re.M | re.S)
+        self.assertIsNotNone(m, "deploy/README.md needs a '## Replicas' section")
+        section = m.group(1)
+        for needle in ("replicas: 1", MESH_SERVICE, "PodDisruptionBudget", "Role", "Lease", "EndpointSlice",
+                       "cluster-gateway-status-writer", MESH_SECRET, "topologySpreadConstraints",
+                       "scale deployment/cluster-gateway"):
+            self.assertIn(needle, section)
 
     def test_optional_podmonitor(self):
         pm = load_one(os.path.join(DEPLOY, "optional", "podmonitor.yaml"))
