@@ -31,6 +31,14 @@ std::string status_message(int status, const std::string& body, const std::strin
   return r.message();
 }
 
+// The selectors of a LIST or WATCH query: "fieldSelector=...&labelSelector=...", either one, or "".
+std::string selector_query(const InformerResource& r) {
+  std::string q;
+  if (!r.field_selector.empty()) q = "fieldSelector=" + url_encode(r.field_selector);
+  if (!r.label_selector.empty()) q += (q.empty() ? "" : "&") + std::string("labelSelector=") + url_encode(r.label_selector);
+  return q;
+}
+
 std::optional<EventType> event_type(const std::string& type) {
   if (type == "ADDED") return EventType::Added;
   if (type == "MODIFIED") return EventType::Modified;
@@ -104,7 +112,7 @@ Informer::Informer(Private, KubeClient& client, InformerResource resource, Infor
     : client_(client),
       res_(std::move(resource)),
       name_(res_.name.empty() ? res_.path : res_.name),
-      selector_query_(res_.field_selector.empty() ? "" : "fieldSelector=" + url_encode(res_.field_selector)),
+      selector_query_(selector_query(res_)),
       opts_(opts),
       inflight_(inflight ? std::move(inflight) : std::make_shared<Inflight>()),
       callbacks_(std::move(callbacks)),

@@ -1,6 +1,7 @@
 // A generic informer: LIST + WATCH of one Kubernetes collection (optionally restricted by a field
-// selector), following client-go's reflector. It knows no resource type: it hands the objects to its
-// callbacks as JSON (plane_index/kube_source.cpp maps them to plane CRs and CA secrets).
+// and/or a label selector), following client-go's reflector. It knows no resource type: it hands the
+// objects to its callbacks as JSON (plane_index/kube_source.cpp maps them to plane CRs and CA
+// secrets, kube/lease.cpp to Lease records).
 //
 // * LIST the collection in pages of `page_size` (`limit`, following `continue` tokens, like client-go's
 //   pager); a continue token that expired (410 while paging) lists again from scratch in one unpaged
@@ -76,6 +77,7 @@ const char* to_string(InformerSignal s);
 struct InformerResource {
   std::string path;  // the collection, e.g. "/api/v1/namespaces/team-a/configmaps"
   std::string field_selector;  // e.g. "metadata.name=ca" (sent URL-encoded); empty: none
+  std::string label_selector;  // e.g. "app=cluster-gateway" (sent URL-encoded); empty: none
   // Filled into every object that lacks them (items of typed lists carry no apiVersion and kind).
   std::string api_version;  // e.g. "v1"
   std::string kind;  // e.g. "ConfigMap"
@@ -161,7 +163,7 @@ class Informer : public std::enable_shared_from_this<Informer> {
   KubeClient& client_;
   const InformerResource res_;
   const std::string name_;
-  const std::string selector_query_;  // "fieldSelector=..." or ""
+  const std::string selector_query_;  // "fieldSelector=...&labelSelector=...", either, or ""
   const InformerOptions opts_;
   const std::shared_ptr<Inflight> inflight_;
 
