@@ -74,6 +74,14 @@ struct M {
                                 .Register(*reg);
   Family<Counter>& ca =
       BuildCounter().Name("cluster_gateway_ca_reloads_total").Help("CA bundle (re)loads for plane CRs by result").Register(*reg);
+  Family<Counter>& mesh_forwards = BuildCounter()
+                                       .Name("cluster_gateway_mesh_forwarded_requests_total")
+                                       .Help("Internal API requests forwarded one hop to another replica, by result")
+                                       .Register(*reg);
+  Family<Counter>& mesh_updates = BuildCounter()
+                                      .Name("cluster_gateway_mesh_directory_updates_total")
+                                      .Help("Session directory updates received from peers, by answer status")
+                                      .Register(*reg);
   Family<Counter>& tls = BuildCounter()
                              .Name("cluster_gateway_tls_reloads_total")
                              .Help("Server certificate / internal CA reloads by result")
@@ -203,6 +211,8 @@ void plane_source_event(const std::string& src, const std::string& ev) {
   m().source.Add({{"source", src}, {"event", ev}}).Increment();
 }
 void ca_reload(const std::string& r) { m().ca.Add({{"result", r}}).Increment(); }
+void mesh_forward(const std::string& r) { m().mesh_forwards.Add({{"result", r}}).Increment(); }
+void mesh_update(unsigned status) { m().mesh_updates.Add({{"code", std::to_string(status)}}).Increment(); }
 void tls_reload(const std::string& r) { m().tls.Add({{"result", r}}).Increment(); }
 void plane_document_rejected() { m().rejected_docs.Add({}).Increment(); }
 void set_scrape_hook(std::function<void()> h) {

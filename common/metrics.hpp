@@ -62,6 +62,9 @@ void proxy_policy_reload(const std::string& result);
 void status_write(const std::string& result);  // ok | error | gone
 void plane_source_event(const std::string& source, const std::string& event);  // e.g. kubernetes/relist
 void ca_reload(const std::string& result);  // ok | error (plane CR CA bundles)
+// Several replicas: a forwarded request's result (answered | unreachable), a received directory update's status.
+void mesh_forward(const std::string& result);
+void mesh_update(unsigned status);
 void tls_reload(const std::string& result);  // ok | error (server certificate, internal CA)
 void plane_document_rejected();
 

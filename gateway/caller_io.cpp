@@ -125,8 +125,16 @@ awaitable<std::optional<Next>> CallerIo::read_body(uint64_t max) {
   co_return std::nullopt;
 }
 
+template <class Res>
+void CallerIo::mark_answer(Res& res) const {
+  if (!entry_pod_.empty()) res.set("X-Cluster-Gateway-Entry-Pod", entry_pod_);
+  if (!served_by_.empty() && res.find("X-Cluster-Gateway-Served-By") == res.end())
+    res.set("X-Cluster-Gateway-Served-By", served_by_);
+}
+
 awaitable<Next> CallerIo::write(std::shared_ptr<ProxyResponse> res, bool can_keep_alive) {
   if (watch_.hung_up()) co_return Next::close;
+  mark_answer(*res);
   // Kept alive when the request asked for it and was read whole (refusals pass can_keep_alive false).
   const bool keep = can_keep_alive && parser_ && parser_->is_done() && parser_->get().keep_alive();
   res->set(http::field::server, "cluster-gateway");
@@ -150,6 +158,7 @@ awaitable<Next> CallerIo::reject(unsigned status, RequestFault fault, const std:
 
 awaitable<bool> CallerIo::write_stream_head(std::shared_ptr<StreamHead> res) {
   res->set(http::field::server, "cluster-gateway");
+  mark_answer(*res);
   res->keep_alive(false);  // a stream ends the connection: simpler for callers and proxies alike
   res->chunked(true);
   http::response_serializer<http::empty_body> sr(*res);

@@ -90,6 +90,12 @@ class CallerIo {
   CallerIo(net::tcp::socket s, std::shared_ptr<net::asio::ssl::context> ctx, Timeouts t);
 
   const std::string& remote() const { return remote_; }
+  // Several replicas: every answer carries X-Cluster-Gateway-Entry-Pod (when `entry` is set) and
+  // X-Cluster-Gateway-Served-By (`served_by`, unless the answer already names the replica that served it).
+  void set_answer_headers(std::string entry, std::string served_by) {
+    entry_pod_ = std::move(entry);
+    served_by_ = std::move(served_by);
+  }
   const CallerIdentity& caller() const { return caller_; }
   boost::asio::any_io_executor executor() { return stream_.get_executor(); }
   bool owns_stream() const { return stream_state_ == StreamState::owned; }
@@ -138,6 +144,9 @@ class CallerIo {
   CallerWatch watch_;
   std::string remote_;
   CallerIdentity caller_;  // from the verified client certificate (anonymous without one)
+  std::string entry_pod_, served_by_;  // set_answer_headers
+  template <class Res>
+  void mark_answer(Res& res) const;
 };
 
 }  // namespace cg::gateway

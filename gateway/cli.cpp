@@ -222,6 +222,29 @@ std::vector<Spec> flag_table(Config& c, Pending& p) {
   t.add_int("io-threads", nullptr, &Config::io_threads, "I/O threads (0: one per core)");
   t.add_pending("log-format", nullptr, &Pending::log_format, Config{}.log_format == log::Format::json ? "json" : "text",
                 "Log format: json or text");
+  // Several replicas (upstream's chart: clusterGateway.mesh.*), and static peers for the file source.
+  t.add_bool("mesh", "MESH_ENABLED", &Config::mesh,
+             "Join the other replicas: peer links on --mesh-port, requests forwarded one hop to the replica holding "
+             "the agent, one status writer summing every replica");
+  t.add_int("mesh-port", "MESH_PORT", &Config::mesh_port, "mTLS port for peer links and forwarded requests; 0 picks a free port");
+  t.add_string("mesh-service", "MESH_SERVICE", &Config::mesh_service,
+               "Headless Service (in the pod's namespace) whose ready EndpointSlice endpoints are the peers");
+  t.add_string("mesh-ca-cert", "MESH_CA_CERT_PATH", &Config::mesh_ca_cert,
+               "CA bundle that verifies peer certificates, both ways");
+  t.add_string("mesh-cert", "MESH_CERT_PATH", &Config::mesh_cert,
+               "This replica's peer certificate chain (server and client auth; default: --server-cert)");
+  t.add_string("mesh-key", "MESH_KEY_PATH", &Config::mesh_key, "Key of --mesh-cert (default: --server-key)");
+  t.add_string("mesh-peers", "MESH_PEERS", &Config::mesh_peers,
+               "Static peers host:port,... (without Kubernetes; liveness from the peer links themselves)");
+  t.add_string("mesh-server-name", nullptr, &Config::mesh_server_name,
+               "Name peer certificates are checked against (default: the peer's host with --mesh-peers, "
+               "<mesh-service>.<namespace>.svc with --mesh-service)");
+  t.add_string("replica-id", "POD_NAME", &Config::replica_id, "This replica's name among its peers (default: the host name)");
+  t.add_string("pod-namespace", "POD_NAMESPACE", &Config::pod_namespace,
+               "Namespace of the mesh Service and Leases (default: the service account's namespace)");
+  t.add_duration("mesh-lease-duration", &Config::mesh_lease_duration,
+                 "A replica not heard from (or whose Lease was not renewed) for this long is dead: its agents leave "
+                 "the status sum, and a new status writer may take over (> 0)");
   t.add_version();
   return std::move(t.specs);
 }
@@ -341,6 +364,14 @@ CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, 
   if (cfg.internal_mtls && cfg.internal_client_ca.empty())
     return fail(
         "--internal-client-ca-cert is required while --internal-mtls is true (use --internal-mtls=false only for development)");
+  if (cfg.mesh_port < 0 || cfg.mesh_port > 65535)
+    return fail("--mesh-port: " + std::to_string(cfg.mesh_port) + " is not a port number (0 to 65535)");
+  if (cfg.mesh_lease_duration < std::chrono::seconds(1))
+    return fail("--mesh-lease-duration must be at least 1s (got " + goflag::format_duration(cfg.mesh_lease_duration) + ")");
+  if (cfg.mesh && cfg.mesh_peers.empty() && cfg.mesh_service.empty() && !cfg.planes_dir.empty())
+    res.warnings.push_back("--mesh without --mesh-peers or --mesh-service: this replica has no peers");
+  if (!cfg.mesh && (!cfg.mesh_peers.empty() || !cfg.mesh_service.empty()))
+    res.warnings.push_back("--mesh-peers and --mesh-service have no effect without --mesh=true");
   if (cfg.skip_client_cert_verify) res.warnings.push_back("--skip-client-cert-verify is deprecated and has no effect");
   return res;
 }

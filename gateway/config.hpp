@@ -59,6 +59,18 @@ struct Config {
   std::string proxy_policy_file;  // --proxy-policy-file: allow/deny rules per caller (empty: built-in deny-list only)
   log::Level log_level = log::Level::info;
   log::Format log_format = log::Format::json;
+  // Several replicas (docs/operations.md, "Replicas"): upstream's chart flags, plus static peers.
+  bool mesh = false;
+  int64_t mesh_port = 8445;  // peer links and forwarded requests (mTLS); 0 picks a free port
+  std::string mesh_service;  // headless Service whose EndpointSlices list the peers (Kubernetes mode)
+  std::string mesh_ca_cert = "/mesh-certs/ca.crt";  // verifies peers, both ways
+  std::string mesh_cert;  // this replica's peer certificate; empty: --server-cert
+  std::string mesh_key;  // empty: --server-key
+  std::string mesh_peers;  // "host:port,…": static peers (file source, demo, tests) instead of --mesh-service
+  std::string mesh_server_name;  // name peer certificates are checked against; empty: the peer's host (static) or <svc>.<ns>.svc
+  std::string replica_id;  // empty: $POD_NAME, else the host name
+  std::string pod_namespace;  // empty: $POD_NAMESPACE, else the service account's namespace
+  Duration mesh_lease_duration = std::chrono::seconds(15);  // a replica silent this long is dead; writer failover bound
 };
 
 // --io-threads 0: one per core.

@@ -6,6 +6,8 @@
 #include <sstream>
 #include <thread>
 
+#include <unistd.h>
+
 #include "common/control_timer.hpp"
 #include "common/log.hpp"
 #include "common/metrics.hpp"
@@ -20,6 +22,9 @@
 #include "k8s_status_writer/kube_sink.hpp"
 #include "kube/client.hpp"
 #include "kube/config.hpp"
+#include "kube/lease.hpp"
+#include "mesh/kube_membership.hpp"
+#include "mesh/mesh.hpp"
 #include "plane_index/kube_source.hpp"
 #include "plane_index/file_source.hpp"
 #include "session/frames.hpp"
@@ -27,6 +32,26 @@
 
 namespace cg::gateway {
 using namespace cg::net;
+
+namespace {
+// The label of every replica's own Lease, and the status writer's Lease (deploy/gateway/rbac.yaml).
+constexpr std::string_view kReplicaLeaseLabel = "cluster-gateway.openchoreo.dev/role";
+constexpr std::string_view kWriterLease = "cluster-gateway-status-writer";
+
+std::string host_name() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "cluster-gateway";
+  return buf;
+}
+std::string read_pem(const std::string& path, const char* flag) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(std::string(flag) + ": cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (ss.str().empty()) throw std::runtime_error(std::string(flag) + ": " + path + " is empty");
+  return ss.str();
+}
+}  // namespace
 
 struct Gateway::Impl {
   Config cfg;
@@ -50,6 +75,17 @@ struct Gateway::Impl {
   std::shared_ptr<session::Tunnel> tunnel_ref;
   std::unique_ptr<AgentListener> agent_listener;
   std::unique_ptr<InternalApi> internal_api;
+  // Several replicas (--mesh): the mesh, its listener on --mesh-port, and the registry the status
+  // writer, the tunnel and the internal API see (local sessions + other replicas' reports).
+  std::unique_ptr<mesh::Mesh> mesh;
+  std::unique_ptr<InternalApi> mesh_api;
+  session::SessionRegistry* view = nullptr;
+  // With Kubernetes (--mesh-service): peers from the headless Service's EndpointSlices, a Lease per
+  // replica (liveness), and the status writer's Lease.
+  std::string kube_namespace;  // the kubeconfig context's or the service account's namespace
+  std::unique_ptr<mesh::KubeMembership> membership;
+  std::unique_ptr<kube::LeaderElector> own_lease, writer_lease;
+  std::unique_ptr<kube::LeaseWatcher> leases;
   std::unique_ptr<PolicyFile> proxy_policy;  // --proxy-policy-file (polled every second)
   std::unique_ptr<HttpServer> health;
   std::atomic<bool> started{false}, draining{false}, stopped{false};
@@ -132,6 +168,8 @@ uint16_t Gateway::agent_port() const { return impl_->agent_listener ? impl_->age
 size_t Gateway::pending_requests() const { return impl_->tunnel_ref ? impl_->tunnel_ref->pending() : 0; }
 uint16_t Gateway::internal_port() const { return impl_->internal_api ? impl_->internal_api->port() : 0; }
 uint16_t Gateway::health_port() const { return impl_->health ? impl_->health->port() : 0; }
+uint16_t Gateway::mesh_port() const { return impl_->mesh_api ? impl_->mesh_api->port() : 0; }
+mesh::Mesh* Gateway::mesh() { return impl_->mesh.get(); }
 
 std::string Gateway::not_ready_reason() const {
   if (impl_->draining) return "draining";
@@ -179,23 +217,89 @@ void Gateway::start() {
     kube::ClientOptions co;
     co.qps = c.kube_api_qps;
     co.burst = c.kube_api_burst;
+    m.kube_namespace = kc.default_namespace;
     m.kube = std::make_unique<kube::KubeClient>(m.ioc, std::move(kc), co);
     m.source = std::make_unique<plane::KubePlaneSource>(control, *m.kube, m.index);
     if (c.write_status) m.sink = std::make_unique<status::KubeStatusSink>(*m.kube);
+  }
+  m.view = m.registry.get();
+  std::vector<mesh::PeerAddress> static_peers;
+  if (c.mesh) {
+    mesh::MeshOptions mo;
+    mo.replica_id = c.replica_id.empty() ? host_name() : c.replica_id;
+    mo.ca_pem = read_pem(c.mesh_ca_cert, "--mesh-ca-cert");
+    mo.cert_pem = read_pem(c.mesh_cert.empty() ? c.server_cert : c.mesh_cert, "--mesh-cert");
+    mo.key_pem = read_pem(c.mesh_key.empty() ? c.server_key : c.mesh_key, "--mesh-key");
+    mo.lease_duration = c.mesh_lease_duration;
+    try {
+      static_peers = mesh::parse_peers(c.mesh_peers);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string("--mesh-peers: ") + e.what());
+    }
+    mo.static_leadership = c.mesh_service.empty();
+    mo.expected_peers = static_peers.size();
+    mo.server_name = c.mesh_server_name;
+    std::string ns = c.pod_namespace.empty() ? m.kube_namespace : c.pod_namespace;
+    if (!c.mesh_service.empty()) {
+      if (!m.kube)
+        throw std::runtime_error(
+            "--mesh-service needs the Kubernetes API (the plane source without --planes-dir); with --planes-dir use "
+            "--mesh-peers");
+      if (ns.empty()) throw std::runtime_error("--mesh-service: no namespace: set --pod-namespace or POD_NAMESPACE");
+      if (mo.server_name.empty()) mo.server_name = c.mesh_service + "." + ns + ".svc";
+    }
+    m.mesh = std::make_unique<mesh::Mesh>(m.ioc, control, *m.registry, mo);
+    try {
+      m.mesh->client_tls();  // a bad peer certificate or key fails the start, not the first stream
+    } catch (const std::exception& e) {
+      throw std::runtime_error(std::string("--mesh-cert/--mesh-key/--mesh-ca-cert: ") + e.what());
+    }
+    m.view = &m.mesh->registry();
+    if (!c.mesh_service.empty()) {
+      // Kubernetes does membership and election (docs/architecture.md, "Replicas").
+      const auto lease = std::chrono::duration_cast<std::chrono::milliseconds>(c.mesh_lease_duration);
+      const auto renew = lease * 2 / 3;
+      const auto retry = std::max<std::chrono::milliseconds>(std::chrono::milliseconds(200), lease * 2 / 15);
+      const std::string& me = m.mesh->replica_id();
+      m.own_lease = std::make_unique<kube::LeaderElector>(
+          control, *m.kube,
+          kube::LeaderElectorOptions{ns, me, me, {{std::string(kReplicaLeaseLabel), "replica"}}, lease, renew, retry},
+          kube::LeaderCallbacks{});
+      m.leases = std::make_unique<kube::LeaseWatcher>(
+          control, *m.kube, kube::LeaseWatcherOptions{ns, std::string(kReplicaLeaseLabel) + "=replica"}, [&m] {
+            if (!m.leases || !m.leases->synced()) return;
+            auto live = m.leases->live();
+            m.mesh->set_alive(std::set<std::string>(live.begin(), live.end()));
+          });
+      kube::LeaderCallbacks writer_cb;
+      writer_cb.on_started_leading = [mp = m.mesh.get()] { mp->set_leader(true); };
+      writer_cb.on_stopped_leading = [mp = m.mesh.get()] { mp->set_leader(false); };
+      m.writer_lease = std::make_unique<kube::LeaderElector>(
+          control, *m.kube, kube::LeaderElectorOptions{ns, std::string(kWriterLease), me, {}, lease, renew, retry},
+          std::move(writer_cb));
+      m.membership = std::make_unique<mesh::KubeMembership>(
+          *m.kube, ns, c.mesh_service, me, static_cast<uint16_t>(c.mesh_port),
+          [mp = m.mesh.get()](std::vector<mesh::PeerAddress> peers) { mp->set_peers(std::move(peers)); });
+    }
   }
   if (c.write_status) {
     status::StatusWriterOptions so;
     so.heartbeat_interval = c.status_heartbeat_interval;
     so.startup_grace = c.startup_grace;
-    m.writer = std::make_unique<status::StatusWriter>(control, m.index, *m.registry, *m.sink, so);
+    m.writer = std::make_unique<status::StatusWriter>(control, m.index, *m.view, *m.sink, so);
+    if (m.mesh) {
+      // Only the elected replica writes; the others keep their writer idle until they are elected.
+      m.writer->set_active(false);
+      m.mesh->on_leadership([w = m.writer.get()](bool leading) { w->set_active(leading); });
+    }
   } else {
     log::info("status writing disabled (--write-status=false): upstream's plane controllers write agentConnection");
   }
   m.source->start();
   if (m.writer) m.writer->start();
 
-  auto tunnel = std::make_shared<session::Tunnel>(m.ioc, *m.registry,
-                                                  session::TunnelLimits{c.max_pending_per_agent, c.max_streams_per_agent});
+  auto tunnel =
+      std::make_shared<session::Tunnel>(m.ioc, *m.view, session::TunnelLimits{c.max_pending_per_agent, c.max_streams_per_agent});
   m.tunnel_ref = tunnel;
   std::string proxies_error;
   auto trusted_proxies = parse_ip_ranges(c.agent_auth_trusted_proxies, proxies_error);
@@ -231,7 +335,7 @@ void Gateway::start() {
     log::warn("internal API mTLS is disabled (--internal-mtls=false): any client can call /api/*; use only for development");
   auto internal_ssl = m.internal_context();
   InternalApiDeps api_deps{.index = m.index,
-                           .registry = *m.registry,
+                           .registry = *m.view,
                            .tunnel = *tunnel,
                            .request_timeout = c.request_timeout,
                            .read_timeout = c.read_timeout,
@@ -239,6 +343,23 @@ void Gateway::start() {
                            .write_timeout = c.write_timeout,
                            .handshake_timeout = c.handshake_timeout,
                            .max_connections = static_cast<size_t>(c.max_internal_connections)};
+  if (m.mesh) {
+    // The mesh listener: peers only (--mesh-ca-cert both ways); no policy file (the entry replica
+    // applied it), no second hop.
+    InternalApiDeps mesh_deps = api_deps;
+    mesh_deps.mesh_receive = [mp = m.mesh.get()](std::string_view body) { return mp->receive(body); };
+    mesh_deps.replica_id = m.mesh->replica_id();
+    tls::ServerTlsOptions mt{c.mesh_cert.empty() ? c.server_cert : c.mesh_cert, c.mesh_key.empty() ? c.server_key : c.mesh_key,
+                             c.mesh_ca_cert};
+    mt.request_client_cert = true;
+    try {
+      m.mesh_api = std::make_unique<InternalApi>(m.ioc, tls::make_server_context(mt), c.bind, c.mesh_port, mesh_deps);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("--mesh-port " + std::to_string(c.mesh_port) + ": " + e.what());
+    }
+    api_deps.mesh = m.mesh.get();
+    api_deps.replica_id = m.mesh->replica_id();
+  }
   if (m.proxy_policy) api_deps.proxy_policy = [p = m.proxy_policy.get()] { return p->current(); };
   try {
     m.internal_api = std::make_unique<InternalApi>(m.ioc, internal_ssl, c.bind, c.internal_port, api_deps);
@@ -276,6 +397,17 @@ void Gateway::start() {
   for (int i = 0; i < io_threads; ++i) m.threads.emplace_back([&m] { run_io(m.ioc); });
   m.agent_listener->start();
   m.internal_api->start();
+  if (m.mesh) {
+    m.mesh_api->start();
+    m.mesh->start();
+    if (!static_peers.empty()) m.mesh->set_peers(static_peers);
+    if (m.own_lease) {
+      m.own_lease->start();
+      m.leases->start();
+      m.writer_lease->start();
+      m.membership->start();
+    }
+  }
   m.reloader.emplace(control);
   m.schedule_reload();
   if (m.proxy_policy) m.proxy_policy->start();
@@ -290,6 +422,8 @@ void Gateway::start() {
                                         {"bind", c.bind},
                                         {"ioThreads", io_threads},
                                         {"planeSource", c.planes_dir.empty() ? "kubernetes" : "file"},
+                                        {"meshPort", mesh_port()},
+                                        {"replica", m.mesh ? m.mesh->replica_id() : ""},
                                         {"planesDir", c.planes_dir},
                                         {"statusDir", c.status_dir},
                                         {"heartbeatInterval", format_go_duration(c.heartbeat_interval)},
@@ -312,6 +446,7 @@ void Gateway::shutdown() {
   log::info("shutting down", {{"sessions", m.registry->size()}, {"shutdownTimeout", format_go_duration(m.cfg.shutdown_timeout)}});
   m.stop_reloader();
   if (m.proxy_policy) m.proxy_policy->stop();
+  if (m.mesh) m.mesh->drain();  // peers stop picking this replica's sessions
   m.agent_listener->stop();
   m.internal_api->stop();
   m.registry->close_admission();
@@ -349,7 +484,15 @@ void Gateway::shutdown() {
   while (m.registry->size() > 0 && std::chrono::steady_clock::now() < sessions_deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   if (m.source) m.source->stop();
-  bool flushed = !m.writer || m.writer->flush(deadline, /*as_disconnected=*/true);
+  // With peers, the last write is the sum without this replica's agents (they have closed by now, or
+  // are written as disconnected by the next writer once this replica's `bye` is received).
+  bool flushed = !m.writer || m.writer->flush(deadline, /*as_disconnected=*/!m.mesh);
+  if (m.writer_lease) m.writer_lease->stop(/*release=*/true);  // the next writer takes over at once
+  if (m.membership) m.membership->stop();
+  if (m.mesh_api) m.mesh_api->stop();
+  if (m.mesh) m.mesh->stop(std::min(deadline, std::chrono::steady_clock::now() + std::chrono::seconds(2)));
+  if (m.leases) m.leases->stop();
+  if (m.own_lease) m.own_lease->stop(/*release=*/true);
   if (!flushed) log::warn("shutdown timeout reached before every status was written");
   if (m.writer) m.writer->stop();
   m.stop_control();

@@ -9,6 +9,10 @@
 #include "plane_index/index.hpp"
 #include "session/registry.hpp"
 
+namespace cg::mesh {
+class Mesh;
+}
+
 namespace cg::gateway {
 
 class Gateway {
@@ -25,6 +29,8 @@ class Gateway {
   uint16_t agent_port() const;
   uint16_t health_port() const;
   uint16_t internal_port() const;
+  uint16_t mesh_port() const;  // 0 without --mesh
+  mesh::Mesh* mesh();  // null without --mesh
   // Empty when ready; otherwise why not (listeners down, plane source not synced, draining).
   std::string not_ready_reason() const;
 

@@ -13,6 +13,7 @@
 #include "gateway/exec_bridge.hpp"
 #include "gateway/http_rules.hpp"
 #include "gateway/internal_routes.hpp"
+#include "gateway/mesh_relay.hpp"
 #include "gateway/plane_endpoints.hpp"
 #include "gateway/proxy_rules.hpp"
 #include "gateway/route_requests.hpp"
@@ -46,7 +47,11 @@ class Conn : public std::enable_shared_from_this<Conn> {
             {deps_->idle_timeout, deps_->read_timeout, deps_->write_timeout, deps_->handshake_timeout}),
         wake_(io_.executor()) {}
 
-  void start() { spawn(run()); }
+  void start() {
+    if (deps_->mesh) io_.set_answer_headers(deps_->replica_id, deps_->replica_id);
+    else if (deps_->mesh_receive) io_.set_answer_headers("", deps_->replica_id);
+    spawn(run());
+  }
 
  private:
   // Runs `a` on the connection's strand. An exception ends this connection only (logged, counted).
@@ -83,6 +88,12 @@ class Conn : public std::enable_shared_from_this<Conn> {
     if (auto answered = co_await io_.read_header()) co_return *answered;
     auto& req = io_.request();
     method_ = std::string(req.method_string());
+    if (deps_->mesh_receive) {
+      if (req.target().substr(0, req.target().find('?')) == mesh::kDirectoryPath) co_return co_await mesh_update();
+      // A forwarded request: its answer names the replica the caller reached, and this one.
+      auto entry = req[mesh::kEntryPodHeader];
+      io_.set_answer_headers(entry.size() <= mesh::kMaxName ? std::string(entry) : std::string(), deps_->replica_id);
+    }
     auto routed = route_internal(method_, req.target());
     path_ = std::move(routed.path);
     query_ = std::move(routed.query);
@@ -127,6 +138,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
     }
     if (auto answered = co_await io_.read_body(kMaxProxyBody)) co_return *answered;
     if (check_.streaming) {
+      if (auto peer = remote_only(check_.plane_type, check_.plane_id, check_.cr_key, session::kStreamCapability))
+        co_return co_await forward_stream(std::move(*peer));
       session::StreamRequest sr;
       sr.mode = session::StreamRequest::Mode::http;
       sr.kind = "http";
@@ -135,8 +148,9 @@ class Conn : public std::enable_shared_from_this<Conn> {
       log::info("HTTP stream request received", fields({{"path", check_.path}, {"query", query_}}));
       co_return co_await relay(std::move(sr), Surface::http_stream);
     }
-    auto tr = tunnel_request();
     started_ = std::chrono::steady_clock::now();
+    if (auto peer = remote_only(check_.plane_type, check_.plane_id, check_.cr_key)) co_return co_await forward(std::move(*peer));
+    auto tr = tunnel_request();
     log::info("HTTP proxy request received", fields({{"path", check_.path}, {"method", method_}}));
     // The agent's reply, or the caller hanging up (which cancels the request: the reply is then
     // `cancelled`). The tunnel calls back exactly once, always posted: the reply is posted here.
@@ -183,6 +197,114 @@ class Conn : public std::enable_shared_from_this<Conn> {
     co_return co_await io_.error(a.status, a.message, true);
   }
 
+  // ---- several replicas -------------------------------------------------------------------------
+  // A replica to forward to: none here holds a session for the CR, another one does.
+  std::optional<std::string> remote_only(const std::string& type, const std::string& id, const std::string& cr,
+                                         std::string_view capability = {}) {
+    if (!deps_->mesh) return std::nullopt;
+    bool plane_has = false;
+    if (deps_->registry.pick(type, id, cr, plane_has)) return std::nullopt;
+    return deps_->mesh->pick_peer(type, id, cr, capability);
+  }
+
+  // A stream (watch, logs -f, exec, wirelogs) for an agent of another replica: the connection is
+  // handed to a relay (gateway/mesh_relay.*) that carries it to that replica's mesh listener.
+  awaitable<Next> forward_stream(std::string replica) {
+    auto route = deps_->mesh->route_to(replica);
+    if (!route) co_return co_await io_.error(502, "proxy request failed: no link to replica " + replica, true);
+    MeshRelayTarget t;
+    t.replica = replica;
+    t.host = route->host;
+    t.port = route->port;
+    t.server_name = route->server_name;
+    t.tls = deps_->mesh->client_tls();
+    t.entry = deps_->replica_id;
+    t.connect_timeout = deps_->handshake_timeout;
+    t.log_fields = fields();
+    auto [stream, request] = io_.hand_over();
+    start_mesh_relay(std::move(stream), std::move(request), std::move(t));
+    co_return Next::handed_off;
+  }
+
+  // One hop to `replica`, whose mesh listener serves the request from its own sessions. A request that
+  // got no answer is tried on another replica when its method is safe to repeat (GET, HEAD, OPTIONS).
+  awaitable<Next> forward(std::string replica) {
+    auto& req = io_.request();
+    mesh::ForwardRequest fr;
+    fr.method = method_;
+    fr.target = std::string(req.target());
+    for (const auto& f : req) {
+      if (f.name() == http::field::host) continue;
+      fr.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+    }
+    fr.body = req.body();
+    fr.timeout = deps_->request_timeout + std::chrono::seconds(5);  // the serving replica answers 504 first
+    const bool repeatable = method_ == "GET" || method_ == "HEAD" || method_ == "OPTIONS";
+    std::set<std::string> tried;
+    for (;;) {
+      tried.insert(replica);
+      fwd_reply_.reset();
+      deps_->mesh->forward(replica, fr, [self = shared_from_this(), ex = io_.executor()](mesh::ForwardReply r) {
+        asio::post(ex, [self, r = std::move(r)]() mutable {
+          self->fwd_reply_ = std::move(r);
+          self->wake_.notify();
+        });
+      });
+      bool gone = false;
+      io_.await_agent(spawner(), [this, &gone] {
+        gone = true;
+        wake_.notify();
+      });
+      while (!fwd_reply_ && !gone) co_await wake_.wait();
+      io_.agent_done();
+      if (gone && !fwd_reply_) {
+        log::info("caller went away during a forwarded request", fields({{"servedBy", replica}}));
+        metrics::tunnel_request(check_.plane_type, 499, check_.target, seconds_since(started_));
+        co_return Next::close;
+      }
+      auto r = std::move(*fwd_reply_);
+      fwd_reply_.reset();
+      if (r.status > 0) {
+        metrics::mesh_forward("answered");
+        metrics::tunnel_request(check_.plane_type, r.status, check_.target, seconds_since(started_));
+        log::info("HTTP proxy request forwarded", fields({{"servedBy", replica},
+                                                          {"statusCode", r.status},
+                                                          {"durationMs", static_cast<int64_t>(seconds_since(started_) * 1000)}}));
+        session::TunnelReply tr;
+        tr.outcome = session::TunnelReply::Outcome::response;
+        tr.status_code = r.status;
+        tr.headers = std::move(r.headers);
+        tr.body = std::move(r.body);
+        co_return co_await io_.write(make_proxy_response(std::move(tr), method_ == "HEAD"), true);
+      }
+      metrics::mesh_forward("unreachable");
+      log::warn("forwarded request got no answer from the replica", fields({{"servedBy", replica}, {"reason", r.error}}));
+      std::optional<std::string> next;
+      if (repeatable) next = deps_->mesh->pick_peer(check_.plane_type, check_.plane_id, check_.cr_key, {}, tried);
+      if (!next) {
+        metrics::tunnel_request(check_.plane_type, 502, check_.target, seconds_since(started_));
+        co_return co_await io_.error(
+            502, "proxy request failed: replica " + replica + " holding the agent did not answer: " + r.error, true);
+      }
+      replica = std::move(*next);
+    }
+  }
+
+  // POST /mesh/v1/directory (mesh listener only): a peer's session directory update.
+  awaitable<Next> mesh_update() {
+    if (method_ != "POST") {
+      RouteError e{405, "method not allowed", "POST"};
+      co_return co_await serve(e);
+    }
+    if (auto answered = co_await io_.read_body(mesh::kMaxUpdateBytes)) co_return *answered;
+    auto a = deps_->mesh_receive(io_.request().body());
+    metrics::mesh_update(a.status);
+    auto res = std::make_shared<ProxyResponse>(static_cast<http::status>(a.status), 11);
+    res->set(http::field::content_type, "application/json");
+    res->body() = std::move(a.body);
+    co_return co_await io_.write(res, true);
+  }
+
   session::TunnelRequest tunnel_request() {
     auto& req = io_.request();
     session::TunnelRequest tr;
@@ -218,9 +340,10 @@ class Conn : public std::enable_shared_from_this<Conn> {
     check_.cr_key = r.cr_key;
     check_.target = "hubble";
     check_.path = "/wirelogs";
+    if (auto peer = remote_only(r.plane_type, r.plane_id, r.cr_key)) co_return co_await forward_stream(std::move(*peer));
     auto sr = wirelogs_stream_request(r, gateway_request_id_, deps_->request_timeout);
     log::info("wirelogs stream requested", fields());
-    return relay(std::move(sr), Surface::sse);
+    co_return co_await relay(std::move(sr), Surface::sse);
   }
 
   awaitable<Next> relay(session::StreamRequest sr, Surface surface) {
@@ -238,6 +361,14 @@ class Conn : public std::enable_shared_from_this<Conn> {
   awaitable<Next> exec(const ExecRoute& r) {
     auto& req = io_.request();
     gateway_request_id_ = gateway_request_id(req["X-Request-ID"]);
+    if (auto peer = remote_only(r.plane_type, r.plane_id, r.cr_key)) {
+      check_ = ProxyCheck{};
+      check_.plane_type = r.plane_type;
+      check_.plane_id = r.plane_id;
+      check_.cr_key = r.cr_key;
+      check_.target = "exec";
+      co_return co_await forward_stream(std::move(*peer));
+    }
     bool plane_has = false;
     if (!deps_->registry.pick(r.plane_type, r.plane_id, r.cr_key, plane_has)) {
       std::string why =
@@ -291,6 +422,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::string path_, query_, method_, gateway_request_id_, hop_id_;
   ProxyCheck check_;
   std::optional<session::TunnelReply> reply_;  // the agent's reply (proxy)
+  std::optional<mesh::ForwardReply> fwd_reply_;  // another replica's answer (forwarded proxy)
   std::chrono::steady_clock::time_point started_{};
 };
 

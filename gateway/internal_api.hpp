@@ -10,6 +10,7 @@
 #include "common/time.hpp"
 #include "plane_index/index.hpp"
 #include "session/registry.hpp"
+#include "mesh/mesh.hpp"
 #include "session/tunnel.hpp"
 
 namespace boost::asio {
@@ -36,6 +37,14 @@ struct InternalApiDeps {
   size_t max_connections;  // open caller connections (exec WebSockets leave the count once handed over)
   // The --proxy-policy-file policy in force (empty function or null: the built-in deny-list only).
   std::function<std::shared_ptr<const Policy>()> proxy_policy = {};
+  // Several replicas (docs/architecture.md, "Replicas"). The entry listener: requests for a CR without
+  // a local session go one hop to a replica that has one (`mesh`), and answers carry
+  // X-Cluster-Gateway-Entry-Pod. The mesh listener (peers only, --mesh-ca-cert): `mesh_receive` takes
+  // POST /mesh/v1/directory, the internal API is served from local sessions only (never forwarded
+  // again), and answers carry X-Cluster-Gateway-Served-By.
+  mesh::Mesh* mesh = nullptr;
+  std::function<mesh::Mesh::Answer(std::string_view body)> mesh_receive = {};
+  std::string replica_id = {};  // set with either of the two above
 };
 
 class InternalApi {

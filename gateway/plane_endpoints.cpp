@@ -24,8 +24,7 @@ size_t disconnect_all(session::SessionRegistry& registry, const std::string& typ
 }  // namespace
 
 PlaneAnswer all_planes_status(session::SessionRegistry& registry) {
-  std::set<std::pair<std::string, std::string>> planes;
-  for (const auto& s : registry.all()) planes.insert({s.handle->plane_type(), s.handle->plane_id()});
+  const auto planes = registry.planes();
   nlohmann::json arr = nlohmann::json::array();
   for (const auto& [type, id] : planes) arr.push_back(plane_status_json(type, id, registry.plane_report(type, id)));
   return ok({{"planes", arr}, {"total", arr.size()}});

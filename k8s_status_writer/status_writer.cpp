@@ -79,7 +79,32 @@ void StatusWriter::enqueue(const plane::CrRef& ref, Duration delay) {
   wake();
 }
 
+void StatusWriter::set_active(bool active) {
+  {
+    cg::MutexLock lk(mu_);
+    if (active_ == active) return;
+    active_ = active;
+    if (!active) {
+      for (auto& [_, k] : keys_) unschedule_locked(k);
+    } else {
+      for (auto& [_, k] : keys_) {
+        k.loaded = false;
+        k.written.reset();
+      }
+    }
+  }
+  if (active)
+    for (const auto& e : index_.all()) enqueue(e->cr.ref, Duration::zero());
+  wake();
+}
+
+bool StatusWriter::active() const {
+  cg::MutexLock lk(mu_);
+  return active_;
+}
+
 void StatusWriter::schedule_locked(const plane::CrRef& ref, steady::time_point when) {
+  if (!active_) return;
   auto& k = keys_[ref];
   if (k.in_flight) {
     k.dirty_in_flight = true;
@@ -100,6 +125,7 @@ void StatusWriter::unschedule_locked(KeyState& k) {
 bool StatusWriter::flush(steady::time_point deadline, bool as_disconnected) {
   {
     cg::MutexLock lk(mu_);
+    if (!active_) return true;  // another replica writes
     flushing_ = true;
     as_disconnected_ = as_disconnected;
     for (const auto& e : index_.all()) schedule_locked(e->cr.ref, steady::now());
@@ -156,6 +182,7 @@ Duration StatusWriter::recheck_interval() const {
 }
 
 void StatusWriter::process(const plane::CrRef& ref) {
+  if (!active_) return;
   auto it = keys_.find(ref);
   if (it == keys_.end()) return;
   unschedule_locked(it->second);

@@ -54,6 +54,11 @@ class StatusWriter {
   // not sessions have finished closing. Not from the control executor (it waits for the pump).
   bool flush(std::chrono::steady_clock::time_point deadline, bool as_disconnected = false);
   void enqueue(const plane::CrRef& ref, Duration delay);
+  // Several replicas: only the elected one writes. Inactive, nothing is scheduled or written (writes
+  // in flight finish) and flush() returns at once. Activated, every CR is read again (another
+  // replica wrote it meanwhile) and evaluated now. Active unless told otherwise.
+  void set_active(bool active);
+  bool active() const;
   StatusWriterStats stats() const;
 
  private:
@@ -97,6 +102,7 @@ class StatusWriter {
   // (planeType, CR auth key) → CR, so that a session event finds its CRs without a scan.
   std::map<std::pair<std::string, std::string>, plane::CrRef> by_auth_ CG_GUARDED_BY(mu_);
   bool stopping_ CG_GUARDED_BY(mu_) = false;
+  bool active_ CG_GUARDED_BY(mu_) = true;
   bool flushing_ CG_GUARDED_BY(mu_) = false;
   bool as_disconnected_ CG_GUARDED_BY(mu_) = false;
   StatusWriterStats stats_ CG_GUARDED_BY(mu_);

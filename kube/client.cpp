@@ -355,8 +355,21 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
     hreq.target(impl->cfg.base_path + req.path);
     hreq.version(11);
     set_common_headers(*impl, hreq);
+    if (!req.headers.empty()) {
+      // Relayed as given: no Accept or User-Agent of the client's own.
+      hreq.erase(http::field::accept);
+      hreq.erase(http::field::user_agent);
+    }
+    for (const auto& [name, value] : req.headers) {
+      if (beast::iequals(name, "host") || beast::iequals(name, "authorization") || beast::iequals(name, "connection") ||
+          beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
+          beast::iequals(name, "keep-alive") || beast::iequals(name, "upgrade") || beast::iequals(name, "te"))
+        continue;
+      hreq.set(name, value);
+    }
     if (!req.body.empty() || req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
-      hreq.set(http::field::content_type, req.content_type.empty() ? "application/json" : req.content_type);
+      if (!req.content_type.empty() || hreq.find(http::field::content_type) == hreq.end())
+        hreq.set(http::field::content_type, req.content_type.empty() ? "application/json" : req.content_type);
       hreq.body() = req.body;
       hreq.prepare_payload();
     }
@@ -384,6 +397,7 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
     parser.emplace();
     parser->header_limit(64 * 1024);
     parser->body_limit(impl->opts.body_limit);
+    if (req.method == "HEAD") parser->skip(true);  // the answer to HEAD has no body, whatever its Content-Length
     http::async_read(conn->stream, conn->buf, *parser, [self = shared_from_this()](beast::error_code ec, size_t) {
       if (ec) return self->fail(ec, "read");
       self->succeed();

@@ -42,6 +42,11 @@ struct Request {
   std::string body;
   std::string content_type;  // for a body; default "application/json"
   std::chrono::milliseconds timeout{30000};  // connect + TLS + write + read, after the rate limiter let it go
+  // Header fields of a relayed request (the mesh forwarding a caller's request): when given, the
+  // client sends these instead of its own Accept and User-Agent; Host, Authorization and the
+  // hop-by-hop fields (Connection, Content-Length, Transfer-Encoding, Keep-Alive, Upgrade, TE) stay
+  // the client's and are skipped.
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 // Response::error of requests failed because the client was shut down.

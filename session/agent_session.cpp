@@ -104,6 +104,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   const tls::PeerChain& peer() const override { return id_.peer; }
   bool closing() const override { return life_.phase() >= SessionPhase::closing; }
   bool has_capability(std::string_view c) const override { return caps_.count(std::string(c)) > 0; }
+  std::set<std::string> capabilities() const override { return caps_; }
 
   using AgentHandle::close;
   void close(uint16_t code, std::string reason, CloseCause cause) override {

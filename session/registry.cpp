@@ -53,6 +53,12 @@ SessionReport& SessionReport::operator+=(const SessionReport& o) {
   return *this;
 }
 
+std::set<std::pair<std::string, std::string>> SessionRegistry::planes() const {
+  std::set<std::pair<std::string, std::string>> out;
+  for (const auto& s : all()) out.insert({s.handle->plane_type(), s.handle->plane_id()});
+  return out;
+}
+
 namespace {
 
 class LocalRegistry final : public SessionRegistry {

@@ -60,6 +60,8 @@ class AgentHandle {
   virtual bool closing() const = 0;
   // Whether the agent announced this capability token on its upgrade request.
   virtual bool has_capability(std::string_view) const { return false; }
+  // Every capability token it announced (the mesh's session directory).
+  virtual std::set<std::string> capabilities() const { return {}; }
   // Starts closing with a WebSocket close frame of this code and reason. The session leaves
   // routing and status before this returns (SessionRegistry::begin_close); the close handshake and
   // the socket's teardown follow asynchronously. Only the first close of a session counts.
@@ -138,6 +140,13 @@ class SessionRegistry {
                                             bool& plane_has_sessions, std::string_view capability = {},
                                             bool* authorized_exists = nullptr) = 0;
   virtual void subscribe(Listener l) = 0;
+  // Planes (planeType, planeID) with at least one live session (GET /api/v1/planes/status). The
+  // mesh's registry adds the planes of the other replicas.
+  virtual std::set<std::pair<std::string, std::string>> planes() const;
+  // Whether any live session of the plane exists (here, or with the mesh at any replica).
+  virtual bool plane_has_sessions(const std::string& plane_type, const std::string& plane_id) const {
+    return plane_session_count(plane_type, plane_id) > 0;
+  }
 };
 
 std::unique_ptr<SessionRegistry> make_local_registry();

@@ -1,0 +1,33 @@
+// Several replicas: an internal API request whose answer is a stream (watch and `logs -f`: chunked
+// HTTP; exec: a WebSocket upgrade; wirelogs: server-sent events) for an agent held by another
+// replica. The caller's connection is handed over; the request goes to that replica's mesh listener
+// (mTLS, --mesh-ca-cert) with X-Cluster-Gateway-Entry-Pod, and bytes are relayed both ways, as they
+// come, until either side ends (TCP gives the relay its flow control). The caller's connection ends
+// with the stream, as every stream's does. When the replica cannot be reached before anything was
+// relayed, the caller gets 502 with the reason.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/net.hpp"
+#include "common/time.hpp"
+
+namespace cg::gateway {
+
+struct MeshRelayTarget {
+  std::string replica;  // for logs and the 502 text
+  std::string host;
+  uint16_t port = 0;
+  std::string server_name;  // the peer certificate is checked against it
+  std::shared_ptr<net::asio::ssl::context> tls;  // client context: mesh CA, this replica's peer certificate
+  std::string entry;  // this replica's id (X-Cluster-Gateway-Entry-Pod)
+  Duration connect_timeout{};  // TCP + TLS + writing the request
+  nlohmann::json log_fields = nlohmann::json::object();
+};
+
+void start_mesh_relay(net::TlsStream caller, net::http::request<net::http::string_body> request, MeshRelayTarget target);
+
+}  // namespace cg::gateway

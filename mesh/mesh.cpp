@@ -1,0 +1,653 @@
+#include "mesh/mesh.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <condition_variable>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+#include "common/control_timer.hpp"
+#include "common/ids.hpp"
+#include "common/log.hpp"
+#include "common/thread_annotations.hpp"
+#include "kube/client.hpp"
+#include "kube/config.hpp"
+
+namespace cg::mesh {
+
+std::vector<PeerAddress> parse_peers(const std::string& list) {
+  std::vector<PeerAddress> out;
+  size_t pos = 0;
+  while (pos <= list.size()) {
+    size_t comma = list.find(',', pos);
+    std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    pos = comma == std::string::npos ? list.size() + 1 : comma + 1;
+    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ') item.pop_back();
+    if (item.empty()) continue;
+    PeerAddress p;
+    std::string port;
+    if (item.front() == '[') {
+      auto close = item.find(']');
+      if (close == std::string::npos || close + 1 >= item.size() || item[close + 1] != ':')
+        throw std::invalid_argument("peer " + item + " is not [address]:port");
+      p.host = item.substr(1, close - 1);
+      port = item.substr(close + 2);
+    } else {
+      auto colon = item.rfind(':');
+      if (colon == std::string::npos || colon == 0 || item.find(':') != colon)
+        throw std::invalid_argument("peer " + item + " is not host:port");
+      p.host = item.substr(0, colon);
+      port = item.substr(colon + 1);
+    }
+    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) < 1 ||
+        std::stoi(port) > 65535)
+      throw std::invalid_argument("peer " + item + " has no port number (1 to 65535)");
+    p.port = static_cast<uint16_t>(std::stoi(port));
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
+namespace {
+using steady = std::chrono::steady_clock;
+using Key = std::pair<std::string, std::string>;
+
+bool same(const session::SessionReport& a, const session::SessionReport& b) {
+  return a.connected_agents == b.connected_agents && a.last_seen == b.last_seen && a.earliest_connected == b.earliest_connected &&
+         a.last_rise == b.last_rise && a.last_zero == b.last_zero;
+}
+
+// Changes not yet sent to one peer (the last word on each session and report wins).
+struct Pending {
+  std::map<std::string, std::optional<SessionEntry>> sessions;  // nullopt: down
+  std::map<std::pair<ReportScope, Key>, session::SessionReport> reports;
+  bool draining_changed = false;
+  bool empty() const { return sessions.empty() && reports.empty() && !draining_changed; }
+  void merge(const Pending& o) {
+    for (const auto& [k, v] : o.sessions) sessions[k] = v;
+    for (const auto& [k, v] : o.reports) reports[k] = v;
+    draining_changed = draining_changed || o.draining_changed;
+  }
+};
+
+enum class LinkState : uint8_t { connecting, up, down };
+
+struct Peer {
+  PeerAddress addr;
+  std::unique_ptr<kube::KubeClient> client;
+  std::string replica;  // from its answers (or Kubernetes); under Impl::mu
+  LinkState state = LinkState::connecting;
+  bool in_flight = false;
+  bool need_snapshot = true;
+  std::atomic<bool> removed{false};
+  uint64_t seq = 0;  // the last update it applied
+  Pending pending;
+  steady::time_point last_sent{};
+  steady::time_point retry_at{};
+  std::shared_ptr<std::atomic<int>> forwarding = std::make_shared<std::atomic<int>>(0);
+};
+}  // namespace
+
+struct Mesh::Impl : std::enable_shared_from_this<Impl> {
+  Impl(boost::asio::io_context& io, const boost::asio::any_io_executor& control, session::SessionRegistry& l, MeshOptions o)
+      : ioc(io), local(l), opts(std::move(o)), instance(random_hex(8)), summing(local, dir), timer(control) {}
+
+  boost::asio::io_context& ioc;
+  session::SessionRegistry& local;
+  const MeshOptions opts;
+  const std::string instance;
+  Directory dir;
+  SummingRegistry summing;
+  ControlTimer timer;
+  steady::time_point started = steady::now();
+
+  mutable cg::Mutex mu;  // guards what is below; never held while calling the registry, the directory or a client
+  std::vector<std::shared_ptr<Peer>> peers CG_GUARDED_BY(mu);
+  std::map<std::string, Key> ev_up CG_GUARDED_BY(mu);  // connection id → plane
+  std::set<std::string> ev_down CG_GUARDED_BY(mu);
+  std::set<Key> dirty_crs CG_GUARDED_BY(mu), dirty_planes CG_GUARDED_BY(mu);
+  std::set<Key> known_crs CG_GUARDED_BY(mu), known_planes CG_GUARDED_BY(mu);
+  bool draining CG_GUARDED_BY(mu) = false;
+  bool draining_sent CG_GUARDED_BY(mu) = false;
+  bool leading CG_GUARDED_BY(mu) = false;
+  bool lease_leading CG_GUARDED_BY(mu) = false;
+  bool stopping CG_GUARDED_BY(mu) = false;
+  std::optional<std::set<std::string>> alive CG_GUARDED_BY(mu);
+  std::function<void(bool)> on_leader;  // set before start()
+  std::once_flag tls_once;
+  std::shared_ptr<boost::asio::ssl::context> tls;  // client_tls(), made once
+
+  // Touched on the control strand only.
+  std::map<std::pair<ReportScope, Key>, session::SessionReport> last_reports;
+  steady::time_point last_heartbeat_scan{};
+
+  void on_local_event(const session::RegistryEvent& ev) {
+    cg::MutexLock lk(mu);
+    if (ev.type == session::RegistryEvent::Type::disconnected) {
+      ev_up.erase(ev.connection_id);
+      ev_down.insert(ev.connection_id);
+    } else if (!ev.connection_id.empty()) {
+      ev_down.erase(ev.connection_id);
+      ev_up[ev.connection_id] = {ev.plane_type, ev.plane_id};
+    }
+    for (const auto& k : ev.crs) {
+      dirty_crs.insert({ev.plane_type, k});
+      known_crs.insert({ev.plane_type, k});
+    }
+    if (!ev.plane_id.empty()) {
+      dirty_planes.insert({ev.plane_type, ev.plane_id});
+      known_planes.insert({ev.plane_type, ev.plane_id});
+    }
+  }
+
+  SessionEntry entry_of(const session::SessionView& v) const {
+    SessionEntry e;
+    e.connection_id = v.handle->connection_id();
+    e.plane_type = v.handle->plane_type();
+    e.plane_id = v.handle->plane_id();
+    e.crs = v.authorized;
+    e.capabilities = v.handle->capabilities();
+    return e;
+  }
+
+  std::unique_ptr<kube::KubeClient> make_client(const PeerAddress& p) {
+    kube::KubeConfig kc;
+    kc.host = p.host;
+    kc.port = std::to_string(p.port);
+    kc.server = "https://" + kc.host_header();
+    kc.tls_server_name = opts.server_name.empty() ? p.host : opts.server_name;
+    kc.ca_pem = opts.ca_pem;
+    kc.client_cert_pem = opts.cert_pem;
+    kc.client_key_pem = opts.key_pem;
+    kc.source = "mesh peer " + kc.host_header();
+    kube::ClientOptions co;
+    co.qps = 0;
+    co.max_connections = 256;
+    co.max_idle = 32;
+    co.user_agent = "cluster-gateway-mesh/" + opts.replica_id;
+    return std::make_unique<kube::KubeClient>(ioc, std::move(kc), co);
+  }
+
+  // ---- the tick: publish, expire, lead --------------------------------------------------------------
+  void schedule() {
+    timer.run_after(opts.publish_interval, [self = shared_from_this()] { self->tick(); });
+  }
+
+  void tick() {
+    const auto now = steady::now();
+    const auto wall = std::chrono::system_clock::now();
+    Pending g;
+    std::map<std::string, Key> up;
+    std::set<std::string> down;
+    std::set<Key> crs, planes;
+    std::vector<std::shared_ptr<Peer>> ps;
+    bool drain_now = false;
+    // Once a second every report known is looked at again (lastSeen moves without events).
+    const bool scan = now - last_heartbeat_scan >= opts.heartbeat_interval;
+    if (scan) last_heartbeat_scan = now;
+    {
+      cg::MutexLock lk(mu);
+      if (stopping) return;
+      up.swap(ev_up);
+      down.swap(ev_down);
+      crs.swap(dirty_crs);
+      planes.swap(dirty_planes);
+      ps = peers;
+      if (draining && !draining_sent) {
+        draining_sent = true;
+        drain_now = true;
+      }
+      if (scan) {
+        crs.insert(known_crs.begin(), known_crs.end());
+        planes.insert(known_planes.begin(), known_planes.end());
+      }
+    }
+    for (const auto& id : down) g.sessions[id] = std::nullopt;
+    // Sessions up (or re-authorized): their current view, found through their plane.
+    std::map<Key, std::vector<session::SessionView>> by_plane;
+    for (const auto& [id, plane] : up) {
+      auto it = by_plane.find(plane);
+      if (it == by_plane.end()) it = by_plane.emplace(plane, local.sessions_of(plane.first, plane.second)).first;
+      bool found = false;
+      for (const auto& v : it->second)
+        if (v.handle->connection_id() == id) {
+          g.sessions[id] = entry_of(v);
+          found = true;
+          break;
+        }
+      if (!found) g.sessions[id] = std::nullopt;  // already closing
+    }
+    auto add_report = [&](ReportScope scope, const Key& k, const session::SessionReport& r) {
+      auto key = std::make_pair(scope, k);
+      auto it = last_reports.find(key);
+      if (it != last_reports.end() && same(it->second, r)) return;
+      last_reports[key] = r;
+      g.reports[key] = r;
+    };
+    for (const auto& k : crs) add_report(ReportScope::cr, k, local.report(k.first, k.second));
+    for (const auto& k : planes) add_report(ReportScope::plane, k, local.plane_report(k.first, k.second));
+    g.draining_changed = drain_now;
+
+    std::optional<Update> snapshot;
+    for (const auto& p : ps) {
+      if (p->removed) continue;
+      p->pending.merge(g);
+      if (p->in_flight || now < p->retry_at) continue;
+      if (p->need_snapshot) {
+        if (!snapshot) snapshot = build_snapshot();
+        p->pending = Pending{};
+        send(p, *snapshot);
+      } else if (!p->pending.empty()) {
+        Update u = base(UpdateKind::delta, p->seq + 1);
+        for (auto& [id, e] : p->pending.sessions) {
+          if (e) u.up.push_back(std::move(*e));
+          else u.down.push_back(id);
+        }
+        for (auto& [k, r] : p->pending.reports) u.reports.push_back({k.first, k.second.first, k.second.second, r});
+        p->pending = Pending{};
+        send(p, u);
+      } else if (now - p->last_sent >= opts.heartbeat_interval) {
+        send(p, base(UpdateKind::heartbeat, p->seq));
+      }
+    }
+    expire(now, wall);
+    lead(now);
+    schedule();
+  }
+
+  Update base(UpdateKind kind, uint64_t seq) {
+    Update u;
+    u.kind = kind;
+    u.replica = opts.replica_id;
+    u.instance = instance;
+    u.seq = seq;
+    cg::MutexLock lk(mu);
+    u.draining = draining;
+    return u;
+  }
+
+  Update build_snapshot() {
+    Update u = base(UpdateKind::snapshot, 0);
+    for (const auto& v : local.all()) u.up.push_back(entry_of(v));
+    // Every report last computed (sent or not): a snapshot replaces all the receiver knew.
+    for (const auto& [k, r] : last_reports) u.reports.push_back({k.first, k.second.first, k.second.second, r});
+    return u;
+  }
+
+  void send(const std::shared_ptr<Peer>& p, const Update& u) {
+    p->in_flight = true;
+    p->last_sent = steady::now();
+    kube::Request req;
+    req.method = "POST";
+    req.path = kDirectoryPath;
+    req.body = encode(u);
+    req.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::min<Duration>(opts.lease_duration / 2, std::chrono::seconds(5)));
+    const UpdateKind kind = u.kind;
+    const uint64_t seq = u.seq;
+    p->client->request(std::move(req), [self = shared_from_this(), p, kind, seq](kube::Response r) {
+      self->timer.post([self, p, kind, seq, r = std::move(r)] { self->sent(p, kind, seq, r); });
+    });
+  }
+
+  void sent(const std::shared_ptr<Peer>& p, UpdateKind kind, uint64_t seq, const kube::Response& r) {
+    p->in_flight = false;
+    if (p->removed) return;
+    std::string replica;
+    if (r.status > 0) {
+      auto j = nlohmann::json::parse(r.body, nullptr, false);
+      if (j.is_object() && j.contains("replica") && j["replica"].is_string() &&
+          j["replica"].get_ref<const std::string&>().size() <= kMaxName)
+        replica = j["replica"].get<std::string>();
+    }
+    {
+      cg::MutexLock lk(mu);
+      if (r.status == 200 && !replica.empty()) p->replica = replica;
+      replica = p->replica;
+    }
+    if (r.status == 200) {
+      p->seq = kind == UpdateKind::snapshot ? 0 : seq;
+      p->need_snapshot = false;
+      if (p->state != LinkState::up)
+        log::info("mesh peer link up", {{"peer", p->addr.host + ":" + std::to_string(p->addr.port)},
+                                        {"peerReplica", replica},
+                                        {"replica", opts.replica_id}});
+      p->state = LinkState::up;
+      return;
+    }
+    p->need_snapshot = true;
+    if (r.status == 409) return;  // it lost track: a snapshot goes next tick
+    p->retry_at = steady::now() + std::chrono::seconds(1);
+    if (p->state != LinkState::down)
+      log::warn("mesh peer link down; retrying every second", {{"peer", p->addr.host + ":" + std::to_string(p->addr.port)},
+                                                               {"peerReplica", replica},
+                                                               {"replica", opts.replica_id},
+                                                               {"status", r.status},
+                                                               {"reason", r.status ? r.message() : r.error}});
+    p->state = LinkState::down;
+  }
+
+  void expire(steady::time_point now, SysTime wall) {
+    std::optional<std::set<std::string>> live;
+    {
+      cg::MutexLock lk(mu);
+      live = alive;
+    }
+    DirectoryChange change;
+    auto dropped = dir.expire(now, opts.lease_duration, wall, change, live ? &*live : nullptr);
+    for (const auto& id : dropped)
+      log::warn(
+          "mesh replica dropped: not heard from within the lease duration (or its Lease expired); its agents leave "
+          "routing and the status sum",
+          {{"peerReplica", id}, {"replica", opts.replica_id}});
+    if (!change.empty()) summing.remote_changed(change);
+  }
+
+  void lead(steady::time_point now) {
+    bool next;
+    {
+      cg::MutexLock lk(mu);
+      if (!opts.static_leadership) {
+        next = lease_leading;
+      } else {
+        auto reps = dir.replicas();
+        const bool heard_all = reps.size() >= opts.expected_peers;
+        const bool ready = heard_all || now - started >= opts.lease_duration;
+        // A draining replica keeps writing until it stops (its last write is the truth without its
+        // agents); its `bye` then hands over to the next smallest id.
+        next = ready && (reps.empty() || opts.replica_id < reps.begin()->first);
+      }
+      if (next == leading) return;
+      leading = next;
+    }
+    log::info(next ? "this replica writes status now" : "this replica no longer writes status",
+              {{"replica", opts.replica_id}, {"election", opts.static_leadership ? "smallest live replica id" : "Lease"}});
+    if (on_leader) on_leader(next);
+  }
+};
+
+Mesh::Mesh(boost::asio::io_context& ioc, const boost::asio::any_io_executor& control, session::SessionRegistry& local,
+           MeshOptions opts)
+    : impl_(std::make_shared<Impl>(ioc, control, local, std::move(opts))) {
+  if (impl_->opts.replica_id.empty()) throw std::invalid_argument("the mesh needs a replica id");
+  if (impl_->opts.replica_id.size() > kMaxName) throw std::invalid_argument("replica id too long");
+}
+Mesh::~Mesh() { stop(steady::now()); }
+
+const std::string& Mesh::replica_id() const { return impl_->opts.replica_id; }
+session::SessionRegistry& Mesh::registry() { return impl_->summing; }
+const Directory& Mesh::directory() const { return impl_->dir; }
+
+void Mesh::start() {
+  std::weak_ptr<Impl> w = impl_;
+  impl_->local.subscribe([w](const session::RegistryEvent& ev) {
+    if (auto self = w.lock()) self->on_local_event(ev);
+  });
+  // Sessions registered before the subscription (none in the gateway; tests may) are in the snapshot.
+  impl_->timer.post([self = impl_] { self->tick(); });
+}
+
+void Mesh::drain() {
+  cg::MutexLock lk(impl_->mu);
+  impl_->draining = true;
+}
+
+void Mesh::stop(std::chrono::steady_clock::time_point deadline) {
+  auto& m = *impl_;
+  std::vector<std::shared_ptr<Peer>> ps;
+  {
+    cg::MutexLock lk(m.mu);
+    if (m.stopping) return;
+    m.stopping = true;
+    ps = m.peers;
+  }
+  m.timer.stop();
+  // A `bye` to every peer that applied our updates, so that they drop this replica at once.
+  struct Wait {
+    std::mutex mu;
+    std::condition_variable cv;
+    int left = 0;
+  };
+  auto wait = std::make_shared<Wait>();
+  for (const auto& p : ps) {
+    if (p->removed || p->state != LinkState::up) continue;
+    Update u;
+    u.kind = UpdateKind::bye;
+    u.replica = m.opts.replica_id;
+    u.instance = m.instance;
+    u.seq = p->seq;
+    u.draining = true;
+    kube::Request req;
+    req.method = "POST";
+    req.path = kDirectoryPath;
+    req.body = encode(u);
+    req.timeout = std::chrono::milliseconds(
+        std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count()));
+    {
+      std::lock_guard lk(wait->mu);
+      ++wait->left;
+    }
+    p->client->request(std::move(req), [wait](kube::Response) {
+      std::lock_guard lk(wait->mu);
+      --wait->left;
+      wait->cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock lk(wait->mu);
+    wait->cv.wait_until(lk, deadline, [&] { return wait->left == 0; });
+  }
+  for (const auto& p : ps)
+    if (p->client) p->client->shutdown();
+}
+
+void Mesh::set_peers(std::vector<PeerAddress> peers) {
+  auto& m = *impl_;
+  // Clients for new addresses are made first (outside the lock), so that a peer is never seen
+  // without one.
+  std::map<std::pair<std::string, uint16_t>, std::unique_ptr<kube::KubeClient>> clients;
+  {
+    std::set<std::pair<std::string, uint16_t>> have;
+    {
+      cg::MutexLock lk(m.mu);
+      if (m.stopping) return;
+      for (const auto& p : m.peers) have.insert({p->addr.host, p->addr.port});
+    }
+    for (const auto& a : peers) {
+      if (have.count({a.host, a.port}) || clients.count({a.host, a.port})) continue;
+      try {
+        clients[{a.host, a.port}] = m.make_client(a);
+      } catch (const std::exception& e) {
+        log::error("mesh peer cannot be reached: TLS setup failed",
+                   {{"peer", a.host + ":" + std::to_string(a.port)}, {"reason", e.what()}});
+      }
+    }
+  }
+  std::vector<std::shared_ptr<Peer>> removed;
+  std::vector<std::shared_ptr<Peer>> added;
+  std::map<const Peer*, std::string> names;  // for the logs below
+  {
+    cg::MutexLock lk(m.mu);
+    if (m.stopping) return;
+    std::vector<std::shared_ptr<Peer>> next;
+    for (const auto& a : peers) {
+      std::shared_ptr<Peer> found;
+      for (const auto& p : m.peers)
+        if (p->addr.host == a.host && p->addr.port == a.port) found = p;
+      for (const auto& p : next)
+        if (p->addr.host == a.host && p->addr.port == a.port) found = p;
+      if (found) {
+        if (!a.replica.empty()) found->replica = a.replica;
+        if (std::find(next.begin(), next.end(), found) == next.end()) next.push_back(found);
+        continue;
+      }
+      auto c = clients.find({a.host, a.port});
+      if (c == clients.end() || !c->second) continue;
+      found = std::make_shared<Peer>();
+      found->addr = a;
+      found->replica = a.replica;
+      found->client = std::move(c->second);
+      added.push_back(found);
+      next.push_back(found);
+    }
+    for (const auto& p : m.peers)
+      if (std::find(next.begin(), next.end(), p) == next.end()) removed.push_back(p);
+    for (const auto& p : added) names[p.get()] = p->replica;
+    for (const auto& p : removed) names[p.get()] = p->replica;
+    m.peers = std::move(next);
+  }
+  for (auto& [_, c] : clients)
+    if (c) c->shutdown();  // made for an address another call added meanwhile
+  for (const auto& p : added)
+    log::info("mesh peer added", {{"peer", p->addr.host + ":" + std::to_string(p->addr.port)},
+                                  {"peerReplica", names[p.get()]},
+                                  {"replica", m.opts.replica_id}});
+  for (const auto& p : removed) {
+    // Marked on the strand (the tick reads it there); the client ends after what is in flight.
+    m.timer.post([p] {
+      p->removed = true;
+      p->client->shutdown();
+    });
+    log::info("mesh peer removed", {{"peer", p->addr.host + ":" + std::to_string(p->addr.port)},
+                                    {"peerReplica", names[p.get()]},
+                                    {"replica", m.opts.replica_id}});
+  }
+}
+
+void Mesh::set_alive(std::optional<std::set<std::string>> alive) {
+  cg::MutexLock lk(impl_->mu);
+  impl_->alive = std::move(alive);
+}
+
+void Mesh::set_leader(bool leading) {
+  cg::MutexLock lk(impl_->mu);
+  impl_->lease_leading = leading;
+}
+
+Mesh::Answer Mesh::receive(std::string_view body) {
+  auto& m = *impl_;
+  nlohmann::json me{{"replica", m.opts.replica_id}};
+  std::string error;
+  auto u = decode(body, error);
+  if (!u) {
+    log::warn("mesh update refused: malformed", {{"replica", m.opts.replica_id}, {"reason", error}});
+    me["error"] = error;
+    return {400, me.dump()};
+  }
+  if (u->replica == m.opts.replica_id) {
+    log::error("mesh update refused: a peer uses this replica's own id (two replicas with one --replica-id?)",
+               {{"replica", m.opts.replica_id}, {"peerInstance", u->instance}});
+    me["error"] = "replica id in use";
+    return {409, me.dump()};
+  }
+  {
+    cg::MutexLock lk(m.mu);
+    if (m.alive && !m.alive->count(u->replica) && u->kind != UpdateKind::bye) {
+      me["error"] = "no live Lease for replica " + u->replica;
+      return {403, me.dump()};
+    }
+  }
+  DirectoryChange change;
+  auto r = m.dir.apply(*u, steady::now(), std::chrono::system_clock::now(), change);
+  if (!change.empty()) m.summing.remote_changed(change);
+  if (u->kind == UpdateKind::bye)
+    log::info("mesh replica left (bye)", {{"peerReplica", u->replica}, {"replica", m.opts.replica_id}});
+  if (r == ApplyResult::resync) {
+    me["resync"] = true;
+    return {409, me.dump()};
+  }
+  return {200, me.dump()};
+}
+
+std::optional<std::string> Mesh::pick_peer(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
+                                           std::string_view capability, const std::set<std::string>& exclude) {
+  auto& m = *impl_;
+  auto cands = m.dir.candidates(plane_type, plane_id, cr_key, capability);
+  if (cands.empty()) return std::nullopt;
+  cg::MutexLock lk(m.mu);
+  std::optional<std::string> best;
+  int best_load = 0;
+  for (const auto& c : cands) {
+    if (exclude.count(c.replica)) continue;
+    for (const auto& p : m.peers) {
+      if (p->removed || p->replica != c.replica || !p->client) continue;
+      int load = p->forwarding->load();
+      if (!best || load < best_load) {
+        best = c.replica;
+        best_load = load;
+      }
+    }
+  }
+  return best;
+}
+
+void Mesh::forward(const std::string& replica, ForwardRequest req, std::function<void(ForwardReply)> done) {
+  auto& m = *impl_;
+  std::shared_ptr<Peer> peer;
+  {
+    cg::MutexLock lk(m.mu);
+    for (const auto& p : m.peers)
+      if (!p->removed && p->replica == replica && p->client) peer = p;
+  }
+  if (!peer) {
+    ForwardReply r;
+    r.replica = replica;
+    r.error = "no link to replica " + replica;
+    boost::asio::post(m.ioc, [done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
+    return;
+  }
+  kube::Request kr;
+  kr.method = req.method;
+  kr.path = req.target;
+  kr.body = std::move(req.body);
+  kr.headers = std::move(req.headers);
+  kr.headers.emplace_back(kEntryPodHeader, m.opts.replica_id);
+  kr.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(req.timeout);
+  peer->forwarding->fetch_add(1);
+  peer->client->request(std::move(kr), [counter = peer->forwarding, replica, done = std::move(done)](kube::Response r) {
+    counter->fetch_sub(1);
+    ForwardReply out;
+    out.status = r.status;
+    out.headers = std::move(r.headers);
+    out.body = std::move(r.body);
+    out.error = std::move(r.error);
+    out.replica = replica;
+    done(std::move(out));
+  });
+}
+
+std::optional<Mesh::Route> Mesh::route_to(const std::string& replica) const {
+  auto& m = *impl_;
+  cg::MutexLock lk(m.mu);
+  for (const auto& p : m.peers)
+    if (!p->removed && p->replica == replica)
+      return Route{p->addr.host, p->addr.port, m.opts.server_name.empty() ? p->addr.host : m.opts.server_name};
+  return std::nullopt;
+}
+
+std::shared_ptr<boost::asio::ssl::context> Mesh::client_tls() const {
+  auto& m = *impl_;
+  std::call_once(m.tls_once, [&m] {
+    namespace ssl = boost::asio::ssl;
+    auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
+    ctx->set_options(ssl::context::no_sslv2 | ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+    ctx->add_certificate_authority(boost::asio::buffer(m.opts.ca_pem));
+    ctx->use_certificate_chain(boost::asio::buffer(m.opts.cert_pem));
+    ctx->use_private_key(boost::asio::buffer(m.opts.key_pem), ssl::context::pem);
+    m.tls = ctx;
+  });
+  return m.tls;
+}
+
+bool Mesh::leader() const {
+  cg::MutexLock lk(impl_->mu);
+  return impl_->leading;
+}
+
+void Mesh::on_leadership(std::function<void(bool)> fn) { impl_->on_leader = std::move(fn); }
+
+}  // namespace cg::mesh

@@ -1,0 +1,150 @@
+// Several replicas (docs/architecture.md, "Replicas"): this replica's part of the mesh.
+//
+// * Publishing: the local registry's changes are batched every 100 ms into deltas (sessions up and
+//   down, the per-CR and per-plane reports that changed) and POSTed to every peer's mesh port
+//   (/mesh/v1/directory, mTLS with --mesh-ca-cert both ways, kept-alive connections); a heartbeat
+//   every second when nothing changed; a snapshot first and whenever the peer asks for a resync.
+// * Receiving: the mesh listener hands each POST to receive(), which applies it to the Directory;
+//   a replica not heard from for the lease duration (or, with Kubernetes, whose Lease expired) is
+//   dropped from routing and from the status sum.
+// * Forwarding: an internal API request for a CR without a local session goes one hop to a replica
+//   holding one (fewest requests in flight from here first), over the same kept-alive connections.
+// * Leadership of the status writer: with static peers, the live replica with the smallest id (after
+//   hearing every peer or one lease duration after start); with Kubernetes, a Lease (set_leader()).
+//
+// Everything timed runs on a ControlTimer on the control executor; the HTTP client's callbacks are
+// posted back to it.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/time.hpp"
+#include "mesh/directory.hpp"
+#include "mesh/summing_registry.hpp"
+#include "session/registry.hpp"
+
+namespace boost::asio {
+class io_context;
+class any_io_executor;
+namespace ssl {
+class context;
+}
+}  // namespace boost::asio
+
+namespace cg::mesh {
+
+struct PeerAddress {
+  std::string host;  // name or address (IPv6 without brackets)
+  uint16_t port = 0;
+  std::string replica;  // known from Kubernetes (the pod's name); empty for static peers until it answers
+  bool operator==(const PeerAddress&) const = default;
+  bool operator<(const PeerAddress& o) const { return std::tie(host, port, replica) < std::tie(o.host, o.port, o.replica); }
+};
+// "host:port,host:port" ([v6]:port allowed); throws std::invalid_argument naming the bad entry.
+std::vector<PeerAddress> parse_peers(const std::string& list);
+
+struct MeshOptions {
+  std::string replica_id;
+  std::string ca_pem;  // verifies peers
+  std::string cert_pem;  // this replica's certificate chain (client side of its requests)
+  std::string key_pem;
+  std::string server_name;  // peers' certificates are checked against it; empty: each peer's host
+  Duration lease_duration = std::chrono::seconds(15);
+  Duration publish_interval = std::chrono::milliseconds(100);
+  Duration heartbeat_interval = std::chrono::seconds(1);
+  // Static peers: the replica waits to hear every one of them (or one lease duration) before it
+  // may lead; leadership then follows the smallest live replica id. false: set_leader() decides.
+  bool static_leadership = true;
+  size_t expected_peers = 0;
+};
+
+// A request relayed to another replica, and its answer.
+struct ForwardRequest {
+  std::string method;
+  std::string target;  // the caller's request target (/api/proxy/…)
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  Duration timeout{};
+};
+struct ForwardReply {
+  int status = 0;  // 0: no answer (error says why)
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  std::string error;
+  std::string replica;  // who was asked
+};
+
+// Response header names (upstream's): the replica the caller reached, and the one whose agent served it.
+inline constexpr const char* kEntryPodHeader = "X-Cluster-Gateway-Entry-Pod";
+inline constexpr const char* kServedByHeader = "X-Cluster-Gateway-Served-By";
+inline constexpr const char* kDirectoryPath = "/mesh/v1/directory";
+
+class Mesh {
+ public:
+  Mesh(boost::asio::io_context& ioc, const boost::asio::any_io_executor& control, session::SessionRegistry& local,
+       MeshOptions opts);
+  ~Mesh();
+  Mesh(const Mesh&) = delete;
+  Mesh& operator=(const Mesh&) = delete;
+
+  const std::string& replica_id() const;
+  // The summing view for status and the plane endpoints (local sessions + other replicas' reports).
+  session::SessionRegistry& registry();
+  const Directory& directory() const;
+
+  void start();
+  // Shutting down: the next updates say `draining` (peers stop picking this replica's sessions).
+  void drain();
+  // Sends `bye` to every peer (best effort, bounded by `deadline`) and stops.
+  void stop(std::chrono::steady_clock::time_point deadline);
+
+  // The peers (static list, or the ready EndpointSlice endpoints): links to new ones start with a
+  // snapshot, links to removed ones end. Any thread.
+  void set_peers(std::vector<PeerAddress> peers);
+  // Kubernetes: the replicas whose Lease is held (nullopt: liveness from the links alone). Any thread.
+  void set_alive(std::optional<std::set<std::string>> alive);
+  // Kubernetes: the status-writer Lease's outcome (only without static_leadership). Any thread.
+  void set_leader(bool leading);
+
+  // POST /mesh/v1/directory from a peer: the status and the JSON body to answer.
+  struct Answer {
+    unsigned status = 200;
+    std::string body;
+  };
+  Answer receive(std::string_view body);
+
+  // A replica holding a session of the plane authorized for the CR (with the capability), never one
+  // in `exclude`; the one with the fewest requests in flight from here. nullopt: none.
+  std::optional<std::string> pick_peer(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
+                                       std::string_view capability, const std::set<std::string>& exclude = {});
+  // Relays the request to `replica` (callback posted, exactly once; on an io thread).
+  void forward(const std::string& replica, ForwardRequest req, std::function<void(ForwardReply)> done);
+
+  // Where a replica's mesh listener is, and the name its certificate must carry (streams and exec
+  // are relayed over a connection of their own). nullopt: no link to it.
+  struct Route {
+    std::string host;
+    uint16_t port = 0;
+    std::string server_name;
+  };
+  std::optional<Route> route_to(const std::string& replica) const;
+  // TLS client context for those connections: the mesh CA, this replica's peer certificate.
+  std::shared_ptr<boost::asio::ssl::context> client_tls() const;
+
+  bool leader() const;
+  // Called on the control strand whenever leadership changes (also once at start when it is gained).
+  void on_leadership(std::function<void(bool)> fn);
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace cg::mesh

@@ -1,0 +1,67 @@
+#include "mesh/summing_registry.hpp"
+
+#include <map>
+
+namespace cg::mesh {
+
+session::SessionReport SummingRegistry::report(const std::string& plane_type, const std::string& cr_key) const {
+  auto parts = dir_.reports(plane_type, cr_key, ReportScope::cr);
+  if (parts.empty()) return local_.report(plane_type, cr_key);
+  parts.push_back(local_.report(plane_type, cr_key));
+  return sum_reports(parts);
+}
+
+session::SessionReport SummingRegistry::plane_report(const std::string& plane_type, const std::string& plane_id) const {
+  auto parts = dir_.reports(plane_type, plane_id, ReportScope::plane);
+  if (parts.empty()) return local_.plane_report(plane_type, plane_id);
+  parts.push_back(local_.plane_report(plane_type, plane_id));
+  return sum_reports(parts);
+}
+
+std::shared_ptr<session::AgentHandle> SummingRegistry::pick(const std::string& plane_type, const std::string& plane_id,
+                                                            const std::string& cr_key, bool& plane_has_sessions,
+                                                            std::string_view capability, bool* authorized_exists) {
+  auto h = local_.pick(plane_type, plane_id, cr_key, plane_has_sessions, capability, authorized_exists);
+  if (!h && !plane_has_sessions) plane_has_sessions = dir_.plane_has_sessions(plane_type, plane_id);
+  return h;
+}
+
+void SummingRegistry::subscribe(Listener l) {
+  auto shared = std::make_shared<Listener>(std::move(l));
+  {
+    cg::MutexLock lk(mu_);
+    listeners_.push_back(shared);
+  }
+  local_.subscribe([shared](const session::RegistryEvent& ev) { (*shared)(ev); });
+}
+
+std::set<std::pair<std::string, std::string>> SummingRegistry::planes() const {
+  auto out = local_.planes();
+  auto remote = dir_.planes();
+  out.insert(remote.begin(), remote.end());
+  return out;
+}
+
+bool SummingRegistry::plane_has_sessions(const std::string& plane_type, const std::string& plane_id) const {
+  return local_.plane_has_sessions(plane_type, plane_id) || dir_.plane_has_sessions(plane_type, plane_id);
+}
+
+void SummingRegistry::remote_changed(const DirectoryChange& change) {
+  std::map<std::string, session::RegistryEvent> by_type;
+  for (const auto& [type, key] : change.crs) {
+    auto& ev = by_type[type];
+    ev.type = session::RegistryEvent::Type::authorization_changed;
+    ev.plane_type = type;
+    ev.crs.insert(key);
+  }
+  if (by_type.empty()) return;
+  std::vector<std::shared_ptr<Listener>> ls;
+  {
+    cg::MutexLock lk(mu_);
+    ls = listeners_;
+  }
+  for (const auto& [_, ev] : by_type)
+    for (const auto& l : ls) (*l)(ev);
+}
+
+}  // namespace cg::mesh

@@ -1,0 +1,59 @@
+// The registry as the rest of the gateway sees it with several replicas: this replica's own sessions
+// (routing, sessions_of, all, …: local only) plus the other replicas' reports from the session
+// directory, summed per CR and per plane (status, the plane status endpoints, 403-vs-502).
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "common/thread_annotations.hpp"
+#include "mesh/directory.hpp"
+#include "session/registry.hpp"
+
+namespace cg::mesh {
+
+class SummingRegistry final : public session::SessionRegistry {
+ public:
+  SummingRegistry(session::SessionRegistry& local, const Directory& dir) : local_(local), dir_(dir) {}
+
+  bool add(std::shared_ptr<session::AgentHandle> h, std::set<std::string> authorized) override {
+    return local_.add(std::move(h), std::move(authorized));
+  }
+  void close_admission() override { local_.close_admission(); }
+  bool begin_close(const session::AgentHandle& h, session::CloseCause cause) override { return local_.begin_close(h, cause); }
+  bool remove(const session::AgentHandle& h) override { return local_.remove(h); }
+  std::pair<std::set<std::string>, std::set<std::string>> set_authorized(const session::AgentHandle& h,
+                                                                         std::set<std::string> authorized) override {
+    return local_.set_authorized(h, std::move(authorized));
+  }
+  std::vector<session::SessionView> sessions_of(const std::string& t, const std::string& id) const override {
+    return local_.sessions_of(t, id);
+  }
+  size_t plane_session_count(const std::string& t, const std::string& id) const override {
+    return local_.plane_session_count(t, id);
+  }
+  std::vector<session::SessionView> all() const override { return local_.all(); }
+  size_t size() const override { return local_.size(); }
+  void heard(const session::AgentHandle& h, SysTime at) override { local_.heard(h, at); }
+  session::SessionReport report(const std::string& plane_type, const std::string& cr_key) const override;
+  session::SessionReport plane_report(const std::string& plane_type, const std::string& plane_id) const override;
+  // Local sessions only (forwarding to another replica is the internal API's decision); when none is
+  // picked, `plane_has_sessions` also counts the other replicas' sessions of the plane.
+  std::shared_ptr<session::AgentHandle> pick(const std::string& plane_type, const std::string& plane_id,
+                                             const std::string& cr_key, bool& plane_has_sessions,
+                                             std::string_view capability = {}, bool* authorized_exists = nullptr) override;
+  void subscribe(Listener l) override CG_EXCLUDES(mu_);
+  std::set<std::pair<std::string, std::string>> planes() const override;
+  bool plane_has_sessions(const std::string& plane_type, const std::string& plane_id) const override;
+
+  // The directory changed (updates applied, replicas dropped): listeners get one
+  // authorization_changed event per plane type with the CRs concerned.
+  void remote_changed(const DirectoryChange& change) CG_EXCLUDES(mu_);
+
+ private:
+  session::SessionRegistry& local_;
+  const Directory& dir_;
+  mutable cg::Mutex mu_;  // a leaf: guards the listener list (listeners are called without it)
+  std::vector<std::shared_ptr<Listener>> listeners_ CG_GUARDED_BY(mu_);
+};
+
+}  // namespace cg::mesh

@@ -1,0 +1,334 @@
+"""Three gateway replicas in file mode with static peers (--mesh-peers), end to end, loopback only:
+
+  * a watch, an exec session and a POST for an agent of another replica are relayed through it;
+
+  * agents reach the replicas through a round-robin TCP balancer (the Service's role), so they spread;
+  * a caller at any replica reaches every agent: answers name the entry replica and the one whose
+    agent served them (X-Cluster-Gateway-Entry-Pod / X-Cluster-Gateway-Served-By);
+  * the plane status endpoint at any replica sums every replica's agents; one replica writes status;
+  * `kill -9` of the replica that writes status and holds agents: its agents reconnect to the others
+    through the balancer, no CR is ever written disconnected meanwhile, and another replica takes
+    over writing status (the directory drops the dead one after the lease duration).
+
+Real binaries, real TLS (dev PKI: mesh CA and peer certificate), real HTTP."""
+import asyncio
+import base64
+import http.client
+import json
+import os
+import select
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import websockets
+
+ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "cluster-gateway"))
+SIM = os.environ.get("CG_AGENT_SIM_BIN", os.path.join(ROOT, "build", "bin", "cluster-agent-sim"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+import ctest_main  # noqa: E402
+from gateway_proc import LogLines, dev_pki_and_planes, start_gateway, wait_for  # noqa: E402
+
+REPLICAS = 3
+PLANES = 6
+LEASE = 3.0  # --mesh-lease-duration
+
+
+def free_ports(n):
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Balancer:
+    """A round-robin TCP balancer: each connection goes to the next backend that accepts it (a
+    stopped replica refuses, the next one is tried), then bytes are relayed both ways."""
+
+    def __init__(self, backends):
+        self.backends = backends
+        self.next = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with self.lock:
+            start = self.next
+            self.next += 1
+        upstream = None
+        for i in range(len(self.backends)):
+            port = self.backends[(start + i) % len(self.backends)]
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=2)
+                upstream.settimeout(None)
+                break
+            except OSError:
+                upstream = None
+        if upstream is None:
+            c.close()
+            return
+        pair = [c, upstream]
+        try:
+            while True:
+                r, _, _ = select.select(pair, [], [], 1.0)
+                if self.stopped:
+                    break
+                done = False
+                for s in r:
+                    data = s.recv(65536)
+                    if not data:
+                        done = True
+                        break
+                    (upstream if s is c else c).sendall(data)
+                if done:
+                    break
+        except OSError:
+            pass
+        finally:
+            c.close()
+            upstream.close()
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+
+
+class ReplicasTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="cg-mesh-")
+        d = self.tmp.name
+        self.pki, self.planes_dir, _ = dev_pki_and_planes(
+            ROOT, d, [(f"wp{i}", f"mesh-{i}") for i in range(PLANES)], "ClusterWorkflowPlane")
+        self.status_dir = os.path.join(self.planes_dir, "status")
+        ports = free_ports(REPLICAS * 2)
+        self.agent_ports, self.mesh_ports = ports[:REPLICAS], ports[REPLICAS:]
+        self.procs, self.logs, self.internal, self.started = {}, {}, {}, {}
+        for i in range(REPLICAS):
+            self.start_replica(i)
+        self.balancer = Balancer(self.agent_ports)
+        self.sims = []
+
+    def tearDown(self):
+        for p in self.sims:
+            p.kill()
+            p.wait()
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.balancer.close()
+        self.tmp.cleanup()
+
+    def start_replica(self, i):
+        peers = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(self.mesh_ports) if j != i)
+        pki = self.pki
+        cmd = [BIN, "--port", str(self.agent_ports[i]), "--health-port", "0", "--internal-port", "0",
+               "--bind", "127.0.0.1", "--planes-dir", self.planes_dir,
+               "--server-cert", os.path.join(pki, "server.crt"), "--server-key", os.path.join(pki, "server.key"),
+               "--internal-client-ca-cert", os.path.join(pki, "internal-ca.crt"), "--startup-grace", "0s",
+               "--status-heartbeat-interval", "2s", "--shutdown-timeout", "4s",
+               "--mesh=true", "--mesh-port", str(self.mesh_ports[i]), "--mesh-peers", peers,
+               "--replica-id", f"gw-{i}", "--mesh-ca-cert", os.path.join(pki, "mesh-ca.crt"),
+               "--mesh-cert", os.path.join(pki, "mesh.crt"), "--mesh-key", os.path.join(pki, "mesh.key"),
+               "--mesh-lease-duration", f"{LEASE:g}s"]
+        log = LogLines()
+        proc, started = start_gateway(cmd, log=log)
+        self.procs[i], self.logs[i], self.internal[i] = proc, log, started["internalPort"]
+
+    def start_agents(self, count, port=None):
+        pki = self.pki
+        p = subprocess.Popen([SIM, "--server-url", f"wss://localhost:{port or self.balancer.port}/ws",
+                              "--plane-type", "workflowplane", "--plane-id", "mesh", "--plane-spread", str(PLANES),
+                              "--count", str(count), "--client-cert", os.path.join(pki, "agent-a.crt"),
+                              "--client-key", os.path.join(pki, "agent-a.key"),
+                              "--server-ca", os.path.join(pki, "gateway-ca.crt"), "--reconnect-delay", "500ms"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.sims.append(p)
+
+    def caller(self):
+        ctx = ssl.create_default_context(cafile=os.path.join(self.pki, "gateway-ca.crt"))
+        ctx.load_cert_chain(os.path.join(self.pki, "controller.crt"), os.path.join(self.pki, "controller.key"))
+        return ctx
+
+    def get(self, i, path):
+        conn = http.client.HTTPSConnection("localhost", self.internal[i], context=self.caller(), timeout=15)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def local_sessions(self, i):
+        """Agents connected to replica i: its log's connected minus disconnected events."""
+        up = len(self.logs[i].find("agent connected successfully"))
+        down = len(self.logs[i].find("agent disconnected"))
+        return up - down
+
+    def status_files(self):
+        out = {}
+        for name in os.listdir(self.status_dir) if os.path.isdir(self.status_dir) else []:
+            try:
+                with open(os.path.join(self.status_dir, name)) as f:
+                    out[name] = json.load(f)
+            except (OSError, ValueError):
+                pass
+        return out
+
+    def all_connected(self):
+        files = self.status_files()
+        return len(files) == PLANES and all(s.get("agentConnection", {}).get("connected") for s in files.values())
+
+    def writers(self):
+        return [i for i in self.procs if self.procs[i].poll() is None and
+                len(self.logs[i].find("this replica writes status now")) >
+                len(self.logs[i].find("this replica no longer writes status"))]
+
+    def test_streams_exec_and_posts_reach_an_agent_of_another_replica(self):
+        self.assertTrue(wait_for(lambda: all(len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1
+                                             for i in range(REPLICAS)), 15), "peer links did not come up")
+        self.start_agents(PLANES, port=self.agent_ports[0])  # every agent on gw-0
+        self.assertTrue(wait_for(lambda: self.local_sessions(0) == PLANES, 20), "agents did not connect")
+        base = "/api/proxy/workflowplane/mesh-1/_cluster/wp1/k8s/api/v1/namespaces/default"
+        # The directory reaches gw-2 within a publish interval or two.
+        self.assertTrue(wait_for(lambda: self.get(2, base + "/pods")[0] == 200, 10))
+        # A watch through gw-2: events as the agent sends them, relayed by gw-2 from gw-0.
+        conn = http.client.HTTPSConnection("localhost", self.internal[2], context=self.caller(), timeout=15)
+        conn.request("GET", base + "/pods?watch=true")
+        r = conn.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("X-Cluster-Gateway-Served-By"), "gw-0")
+        self.assertEqual(r.getheader("X-Cluster-Gateway-Entry-Pod"), "gw-2")
+        events = [json.loads(r.readline()) for _ in range(3)]
+        self.assertEqual([e["type"] for e in events[:2]], ["ADDED", "ADDED"])
+        r.close()  # the caller hangs up: the relay ends (and gw-0 cancels the agent's stream)
+        conn.close()
+        self.assertTrue(self.logs[2].wait("forwarded stream ended", servedBy="gw-0"), "relay did not end with the caller")
+        # A POST (not repeatable) forwarded once, with its body.
+        ctx = self.caller()
+        c2 = http.client.HTTPSConnection("localhost", self.internal[1], context=ctx, timeout=15)
+        body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
+        c2.request("POST", base + "/configmaps", body=body, headers={"Content-Type": "application/json"})
+        r2 = c2.getresponse()
+        r2.read()
+        self.assertLess(r2.status, 500)
+        self.assertEqual(r2.getheader("X-Cluster-Gateway-Served-By"), "gw-0")
+        c2.close()
+        # exec through gw-1: a WebSocket relayed byte for byte.
+        url = (f"wss://localhost:{self.internal[1]}/api/exec/workflowplane/mesh-2/_cluster/wp2"
+               "?podNamespace=default&podName=web-1&stdin=true&tty=false")
+
+        async def exec_round_trip():
+            async with websockets.connect(url, ssl=self.caller()) as ws:
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), b"\x01")
+                await ws.send(b"\x00hello\n")
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), b"\x01hello\n")
+                await ws.send(b"\x00")
+                with self.assertRaises(websockets.exceptions.ConnectionClosedOK) as cm:
+                    await asyncio.wait_for(ws.recv(), 10)
+                self.assertEqual(cm.exception.rcvd.code, 1000)
+        asyncio.run(exec_round_trip())
+        self.assertTrue(self.logs[1].find("stream forwarded", servedBy="gw-0", target="exec"))
+
+    def test_mesh_routes_sums_and_survives_a_killed_writer(self):
+        self.assertTrue(wait_for(lambda: all(len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1
+                                             for i in range(REPLICAS)), 15), "peer links did not come up")
+        self.start_agents(PLANES)
+        self.assertTrue(wait_for(lambda: sum(self.local_sessions(i) for i in range(REPLICAS)) == PLANES, 20),
+                        "agents did not connect")
+        counts = [self.local_sessions(i) for i in range(REPLICAS)]
+        self.assertEqual(counts, [PLANES // REPLICAS] * REPLICAS, "round-robin balancer spreads agents")
+
+        # Every replica reaches every agent; some answers come from another replica.
+        def reach_all():
+            served = set()
+            for i in range(REPLICAS):
+                for p in range(PLANES):
+                    st, h, body = self.get(i, f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/namespaces/default/pods")
+                    if st != 200:
+                        return None
+                    self.assertEqual(h.get("x-cluster-gateway-entry-pod"), f"gw-{i}")
+                    served.add((i, h.get("x-cluster-gateway-served-by")))
+            return served
+        served = wait_for(reach_all, 10)
+        self.assertTrue(served, "a replica could not reach some agent")
+        self.assertTrue(any(entry != int(by.split("-")[1]) for entry, by in served), served)
+        # The plane status endpoint sums every replica's agents.
+        for i in range(REPLICAS):
+            st, _, body = self.get(i, "/api/v1/planes/status")
+            self.assertEqual(st, 200)
+            planes = json.loads(body)
+            self.assertEqual(planes["total"], PLANES, body)
+            self.assertTrue(all(p["connected"] and p["connectedAgents"] == 1 for p in planes["planes"]), body)
+        # One writer: the smallest id; every CR written connected with one agent.
+        self.assertTrue(wait_for(lambda: self.writers() == [0], 10), self.writers())
+        self.assertTrue(wait_for(self.all_connected, 10), self.status_files())
+        for s in self.status_files().values():
+            self.assertEqual(s["agentConnection"]["connectedAgents"], 1)
+
+        # kill -9 the writer (it holds agents too). Watch the status files meanwhile: never disconnected.
+        seen_disconnected = []
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                for name, s in self.status_files().items():
+                    if not s.get("agentConnection", {}).get("connected", True):
+                        seen_disconnected.append(name)
+                time.sleep(0.02)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        self.procs[0].send_signal(signal.SIGKILL)
+        self.procs[0].wait()
+        try:
+            # Its agents come back through the balancer to the survivors.
+            self.assertTrue(wait_for(lambda: self.local_sessions(1) + self.local_sessions(2) == PLANES, 15),
+                            [self.local_sessions(i) for i in (1, 2)])
+            # The next smallest id writes status once the dead replica leaves the directory.
+            self.assertTrue(wait_for(lambda: self.writers() == [1], LEASE + 5), self.writers())
+            self.assertTrue(self.logs[1].find("mesh replica dropped: not heard from within the lease duration (or its "
+                                              "Lease expired); its agents leave routing and the status sum",
+                                              peerReplica="gw-0"))
+            # After the dead replica's agents left the sum: exactly one agent per CR again.
+            self.assertTrue(wait_for(lambda: all(s["agentConnection"]["connectedAgents"] == 1 and
+                                                 s["agentConnection"]["connected"]
+                                                 for s in self.status_files().values()), 10), self.status_files())
+            # Requests still reach every agent from either survivor.
+            for i in (1, 2):
+                for p in range(PLANES):
+                    st, _, _ = self.get(i, f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/namespaces/default/pods")
+                    self.assertEqual(st, 200)
+        finally:
+            stop.set()
+            watcher.join()
+        self.assertEqual(seen_disconnected, [], "a CR was written disconnected while its agent moved")
+
+
+if __name__ == "__main__":
+    sys.exit(ctest_main.main())
