@@ -1,0 +1,428 @@
+"""Three gateway replicas in Kubernetes mode (no --planes-dir) against ONE fake API server
+(tests/fakes/kube_apiserver), with --mesh-service: membership from EndpointSlices, a Lease per
+replica, the Lease `cluster-gateway-status-writer` electing the one replica that writes status.
+
+  * peers come from the EndpointSlices of the mesh Service (one slice per replica, its port named
+    "mesh"): every replica brings its link up to the two others; the fake holds three replica Leases
+    (label cluster-gateway.openchoreo.dev/role=replica), each held by its replica, and one writer
+    Lease held by one of them;
+  * agents reach the replicas through a round-robin TCP balancer (the Service's role); a caller at any
+    replica's internal port reaches every agent (X-Cluster-Gateway-Entry-Pod / -Served-By);
+  * the CRs' status (read from the fake) is connected with one agent each, and only the holder of
+    the writer Lease PATCHes status (the fake's request log ties a connection to a replica through
+    the Lease writes it carried, whose bodies name the replica; the replicas' debug log line
+    "writing status" counts each replica's writes);
+  * `kill -9` of the writer: its agents reconnect to the survivors through the balancer, no status
+    PATCH carries connected=false meanwhile, a survivor holds the writer Lease within the lease
+    duration plus a few seconds, the dead replica's Lease expires and the survivors drop it;
+  * an EndpointSlice endpoint marked ready=false removes that replica as a peer ("mesh peer removed").
+
+Real binaries, real TLS (dev PKI: mesh CA and peer certificate, checked against
+--mesh-server-name localhost), real HTTP.
+
+The fake refuses loopback IPs in EndpointSlices (as a real server does) and an FQDN needs two labels,
+so "localhost" is refused too: the slices have addressType FQDN and the address "127.0.0.1" (four
+DNS labels, which a real API server accepts as an FQDN too); the replicas resolve it to loopback."""
+import http.client
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from datetime import datetime
+
+ROOT = os.environ.get("CG_REPO_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+import ctest_main  # noqa: E402
+from gateway_proc import LogLines  # noqa: E402
+from kube_e2e_support import (CWP, AgentSim, FakeApiServer, by_name, cwp_doc, dev_pki, gateway_cmd, read_bytes,  # noqa: E402
+                              start_gateway, status_patches, statuses, wait_for, write_seed)
+
+REPLICAS = 3
+PLANES = 6
+LEASE = 3.0  # --mesh-lease-duration
+NS = "openchoreo-control-plane"
+SERVICE = "cluster-gateway-mesh"
+ROLE_LABEL = "cluster-gateway.openchoreo.dev/role"
+WRITER_LEASE = "cluster-gateway-status-writer"
+LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+SLICES = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
+DROPPED = ("mesh replica dropped: not heard from within the lease duration (or its Lease expired); its agents leave "
+           "routing and the status sum")
+
+
+def free_ports(n):
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Balancer:
+    """A round-robin TCP balancer: each connection goes to the next backend that accepts it (a
+    stopped replica refuses, the next one is tried), then bytes are relayed both ways."""
+
+    def __init__(self, backends):
+        self.backends = backends
+        self.next = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        with self.lock:
+            start = self.next
+            self.next += 1
+        upstream = None
+        for i in range(len(self.backends)):
+            port = self.backends[(start + i) % len(self.backends)]
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=2)
+                upstream.settimeout(None)
+                break
+            except OSError:
+                upstream = None
+        if upstream is None:
+            c.close()
+            return
+        pair = [c, upstream]
+        try:
+            while True:
+                r, _, _ = select.select(pair, [], [], 1.0)
+                if self.stopped:
+                    break
+                done = False
+                for s in r:
+                    data = s.recv(65536)
+                    if not data:
+                        done = True
+                        break
+                    (upstream if s is c else c).sendall(data)
+                if done:
+                    break
+        except OSError:
+            pass
+        finally:
+            c.close()
+            upstream.close()
+
+    def close(self):
+        self.stopped = True
+        self.sock.close()
+
+
+def micro_time(s):
+    """A Lease MicroTime ("2026-12-06T18:00:00.123456Z") as Unix seconds."""
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
+def endpoint_slice(i, port, ready=True):
+    """Replica gw-i's slice of the mesh Service: one endpoint (its Pod), one port named "mesh"."""
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"{SERVICE}-{i}", "namespace": NS, "labels": {"kubernetes.io/service-name": SERVICE}},
+            "addressType": "FQDN",
+            "endpoints": [{"addresses": ["127.0.0.1"],
+                           "conditions": {"ready": ready, "serving": ready, "terminating": False},
+                           "targetRef": {"kind": "Pod", "namespace": NS, "name": f"gw-{i}"}}],
+            "ports": [{"name": "mesh", "port": port, "protocol": "TCP"}]}
+
+
+class LogFile:
+    """A replica's log file (LogLines' echo) that drops what its reader thread still writes after close()."""
+
+    def __init__(self, path):
+        self.lock = threading.Lock()
+        self.f = open(path, "w")
+
+    def write(self, text):
+        with self.lock:
+            if self.f:
+                self.f.write(text)
+
+    def flush(self):
+        with self.lock:
+            if self.f:
+                self.f.flush()
+
+    def close(self):
+        with self.lock:
+            if self.f:
+                self.f.close()
+                self.f = None
+
+
+class KubeReplicasTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = d = tempfile.mkdtemp(prefix="cg-mesh-kube-")
+        self.api, self.balancer = None, None
+        self.procs, self.logs, self.internal, self.sims, self.log_files = {}, {}, {}, [], []
+        self.addCleanup(self.cleanup)  # also when setUp fails half-way
+        self.pki = dev_pki(os.path.join(d, "pki"))
+        ca = read_bytes(os.path.join(self.pki, "tenant-a-ca.crt"))
+        seed = write_seed(os.path.join(d, "seed"),
+                          [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}] +
+                          [cwp_doc(f"wp{p}", f"mesh-{p}", ca) for p in range(PLANES)])
+        self.api = FakeApiServer(d, extra_args=["--seed-dir", seed, "--log-bodies"])
+        ports = free_ports(REPLICAS * 2)
+        self.agent_ports, self.mesh_ports = ports[:REPLICAS], ports[REPLICAS:]
+        # The Service's EndpointSlices, before the replicas start (the watch is tested by step 4).
+        for i in range(REPLICAS):
+            code, _, body = self.api.request("POST", SLICES, endpoint_slice(i, self.mesh_ports[i]))
+            self.assertEqual(code, 201, body)
+        for i in range(REPLICAS):
+            self.start_replica(i)
+        self.balancer = Balancer(self.agent_ports)
+
+    def cleanup(self):
+        for s in self.sims:
+            s.kill()
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        if self.balancer:
+            self.balancer.close()
+        if self.api:
+            self.api.stop()
+        for f in self.log_files:
+            f.close()
+        if os.environ.get("CG_KEEP_LOGS"):  # the replicas' logs and the fake's stderr, for a post-mortem
+            print(f"logs kept in {self.tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start_replica(self, i):
+        pki = self.pki
+        cmd = gateway_cmd(self.api.kubeconfig, pki, port=self.agent_ports[i]) + [
+            "--startup-grace", "0s", "--status-heartbeat-interval", "2s", "--shutdown-timeout", "4s",
+            "--log-level", "debug",
+            "--mesh=true", "--mesh-port", str(self.mesh_ports[i]), "--mesh-service", SERVICE, "--pod-namespace", NS,
+            "--replica-id", f"gw-{i}", "--mesh-server-name", "localhost",
+            "--mesh-ca-cert", os.path.join(pki, "mesh-ca.crt"),
+            "--mesh-cert", os.path.join(pki, "mesh.crt"), "--mesh-key", os.path.join(pki, "mesh.key"),
+            "--mesh-lease-duration", f"{LEASE:g}s"]
+        self.log_files.append(LogFile(os.path.join(self.tmp, f"gw-{i}.log")))
+        log = LogLines(echo=self.log_files[-1])
+        proc, started = start_gateway(cmd, log=log)
+        self.procs[i], self.logs[i], self.internal[i] = proc, log, started["internalPort"]
+
+    # -- readers ---------------------------------------------------------------------------------
+
+    def caller(self):
+        ctx = ssl.create_default_context(cafile=os.path.join(self.pki, "gateway-ca.crt"))
+        ctx.load_cert_chain(os.path.join(self.pki, "controller.crt"), os.path.join(self.pki, "controller.key"))
+        return ctx
+
+    def get(self, i, path):
+        conn = http.client.HTTPSConnection("localhost", self.internal[i], context=self.caller(), timeout=15)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def local_sessions(self, i):
+        """Agents connected to replica i: its log's connected minus disconnected events."""
+        return len(self.logs[i].find("agent connected successfully")) - len(self.logs[i].find("agent disconnected"))
+
+    def writers_by_log(self):
+        """Live replicas whose last leadership line says they write status."""
+        return [i for i in self.procs if self.procs[i].poll() is None and
+                len(self.logs[i].find("this replica writes status now")) >
+                len(self.logs[i].find("this replica no longer writes status"))]
+
+    def lease(self, name):
+        code, _, body = self.api.request("GET", f"{LEASES}/{name}")
+        return body if code == 200 else None
+
+    def holder(self):
+        lease = self.lease(WRITER_LEASE)
+        return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+    def replica_leases(self):
+        code, _, body = self.api.request("GET", f"{LEASES}?labelSelector={ROLE_LABEL}%3Dreplica")
+        self.assertEqual(code, 200, body)
+        return {o["metadata"]["name"]: o for o in body["items"]}
+
+    def connection_owners(self):
+        """{fake connection id: replica id} from the Lease writes in the fake's request log: a
+        replica writes its own Lease and the writer Lease only with itself as holderIdentity, and a
+        connection belongs to one process."""
+        owners = {}
+        for e in self.api.control("GET", "requests?resource=leases")["items"]:
+            if e["method"] not in ("PUT", "POST", "PATCH") or not e.get("body") or "connection" not in e:
+                continue
+            try:
+                who = (json.loads(e["body"]).get("spec") or {}).get("holderIdentity")
+            except ValueError:
+                continue
+            if who:
+                prev = owners.setdefault(e["connection"], who)
+                self.assertEqual(prev, who, f"connection {e['connection']} carried Lease writes of two replicas")
+        return owners
+
+    def reach_all(self, entries):
+        """(entry, served-by) pairs when every replica of `entries` reaches every plane's agent, else None."""
+        served = set()
+        for i in entries:
+            for p in range(PLANES):
+                st, h, _ = self.get(i, f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/namespaces/default/pods")
+                if st != 200:
+                    return None
+                self.assertEqual(h.get("x-cluster-gateway-entry-pod"), f"gw-{i}")
+                served.add((i, h.get("x-cluster-gateway-served-by")))
+        return served
+
+    def all_connected_once(self):
+        st = statuses(self.api, CWP)
+        return len(st) == PLANES and all((s.get("agentConnection") or {}).get("connected") is True and
+                                         s["agentConnection"].get("connectedAgents") == 1 for s in st.values())
+
+    # -- the test --------------------------------------------------------------------------------
+
+    def test_kube_membership_leases_writer_and_a_killed_writer(self):
+        t0 = time.monotonic()
+        # 1. Peers from the EndpointSlices: every replica's links to the two others are up.
+        for i in range(REPLICAS):
+            for j in range(REPLICAS):
+                if j != i:
+                    self.assertTrue(self.logs[i].wait("mesh peer link up", peerReplica=f"gw-{j}", timeout=15),
+                                    f"gw-{i}: no link up to gw-{j}")
+            self.assertTrue(self.logs[i].find("mesh peers from EndpointSlices", peers=REPLICAS - 1))
+        # Three replica Leases, each held by its replica, and one writer Lease held by one of them.
+        self.assertTrue(wait_for(lambda: len(self.replica_leases()) == REPLICAS, 10), self.replica_leases())
+        leases = self.replica_leases()
+        self.assertEqual(sorted(leases), [f"gw-{i}" for i in range(REPLICAS)])
+        for name, lease in leases.items():
+            self.assertEqual(lease["spec"]["holderIdentity"], name)
+            self.assertEqual(lease["spec"]["leaseDurationSeconds"], int(LEASE))
+            self.assertEqual(lease["metadata"]["labels"][ROLE_LABEL], "replica")
+        self.assertNotIn(WRITER_LEASE, leases, "the writer Lease is not a replica Lease")
+        self.assertTrue(wait_for(lambda: self.holder() in {f"gw-{i}" for i in range(REPLICAS)}, 10), self.lease(WRITER_LEASE))
+        writer_id = self.holder()
+        w = int(writer_id.split("-")[1])
+        self.assertTrue(wait_for(lambda: self.writers_by_log() == [w], 10), (writer_id, self.writers_by_log()))
+        # Only that replica ever said it writes status.
+        for i in range(REPLICAS):
+            if i != w:
+                self.assertEqual(self.logs[i].find("this replica writes status now"), [], f"gw-{i} wrote status too")
+
+        # 2. Agents through the balancer spread over the replicas; every replica reaches every agent.
+        self.sims.append(AgentSim(self.pki, self.balancer.port, "mesh", count=PLANES, spread=PLANES))
+        self.assertTrue(wait_for(lambda: sum(self.local_sessions(i) for i in range(REPLICAS)) == PLANES, 20),
+                        [self.local_sessions(i) for i in range(REPLICAS)])
+        self.assertEqual([self.local_sessions(i) for i in range(REPLICAS)], [PLANES // REPLICAS] * REPLICAS,
+                         "round-robin balancer spreads agents")
+        served = wait_for(lambda: self.reach_all(range(REPLICAS)), 10)
+        self.assertTrue(served, "a replica could not reach some agent")
+        self.assertTrue(any(entry != int(by.split("-")[1]) for entry, by in served), served)
+        self.assertEqual({by for _, by in served}, {f"gw-{i}" for i in range(REPLICAS)}, served)
+        # The CRs in the fake: connected, one agent each (the writer sums every replica's agents).
+        self.assertTrue(wait_for(self.all_connected_once, 10), statuses(self.api, CWP))
+        # Only the Lease holder PATCHed status: by the connections the fake saw (tied to replicas by
+        # their Lease writes) and by the replicas' own "writing status" lines.
+        patches = status_patches(self.api)
+        self.assertTrue(patches)
+        owners = self.connection_owners()
+        attributed = [owners[p["connection"]] for p in patches if p.get("connection") in owners]
+        self.assertTrue(attributed, "no status PATCH went over a connection that also carried a Lease write")
+        self.assertEqual(set(attributed), {writer_id}, "a replica other than the Lease holder PATCHed status")
+        for i in range(REPLICAS):
+            if i != w:
+                self.assertEqual(self.logs[i].find("writing status"), [], f"gw-{i} (not the holder) wrote status")
+        self.assertTrue(wait_for(lambda: len(self.logs[w].find("writing status")) == len(status_patches(self.api)), 5),
+                        (len(self.logs[w].find("writing status")), len(status_patches(self.api))))
+        self.assertEqual(self.holder(), writer_id, "the writer Lease changed hands without a failure")
+        self.assertEqual(self.lease(WRITER_LEASE)["spec"].get("leaseTransitions", 0), 0)
+        before = (len(attributed), len(patches))
+
+        # 3. kill -9 the writer (it holds agents too).
+        survivors = [i for i in range(REPLICAS) if i != w]
+        marks = {i: self.logs[i].mark() for i in survivors}
+        self.procs[w].send_signal(signal.SIGKILL)
+        self.procs[w].wait()
+        killed_at = time.time()  # after the wait: nothing the fake receives from now on is the dead replica's
+        # Its agents come back through the balancer to the survivors.
+        self.assertTrue(wait_for(lambda: sum(self.local_sessions(i) for i in survivors) == PLANES, 15),
+                        [self.local_sessions(i) for i in survivors])
+        # A survivor takes the writer Lease within the lease duration plus a few seconds, and says so.
+        new_holder = wait_for(lambda: self.holder() if self.holder() in {f"gw-{i}" for i in survivors} else None,
+                              LEASE + 4)
+        self.assertTrue(new_holder, f"writer Lease not taken over: {self.lease(WRITER_LEASE)}")
+        nw = int(new_holder.split("-")[1])
+        self.assertEqual(self.lease(WRITER_LEASE)["spec"].get("leaseTransitions"), 1, self.lease(WRITER_LEASE))
+        takeover = time.time() - killed_at
+        self.assertLess(takeover, LEASE + 6)
+        self.assertTrue(wait_for(lambda: self.writers_by_log() == [nw], 5), (new_holder, self.writers_by_log()))
+        # The dead replica's Lease expires (no renewal since the kill) and the survivors drop it.
+        def expired():
+            spec = (self.lease(writer_id) or {}).get("spec") or {}
+            return (spec.get("holderIdentity") == writer_id and spec.get("renewTime") and
+                    micro_time(spec["renewTime"]) + spec["leaseDurationSeconds"] < time.time())
+        self.assertTrue(wait_for(expired, LEASE + 3), self.lease(writer_id))
+        self.assertLess(micro_time(self.lease(writer_id)["spec"]["renewTime"]), killed_at + 0.5,
+                        "the dead replica's Lease was renewed after the kill")
+        for i in survivors:
+            self.assertTrue(self.logs[i].wait(DROPPED, since=marks[i], peerReplica=writer_id, timeout=LEASE + 3),
+                            f"gw-{i} did not drop {writer_id}")
+        # After the dead replica's agents left the sum: one agent per CR again, connected.
+        self.assertTrue(wait_for(self.all_connected_once, 10), statuses(self.api, CWP))
+        # Survivors still reach every agent.
+        self.assertTrue(wait_for(lambda: self.reach_all(survivors), 10), "a survivor could not reach some agent")
+        # No CR was ever PATCHed disconnected since the kill; every PATCH since came from the new holder.
+        # (The new holder writes every CR at least once a --status-heartbeat-interval, 2 s.)
+        after = wait_for(lambda: len(by_name(status_patches(self.api, since=killed_at))) == PLANES and
+                         status_patches(self.api, since=killed_at), 6)
+        self.assertTrue(after, f"not every CR was PATCHed after the kill: {status_patches(self.api, since=killed_at)}")
+        bad = [(p["name"], p["applied"]) for p in after if (p["applied"] or {}).get("connected") is False]
+        self.assertEqual(bad, [], "a CR was written disconnected while its agents moved")
+        owners = self.connection_owners()
+        attributed_after = [owners[p["connection"]] for p in after if p.get("connection") in owners]
+        self.assertEqual(set(attributed_after) - {new_holder}, set(),
+                         "a replica other than the new Lease holder PATCHed status after the kill")
+        other = [i for i in survivors if i != nw][0]
+        self.assertEqual(self.logs[other].find("writing status"), [], f"gw-{other} (not the holder) wrote status")
+
+        # 4. An endpoint marked not ready (as the endpoint controller does for the dead pod, then for
+        # a live one) stops being a peer.
+        for i, targets in ((w, survivors), (other, [nw])):
+            m = {j: self.logs[j].mark() for j in targets}
+            code, _, body = self.api.request("PUT", f"{SLICES}/{SERVICE}-{i}", endpoint_slice(i, self.mesh_ports[i], ready=False))
+            self.assertEqual(code, 200, body)
+            for j in targets:
+                self.assertTrue(self.logs[j].wait("mesh peer removed", since=m[j], peerReplica=f"gw-{i}", timeout=10),
+                                f"gw-{j} kept gw-{i} as a peer after its endpoint went not ready")
+        self.assertTrue(self.logs[nw].find("mesh peers from EndpointSlices", peers=0))
+        print(f"\nmesh_replicas_kube: writer {writer_id} then {new_holder} (taken over {takeover:.1f}s after the "
+              f"kill); status PATCHes tied to a replica by their connection: {before[0]}/{before[1]} before the kill, "
+              f"{len(attributed_after)}/{len(after)} after; scenario {time.monotonic() - t0:.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(ctest_main.main())
