@@ -175,6 +175,7 @@ std::string Gateway::not_ready_reason() const {
   if (impl_->draining) return "draining";
   if (!impl_->started) return "starting";
   if (!impl_->index.synced()) return "plane source not synced";
+  if (impl_->mesh && !impl_->mesh->synced()) return "waiting for the other replicas' session directories";
   return "";
 }
 
@@ -347,6 +348,8 @@ void Gateway::start() {
     // The mesh listener: peers only (--mesh-ca-cert both ways); no policy file (the entry replica
     // applied it), no second hop.
     InternalApiDeps mesh_deps = api_deps;
+    mesh_deps.active = std::make_shared<std::atomic<int64_t>>(0);
+    mesh_deps.draining = [&m] { return m.draining.load(); };
     mesh_deps.mesh_receive = [mp = m.mesh.get()](std::string_view body) { return mp->receive(body); };
     mesh_deps.replica_id = m.mesh->replica_id();
     tls::ServerTlsOptions mt{c.mesh_cert.empty() ? c.server_cert : c.mesh_cert, c.mesh_key.empty() ? c.server_key : c.mesh_key,
@@ -467,10 +470,18 @@ void Gateway::shutdown() {
     // budget (at most 5 s) after the GOAWAYs.
     const auto drain_deadline =
         std::chrono::steady_clock::now() + std::min<Duration>(m.cfg.shutdown_timeout / 4, std::chrono::seconds(5));
-    size_t waited_for = m.tunnel_ref ? m.tunnel_ref->pending() : 0;
-    while (m.tunnel_ref && m.tunnel_ref->pending() > 0 && std::chrono::steady_clock::now() < drain_deadline)
+    // With replicas, requests being served count too (a request forwarded to another replica, or one
+    // waiting for an agent that moves): the internal API's own count covers both.
+    auto busy = [&m] {
+      return (m.tunnel_ref ? m.tunnel_ref->pending() : 0) +
+             (m.mesh ? static_cast<size_t>(std::max<int64_t>(0, m.internal_api->active())) +
+                           static_cast<size_t>(std::max<int64_t>(0, m.mesh_api->active()))
+                     : 0);
+    };
+    size_t waited_for = busy();
+    while (busy() > 0 && std::chrono::steady_clock::now() < drain_deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    const size_t left = m.tunnel_ref ? m.tunnel_ref->pending() : 0;
+    const size_t left = busy();
     log::info("agent sessions drained",
               {{"sessions", sessions.size()}, {"inFlightAtGoaway", waited_for}, {"inFlightLeft", left}});
     for (const auto& s : sessions) s.handle->close(1001, "gateway shutting down", session::CloseCause::shutdown);

@@ -1,7 +1,10 @@
 #include "gateway/internal_api.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include "common/json_text.hpp"
 #include "common/log.hpp"
@@ -32,6 +35,8 @@ using namespace cg::net;
 namespace {
 // A notification is a small JSON object; a larger body is refused before it is parsed.
 constexpr uint64_t kMaxNotifyBody = 64 * 1024;
+// Several replicas: how long a request waits for an agent that is moving between replicas.
+constexpr Duration kMoveWait = std::chrono::seconds(10);
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -86,6 +91,12 @@ class Conn : public std::enable_shared_from_this<Conn> {
   // ---- one request -----------------------------------------------------------------------------
   awaitable<Next> serve_one() {
     if (auto answered = co_await io_.read_header()) co_return *answered;
+    // Counted while it is served (a stream handed to a relay or bridge is not): shutdown waits for it.
+    deps_->active->fetch_add(1);
+    struct Done {
+      std::atomic<int64_t>& n;
+      ~Done() { n.fetch_sub(1); }
+    } done{*deps_->active};
     auto& req = io_.request();
     method_ = std::string(req.method_string());
     if (deps_->mesh_receive) {
@@ -93,6 +104,13 @@ class Conn : public std::enable_shared_from_this<Conn> {
       // A forwarded request: its answer names the replica the caller reached, and this one.
       auto entry = req[mesh::kEntryPodHeader];
       io_.set_answer_headers(entry.size() <= mesh::kMaxName ? std::string(entry) : std::string(), deps_->replica_id);
+      if (deps_->draining && deps_->draining()) {
+        // Shutting down: no new request starts on this replica's agents (they got GOAWAY); the entry
+        // replica sends it elsewhere.
+        auto res = make_text_error(503, "replica " + deps_->replica_id + " is draining");
+        res->set(mesh::kDrainingHeader, "true");
+        co_return co_await io_.write(res, false);
+      }
     }
     auto routed = route_internal(method_, req.target());
     path_ = std::move(routed.path);
@@ -111,11 +129,60 @@ class Conn : public std::enable_shared_from_this<Conn> {
   // /api/v1/planes (gateway/plane_endpoints.*)
   awaitable<Next> serve(NotifyRoute&) {
     if (auto answered = co_await io_.read_body(kMaxNotifyBody)) co_return *answered;
-    co_return co_await plane_answer(notify_plane(deps_->index, deps_->registry, io_.request().body()));
+    auto a = notify_plane(deps_->index, deps_->registry, io_.request().body());
+    if (a.status == 200) co_await everywhere(a);
+    co_return co_await plane_answer(std::move(a));
   }
   awaitable<Next> serve(AllStatusRoute&) { return plane_answer(all_planes_status(deps_->registry)); }
   awaitable<Next> serve(PlaneStatusRoute& r) { return plane_answer(plane_status(deps_->registry, r)); }
-  awaitable<Next> serve(ReconnectRoute& r) { return plane_answer(reconnect_plane(deps_->registry, r)); }
+  awaitable<Next> serve(ReconnectRoute& r) {
+    auto a = reconnect_plane(deps_->registry, r);
+    if (a.status == 200) co_await everywhere(a);
+    co_return co_await plane_answer(std::move(a));
+  }
+
+  // Several replicas: notify and reconnect act on every replica. The entry replica sends the same
+  // request to each peer's mesh listener (which acts on its own sessions only) and adds their counts
+  // to its answer; a peer that does not answer is logged and left out.
+  awaitable<void> everywhere(PlaneAnswer& a) {
+    if (!deps_->mesh) co_return;
+    auto peers = deps_->mesh->peer_replicas();
+    if (peers.empty()) co_return;
+    auto& req = io_.request();
+    struct Pending {
+      size_t left = 0;
+      std::vector<mesh::ForwardReply> replies;
+    };
+    auto pending = std::make_shared<Pending>();
+    pending->left = peers.size();
+    for (const auto& replica : peers) {
+      mesh::ForwardRequest fr;
+      fr.method = method_;
+      fr.target = std::string(req.target());
+      fr.body = req.body();
+      fr.headers.emplace_back("Content-Type", "application/json");
+      fr.timeout = deps_->request_timeout;
+      deps_->mesh->forward(replica, std::move(fr),
+                           [self = shared_from_this(), ex = io_.executor(), pending](mesh::ForwardReply r) {
+                             asio::post(ex, [self, pending, r = std::move(r)]() mutable {
+                               pending->replies.push_back(std::move(r));
+                               if (--pending->left == 0) self->wake_.notify();
+                             });
+                           });
+    }
+    while (pending->left > 0) co_await wake_.wait();
+    for (const auto& r : pending->replies) {
+      auto j = nlohmann::json::parse(r.body, nullptr, false);
+      if (r.status != 200 || !j.is_object()) {
+        log::warn("plane request not applied at a replica",
+                  {{"replica", r.replica}, {"status", r.status}, {"reason", r.status ? r.body.substr(0, 200) : r.error}});
+        continue;
+      }
+      for (const char* k : {"disconnectedAgents", "authorizationsGranted", "authorizationsRevoked"})
+        if (a.json.contains(k) && a.json[k].is_number_unsigned() && j.contains(k) && j[k].is_number_unsigned())
+          a.json[k] = a.json[k].get<uint64_t>() + j[k].get<uint64_t>();
+    }
+  }
   awaitable<Next> serve(ProxyRoute&) { return proxy(); }
   awaitable<Next> serve(ExecRoute& r) { return exec(r); }
   awaitable<Next> serve(WirelogsRoute& r) { return wirelogs(r); }
@@ -138,7 +205,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     }
     if (auto answered = co_await io_.read_body(kMaxProxyBody)) co_return *answered;
     if (check_.streaming) {
-      if (auto peer = remote_only(check_.plane_type, check_.plane_id, check_.cr_key, session::kStreamCapability))
+      if (auto peer = co_await remote_only(check_.plane_type, check_.plane_id, check_.cr_key, session::kStreamCapability))
         co_return co_await forward_stream(std::move(*peer));
       session::StreamRequest sr;
       sr.mode = session::StreamRequest::Mode::http;
@@ -149,7 +216,13 @@ class Conn : public std::enable_shared_from_this<Conn> {
       co_return co_await relay(std::move(sr), Surface::http_stream);
     }
     started_ = std::chrono::steady_clock::now();
-    if (auto peer = remote_only(check_.plane_type, check_.plane_id, check_.cr_key)) co_return co_await forward(std::move(*peer));
+    if (auto peer = co_await remote_only(check_.plane_type, check_.plane_id, check_.cr_key))
+      co_return co_await forward(std::move(*peer));
+    co_return co_await local_proxy();
+  }
+
+  // A plain /api/proxy request through a local agent session.
+  awaitable<Next> local_proxy() {
     auto tr = tunnel_request();
     log::info("HTTP proxy request received", fields({{"path", check_.path}, {"method", method_}}));
     // The agent's reply, or the caller hanging up (which cancels the request: the reply is then
@@ -199,12 +272,32 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
   // ---- several replicas -------------------------------------------------------------------------
   // A replica to forward to: none here holds a session for the CR, another one does.
-  std::optional<std::string> remote_only(const std::string& type, const std::string& id, const std::string& cr,
-                                         std::string_view capability = {}) {
-    if (!deps_->mesh) return std::nullopt;
-    bool plane_has = false;
-    if (deps_->registry.pick(type, id, cr, plane_has)) return std::nullopt;
-    return deps_->mesh->pick_peer(type, id, cr, capability);
+  // With no agent for the CR anywhere, but one counted for it moments ago (its replica is draining or
+  // was restarted, and the agent is reconnecting to another replica), the request waits for it to
+  // come back, up to kMoveWait (within the request timeout) instead of failing at once.
+  awaitable<std::optional<std::string>> remote_only(const std::string& type, const std::string& id, const std::string& cr,
+                                                    std::string_view capability = {}) {
+    if (!deps_->mesh) co_return std::nullopt;
+    const auto until = std::chrono::steady_clock::now() + std::min<Duration>(kMoveWait, deps_->request_timeout);
+    bool waited = false;
+    for (;;) {
+      bool plane_has = false;
+      if (deps_->registry.pick(type, id, cr, plane_has)) co_return std::nullopt;
+      if (auto peer = deps_->mesh->pick_peer(type, id, cr, capability)) {
+        if (waited) log::info("agent came back after a move; request goes on", fields({{"servedBy", *peer}}));
+        co_return peer;
+      }
+      auto rep = deps_->registry.report(type, cr);
+      const auto now = std::chrono::system_clock::now();
+      const bool moving = rep.connected_agents > 0 || (rep.last_zero && now - *rep.last_zero < kMoveWait) ||
+                          !deps_->mesh->synced();  // just started: the peers' directories are on their way
+      if (!moving || std::chrono::steady_clock::now() >= until || io_.hung_up()) co_return std::nullopt;
+      if (!waited) log::info("no agent for the CR right now, one was a moment ago: waiting for it", fields());
+      waited = true;
+      asio::steady_timer t(io_.executor());
+      t.expires_after(std::chrono::milliseconds(50));
+      co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
   }
 
   // A stream (watch, logs -f, exec, wirelogs) for an agent of another replica: the connection is
@@ -264,6 +357,25 @@ class Conn : public std::enable_shared_from_this<Conn> {
       }
       auto r = std::move(*fwd_reply_);
       fwd_reply_.reset();
+      if (r.status == 503 && draining_answer(r)) {
+        // The replica started draining before its update said so: it did not act on the request.
+        // Another replica (or this one) gets it, once the agent has moved.
+        metrics::mesh_forward("draining");
+        log::info("forwarded request refused by a draining replica; trying again", fields({{"servedBy", replica}}));
+        auto next = co_await remote_only(check_.plane_type, check_.plane_id, check_.cr_key);
+        if (!next) co_return co_await local_proxy();
+        if (!tried.count(*next)) {
+          replica = std::move(*next);
+          continue;
+        }
+        asio::steady_timer t(io_.executor());  // the same replica, still shown as holding the agent
+        t.expires_after(std::chrono::milliseconds(100));
+        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (std::chrono::steady_clock::now() - started_ > deps_->request_timeout)
+          co_return co_await io_.error(504, "proxy request failed: no replica took the request in time", true);
+        replica = std::move(*next);
+        continue;
+      }
       if (r.status > 0) {
         metrics::mesh_forward("answered");
         metrics::tunnel_request(check_.plane_type, r.status, check_.target, seconds_since(started_));
@@ -288,6 +400,12 @@ class Conn : public std::enable_shared_from_this<Conn> {
       }
       replica = std::move(*next);
     }
+  }
+
+  static bool draining_answer(const mesh::ForwardReply& r) {
+    for (const auto& [k, v] : r.headers)
+      if (beast::iequals(k, mesh::kDrainingHeader)) return true;
+    return false;
   }
 
   // POST /mesh/v1/directory (mesh listener only): a peer's session directory update.
@@ -340,7 +458,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     check_.cr_key = r.cr_key;
     check_.target = "hubble";
     check_.path = "/wirelogs";
-    if (auto peer = remote_only(r.plane_type, r.plane_id, r.cr_key)) co_return co_await forward_stream(std::move(*peer));
+    if (auto peer = co_await remote_only(r.plane_type, r.plane_id, r.cr_key)) co_return co_await forward_stream(std::move(*peer));
     auto sr = wirelogs_stream_request(r, gateway_request_id_, deps_->request_timeout);
     log::info("wirelogs stream requested", fields());
     co_return co_await relay(std::move(sr), Surface::sse);
@@ -361,14 +479,12 @@ class Conn : public std::enable_shared_from_this<Conn> {
   awaitable<Next> exec(const ExecRoute& r) {
     auto& req = io_.request();
     gateway_request_id_ = gateway_request_id(req["X-Request-ID"]);
-    if (auto peer = remote_only(r.plane_type, r.plane_id, r.cr_key)) {
-      check_ = ProxyCheck{};
-      check_.plane_type = r.plane_type;
-      check_.plane_id = r.plane_id;
-      check_.cr_key = r.cr_key;
-      check_.target = "exec";
-      co_return co_await forward_stream(std::move(*peer));
-    }
+    check_ = ProxyCheck{};
+    check_.plane_type = r.plane_type;
+    check_.plane_id = r.plane_id;
+    check_.cr_key = r.cr_key;
+    check_.target = "exec";
+    if (auto peer = co_await remote_only(r.plane_type, r.plane_id, r.cr_key)) co_return co_await forward_stream(std::move(*peer));
     bool plane_has = false;
     if (!deps_->registry.pick(r.plane_type, r.plane_id, r.cr_key, plane_has)) {
       std::string why =
@@ -450,5 +566,6 @@ uint16_t InternalApi::port() const { return impl_->acceptor.port(); }
 void InternalApi::start() { impl_->acceptor.start(); }
 void InternalApi::stop() { impl_->acceptor.stop(); }
 void InternalApi::set_ssl_context(std::shared_ptr<asio::ssl::context> ctx) { impl_->ssl.set(std::move(ctx)); }
+int64_t InternalApi::active() const { return impl_->deps->active->load(); }
 
 }  // namespace cg::gateway

@@ -2,6 +2,7 @@
 // required and verified in the handshake (--internal-client-ca-cert), /api/proxy tunnelling, and
 // the plane lifecycle/status endpoints.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -45,6 +46,11 @@ struct InternalApiDeps {
   mesh::Mesh* mesh = nullptr;
   std::function<mesh::Mesh::Answer(std::string_view body)> mesh_receive = {};
   std::string replica_id = {};  // set with either of the two above
+  // The mesh listener: true once this replica is shutting down (forwarded requests get 503 with
+  // X-Cluster-Gateway-Draining, and the entry replica tries again elsewhere).
+  std::function<bool()> draining = {};
+  // Requests being served (from the header read to the answer written; streams until handed over).
+  std::shared_ptr<std::atomic<int64_t>> active = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 class InternalApi {
@@ -57,6 +63,8 @@ class InternalApi {
   void stop();
   // New connections use `ctx` from now on (certificate reload); live connections keep theirs.
   void set_ssl_context(std::shared_ptr<boost::asio::ssl::context> ctx);
+  // Requests being served right now (InternalApiDeps::active).
+  int64_t active() const;
 
  private:
   struct Impl;

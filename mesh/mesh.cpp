@@ -643,6 +643,26 @@ std::shared_ptr<boost::asio::ssl::context> Mesh::client_tls() const {
   return m.tls;
 }
 
+bool Mesh::synced() const {
+  auto& m = *impl_;
+  if (steady::now() - m.started >= m.opts.lease_duration) return true;
+  auto known = m.dir.replicas();
+  cg::MutexLock lk(m.mu);
+  if (m.peers.size() < m.opts.expected_peers) return false;
+  for (const auto& p : m.peers)
+    if (!p->removed && (p->replica.empty() || !known.count(p->replica))) return false;
+  return true;
+}
+
+std::vector<std::string> Mesh::peer_replicas() const {
+  auto& m = *impl_;
+  cg::MutexLock lk(m.mu);
+  std::vector<std::string> out;
+  for (const auto& p : m.peers)
+    if (!p->removed && !p->replica.empty()) out.push_back(p->replica);
+  return out;
+}
+
 bool Mesh::leader() const {
   cg::MutexLock lk(impl_->mu);
   return impl_->leading;

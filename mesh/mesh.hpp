@@ -84,6 +84,8 @@ struct ForwardReply {
 // Response header names (upstream's): the replica the caller reached, and the one whose agent served it.
 inline constexpr const char* kEntryPodHeader = "X-Cluster-Gateway-Entry-Pod";
 inline constexpr const char* kServedByHeader = "X-Cluster-Gateway-Served-By";
+// On a draining replica's refusal of a forwarded request (it was not acted on).
+inline constexpr const char* kDrainingHeader = "X-Cluster-Gateway-Draining";
 inline constexpr const char* kDirectoryPath = "/mesh/v1/directory";
 
 class Mesh {
@@ -137,6 +139,14 @@ class Mesh {
   std::optional<Route> route_to(const std::string& replica) const;
   // TLS client context for those connections: the mesh CA, this replica's peer certificate.
   std::shared_ptr<boost::asio::ssl::context> client_tls() const;
+
+  // Whether this replica knows where the agents are: every peer's directory has arrived (or one
+  // lease duration passed since start). Until then a request that finds no agent waits, and /ready
+  // says not ready.
+  bool synced() const;
+
+  // The peers' replica ids (those that answered or that Kubernetes named).
+  std::vector<std::string> peer_replicas() const;
 
   bool leader() const;
   // Called on the control strand whenever leadership changes (also once at start when it is gained).

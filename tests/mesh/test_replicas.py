@@ -1,6 +1,7 @@
 """Three gateway replicas in file mode with static peers (--mesh-peers), end to end, loopback only:
 
-  * a watch, an exec session and a POST for an agent of another replica are relayed through it;
+  * a watch, an exec session and a POST for an agent of another replica are relayed through it, and
+    a reconnect asked at one replica closes the plane's agents held by another;
 
   * agents reach the replicas through a round-robin TCP balancer (the Service's role), so they spread;
   * a caller at any replica reaches every agent: answers name the entry replica and the one whose
@@ -8,7 +9,9 @@
   * the plane status endpoint at any replica sums every replica's agents; one replica writes status;
   * `kill -9` of the replica that writes status and holds agents: its agents reconnect to the others
     through the balancer, no CR is ever written disconnected meanwhile, and another replica takes
-    over writing status (the directory drops the dead one after the lease duration).
+    over writing status (the directory drops the dead one after the lease duration);
+  * a rolling restart of all three (SIGTERM, wait, start again) under 200 proxied GETs per second
+    through a balancer in front of the internal ports: every request answered 200.
 
 Real binaries, real TLS (dev PKI: mesh CA and peer certificate), real HTTP."""
 import asyncio
@@ -126,8 +129,9 @@ class ReplicasTest(unittest.TestCase):
         self.pki, self.planes_dir, _ = dev_pki_and_planes(
             ROOT, d, [(f"wp{i}", f"mesh-{i}") for i in range(PLANES)], "ClusterWorkflowPlane")
         self.status_dir = os.path.join(self.planes_dir, "status")
-        ports = free_ports(REPLICAS * 2)
-        self.agent_ports, self.mesh_ports = ports[:REPLICAS], ports[REPLICAS:]
+        ports = free_ports(REPLICAS * 3)
+        self.agent_ports, self.mesh_ports = ports[:REPLICAS], ports[REPLICAS:2 * REPLICAS]
+        self.internal_ports = ports[2 * REPLICAS:]
         self.procs, self.logs, self.internal, self.started = {}, {}, {}, {}
         for i in range(REPLICAS):
             self.start_replica(i)
@@ -148,7 +152,7 @@ class ReplicasTest(unittest.TestCase):
     def start_replica(self, i):
         peers = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(self.mesh_ports) if j != i)
         pki = self.pki
-        cmd = [BIN, "--port", str(self.agent_ports[i]), "--health-port", "0", "--internal-port", "0",
+        cmd = [BIN, "--port", str(self.agent_ports[i]), "--health-port", "0", "--internal-port", str(self.internal_ports[i]),
                "--bind", "127.0.0.1", "--planes-dir", self.planes_dir,
                "--server-cert", os.path.join(pki, "server.crt"), "--server-key", os.path.join(pki, "server.key"),
                "--internal-client-ca-cert", os.path.join(pki, "internal-ca.crt"), "--startup-grace", "0s",
@@ -255,6 +259,72 @@ class ReplicasTest(unittest.TestCase):
                 self.assertEqual(cm.exception.rcvd.code, 1000)
         asyncio.run(exec_round_trip())
         self.assertTrue(self.logs[1].find("stream forwarded", servedBy="gw-0", target="exec"))
+        # Reconnect acts cluster-wide: asked at gw-2, it closes the agent held by gw-0.
+        mark = self.logs[0].mark()
+        c3 = http.client.HTTPSConnection("localhost", self.internal[2], context=self.caller(), timeout=15)
+        c3.request("POST", "/api/v1/planes/workflowplane/mesh-3/reconnect")
+        r3 = c3.getresponse()
+        self.assertEqual(r3.status, 200)
+        self.assertEqual(json.loads(r3.read()), {"success": True, "disconnectedAgents": 1})
+        c3.close()
+        self.assertTrue(self.logs[0].wait("agent disconnected", since=mark, planeID="mesh-3"))
+
+    def test_rolling_restart_under_load_fails_no_request(self):
+        self.assertTrue(wait_for(lambda: all(len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1
+                                             for i in range(REPLICAS)), 15), "peer links did not come up")
+        self.start_agents(PLANES)
+        self.assertTrue(wait_for(lambda: sum(self.local_sessions(i) for i in range(REPLICAS)) == PLANES, 20),
+                        "agents did not connect")
+        front = Balancer(self.internal_ports)  # the Service in front of the internal API
+        ok, failures, lock, stop = [0], [], threading.Lock(), threading.Event()
+        # Every replica must know every agent before the load starts.
+        self.assertTrue(wait_for(lambda: all(self.get(i, f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/"
+                                                         "namespaces/default/pods")[0] == 200
+                                             for i in range(REPLICAS) for p in range(PLANES)), 10))
+        ctx = self.caller()
+
+        def load(worker, workers=8, rate=200.0):
+            n = 0
+            start = time.monotonic()
+            while not stop.is_set():
+                n += 1
+                due = start + n * workers / rate
+                time.sleep(max(0.0, due - time.monotonic()))
+                p = (worker + n) % PLANES
+                path = f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/namespaces/default/pods"
+                try:
+                    conn = http.client.HTTPSConnection("localhost", front.port, context=ctx, timeout=20)
+                    conn.request("GET", path)
+                    r = conn.getresponse()
+                    body = r.read()
+                    conn.close()
+                    with lock:
+                        if r.status == 200:
+                            ok[0] += 1
+                        else:
+                            failures.append((time.monotonic(), p, r.status, body[:200]))
+                except (OSError, http.client.HTTPException) as e:
+                    with lock:
+                        failures.append((time.monotonic(), p, "error", repr(e)))
+        threads = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(1.0)
+            for i in range(REPLICAS):
+                self.procs[i].send_signal(signal.SIGTERM)
+                self.assertEqual(self.procs[i].wait(timeout=15), 0)
+                self.start_replica(i)
+                # Back in the mesh (links to both peers) and its agents spread again over time.
+                self.assertTrue(wait_for(lambda: len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1, 15))
+                time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+            front.close()
+        self.assertGreater(ok[0], 500, "the load ran")
+        self.assertEqual(failures, [], f"{len(failures)} failed of {ok[0] + len(failures)}")
 
     def test_mesh_routes_sums_and_survives_a_killed_writer(self):
         self.assertTrue(wait_for(lambda: all(len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1
