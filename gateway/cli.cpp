@@ -245,6 +245,9 @@ std::vector<Spec> flag_table(Config& c, Pending& p) {
   t.add_duration("mesh-lease-duration", &Config::mesh_lease_duration,
                  "A replica not heard from (or whose Lease was not renewed) for this long is dead: its agents leave "
                  "the status sum, and a new status writer may take over (> 0)");
+  t.add_float("mesh-rebalance-margin", &Config::mesh_rebalance_margin,
+              "Every --mesh-lease-duration, a replica holding more agents than (1 + this) x its fair share sends GOAWAY "
+              "to the excess, one every 100 ms (closed with 1001 if still open 5 s later); negative: never");
   t.add_version();
   return std::move(t.specs);
 }
@@ -366,6 +369,7 @@ CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, 
         "--internal-client-ca-cert is required while --internal-mtls is true (use --internal-mtls=false only for development)");
   if (cfg.mesh_port < 0 || cfg.mesh_port > 65535)
     return fail("--mesh-port: " + std::to_string(cfg.mesh_port) + " is not a port number (0 to 65535)");
+  if (!std::isfinite(cfg.mesh_rebalance_margin)) return fail("--mesh-rebalance-margin must be a number");
   if (cfg.mesh_lease_duration < std::chrono::seconds(1))
     return fail("--mesh-lease-duration must be at least 1s (got " + goflag::format_duration(cfg.mesh_lease_duration) + ")");
   if (cfg.mesh && cfg.mesh_peers.empty() && cfg.mesh_service.empty() && !cfg.planes_dir.empty())

@@ -71,6 +71,7 @@ struct Config {
   std::string replica_id;  // empty: $POD_NAME, else the host name
   std::string pod_namespace;  // empty: $POD_NAMESPACE, else the service account's namespace
   Duration mesh_lease_duration = std::chrono::seconds(15);  // a replica silent this long is dead; writer failover bound
+  double mesh_rebalance_margin = 0.25;  // shed agents above (1 + margin) × fair share; negative: off
 };
 
 // --io-threads 0: one per core.

@@ -232,6 +232,7 @@ void Gateway::start() {
     mo.cert_pem = read_pem(c.mesh_cert.empty() ? c.server_cert : c.mesh_cert, "--mesh-cert");
     mo.key_pem = read_pem(c.mesh_key.empty() ? c.server_key : c.mesh_key, "--mesh-key");
     mo.lease_duration = c.mesh_lease_duration;
+    mo.rebalance_margin = c.mesh_rebalance_margin;
     try {
       static_peers = mesh::parse_peers(c.mesh_peers);
     } catch (const std::exception& e) {
@@ -449,7 +450,9 @@ void Gateway::shutdown() {
   log::info("shutting down", {{"sessions", m.registry->size()}, {"shutdownTimeout", format_go_duration(m.cfg.shutdown_timeout)}});
   m.stop_reloader();
   if (m.proxy_policy) m.proxy_policy->stop();
-  if (m.mesh) m.mesh->drain();  // peers stop picking this replica's sessions
+  // Peers stop picking this replica's sessions; its agents are reported moving (not disconnected)
+  // while they reconnect elsewhere.
+  if (m.mesh) m.mesh->drain(std::min<Duration>(m.cfg.shutdown_timeout / 4, std::chrono::seconds(2)) + std::chrono::seconds(1));
   m.agent_listener->stop();
   m.internal_api->stop();
   m.registry->close_admission();
@@ -497,7 +500,10 @@ void Gateway::shutdown() {
   if (m.source) m.source->stop();
   // With peers, the last write is the sum without this replica's agents (they have closed by now, or
   // are written as disconnected by the next writer once this replica's `bye` is received).
-  bool flushed = !m.writer || m.writer->flush(deadline, /*as_disconnected=*/!m.mesh);
+  // With live peers the next writer takes over after this replica's `bye` (or its Lease release) and
+  // writes what its agents became; alone, the last writer writes every CR as it is now.
+  const bool peers_live = m.mesh && !m.mesh->directory().replicas().empty();
+  bool flushed = !m.writer || peers_live || m.writer->flush(deadline, /*as_disconnected=*/!m.mesh);
   if (m.writer_lease) m.writer_lease->stop(/*release=*/true);  // the next writer takes over at once
   if (m.membership) m.membership->stop();
   if (m.mesh_api) m.mesh_api->stop();

@@ -50,7 +50,12 @@ class Conn : public std::enable_shared_from_this<Conn> {
         deps_(std::move(deps)),
         io_(std::move(s), std::move(ctx),
             {deps_->idle_timeout, deps_->read_timeout, deps_->write_timeout, deps_->handshake_timeout}),
-        wake_(io_.executor()) {}
+        wake_(io_.executor()) {
+    deps_->active->fetch_add(1);  // from the accept to its first answer: a shutdown waits for it
+  }
+  ~Conn() {
+    if (counted_) deps_->active->fetch_sub(1);
+  }
 
   void start() {
     if (deps_->mesh) io_.set_answer_headers(deps_->replica_id, deps_->replica_id);
@@ -92,11 +97,15 @@ class Conn : public std::enable_shared_from_this<Conn> {
   awaitable<Next> serve_one() {
     if (auto answered = co_await io_.read_header()) co_return *answered;
     // Counted while it is served (a stream handed to a relay or bridge is not): shutdown waits for it.
-    deps_->active->fetch_add(1);
+    if (!counted_) deps_->active->fetch_add(1);
+    counted_ = true;
     struct Done {
-      std::atomic<int64_t>& n;
-      ~Done() { n.fetch_sub(1); }
-    } done{*deps_->active};
+      Conn& c;
+      ~Done() {
+        c.deps_->active->fetch_sub(1);
+        c.counted_ = false;
+      }
+    } done{*this};
     auto& req = io_.request();
     method_ = std::string(req.method_string());
     if (deps_->mesh_receive) {
@@ -223,6 +232,16 @@ class Conn : public std::enable_shared_from_this<Conn> {
 
   // A plain /api/proxy request through a local agent session.
   awaitable<Next> local_proxy() {
+    if (deps_->mesh_receive) {
+      // Forwarded here, but the agent has just left this replica (GOAWAY, rebalancing): the request
+      // was not acted on, and the entry replica sends it where the agent is now.
+      bool plane_has = false;
+      if (!deps_->registry.pick(check_.plane_type, check_.plane_id, check_.cr_key, plane_has)) {
+        auto res = make_text_error(503, "replica " + deps_->replica_id + " holds no agent for CR " + check_.cr_key);
+        res->set(mesh::kDrainingHeader, "true");
+        co_return co_await io_.write(res, true);
+      }
+    }
     auto tr = tunnel_request();
     log::info("HTTP proxy request received", fields({{"path", check_.path}, {"method", method_}}));
     // The agent's reply, or the caller hanging up (which cancels the request: the reply is then
@@ -337,8 +356,10 @@ class Conn : public std::enable_shared_from_this<Conn> {
     for (;;) {
       tried.insert(replica);
       fwd_reply_.reset();
-      deps_->mesh->forward(replica, fr, [self = shared_from_this(), ex = io_.executor()](mesh::ForwardReply r) {
-        asio::post(ex, [self, r = std::move(r)]() mutable {
+      const uint64_t attempt = ++fwd_attempt_;  // a reply to an attempt given up is dropped
+      deps_->mesh->forward(replica, fr, [self = shared_from_this(), ex = io_.executor(), attempt](mesh::ForwardReply r) {
+        asio::post(ex, [self, attempt, r = std::move(r)]() mutable {
+          if (attempt != self->fwd_attempt_) return;
           self->fwd_reply_ = std::move(r);
           self->wake_.notify();
         });
@@ -348,8 +369,32 @@ class Conn : public std::enable_shared_from_this<Conn> {
         gone = true;
         wake_.notify();
       });
-      while (!fwd_reply_ && !gone) co_await wake_.wait();
+      // Every 250 ms: is the replica still heard from? A cut link or a frozen replica is given up
+      // within about a second and a half, not after the request timeout.
+      auto ticking = std::make_shared<bool>(true);
+      spawn(ticker(ticking));
+      bool silent = false;
+      while (!fwd_reply_ && !gone && !silent) {
+        co_await wake_.wait();
+        if (!fwd_reply_ && !deps_->mesh->responsive(replica)) silent = true;
+      }
+      *ticking = false;
       io_.agent_done();
+      if (silent && !fwd_reply_ && !gone) {
+        ++fwd_attempt_;
+        metrics::mesh_forward("silent");
+        log::warn("forwarded request given up: the replica stopped sending updates (cut link or frozen process)",
+                  fields({{"servedBy", replica}}));
+        std::optional<std::string> next;
+        if (repeatable) next = deps_->mesh->pick_peer(check_.plane_type, check_.plane_id, check_.cr_key, {}, tried);
+        if (!next) {
+          metrics::tunnel_request(check_.plane_type, 502, check_.target, seconds_since(started_));
+          co_return co_await io_.error(502, "proxy request failed: replica " + replica + " holding the agent stopped answering",
+                                       true);
+        }
+        replica = std::move(*next);
+        continue;
+      }
       if (gone && !fwd_reply_) {
         log::info("caller went away during a forwarded request", fields({{"servedBy", replica}}));
         metrics::tunnel_request(check_.plane_type, 499, check_.target, seconds_since(started_));
@@ -358,8 +403,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
       auto r = std::move(*fwd_reply_);
       fwd_reply_.reset();
       if (r.status == 503 && draining_answer(r)) {
-        // The replica started draining before its update said so: it did not act on the request.
-        // Another replica (or this one) gets it, once the agent has moved.
+        // The replica started draining, or its agent left it, before its update said so: it did not
+        // act on the request. Another replica (or this one) gets it, once the agent has moved.
         metrics::mesh_forward("draining");
         log::info("forwarded request refused by a draining replica; trying again", fields({{"servedBy", replica}}));
         auto next = co_await remote_only(check_.plane_type, check_.plane_id, check_.cr_key);
@@ -406,6 +451,16 @@ class Conn : public std::enable_shared_from_this<Conn> {
     for (const auto& [k, v] : r.headers)
       if (beast::iequals(k, mesh::kDrainingHeader)) return true;
     return false;
+  }
+
+  awaitable<void> ticker(std::shared_ptr<bool> on) {
+    auto self = shared_from_this();
+    asio::steady_timer t(io_.executor());
+    while (*on) {
+      t.expires_after(std::chrono::milliseconds(250));
+      co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+      if (*on) wake_.notify();
+    }
   }
 
   // POST /mesh/v1/directory (mesh listener only): a peer's session directory update.
@@ -539,6 +594,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
   ProxyCheck check_;
   std::optional<session::TunnelReply> reply_;  // the agent's reply (proxy)
   std::optional<mesh::ForwardReply> fwd_reply_;  // another replica's answer (forwarded proxy)
+  uint64_t fwd_attempt_ = 0;  // the forwarding attempt whose answer is awaited
+  bool counted_ = true;  // counted in deps_->active (accepted, or a request being served)
   std::chrono::steady_clock::time_point started_{};
 };
 

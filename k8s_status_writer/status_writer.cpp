@@ -231,6 +231,12 @@ void StatusWriter::process(const plane::CrRef& ref) {
     schedule_locked(ref, k.last_write + opts_.heartbeat_interval);
     return;
   }
+  if (!flushing_ && prev.agent && prev.agent->connected && !connected && report.moving_until && now_sys < *report.moving_until) {
+    // Several replicas: the gateway moved these agents (drain, rebalancing) and they are on their way
+    // to another replica: written disconnected only if they are not back by then.
+    schedule_locked(ref, now + std::chrono::duration_cast<Duration>(*report.moving_until - now_sys));
+    return;
+  }
   if (!flushing_ && prev.agent && prev.agent->connected && !connected && !report.last_rise &&
       now < started_ + opts_.startup_grace) {
     // After a restart sessions are gone until agents reconnect: do not flap the CR. The grace is

@@ -24,6 +24,7 @@ session::SessionReport sum_reports(const std::vector<session::SessionReport>& pa
         (!s.earliest_connected || *p.earliest_connected < *s.earliest_connected))
       s.earliest_connected = p.earliest_connected;
     if (p.last_zero && (!z || *p.last_zero > *z)) z = p.last_zero;
+    if (p.moving_until && (!s.moving_until || *p.moving_until > *s.moving_until)) s.moving_until = p.moving_until;
   }
   if (s.connected_agents == 0) {
     s.last_zero = z;
@@ -133,6 +134,7 @@ std::string encode(const Update& u) {
     if (r.report.earliest_connected) e["earliestConnected"] = time_json(r.report.earliest_connected);
     if (r.report.last_rise) e["lastRise"] = time_json(r.report.last_rise);
     if (r.report.last_zero) e["lastZero"] = time_json(r.report.last_zero);
+    if (r.report.moving_until) e["movingUntil"] = time_json(r.report.moving_until);
     reps.push_back(std::move(e));
   }
   if (!reps.empty()) j["reports"] = std::move(reps);
@@ -221,7 +223,8 @@ std::optional<Update> decode(std::string_view body, std::string& error) {
     }
     r.report.connected_agents = static_cast<int>(n->get<uint64_t>());
     if (!rd.time(e, "lastSeen", r.report.last_seen) || !rd.time(e, "earliestConnected", r.report.earliest_connected) ||
-        !rd.time(e, "lastRise", r.report.last_rise) || !rd.time(e, "lastZero", r.report.last_zero))
+        !rd.time(e, "lastRise", r.report.last_rise) || !rd.time(e, "lastZero", r.report.last_zero) ||
+        !rd.time(e, "movingUntil", r.report.moving_until))
       return std::nullopt;
     u.reports.push_back(std::move(r));
   }
@@ -330,6 +333,7 @@ void Directory::depart_locked(const std::string&, Replica& r, SysTime wall_now, 
       d.last_seen = rep.last_seen;
       d.last_rise = rep.last_rise;
       d.last_zero = rep.connected_agents > 0 ? std::optional<SysTime>(wall_now) : rep.last_zero;
+      d.moving_until = rep.moving_until;
       auto& slot = to[k];
       slot = sum_reports({slot, d});
     }
@@ -414,6 +418,13 @@ size_t Directory::session_count(const std::string& replica) const {
   cg::MutexLock lk(mu_);
   auto it = replicas_.find(replica);
   return it == replicas_.end() ? 0 : it->second.sessions.size();
+}
+
+std::optional<Directory::Clock::time_point> Directory::heard(const std::string& replica) const {
+  cg::MutexLock lk(mu_);
+  auto it = replicas_.find(replica);
+  if (it == replicas_.end()) return std::nullopt;
+  return it->second.heard;
 }
 
 std::map<std::string, size_t> Directory::session_counts() const {

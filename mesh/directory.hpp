@@ -115,6 +115,8 @@ class Directory {
   // Replicas currently known (heard from and not dropped), with their instance.
   std::map<std::string, std::string> replicas() const CG_EXCLUDES(mu_);
   size_t session_count(const std::string& replica) const CG_EXCLUDES(mu_);
+  // When the replica's last update arrived (nullopt: unknown or dropped).
+  std::optional<Clock::time_point> heard(const std::string& replica) const CG_EXCLUDES(mu_);
   // Sessions held by each replica (for the demo and the rebalancer).
   std::map<std::string, size_t> session_counts() const CG_EXCLUDES(mu_);
 

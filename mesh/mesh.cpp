@@ -4,7 +4,9 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
+#include <cmath>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
@@ -58,8 +60,15 @@ using Key = std::pair<std::string, std::string>;
 
 bool same(const session::SessionReport& a, const session::SessionReport& b) {
   return a.connected_agents == b.connected_agents && a.last_seen == b.last_seen && a.earliest_connected == b.earliest_connected &&
-         a.last_rise == b.last_rise && a.last_zero == b.last_zero;
+         a.last_rise == b.last_rise && a.last_zero == b.last_zero && a.moving_until == b.moving_until;
 }
+
+// A session the rebalancer will send GOAWAY to.
+struct Shed {
+  std::weak_ptr<session::AgentHandle> handle;
+  std::string plane_type, plane_id;
+  std::set<std::string> crs;
+};
 
 // Changes not yet sent to one peer (the last word on each session and report wins).
 struct Pending {
@@ -94,7 +103,15 @@ struct Peer {
 
 struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   Impl(boost::asio::io_context& io, const boost::asio::any_io_executor& control, session::SessionRegistry& l, MeshOptions o)
-      : ioc(io), local(l), opts(std::move(o)), instance(random_hex(8)), summing(local, dir), timer(control) {}
+      : ioc(io),
+        local(l),
+        opts(std::move(o)),
+        instance(random_hex(8)),
+        summing(local, dir,
+                [this](ReportScope scope, const std::string& type, const std::string& key) {
+                  return moving_until(scope, type, key);
+                }),
+        timer(control) {}
 
   boost::asio::io_context& ioc;
   session::SessionRegistry& local;
@@ -117,6 +134,36 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   bool lease_leading CG_GUARDED_BY(mu) = false;
   bool stopping CG_GUARDED_BY(mu) = false;
   std::optional<std::set<std::string>> alive CG_GUARDED_BY(mu);
+  std::map<std::pair<ReportScope, Key>, SysTime> moving CG_GUARDED_BY(mu);  // this replica's agents on their way elsewhere
+
+  std::optional<SysTime> moving_until(ReportScope scope, const std::string& type, const std::string& key) const {
+    cg::MutexLock lk(mu);
+    auto it = moving.find({scope, {type, key}});
+    if (it == moving.end() || it->second <= std::chrono::system_clock::now()) return std::nullopt;
+    return it->second;
+  }
+  void mark_moving(const std::string& type, const std::string& plane_id, const std::set<std::string>& crs, SysTime until) {
+    cg::MutexLock lk(mu);
+    auto put = [&](ReportScope scope, const Key& k) {
+      auto& slot = moving[{scope, k}];
+      slot = std::max(slot, until);
+    };
+    for (const auto& c : crs) {
+      put(ReportScope::cr, {type, c});
+      dirty_crs.insert({type, c});
+      known_crs.insert({type, c});
+    }
+    put(ReportScope::plane, {type, plane_id});
+    dirty_planes.insert({type, plane_id});
+    known_planes.insert({type, plane_id});
+    const auto now = std::chrono::system_clock::now();
+    for (auto it = moving.begin(); it != moving.end();) it = it->second <= now ? moving.erase(it) : std::next(it);
+  }
+  session::SessionReport local_report(ReportScope scope, const Key& k) const {
+    auto r = scope == ReportScope::cr ? local.report(k.first, k.second) : local.plane_report(k.first, k.second);
+    r.moving_until = moving_until(scope, k.first, k.second);
+    return r;
+  }
   std::function<void(bool)> on_leader;  // set before start()
   std::once_flag tls_once;
   std::shared_ptr<boost::asio::ssl::context> tls;  // client_tls(), made once
@@ -124,6 +171,68 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   // Touched on the control strand only.
   std::map<std::pair<ReportScope, Key>, session::SessionReport> last_reports;
   steady::time_point last_heartbeat_scan{};
+  steady::time_point last_rebalance = steady::now();
+  std::deque<Shed> shed_queue;  // GOAWAY next, one per tick
+  std::deque<std::pair<std::weak_ptr<session::AgentHandle>, steady::time_point>> shed_waiting;  // close if still open
+
+  bool synced_now() const {
+    if (steady::now() - started >= opts.lease_duration) return true;
+    auto known = dir.replicas();
+    cg::MutexLock lk(mu);
+    if (peers.size() < opts.expected_peers) return false;
+    for (const auto& p : peers)
+      if (!p->removed && (p->replica.empty() || !known.count(p->replica))) return false;
+    return true;
+  }
+
+  // The rebalancer (MeshOptions::rebalance_margin), on the tick.
+  void rebalance(steady::time_point now) {
+    if (!shed_queue.empty()) {
+      Shed s = std::move(shed_queue.front());
+      shed_queue.pop_front();
+      if (auto h = s.handle.lock(); h && !h->closing()) {
+        static const auto goaway = std::make_shared<const std::string>(R"({"type":"goaway","reason":"rebalancing"})");
+        mark_moving(s.plane_type, s.plane_id, s.crs,
+                    std::chrono::system_clock::now() +
+                        std::chrono::duration_cast<std::chrono::system_clock::duration>(opts.shed_close_after + opts.move_grace));
+        h->send_text(goaway);
+        shed_waiting.emplace_back(h, now + opts.shed_close_after);
+      }
+    }
+    while (!shed_waiting.empty() && shed_waiting.front().second <= now) {
+      if (auto h = shed_waiting.front().first.lock(); h && !h->closing())
+        h->close(1001, "gateway rebalancing", session::CloseCause::gateway_closed);
+      shed_waiting.pop_front();
+    }
+    if (opts.rebalance_margin < 0 || now - last_rebalance < opts.lease_duration || !shed_queue.empty() || !shed_waiting.empty())
+      return;
+    last_rebalance = now;
+    {
+      cg::MutexLock lk(mu);
+      if (draining) return;
+    }
+    if (!synced_now()) return;
+    auto counts = dir.session_counts();
+    auto mine = local.all();
+    size_t total = mine.size();
+    for (const auto& [_, n] : counts) total += n;
+    const size_t replicas = counts.size() + 1;
+    const double fair = static_cast<double>(total) / static_cast<double>(replicas);
+    const auto keep = static_cast<size_t>(std::ceil(fair));
+    if (replicas < 2 || static_cast<double>(mine.size()) <= fair * (1 + opts.rebalance_margin) || mine.size() <= keep) return;
+    // The most recently connected go first: the long-lived sessions stay where they are.
+    std::sort(mine.begin(), mine.end(),
+              [](const auto& a, const auto& b) { return a.handle->connected_at() > b.handle->connected_at(); });
+    const size_t shed = mine.size() - keep;
+    for (size_t i = 0; i < shed; ++i)
+      shed_queue.push_back({mine[i].handle, mine[i].handle->plane_type(), mine[i].handle->plane_id(), mine[i].authorized});
+    log::info("rebalancing: sending GOAWAY to the agents above this replica's fair share", {{"replica", opts.replica_id},
+                                                                                            {"sessions", mine.size()},
+                                                                                            {"replicas", replicas},
+                                                                                            {"agents", total},
+                                                                                            {"fairShare", fair},
+                                                                                            {"shed", shed}});
+  }
 
   void on_local_event(const session::RegistryEvent& ev) {
     cg::MutexLock lk(mu);
@@ -228,8 +337,8 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
       last_reports[key] = r;
       g.reports[key] = r;
     };
-    for (const auto& k : crs) add_report(ReportScope::cr, k, local.report(k.first, k.second));
-    for (const auto& k : planes) add_report(ReportScope::plane, k, local.plane_report(k.first, k.second));
+    for (const auto& k : crs) add_report(ReportScope::cr, k, local_report(ReportScope::cr, k));
+    for (const auto& k : planes) add_report(ReportScope::plane, k, local_report(ReportScope::plane, k));
     g.draining_changed = drain_now;
 
     std::optional<Update> snapshot;
@@ -256,6 +365,7 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     }
     expire(now, wall);
     lead(now);
+    rebalance(now);
     schedule();
   }
 
@@ -391,9 +501,14 @@ void Mesh::start() {
   impl_->timer.post([self = impl_] { self->tick(); });
 }
 
-void Mesh::drain() {
-  cg::MutexLock lk(impl_->mu);
-  impl_->draining = true;
+void Mesh::drain(Duration window) {
+  auto& m = *impl_;
+  // Every agent here gets GOAWAY within `window` and is expected back at another replica.
+  const auto until = std::chrono::system_clock::now() +
+                     std::chrono::duration_cast<std::chrono::system_clock::duration>(window + m.opts.move_grace);
+  for (const auto& s : m.local.all()) m.mark_moving(s.handle->plane_type(), s.handle->plane_id(), s.authorized, until);
+  cg::MutexLock lk(m.mu);
+  m.draining = true;
 }
 
 void Mesh::stop(std::chrono::steady_clock::time_point deadline) {
@@ -643,16 +758,13 @@ std::shared_ptr<boost::asio::ssl::context> Mesh::client_tls() const {
   return m.tls;
 }
 
-bool Mesh::synced() const {
+bool Mesh::responsive(const std::string& replica) const {
   auto& m = *impl_;
-  if (steady::now() - m.started >= m.opts.lease_duration) return true;
-  auto known = m.dir.replicas();
-  cg::MutexLock lk(m.mu);
-  if (m.peers.size() < m.opts.expected_peers) return false;
-  for (const auto& p : m.peers)
-    if (!p->removed && (p->replica.empty() || !known.count(p->replica))) return false;
-  return true;
+  auto h = m.dir.heard(replica);
+  return h && steady::now() - *h <= m.opts.heartbeat_interval * 3 / 2 + m.opts.publish_interval;
 }
+
+bool Mesh::synced() const { return impl_->synced_now(); }
 
 std::vector<std::string> Mesh::peer_replicas() const {
   auto& m = *impl_;

@@ -63,6 +63,15 @@ struct MeshOptions {
   // may lead; leadership then follows the smallest live replica id. false: set_leader() decides.
   bool static_leadership = true;
   size_t expected_peers = 0;
+  // The rebalancer: every lease duration, a replica holding more than its fair share (all agents /
+  // live replicas) by more than this fraction sends GOAWAY to the excess, one per publish interval;
+  // one still open `shed_close_after` later is closed with 1001. Negative: off.
+  double rebalance_margin = 0.25;
+  Duration shed_close_after = std::chrono::seconds(5);
+  // Agents this replica moves (GOAWAY of the rebalancer or of a drain) are expected back at another
+  // replica within this time (after their close): until then their CRs are reported `moving`, and the
+  // status writer does not write them disconnected.
+  Duration move_grace = std::chrono::seconds(5);
 };
 
 // A request relayed to another replica, and its answer.
@@ -84,7 +93,8 @@ struct ForwardReply {
 // Response header names (upstream's): the replica the caller reached, and the one whose agent served it.
 inline constexpr const char* kEntryPodHeader = "X-Cluster-Gateway-Entry-Pod";
 inline constexpr const char* kServedByHeader = "X-Cluster-Gateway-Served-By";
-// On a draining replica's refusal of a forwarded request (it was not acted on).
+// On a replica's refusal of a forwarded request that it did not act on (it is draining, or the
+// agent has just left it): the entry replica sends the request elsewhere.
 inline constexpr const char* kDrainingHeader = "X-Cluster-Gateway-Draining";
 inline constexpr const char* kDirectoryPath = "/mesh/v1/directory";
 
@@ -102,8 +112,9 @@ class Mesh {
   const Directory& directory() const;
 
   void start();
-  // Shutting down: the next updates say `draining` (peers stop picking this replica's sessions).
-  void drain();
+  // Shutting down: the next updates say `draining` (peers stop picking this replica's sessions), and
+  // every local agent (GOAWAY within `window`) is reported moving for window + move_grace.
+  void drain(Duration window);
   // Sends `bye` to every peer (best effort, bounded by `deadline`) and stops.
   void stop(std::chrono::steady_clock::time_point deadline);
 
@@ -144,6 +155,11 @@ class Mesh {
   // lease duration passed since start). Until then a request that finds no agent waits, and /ready
   // says not ready.
   bool synced() const;
+
+  // Whether the replica's updates still arrive (its heartbeat is due every second): false once none
+  // came for 1.5 heartbeat intervals. A forwarded request to a replica that fell silent (a cut link, a
+  // frozen process) is given up then instead of waiting for its timeout.
+  bool responsive(const std::string& replica) const;
 
   // The peers' replica ids (those that answered or that Kubernetes named).
   std::vector<std::string> peer_replicas() const;

@@ -6,16 +6,16 @@ namespace cg::mesh {
 
 session::SessionReport SummingRegistry::report(const std::string& plane_type, const std::string& cr_key) const {
   auto parts = dir_.reports(plane_type, cr_key, ReportScope::cr);
-  if (parts.empty()) return local_.report(plane_type, cr_key);
   parts.push_back(local_.report(plane_type, cr_key));
-  return sum_reports(parts);
+  if (local_moving_) parts.back().moving_until = local_moving_(ReportScope::cr, plane_type, cr_key);
+  return parts.size() == 1 ? parts.front() : sum_reports(parts);
 }
 
 session::SessionReport SummingRegistry::plane_report(const std::string& plane_type, const std::string& plane_id) const {
   auto parts = dir_.reports(plane_type, plane_id, ReportScope::plane);
-  if (parts.empty()) return local_.plane_report(plane_type, plane_id);
   parts.push_back(local_.plane_report(plane_type, plane_id));
-  return sum_reports(parts);
+  if (local_moving_) parts.back().moving_until = local_moving_(ReportScope::plane, plane_type, plane_id);
+  return parts.size() == 1 ? parts.front() : sum_reports(parts);
 }
 
 std::shared_ptr<session::AgentHandle> SummingRegistry::pick(const std::string& plane_type, const std::string& plane_id,

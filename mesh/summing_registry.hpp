@@ -13,7 +13,11 @@ namespace cg::mesh {
 
 class SummingRegistry final : public session::SessionRegistry {
  public:
-  SummingRegistry(session::SessionRegistry& local, const Directory& dir) : local_(local), dir_(dir) {}
+  // `local_moving`: until when this replica's agents of a CR (scope cr: auth key; plane: planeID) are
+  // moving (MeshOptions; empty: never).
+  using Moving = std::function<std::optional<SysTime>(ReportScope, const std::string& plane_type, const std::string& key)>;
+  SummingRegistry(session::SessionRegistry& local, const Directory& dir, Moving local_moving = {})
+      : local_(local), dir_(dir), local_moving_(std::move(local_moving)) {}
 
   bool add(std::shared_ptr<session::AgentHandle> h, std::set<std::string> authorized) override {
     return local_.add(std::move(h), std::move(authorized));
@@ -52,6 +56,7 @@ class SummingRegistry final : public session::SessionRegistry {
  private:
   session::SessionRegistry& local_;
   const Directory& dir_;
+  Moving local_moving_;
   mutable cg::Mutex mu_;  // a leaf: guards the listener list (listeners are called without it)
   std::vector<std::shared_ptr<Listener>> listeners_ CG_GUARDED_BY(mu_);
 };

@@ -50,6 +50,7 @@ SessionReport& SessionReport::operator+=(const SessionReport& o) {
   take_min(earliest_connected, o.earliest_connected);
   take_max(last_rise, o.last_rise);
   take_max(last_zero, o.last_zero);
+  take_max(moving_until, o.moving_until);
   return *this;
 }
 

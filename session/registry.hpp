@@ -23,6 +23,10 @@ struct SessionReport {
   std::optional<SysTime> earliest_connected;  // earliest connectedAt among the sessions
   std::optional<SysTime> last_rise;  // when the count last went 0 → ≥1
   std::optional<SysTime> last_zero;  // when the count last went ≥1 → 0
+  // Several replicas: the gateway itself moved these agents (GOAWAY of a drain or of the rebalancer);
+  // they are expected back, at another replica, before this time. A status writer holds a
+  // connected → disconnected write until then (the agents are not lost, they are on their way).
+  std::optional<SysTime> moving_until;
   SessionReport& operator+=(const SessionReport& o);
 };
 

@@ -60,6 +60,11 @@ TEST_CASE("sum_reports: counts add, and the total's zero is kept only when every
   CHECK(s.connected_agents == 0);
   CHECK(s.last_zero == at(20));
   CHECK(s.last_rise == at(12));
+  // movingUntil (agents the gateway moved, expected back) is the latest.
+  auto moving = rep(0, 10, 20);
+  moving.moving_until = at(30);
+  s = sum_reports({moving, rep(0, 5, 8)});
+  CHECK(s.moving_until == at(30));
   // lastSeen is the latest, earliestConnected the earliest among replicas with agents.
   s = sum_reports({rep(2, 10, std::nullopt, 50), rep(1, 7, std::nullopt, 60), rep(0, 1, 2, 70)});
   CHECK(s.connected_agents == 3);
@@ -70,6 +75,7 @@ TEST_CASE("sum_reports: counts add, and the total's zero is kept only when every
 TEST_CASE("the update codec round-trips and refuses malformed or oversized bodies") {
   Update u = snapshot("gw-1", "abc");
   u.draining = true;
+  u.reports[0].report.moving_until = at(99);
   std::string err;
   auto back = decode(encode(u), err);
   REQUIRE(back);
@@ -82,6 +88,8 @@ TEST_CASE("the update codec round-trips and refuses malformed or oversized bodie
   REQUIRE(back->reports.size() == 2);
   CHECK(back->reports[0].report.last_rise == at(10));
   CHECK(back->reports[1].scope == ReportScope::plane);
+  CHECK(back->reports[0].report.moving_until == at(99));
+  CHECK_FALSE(back->reports[1].report.moving_until);
 
   for (
       const char* bad :
