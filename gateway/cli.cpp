@@ -247,7 +247,7 @@ std::vector<Spec> flag_table(Config& c, Pending& p) {
                  "the status sum, and a new status writer may take over (> 0)");
   t.add_float("mesh-rebalance-margin", &Config::mesh_rebalance_margin,
               "Every --mesh-lease-duration, a replica holding more agents than (1 + this) x its fair share sends GOAWAY "
-              "to the excess, one every 100 ms (closed with 1001 if still open 5 s later); negative: never");
+              "to the excess, one every 100 ms (never picked again; closed with 1001 if still open 3 s later); negative: never");
   t.add_version();
   return std::move(t.specs);
 }

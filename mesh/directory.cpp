@@ -120,6 +120,7 @@ std::string encode(const Update& u) {
   for (const auto& s : u.up) {
     json e{{"id", s.connection_id}, {"planeType", s.plane_type}, {"planeID", s.plane_id}, {"crs", s.crs}};
     if (!s.capabilities.empty()) e["capabilities"] = s.capabilities;
+    if (s.draining) e["draining"] = true;
     up.push_back(std::move(e));
   }
   if (!up.empty()) j["up"] = std::move(up);
@@ -189,6 +190,13 @@ std::optional<Update> decode(std::string_view body, std::string& error) {
     if (!rd.name(e, "id", s.connection_id) || !rd.name(e, "planeType", s.plane_type) || !rd.name(e, "planeID", s.plane_id) ||
         !rd.names(e, "crs", s.crs, kMaxCrsPerSession) || !rd.names(e, "capabilities", s.capabilities, 64))
       return std::nullopt;
+    if (auto d = e.find("draining"); d != e.end()) {
+      if (!d->is_boolean()) {
+        error = "draining is not a boolean";
+        return std::nullopt;
+      }
+      s.draining = d->get<bool>();
+    }
     u.up.push_back(std::move(s));
   }
   const json* down = rd.array(j, "down");
@@ -386,7 +394,7 @@ std::vector<Candidate> Directory::candidates(const std::string& plane_type, cons
     if (p == r.by_plane.end()) continue;
     size_t n = 0;
     for (const auto& [_, s] : p->second)
-      if (s->crs.count(cr_key) && (capability.empty() || s->capabilities.count(std::string(capability)))) ++n;
+      if (!s->draining && s->crs.count(cr_key) && (capability.empty() || s->capabilities.count(std::string(capability)))) ++n;
     if (n) out.push_back({id, n});
   }
   return out;

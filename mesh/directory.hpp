@@ -29,6 +29,7 @@ struct SessionEntry {
   std::string plane_id;
   std::set<std::string> crs;  // authorized CR auth keys
   std::set<std::string> capabilities;  // X-Cluster-Agent-Capabilities tokens
+  bool draining = false;  // got GOAWAY (rebalancer): never picked
   bool operator==(const SessionEntry&) const = default;
 };
 

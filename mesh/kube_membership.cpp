@@ -98,7 +98,7 @@ struct KubeMembership::State {
   }
 };
 
-KubeMembership::KubeMembership(kube::KubeClient& client, std::string ns, std::string service, std::string self,
+KubeMembership::KubeMembership(kube::KubeClient& client, const std::string& ns, const std::string& service, std::string self,
                                uint16_t default_port, std::function<void(std::vector<PeerAddress>)> on_peers)
     : st_(std::make_shared<State>()) {
   st_->self = std::move(self);
@@ -112,7 +112,7 @@ KubeMembership::KubeMembership(kube::KubeClient& client, std::string ns, std::st
   res.name = "endpointslices/" + service;
   kube::InformerCallbacks cb;
   std::weak_ptr<State> w = st_;
-  cb.on_list = [w](std::vector<json> items, const std::string&) {
+  cb.on_list = [w](const std::vector<json>& items, const std::string&) {
     auto st = w.lock();
     if (!st) return;
     {

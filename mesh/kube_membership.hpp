@@ -30,8 +30,8 @@ class KubeMembership {
  public:
   // Calls `on_peers` (on the informer's threads) with the union of every slice's peers, sorted,
   // whenever it changes.
-  KubeMembership(kube::KubeClient& client, std::string ns, std::string service, std::string self, uint16_t default_port,
-                 std::function<void(std::vector<PeerAddress>)> on_peers);
+  KubeMembership(kube::KubeClient& client, const std::string& ns, const std::string& service, std::string self,
+                 uint16_t default_port, std::function<void(std::vector<PeerAddress>)> on_peers);
   ~KubeMembership();
   void start();
   void stop();  // waits until no callback runs

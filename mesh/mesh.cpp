@@ -144,7 +144,7 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   }
   void mark_moving(const std::string& type, const std::string& plane_id, const std::set<std::string>& crs, SysTime until) {
     cg::MutexLock lk(mu);
-    auto put = [&](ReportScope scope, const Key& k) {
+    auto put = [&](ReportScope scope, const Key& k) CG_REQUIRES(mu) {
       auto& slot = moving[{scope, k}];
       slot = std::max(slot, until);
     };
@@ -195,6 +195,11 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
         mark_moving(s.plane_type, s.plane_id, s.crs,
                     std::chrono::system_clock::now() +
                         std::chrono::duration_cast<std::chrono::system_clock::duration>(opts.shed_close_after + opts.move_grace));
+        h->set_draining();  // never picked again, here or (with the next update) at the peers
+        {
+          cg::MutexLock lk(mu);
+          ev_up[h->connection_id()] = {h->plane_type(), h->plane_id()};
+        }
         h->send_text(goaway);
         shed_waiting.emplace_back(h, now + opts.shed_close_after);
       }
@@ -260,6 +265,7 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     e.plane_id = v.handle->plane_id();
     e.crs = v.authorized;
     e.capabilities = v.handle->capabilities();
+    e.draining = v.handle->draining();
     return e;
   }
 
@@ -523,9 +529,9 @@ void Mesh::stop(std::chrono::steady_clock::time_point deadline) {
   m.timer.stop();
   // A `bye` to every peer that applied our updates, so that they drop this replica at once.
   struct Wait {
-    std::mutex mu;
-    std::condition_variable cv;
-    int left = 0;
+    cg::Mutex mu;
+    std::condition_variable_any cv;  // waits on a cg::MutexLock
+    int left CG_GUARDED_BY(mu) = 0;
   };
   auto wait = std::make_shared<Wait>();
   for (const auto& p : ps) {
@@ -543,24 +549,24 @@ void Mesh::stop(std::chrono::steady_clock::time_point deadline) {
     req.timeout = std::chrono::milliseconds(
         std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count()));
     {
-      std::lock_guard lk(wait->mu);
+      cg::MutexLock lk(wait->mu);
       ++wait->left;
     }
-    p->client->request(std::move(req), [wait](kube::Response) {
-      std::lock_guard lk(wait->mu);
+    p->client->request(std::move(req), [wait](const kube::Response&) {
+      cg::MutexLock lk(wait->mu);
       --wait->left;
       wait->cv.notify_all();
     });
   }
   {
-    std::unique_lock lk(wait->mu);
-    wait->cv.wait_until(lk, deadline, [&] { return wait->left == 0; });
+    cg::MutexLock lk(wait->mu);
+    wait->cv.wait_until(lk, deadline, [&]() CG_REQUIRES(wait->mu) { return wait->left == 0; });
   }
   for (const auto& p : ps)
     if (p->client) p->client->shutdown();
 }
 
-void Mesh::set_peers(std::vector<PeerAddress> peers) {
+void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
   auto& m = *impl_;
   // Clients for new addresses are made first (outside the lock), so that a peer is never seen
   // without one.

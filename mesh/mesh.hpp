@@ -67,7 +67,7 @@ struct MeshOptions {
   // live replicas) by more than this fraction sends GOAWAY to the excess, one per publish interval;
   // one still open `shed_close_after` later is closed with 1001. Negative: off.
   double rebalance_margin = 0.25;
-  Duration shed_close_after = std::chrono::seconds(5);
+  Duration shed_close_after = std::chrono::seconds(3);
   // Agents this replica moves (GOAWAY of the rebalancer or of a drain) are expected back at another
   // replica within this time (after their close): until then their CRs are reported `moving`, and the
   // status writer does not write them disconnected.
@@ -120,7 +120,7 @@ class Mesh {
 
   // The peers (static list, or the ready EndpointSlice endpoints): links to new ones start with a
   // snapshot, links to removed ones end. Any thread.
-  void set_peers(std::vector<PeerAddress> peers);
+  void set_peers(const std::vector<PeerAddress>& peers);
   // Kubernetes: the replicas whose Lease is held (nullopt: liveness from the links alone). Any thread.
   void set_alive(std::optional<std::set<std::string>> alive);
   // Kubernetes: the status-writer Lease's outcome (only without static_leadership). Any thread.

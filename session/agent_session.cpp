@@ -105,6 +105,8 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   bool closing() const override { return life_.phase() >= SessionPhase::closing; }
   bool has_capability(std::string_view c) const override { return caps_.count(std::string(c)) > 0; }
   std::set<std::string> capabilities() const override { return caps_; }
+  void set_draining() override { draining_ = true; }
+  bool draining() const override { return draining_; }
 
   using AgentHandle::close;
   void close(uint16_t code, std::string reason, CloseCause cause) override {
@@ -338,6 +340,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
   UpgradeRequest req_;
   AgentIdentity id_;
   const std::set<std::string> caps_;
+  std::atomic<bool> draining_{false};  // set_draining()
   AgentSessionOptions opts_;
   SessionRegistry& registry_;
   std::shared_ptr<FrameHandler> handler_;

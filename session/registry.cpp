@@ -225,6 +225,7 @@ class LocalRegistry final : public SessionRegistry {
       plane_has_sessions = true;
       if (!e.authorized.count(cr_key)) return;
       if (authorized_exists) *authorized_exists = true;
+      if (e.handle->draining()) return;  // got GOAWAY: never picked for a new request
       if (capability.empty() || e.handle->has_capability(capability)) candidates.push_back(&e);
     });
     if (candidates.empty()) return nullptr;

@@ -66,6 +66,10 @@ class AgentHandle {
   virtual bool has_capability(std::string_view) const { return false; }
   // Every capability token it announced (the mesh's session directory).
   virtual std::set<std::string> capabilities() const { return {}; }
+  // GOAWAY was sent to it (the rebalancer): it is never picked for a new request again, here or
+  // through another replica, while it finishes what it has and the agent reconnects elsewhere.
+  virtual void set_draining() {}
+  virtual bool draining() const { return false; }
   // Starts closing with a WebSocket close frame of this code and reason. The session leaves
   // routing and status before this returns (SessionRegistry::begin_close); the close handshake and
   // the socket's teardown follow asynchronously. Only the first close of a session counts.

@@ -129,11 +129,24 @@ TEST_CASE("deltas apply in sequence, and a gap, a repeat or an unknown instance 
   u.up.push_back({"c2", "workflowplane", "p1", {"/wp1", "ns/wp2"}, {}});
   CHECK(d.apply(u, now, at(1), ch) == ApplyResult::applied);
   CHECK(d.session_count("gw-2") == 2);
+  // A session that got GOAWAY (rebalancer) is never a candidate, the replica's others still are.
+  Update g = delta("gw-2", "i1", 2);
+  SessionEntry shed{"c1", "workflowplane", "p1", {"/wp1"}, {"http-stream/v1"}};
+  shed.draining = true;
+  g.up.push_back(shed);
+  std::string err;
+  auto back = decode(encode(g), err);
+  REQUIRE(back);
+  CHECK(back->up[0].draining);
+  CHECK(d.apply(*back, now, at(1), ch) == ApplyResult::applied);
+  CHECK(d.candidates("workflowplane", "p1", "/wp1", "http-stream/v1").empty());
+  REQUIRE(d.candidates("workflowplane", "p1", "/wp1", "").size() == 1);
+  CHECK(d.candidates("workflowplane", "p1", "/wp1", "")[0].sessions == 1);
   CHECK(d.apply(u, now, at(1), ch) == ApplyResult::resync);  // seq 1 again
-  CHECK(d.apply(delta("gw-2", "i1", 3), now, at(1), ch) == ApplyResult::resync);  // gap
+  CHECK(d.apply(delta("gw-2", "i1", 5), now, at(1), ch) == ApplyResult::resync);  // gap
   CHECK(d.apply(delta("gw-2", "other", 2), now, at(1), ch) == ApplyResult::resync);  // restarted publisher
 
-  Update down = delta("gw-2", "i1", 2);
+  Update down = delta("gw-2", "i1", 3);
   down.down.push_back("c1");
   down.draining = true;
   ch = {};

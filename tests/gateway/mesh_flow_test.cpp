@@ -1,0 +1,95 @@
+// Two gateway replicas in one process (--mesh with static peers), so that the mesh's threads (the
+// publisher on the control thread, directory updates on io threads, forwarding) run under
+// ThreadSanitizer: the directory reaches the peer, a request at the replica without the agent is
+// forwarded, only the smallest replica id writes status, and the sum counts the agent once.
+#include <catch2/catch.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "mesh/mesh.hpp"
+#include "tests/support/gateway_fixture.hpp"
+#include "tests/support/test_agent.hpp"
+
+using namespace cg::testing;
+using namespace std::chrono_literals;
+
+namespace {
+unsigned short free_port() {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  return a.local_endpoint().port();
+}
+
+struct Pair {
+  Cert agents = make_ca("agents");
+  Cert leaf = make_signed(CertSpec{.cn = "agent"}, agents);
+  Cert mesh_ca = make_ca("mesh");
+  Cert peer = make_signed(
+      CertSpec{.cn = "peer", .client_auth = true, .server_auth = true, .dns = {"localhost"}, .ips = {"127.0.0.1"}}, mesh_ca);
+  unsigned short port_a = free_port(), port_b = free_port();
+  std::unique_ptr<GatewayFixture> a, b;
+
+  std::unique_ptr<GatewayFixture> replica(const std::string& id, unsigned short mine, unsigned short other) {
+    auto fx = std::make_unique<GatewayFixture>([&](cg::gateway::Config& c) {
+      c.mesh = true;
+      c.mesh_port = mine;
+      c.mesh_peers = "127.0.0.1:" + std::to_string(other);
+      c.replica_id = id;
+      c.mesh_lease_duration = 2s;
+    });
+    write_file(fx->dir + "/mesh-ca.crt", mesh_ca.cert_pem());
+    write_file(fx->dir + "/mesh.crt", peer.cert_pem());
+    write_file(fx->dir + "/mesh.key", peer.key_pem());
+    fx->cfg.mesh_ca_cert = fx->dir + "/mesh-ca.crt";
+    fx->cfg.mesh_cert = fx->dir + "/mesh.crt";
+    fx->cfg.mesh_key = fx->dir + "/mesh.key";
+    fx->write_plane("ci.yaml", plane_yaml("ClusterWorkflowPlane", "", "ci", "ci", agents.cert_pem()));
+    fx->start();
+    return fx;
+  }
+  Pair() {
+    a = replica("a", port_a, port_b);
+    b = replica("b", port_b, port_a);
+  }
+};
+}  // namespace
+
+TEST_CASE("two replicas in one process share their directory and forward requests and elect one status writer",
+          "[gateway][mesh]") {
+  Pair p;
+  REQUIRE(p.a->gw->mesh());
+  REQUIRE(wait_until([&] { return p.a->gw->mesh()->synced() && p.b->gw->mesh()->synced(); }));
+  auto ws = p.a->connect("workflowplane", "ci", p.a->client(p.leaf));
+  REQUIRE(ws);
+  TestAgent agent(std::move(ws), TestAgent::echo("on-a"));
+  // B learns of A's agent through A's updates; both count it once.
+  REQUIRE(wait_until([&] { return p.b->gw->mesh()->registry().report("workflowplane", "/ci").connected_agents == 1; }));
+  CHECK(p.a->gw->mesh()->registry().report("workflowplane", "/ci").connected_agents == 1);
+  CHECK(p.b->gw->registry().size() == 0);
+
+  // A request at B is served by A's agent.
+  auto r = https_request(p.b->gw->internal_port(), "GET", "/api/proxy/workflowplane/ci/_cluster/ci/k8s/api/v1/pods",
+                         p.b->internal_client());
+  REQUIRE(r.status == 200);
+  CHECK(r.header("X-Agent") == "on-a");
+  CHECK(r.header("X-Cluster-Gateway-Entry-Pod") == "b");
+  CHECK(r.header("X-Cluster-Gateway-Served-By") == "a");
+
+  // "a" < "b": A writes status, B writes nothing.
+  REQUIRE(wait_until([&] {
+    auto st = p.a->status("ClusterWorkflowPlane", "", "ci");
+    return st.is_object() && st["agentConnection"]["connectedAgents"] == 1;
+  }));
+  CHECK(p.a->gw->mesh()->leader());
+  CHECK_FALSE(p.b->gw->mesh()->leader());
+  CHECK(p.b->status("ClusterWorkflowPlane", "", "ci").is_null());
+
+  // A stops: its `bye` drops it from B at once, and B takes over writing status.
+  p.a->gw->shutdown();
+  REQUIRE(wait_until([&] { return p.b->gw->mesh()->leader(); }));
+  CHECK(p.b->gw->mesh()->registry().report("workflowplane", "/ci").connected_agents == 0);
+  REQUIRE(wait_until([&] {
+    auto st = p.b->status("ClusterWorkflowPlane", "", "ci");
+    return st.is_object() && st["agentConnection"]["connected"] == false;
+  }));
+}
