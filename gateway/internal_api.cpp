@@ -96,6 +96,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   // ---- one request -----------------------------------------------------------------------------
   awaitable<Next> serve_one() {
     if (auto answered = co_await io_.read_header()) co_return *answered;
+    resent_ = false;
     // Counted while it is served (a stream handed to a relay or bridge is not): shutdown waits for it.
     if (!counted_) deps_->active->fetch_add(1);
     counted_ = true;
@@ -263,6 +264,22 @@ class Conn : public std::enable_shared_from_this<Conn> {
     io_.agent_done();
     auto reply = std::move(*reply_);
     reply_.reset();
+    const bool repeatable = method_ == "GET" || method_ == "HEAD" || method_ == "OPTIONS";
+    if ((deps_->mesh || deps_->mesh_receive) && reply.outcome == session::TunnelReply::Outcome::connection_closed && repeatable &&
+        !resent_) {
+      // Several replicas: the agent left (GOAWAY of a drain or of the rebalancer) with this request
+      // unanswered. A safe method is sent again, once, wherever the agent is now.
+      resent_ = true;
+      log::info("agent connection closed before responding; sending the request again (safe method)", fields());
+      if (deps_->mesh_receive) {
+        auto res = make_text_error(503, "replica " + deps_->replica_id + ": the agent left before responding");
+        res->set(mesh::kDrainingHeader, "true");  // the entry replica sends it where the agent is now
+        co_return co_await io_.write(res, true);
+      }
+      if (auto peer = co_await remote_only(check_.plane_type, check_.plane_id, check_.cr_key))
+        co_return co_await forward(std::move(*peer));
+      co_return co_await local_proxy();
+    }
     co_return co_await answer(std::move(reply));
   }
 
@@ -596,6 +613,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::optional<mesh::ForwardReply> fwd_reply_;  // another replica's answer (forwarded proxy)
   uint64_t fwd_attempt_ = 0;  // the forwarding attempt whose answer is awaited
   bool counted_ = true;  // counted in deps_->active (accepted, or a request being served)
+  bool resent_ = false;  // this request was sent again after its agent left (local_proxy)
   std::chrono::steady_clock::time_point started_{};
 };
 

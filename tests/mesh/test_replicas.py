@@ -17,11 +17,9 @@
 
 Real binaries, real TLS (dev PKI: mesh CA and peer certificate), real HTTP."""
 import asyncio
-import base64
 import http.client
 import json
 import os
-import select
 import signal
 import socket
 import ssl
@@ -39,6 +37,7 @@ BIN = os.environ.get("CG_GATEWAY_BIN", os.path.join(ROOT, "build", "bin", "clust
 SIM = os.environ.get("CG_AGENT_SIM_BIN", os.path.join(ROOT, "build", "bin", "cluster-agent-sim"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 import ctest_main  # noqa: E402
+from balancer import Balancer  # noqa: E402
 from gateway_proc import LogLines, dev_pki_and_planes, start_gateway, wait_for  # noqa: E402
 
 REPLICAS = 3
@@ -56,72 +55,6 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
-
-
-class Balancer:
-    """A round-robin TCP balancer: each connection goes to the next backend that accepts it (a
-    stopped replica refuses, the next one is tried), then bytes are relayed both ways."""
-
-    def __init__(self, backends):
-        self.backends = backends
-        self.next = 0
-        self.lock = threading.Lock()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
-
-    def _serve(self, c):
-        with self.lock:
-            start = self.next
-            self.next += 1
-        upstream = None
-        for i in range(len(self.backends)):
-            port = self.backends[(start + i) % len(self.backends)]
-            try:
-                upstream = socket.create_connection(("127.0.0.1", port), timeout=2)
-                upstream.settimeout(None)
-                break
-            except OSError:
-                upstream = None
-        if upstream is None:
-            c.close()
-            return
-        pair = [c, upstream]
-        try:
-            while True:
-                r, _, _ = select.select(pair, [], [], 1.0)
-                if self.stopped:
-                    break
-                done = False
-                for s in r:
-                    data = s.recv(65536)
-                    if not data:
-                        done = True
-                        break
-                    (upstream if s is c else c).sendall(data)
-                if done:
-                    break
-        except OSError:
-            pass
-        finally:
-            c.close()
-            upstream.close()
-
-    def close(self):
-        self.stopped = True
-        self.sock.close()
 
 
 class ReplicasTest(unittest.TestCase):
