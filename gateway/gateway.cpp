@@ -281,7 +281,7 @@ void Gateway::start() {
           std::move(writer_cb));
       m.membership = std::make_unique<mesh::KubeMembership>(
           *m.kube, ns, c.mesh_service, me, static_cast<uint16_t>(c.mesh_port),
-          [mp = m.mesh.get()](std::vector<mesh::PeerAddress> peers) { mp->set_peers(std::move(peers)); });
+          [mp = m.mesh.get()](const std::vector<mesh::PeerAddress>& peers) { mp->set_peers(peers); });
     }
   }
   if (c.write_status) {
