@@ -428,6 +428,13 @@ size_t Directory::session_count(const std::string& replica) const {
   return it == replicas_.end() ? 0 : it->second.sessions.size();
 }
 
+bool Directory::any_draining() const {
+  cg::MutexLock lk(mu_);
+  for (const auto& [_, r] : replicas_)
+    if (r.draining) return true;
+  return false;
+}
+
 std::optional<Directory::Clock::time_point> Directory::heard(const std::string& replica) const {
   cg::MutexLock lk(mu_);
   auto it = replicas_.find(replica);

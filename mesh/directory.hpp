@@ -120,6 +120,8 @@ class Directory {
   std::optional<Clock::time_point> heard(const std::string& replica) const CG_EXCLUDES(mu_);
   // Sessions held by each replica (for the demo and the rebalancer).
   std::map<std::string, size_t> session_counts() const CG_EXCLUDES(mu_);
+  // Whether some replica says it is draining (its agents are on the move).
+  bool any_draining() const CG_EXCLUDES(mu_);
 
  private:
   using Key = std::pair<std::string, std::string>;

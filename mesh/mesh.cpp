@@ -216,7 +216,8 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
       cg::MutexLock lk(mu);
       if (draining) return;
     }
-    if (!synced_now()) return;
+    // Not while a peer drains: its agents are moving, and the shares are not known until they land.
+    if (!synced_now() || dir.any_draining()) return;
     auto counts = dir.session_counts();
     auto mine = local.all();
     size_t total = mine.size();

@@ -124,6 +124,7 @@ TEST_CASE("deltas apply in sequence, and a gap, a repeat or an unknown instance 
   CHECK(d.candidates("workflowplane", "p1", "/wp1", "other/v1").empty());
   CHECK(d.candidates("workflowplane", "p1", "/other", "").empty());
   CHECK(d.plane_has_sessions("workflowplane", "p1"));
+  CHECK_FALSE(d.any_draining());
 
   Update u = delta("gw-2", "i1", 1);
   u.up.push_back({"c2", "workflowplane", "p1", {"/wp1", "ns/wp2"}, {}});
@@ -152,6 +153,7 @@ TEST_CASE("deltas apply in sequence, and a gap, a repeat or an unknown instance 
   ch = {};
   CHECK(d.apply(down, now, at(2), ch) == ApplyResult::applied);
   CHECK(d.session_count("gw-2") == 1);
+  CHECK(d.any_draining());
   // Draining: its sessions are no longer candidates, but still count as the plane's sessions.
   CHECK(d.candidates("workflowplane", "p1", "ns/wp2", "").empty());
   CHECK(d.plane_has_sessions("workflowplane", "p1"));
