@@ -96,7 +96,11 @@ struct Acceptor::Impl : std::enable_shared_from_this<Acceptor::Impl> {
 
   void accept() {
     acceptor.async_accept(asio::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
-      if (self->stopped || ec == asio::error::operation_aborted) return;
+      if (ec == asio::error::operation_aborted) return;
+      if (self->stopped) {
+        if (!ec) self->hand_over(std::move(s));  // accepted just before stop(): served like the backlog
+        return;
+      }
       if (ec) {
         const char* why = ec == asio::error::no_descriptors    ? "emfile"
                           : ec.value() == ENFILE               ? "enfile"
@@ -150,6 +154,19 @@ void Acceptor::stop() {
   asio::post(impl_->acceptor.get_executor(), [i = impl_] {
     if (i->stopped) return;
     i->stopped = true;
+    // Connections the kernel has already completed wait in the listen backlog: closing the socket
+    // would reset them (a rolling restart's callers would see a connection reset). They are accepted
+    // and served first; only then does the port close.
+    beast::error_code ec;
+    i->acceptor.non_blocking(true, ec);
+    for (int n = 0; n < 4096 && !ec; ++n) {
+      tcp::socket s(asio::make_strand(i->ioc));
+      i->acceptor.accept(s, ec);
+      if (ec) break;
+      beast::error_code ig;
+      s.set_option(tcp::no_delay(true), ig);
+      i->hand_over(std::move(s));
+    }
     beast::error_code ig;
     i->acceptor.close(ig);
     i->timer.cancel();
