@@ -14,4 +14,14 @@ void report_cleanup_exception(const char* where, const char* what) noexcept {
   }
 }
 
+std::string exception_text(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  } catch (...) {
+  }
+  return "unknown exception";
+}
+
 }  // namespace cg

@@ -5,8 +5,13 @@
 // nothing else can escape (scripts/lint).
 #pragma once
 #include <exception>
+#include <string>
 
 namespace cg {
+
+// What a caught exception says (its what(), or "unknown exception"), for the log line of a
+// coroutine's completion handler that ends one connection.
+std::string exception_text(const std::exception_ptr& e);
 
 // Logs and counts an exception caught during cleanup; never throws itself.
 void report_cleanup_exception(const char* where, const char* what) noexcept;

@@ -9,6 +9,7 @@
 #include "common/json_text.hpp"
 #include "common/log.hpp"
 #include "common/metrics.hpp"
+#include "common/no_throw.hpp"
 #include "common/net.hpp"
 #include "gateway/acceptor.hpp"
 #include "gateway/caller_io.hpp"
@@ -68,13 +69,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   void spawn(awaitable<void> a) {
     asio::co_spawn(io_.executor(), std::move(a), [self = shared_from_this()](const std::exception_ptr& e) {
       if (!e) return;
-      std::string why = "unknown exception";
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& x) {
-        why = x.what();
-      } catch (...) {
-      }
+      const std::string why = exception_text(e);
       metrics::handler_exception("internal_api");
       log::error("internal API connection failed; closed", {{"remote", self->io_.remote()}, {"reason", why}});
       if (self->io_.owns_stream()) self->io_.close_now();

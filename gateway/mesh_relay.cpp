@@ -10,6 +10,7 @@
 
 #include "common/log.hpp"
 #include "common/metrics.hpp"
+#include "common/no_throw.hpp"
 #include "gateway/caller_response.hpp"
 
 namespace cg::gateway {
@@ -108,13 +109,7 @@ void start_mesh_relay(TlsStream caller, http::request<http::string_body> request
       ex, [relay]() -> awaitable<void> { co_await relay->run(); },
       [relay](const std::exception_ptr& e) {
         if (!e) return;
-        std::string why = "unknown exception";
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& x) {
-          why = x.what();
-        } catch (...) {
-        }
+        const std::string why = exception_text(e);
         metrics::handler_exception("mesh_relay");
         log::error("forwarded stream failed; closed", relay->fields({{"reason", why}}));
         beast::error_code ec;
