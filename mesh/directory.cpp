@@ -92,6 +92,14 @@ struct Reader {
     }
     return true;
   }
+  // An optional boolean field.
+  bool flag(const json& j, const char* field, bool& out) {
+    auto it = j.find(field);
+    if (it == j.end()) return true;
+    if (!it->is_boolean()) return fail(std::string(field) + " is not a boolean");
+    out = it->get<bool>();
+    return true;
+  }
   const json* array(const json& j, const char* field) {
     auto it = j.find(field);
     if (it == j.end() || it->is_null()) return &empty;
@@ -172,13 +180,7 @@ std::optional<Update> decode(std::string_view body, std::string& error) {
     return std::nullopt;
   }
   u.seq = seq->get<uint64_t>();
-  if (auto d = j.find("draining"); d != j.end()) {
-    if (!d->is_boolean()) {
-      error = "draining is not a boolean";
-      return std::nullopt;
-    }
-    u.draining = d->get<bool>();
-  }
+  if (!rd.flag(j, "draining", u.draining)) return std::nullopt;
   const json* up = rd.array(j, "up");
   if (!up) return std::nullopt;
   for (const auto& e : *up) {
@@ -188,15 +190,9 @@ std::optional<Update> decode(std::string_view body, std::string& error) {
     }
     SessionEntry s;
     if (!rd.name(e, "id", s.connection_id) || !rd.name(e, "planeType", s.plane_type) || !rd.name(e, "planeID", s.plane_id) ||
-        !rd.names(e, "crs", s.crs, kMaxCrsPerSession) || !rd.names(e, "capabilities", s.capabilities, 64))
+        !rd.names(e, "crs", s.crs, kMaxCrsPerSession) || !rd.names(e, "capabilities", s.capabilities, 64) ||
+        !rd.flag(e, "draining", s.draining))
       return std::nullopt;
-    if (auto d = e.find("draining"); d != e.end()) {
-      if (!d->is_boolean()) {
-        error = "draining is not a boolean";
-        return std::nullopt;
-      }
-      s.draining = d->get<bool>();
-    }
     u.up.push_back(std::move(s));
   }
   const json* down = rd.array(j, "down");
@@ -257,6 +253,14 @@ void Directory::add_session(Replica& r, SessionEntry e, DirectoryChange& change)
   for (const auto& k : s.crs) change.crs.insert({s.plane_type, k});
 }
 
+void Directory::put_reports(Replica& r, const std::vector<ReportEntry>& reports, DirectoryChange& change) {
+  for (const auto& e : reports) {
+    Key k{e.plane_type, e.key};
+    (e.scope == ReportScope::cr ? r.cr_reports : r.plane_reports)[k] = e.report;
+    (e.scope == ReportScope::cr ? change.crs : change.planes).insert(k);
+  }
+}
+
 void Directory::remove_session(Replica& r, const std::string& id, DirectoryChange& change) {
   auto it = r.sessions.find(id);
   if (it == r.sessions.end()) return;
@@ -297,11 +301,7 @@ ApplyResult Directory::apply(const Update& u, Clock::time_point now, SysTime wal
     r.draining = u.draining;
     r.heard = now;
     for (const auto& s : u.up) add_session(r, s, change);
-    for (const auto& e : u.reports) {
-      Key k{e.plane_type, e.key};
-      (e.scope == ReportScope::cr ? r.cr_reports : r.plane_reports)[k] = e.report;
-      (e.scope == ReportScope::cr ? change.crs : change.planes).insert(k);
-    }
+    put_reports(r, u.reports, change);
     return ApplyResult::applied;
   }
   auto it = replicas_.find(u.replica);
@@ -324,11 +324,7 @@ ApplyResult Directory::apply(const Update& u, Clock::time_point now, SysTime wal
   }
   for (const auto& id : u.down) remove_session(r, id, change);
   for (const auto& s : u.up) add_session(r, s, change);
-  for (const auto& e : u.reports) {
-    Key k{e.plane_type, e.key};
-    (e.scope == ReportScope::cr ? r.cr_reports : r.plane_reports)[k] = e.report;
-    (e.scope == ReportScope::cr ? change.crs : change.planes).insert(k);
-  }
+  put_reports(r, u.reports, change);
   return ApplyResult::applied;
 }
 

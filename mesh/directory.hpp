@@ -137,6 +137,7 @@ class Directory {
   };
   static void add_session(Replica& r, SessionEntry e, DirectoryChange& change);
   static void remove_session(Replica& r, const std::string& id, DirectoryChange& change);
+  static void put_reports(Replica& r, const std::vector<ReportEntry>& reports, DirectoryChange& change);
   void depart_locked(const std::string& id, Replica& r, SysTime wall_now, DirectoryChange& change) CG_REQUIRES(mu_);
 
   mutable cg::Mutex mu_;  // a leaf: nothing else is locked under it
