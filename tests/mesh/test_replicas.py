@@ -21,8 +21,6 @@ import http.client
 import json
 import os
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -39,25 +37,14 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 import ctest_main  # noqa: E402
 from balancer import Balancer  # noqa: E402
 from gateway_proc import LogLines, dev_pki_and_planes, start_gateway, wait_for  # noqa: E402
+from mesh_support import MeshReplicas, ProxiedGetLoad, free_ports, pods_path  # noqa: E402
 
 REPLICAS = 3
 PLANES = 6
 LEASE = 3.0  # --mesh-lease-duration
 
 
-def free_ports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-class ReplicasTest(unittest.TestCase):
+class ReplicasTest(MeshReplicas, unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="cg-mesh-")
         d = self.tmp.name
@@ -110,26 +97,6 @@ class ReplicasTest(unittest.TestCase):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.sims.append(p)
 
-    def caller(self):
-        ctx = ssl.create_default_context(cafile=os.path.join(self.pki, "gateway-ca.crt"))
-        ctx.load_cert_chain(os.path.join(self.pki, "controller.crt"), os.path.join(self.pki, "controller.key"))
-        return ctx
-
-    def get(self, i, path):
-        conn = http.client.HTTPSConnection("localhost", self.internal[i], context=self.caller(), timeout=15)
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
-
-    def local_sessions(self, i):
-        """Agents connected to replica i: its log's connected minus disconnected events."""
-        up = len(self.logs[i].find("agent connected successfully"))
-        down = len(self.logs[i].find("agent disconnected"))
-        return up - down
-
     def status_files(self):
         out = {}
         for name in os.listdir(self.status_dir) if os.path.isdir(self.status_dir) else []:
@@ -143,11 +110,6 @@ class ReplicasTest(unittest.TestCase):
     def all_connected(self):
         files = self.status_files()
         return len(files) == PLANES and all(s.get("agentConnection", {}).get("connected") for s in files.values())
-
-    def writers(self):
-        return [i for i in self.procs if self.procs[i].poll() is None and
-                len(self.logs[i].find("this replica writes status now")) >
-                len(self.logs[i].find("this replica no longer writes status"))]
 
     def test_streams_exec_and_posts_reach_an_agent_of_another_replica(self):
         self.assertTrue(wait_for(lambda: all(len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1
@@ -206,8 +168,9 @@ class ReplicasTest(unittest.TestCase):
 
     def test_a_frozen_replica_gives_502_instead_of_a_hang(self):
         """A cut link: the replica holding the agent is frozen (SIGSTOP: its sockets stay open, nothing
-        answers). A request forwarded to it is given up once its updates stop (about 1.5 s), not after
-        the 30 s request timeout."""
+        answers). A request forwarded to it is given up once its updates stop (their absence is noticed
+        within a second: bench/ measures it), not after the 30 s request timeout; the bound asserted
+        here leaves room for a loaded machine."""
         self.assertTrue(wait_for(lambda: all(len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1
                                              for i in range(REPLICAS)), 15), "peer links did not come up")
         self.start_agents(PLANES, port=self.agent_ports[0])
@@ -226,7 +189,7 @@ class ReplicasTest(unittest.TestCase):
                 took = time.monotonic() - start
                 self.assertEqual(r.status, 502, body)
                 self.assertIn(b"gw-0", body)
-                self.assertLess(took, 10.0, "a request to a frozen replica waited for its timeout")
+                self.assertLess(took, 4.0, "a request to a frozen replica waited for its timeout")
         finally:
             self.procs[0].send_signal(signal.SIGCONT)
         self.assertTrue(self.logs[1].find("forwarded request given up: the replica stopped sending updates (cut link or "
@@ -259,39 +222,10 @@ class ReplicasTest(unittest.TestCase):
         self.assertTrue(wait_for(lambda: sum(self.local_sessions(i) for i in range(REPLICAS)) == PLANES, 20),
                         "agents did not connect")
         front = Balancer(self.internal_ports)  # the Service in front of the internal API
-        ok, failures, lock, stop = [0], [], threading.Lock(), threading.Event()
         # Every replica must know every agent before the load starts.
-        self.assertTrue(wait_for(lambda: all(self.get(i, f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/"
-                                                         "namespaces/default/pods")[0] == 200
+        self.assertTrue(wait_for(lambda: all(self.get(i, pods_path(p))[0] == 200
                                              for i in range(REPLICAS) for p in range(PLANES)), 10))
-        ctx = self.caller()
-
-        def load(worker, workers=8, rate=200.0):
-            n = 0
-            start = time.monotonic()
-            while not stop.is_set():
-                n += 1
-                due = start + n * workers / rate
-                time.sleep(max(0.0, due - time.monotonic()))
-                p = (worker + n) % PLANES
-                path = f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/namespaces/default/pods"
-                try:
-                    conn = http.client.HTTPSConnection("localhost", front.port, context=ctx, timeout=20)
-                    conn.request("GET", path)
-                    r = conn.getresponse()
-                    body = r.read()
-                    conn.close()
-                    with lock:
-                        if r.status == 200:
-                            ok[0] += 1
-                        else:
-                            failures.append((time.monotonic(), p, r.status, body[:200]))
-                except (OSError, http.client.HTTPException) as e:
-                    with lock:
-                        failures.append((time.monotonic(), p, "error", repr(e)))
-        threads = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(8)]
-        for t in threads:
-            t.start()
+        load = ProxiedGetLoad(front.port, self.caller(), PLANES, workers=8, rate=200.0).start()
         try:
             time.sleep(1.0)
             for i in range(REPLICAS):
@@ -302,12 +236,10 @@ class ReplicasTest(unittest.TestCase):
                 self.assertTrue(wait_for(lambda: len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1, 15))
                 time.sleep(1.0)
         finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=30)
+            load.stop()
             front.close()
-        self.assertGreater(ok[0], 500, "the load ran")
-        self.assertEqual(len(failures), 0, f"{len(failures)} failed of {ok[0] + len(failures)}: {failures[:3]}")
+        self.assertGreater(load.ok, 500, "the load ran")
+        self.assertEqual(len(load.failures), 0, f"{len(load.failures)} failed of {load.total()}: {load.failures[:3]}")
 
     def test_mesh_routes_sums_and_survives_a_killed_writer(self):
         self.assertTrue(wait_for(lambda: all(len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1
@@ -323,7 +255,7 @@ class ReplicasTest(unittest.TestCase):
             served = set()
             for i in range(REPLICAS):
                 for p in range(PLANES):
-                    st, h, body = self.get(i, f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/namespaces/default/pods")
+                    st, h, body = self.get(i, pods_path(p))
                     if st != 200:
                         return None
                     self.assertEqual(h.get("x-cluster-gateway-entry-pod"), f"gw-{i}")
@@ -340,7 +272,7 @@ class ReplicasTest(unittest.TestCase):
             self.assertEqual(planes["total"], PLANES, body)
             self.assertTrue(all(p["connected"] and p["connectedAgents"] == 1 for p in planes["planes"]), body)
         # One writer: the smallest id; every CR written connected with one agent.
-        self.assertTrue(wait_for(lambda: self.writers() == [0], 10), self.writers())
+        self.assertTrue(wait_for(lambda: self.writers_by_log() == [0], 10), self.writers_by_log())
         self.assertTrue(wait_for(self.all_connected, 10), self.status_files())
         for s in self.status_files().values():
             self.assertEqual(s["agentConnection"]["connectedAgents"], 1)
@@ -364,7 +296,7 @@ class ReplicasTest(unittest.TestCase):
             self.assertTrue(wait_for(lambda: self.local_sessions(1) + self.local_sessions(2) == PLANES, 15),
                             [self.local_sessions(i) for i in (1, 2)])
             # The next smallest id writes status once the dead replica leaves the directory.
-            self.assertTrue(wait_for(lambda: self.writers() == [1], LEASE + 5), self.writers())
+            self.assertTrue(wait_for(lambda: self.writers_by_log() == [1], LEASE + 5), self.writers_by_log())
             self.assertTrue(self.logs[1].find("mesh replica dropped: not heard from within the lease duration (or its "
                                               "Lease expired); its agents leave routing and the status sum",
                                               peerReplica="gw-0"))
@@ -375,7 +307,7 @@ class ReplicasTest(unittest.TestCase):
             # Requests still reach every agent from either survivor.
             for i in (1, 2):
                 for p in range(PLANES):
-                    st, _, _ = self.get(i, f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/namespaces/default/pods")
+                    st, _, _ = self.get(i, pods_path(p))
                     self.assertEqual(st, 200)
         finally:
             stop.set()

@@ -23,13 +23,10 @@ Real binaries, real TLS (dev PKI: mesh CA and peer certificate, checked against
 The fake refuses loopback IPs in EndpointSlices (as a real server does) and an FQDN needs two labels,
 so "localhost" is refused too: the slices have addressType FQDN and the address "127.0.0.1" (four
 DNS labels, which a real API server accepts as an FQDN too); the replicas resolve it to loopback."""
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
-import ssl
 import sys
 import tempfile
 import threading
@@ -42,6 +39,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 import ctest_main  # noqa: E402
 from balancer import Balancer  # noqa: E402
 from gateway_proc import LogLines  # noqa: E402
+from mesh_support import MeshReplicas, free_ports, pods_path  # noqa: E402
 from kube_e2e_support import (CWP, AgentSim, FakeApiServer, by_name, cwp_doc, dev_pki, gateway_cmd, read_bytes,  # noqa: E402
                               start_gateway, status_patches, statuses, wait_for, write_seed)
 
@@ -56,18 +54,6 @@ LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
 SLICES = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
 DROPPED = ("mesh replica dropped: not heard from within the lease duration (or its Lease expired); its agents leave "
            "routing and the status sum")
-
-
-def free_ports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def micro_time(s):
@@ -110,7 +96,7 @@ class LogFile:
                 self.f = None
 
 
-class KubeReplicasTest(unittest.TestCase):
+class KubeReplicasTest(MeshReplicas, unittest.TestCase):
     def setUp(self):
         self.tmp = d = tempfile.mkdtemp(prefix="cg-mesh-kube-")
         self.api, self.balancer = None, None
@@ -167,30 +153,6 @@ class KubeReplicasTest(unittest.TestCase):
 
     # -- readers ---------------------------------------------------------------------------------
 
-    def caller(self):
-        ctx = ssl.create_default_context(cafile=os.path.join(self.pki, "gateway-ca.crt"))
-        ctx.load_cert_chain(os.path.join(self.pki, "controller.crt"), os.path.join(self.pki, "controller.key"))
-        return ctx
-
-    def get(self, i, path):
-        conn = http.client.HTTPSConnection("localhost", self.internal[i], context=self.caller(), timeout=15)
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-        finally:
-            conn.close()
-
-    def local_sessions(self, i):
-        """Agents connected to replica i: its log's connected minus disconnected events."""
-        return len(self.logs[i].find("agent connected successfully")) - len(self.logs[i].find("agent disconnected"))
-
-    def writers_by_log(self):
-        """Live replicas whose last leadership line says they write status."""
-        return [i for i in self.procs if self.procs[i].poll() is None and
-                len(self.logs[i].find("this replica writes status now")) >
-                len(self.logs[i].find("this replica no longer writes status"))]
-
     def lease(self, name):
         code, _, body = self.api.request("GET", f"{LEASES}/{name}")
         return body if code == 200 else None
@@ -226,7 +188,7 @@ class KubeReplicasTest(unittest.TestCase):
         served = set()
         for i in entries:
             for p in range(PLANES):
-                st, h, _ = self.get(i, f"/api/proxy/workflowplane/mesh-{p}/_cluster/wp{p}/k8s/api/v1/namespaces/default/pods")
+                st, h, _ = self.get(i, pods_path(p))
                 if st != 200:
                     return None
                 self.assertEqual(h.get("x-cluster-gateway-entry-pod"), f"gw-{i}")
