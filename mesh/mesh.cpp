@@ -170,7 +170,7 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
 
   // Touched on the control strand only.
   std::map<std::pair<ReportScope, Key>, session::SessionReport> last_reports;
-  steady::time_point last_heartbeat_scan{};
+  steady::time_point last_report_scan{};
   steady::time_point last_rebalance = steady::now();
   std::deque<Shed> shed_queue;  // GOAWAY next, one per tick
   std::deque<std::pair<std::weak_ptr<session::AgentHandle>, steady::time_point>> shed_waiting;  // close if still open
@@ -303,8 +303,8 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     std::vector<std::shared_ptr<Peer>> ps;
     bool drain_now = false;
     // Once a second every report known is looked at again (lastSeen moves without events).
-    const bool scan = now - last_heartbeat_scan >= opts.heartbeat_interval;
-    if (scan) last_heartbeat_scan = now;
+    const bool scan = now - last_report_scan >= opts.report_scan_interval;
+    if (scan) last_report_scan = now;
     {
       cg::MutexLock lk(mu);
       if (stopping) return;
@@ -690,17 +690,23 @@ std::optional<std::string> Mesh::pick_peer(const std::string& plane_type, const 
   auto& m = *impl_;
   auto cands = m.dir.candidates(plane_type, plane_id, cr_key, capability);
   if (cands.empty()) return std::nullopt;
+  // A replica heard from recently beats a silent one (cut link, frozen process); among them, the one
+  // with the fewest forwarded requests in flight.
+  std::vector<bool> heard;
+  heard.reserve(cands.size());
+  for (const auto& c : cands) heard.push_back(responsive(c.replica));
   cg::MutexLock lk(m.mu);
   std::optional<std::string> best;
-  int best_load = 0;
-  for (const auto& c : cands) {
+  std::pair<bool, int> best_rank{};  // (silent, load): smaller is better
+  for (size_t i = 0; i < cands.size(); ++i) {
+    const auto& c = cands[i];
     if (exclude.count(c.replica)) continue;
     for (const auto& p : m.peers) {
       if (p->removed || p->replica != c.replica || !p->client) continue;
-      int load = p->forwarding->load();
-      if (!best || load < best_load) {
+      const std::pair<bool, int> rank{!heard[i], p->forwarding->load()};
+      if (!best || rank < best_rank) {
         best = c.replica;
-        best_load = load;
+        best_rank = rank;
       }
     }
   }
@@ -765,10 +771,10 @@ std::shared_ptr<boost::asio::ssl::context> Mesh::client_tls() const {
   return m.tls;
 }
 
-bool Mesh::responsive(const std::string& replica) const {
+bool Mesh::responsive(const std::string& replica, std::chrono::steady_clock::time_point since) const {
   auto& m = *impl_;
   auto h = m.dir.heard(replica);
-  return h && steady::now() - *h <= m.opts.heartbeat_interval * 3 / 2 + m.opts.publish_interval;
+  return h && steady::now() - std::max(*h, since) <= m.opts.silent_after;
 }
 
 bool Mesh::synced() const { return impl_->synced_now(); }

@@ -58,7 +58,13 @@ struct MeshOptions {
   std::string server_name;  // peers' certificates are checked against it; empty: each peer's host
   Duration lease_duration = std::chrono::seconds(15);
   Duration publish_interval = std::chrono::milliseconds(100);
-  Duration heartbeat_interval = std::chrono::seconds(1);
+  // A heartbeat goes to a peer that got no update for this long; a peer heard from by no update for
+  // `silent_after` is silent: forwarded requests to it are given up (a cut link, a frozen process),
+  // and it is not picked while another replica holding the agent is heard from.
+  Duration heartbeat_interval = std::chrono::milliseconds(250);
+  Duration silent_after = std::chrono::milliseconds(800);
+  // How often every report known is computed again (lastSeen moves without events).
+  Duration report_scan_interval = std::chrono::seconds(1);
   // Static peers: the replica waits to hear every one of them (or one lease duration) before it
   // may lead; leadership then follows the smallest live replica id. false: set_leader() decides.
   bool static_leadership = true;
@@ -156,10 +162,12 @@ class Mesh {
   // says not ready.
   bool synced() const;
 
-  // Whether the replica's updates still arrive (its heartbeat is due every second): false once none
-  // came for 1.5 heartbeat intervals. A forwarded request to a replica that fell silent (a cut link, a
-  // frozen process) is given up then instead of waiting for its timeout.
-  bool responsive(const std::string& replica) const;
+  // Whether the replica's updates still arrive (a heartbeat is due every 250 ms): false once none came
+  // for `silent_after` (800 ms) counted from `since` or from the last update, whichever is later. A
+  // forwarded request to a replica that fell silent (a cut link, a frozen process) is given up then
+  // instead of waiting for its timeout; `since` is the moment it was sent, so a replica picked while
+  // already quiet still gets the whole interval.
+  bool responsive(const std::string& replica, std::chrono::steady_clock::time_point since = {}) const;
 
   // The peers' replica ids (those that answered or that Kubernetes named).
   std::vector<std::string> peer_replicas() const;

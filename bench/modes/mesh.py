@@ -3,9 +3,12 @@ agent connected straight to B's agent port. Measures:
   1. forwarding overhead: latency at a fixed rate of 1 KiB POSTs (echoed) sent to A, which forwards them one
      hop to B, against the same sent to B (served from its local session), bench-tunnel-load as in mode c;
   2. 1 MiB throughput through a hop: MiB/s via A against via B;
-  3. status-writer failover: kill -9 of A (the smallest live --replica-id writes status) until B logs
+  3. a cut link: SIGSTOP of B (its sockets stay open, nothing answers), then a POST sent to A at once:
+     time until A answers 502 (it stopped hearing B's directory updates), against the goal of a second;
+     a few rounds, SIGCONT in between;
+  4. status-writer failover: kill -9 of A (the smallest live --replica-id writes status) until B logs
      "this replica writes status now", against --mesh-lease-duration;
-  4. agents re-homed per second: N agents through a round-robin TCP balancer over both agent ports (the
+  5. agents re-homed per second: N agents through a round-robin TCP balancer over both agent ports (the
      Service's role), SIGTERM of A, until B holds every agent that A held (B's log: "agent connected
      successfully" minus "agent disconnected" events since the signal); with the defaults and with the
      rebalancer off, each on a fresh pair."""
@@ -29,15 +32,16 @@ TITLE = "g. Replicas: forwarding, failover, re-homing"
 SIZES = {
     "full": dict(rate=500, requests=5000, warmup=250, conns=16, body=1024, rounds=5,
                  big_body=1 << 20, big_conns=4, big_duration=10.0, big_warmup=1.0,
-                 lease=3.0, agents=500, agent_rate=250),
+                 lease=3.0, agents=500, agent_rate=250, cut_rounds=5),
     "tiny": dict(rate=200, requests=200, warmup=20, conns=4, body=1024, rounds=1,
                  big_body=1 << 20, big_conns=2, big_duration=1.0, big_warmup=0.3,
-                 lease=3.0, agents=50, agent_rate=0),
+                 lease=3.0, agents=50, agent_rate=0, cut_rounds=1),
 }
 TARGETS = ("local", "forwarded")  # sent to B (its own agent) / sent to A (forwarded one hop to B)
 P50_GOAL_MS = 0.3        # forwarding adds at most this much p50 over a local hop (issue 15)
 THROUGHPUT_GOAL = 0.7    # 1 MiB throughput through a hop, of local
-FAILOVER_SLACK_S = 1.0   # the writer moves within lease + this (peers publish a heartbeat every second)
+FAILOVER_SLACK_S = 1.0   # the writer moves within lease + this
+CUT_GOAL_S = 1.0         # a forwarded request to a replica behind a cut link: 502 (or failover) within this
 K8S_PATH = "/api/v1/namespaces/default/configmaps"
 PROXY_PATH = f"/api/proxy/dataplane/mesh/_cluster/mesh/k8s{K8S_PATH}"
 SHUTDOWN_TIMEOUT = "10s"  # as every bench gateway; the drain spreads GOAWAYs over min(this / 4, 2 s)
@@ -268,7 +272,29 @@ def run(env):
         log(f"mesh: forwarding adds p50 {res['addedP50Ms']:.3f} ms, p99 {res['addedP99Ms']:.3f} ms; "
             f"1 MiB through a hop {100 * res['throughputRatio']:.0f}% of local")
 
-        # 3. Writer failover: A (gw-1, the smallest id) writes status; kill -9 it.
+        # 3. A cut link: B (holding the agent) is frozen; a POST to A (not repeatable: no failover) must
+        # get its 502 within a second of the freeze.
+        res["cut"] = []
+        for k in range(z["cut_rounds"]):
+            a.wait(lambda: post_once(env, a.internal_port)[0] == 201, 30, "a POST via A served by B's agent")
+            time.sleep(0.3)
+            la = loadavg()
+            t_stop = time.monotonic()
+            b.proc.p.send_signal(signal.SIGSTOP)
+            try:
+                status = post_once(env, a.internal_port)[0]
+                took = time.monotonic() - t_stop
+            finally:
+                b.proc.p.send_signal(signal.SIGCONT)
+            if status != 502:
+                raise ModeFailed(f"mesh cut link: a POST via A while B was frozen answered {status}, not 502")
+            res["cut"].append({"seconds": took, "loadavg": la})
+            log(f"mesh: cut link round {k + 1}: 502 after {took:.3f} s (load {la})")
+        cut = sorted(x["seconds"] for x in res["cut"])
+        res["cutMedianSeconds"] = cut[len(cut) // 2]
+        res["cutMaxSeconds"] = cut[-1]
+
+        # 4. Writer failover: A (gw-1, the smallest id) writes status; kill -9 it.
         a.wait(lambda: len(a.events("this replica writes status now")) > len(a.events("this replica no longer writes status")),
                lease + 10, "A to write status")
         mb = b.mark()
@@ -288,7 +314,7 @@ def run(env):
         b.stop()
         sim.stop()
 
-        # 4. Re-homing, each variant with a fresh pair.
+        # 5. Re-homing, each variant with a fresh pair.
         res["rehomeVariants"] = []
         for label, extra in REHOME_VARIANTS:
             res["rehomeVariants"].append(rehome(env, z, pair, label, extra))
@@ -396,6 +422,9 @@ def summary(res, z):
          f"≥ {fmt(100 * THROUGHPUT_GOAL, 0)}%",
          "met" if res["throughputRatio"] >= THROUGHPUT_GOAL else
          f"missed ({fmt(res['throughputRatio'] / THROUGHPUT_GOAL * 100, 0)}% of goal)"),
+        ("g. Cut link: forwarded POST answered", f"502 after SIGSTOP of the serving replica, max of "
+         f"{len(res['cut'])}: {fmt(res['cutMaxSeconds'], 3)} s", f"{fmt(res['cutMedianSeconds'], 3)} s (median)",
+         f"≤ {fmt(CUT_GOAL_S, 1)} s", goal_text(res["cutMaxSeconds"], CUT_GOAL_S, False, " s")),
         ("g. Status-writer failover (kill -9)", f"--mesh-lease-duration {lease:g}s",
          f"{fmt(res['failoverSeconds'], 2)} s", f"≈ lease (≤ {fmt(lease + FAILOVER_SLACK_S, 1)} s)",
          goal_text(res["failoverSeconds"], lease + FAILOVER_SLACK_S, False, " s")),
@@ -432,6 +461,8 @@ def tables(res, z):
         ("Throughput load", f"closed loop, {z['big_conns']} keep-alive connections, {z['big_body']:,}-byte bodies "
                             f"echoed, {z['big_warmup']} s warm-up, {z['big_duration']} s measured; {z['rounds']} "
                             "round(s) of local then forwarded, the round with the median ratio shown"),
+        ("Cut link", f"{z['cut_rounds']} round(s): a POST via A served by B, then SIGSTOP of B and at once a 1 KiB "
+                     "POST to A (not repeatable, so no failover): time from the signal to A's 502; SIGCONT after"),
         ("Failover", "A (smallest id) writes status; `kill -9` A; time until B logs `this replica writes status "
                      "now` (log timestamp − kill time)"),
         ("Re-homing", f"a fresh pair per variant ({variants}); {rh['agents']:,} agents (one cluster-agent-sim "
@@ -479,6 +510,8 @@ def tables(res, z):
             (str(i + 1), fmt(x["local"]["MiBps"], 1), fmt(x["forwarded"]["MiBps"], 1),
              f"{fmt(100 * x['forwarded']['MiBps'] / x['local']['MiBps'], 0)}%",
              f"{x['local']['loadavg']} / {x['forwarded']['loadavg']}") for i, x in enumerate(res["throughputRounds"])]))
+    out.append(Table("Cut link (SIGSTOP of the replica serving a forwarded POST)", ("Round", "502 after", "load"),
+                     [(str(i + 1), f"{fmt(x['seconds'], 3)} s", x["loadavg"]) for i, x in enumerate(res["cut"])]))
     dropped = res.get("droppedAfterSeconds")
     out.append(Table("Status-writer failover (kill -9 of the writer)",
                      ("Lease", "B drops A after", "B writes status after", "load at kill"),
