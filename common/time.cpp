@@ -37,21 +37,29 @@ std::string format_rfc3339(SysTime t) { return format_with(t, false); }
 std::string format_rfc3339_nano(SysTime t) { return format_with(t, true); }
 
 std::optional<SysTime> parse_rfc3339(std::string_view s) {
-  int Y, M, D, h, m, sec;
+  // Fixed positions, digits only (no sign, no blank: sscanf's %d took both).
+  auto num = [&](size_t at, size_t n) -> std::optional<int> {
+    if (at + n > s.size()) return std::nullopt;
+    int v = 0;
+    for (size_t k = at; k < at + n; ++k) {
+      if (s[k] < '0' || s[k] > '9') return std::nullopt;
+      v = v * 10 + (s[k] - '0');
+    }
+    return v;
+  };
   if (s.size() < 20) return std::nullopt;
-  std::string str(s);
-  if (std::sscanf(str.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d", &Y, &M, &D, &h, &m, &sec) != 6) return std::nullopt;
-  if (str[4] != '-' || str[7] != '-' || (str[10] != 'T' && str[10] != 't') || str[13] != ':' || str[16] != ':')
-    return std::nullopt;
-  if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60) return std::nullopt;
+  if (s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') || s[13] != ':' || s[16] != ':') return std::nullopt;
+  auto Y = num(0, 4), M = num(5, 2), D = num(8, 2), h = num(11, 2), m = num(14, 2), sec = num(17, 2);
+  if (!Y || !M || !D || !h || !m || !sec) return std::nullopt;
+  if (*M < 1 || *M > 12 || *D < 1 || *D > 31 || *h > 23 || *m > 59 || *sec > 60) return std::nullopt;
   size_t i = 19;
   long long frac_ns = 0;
-  if (i < str.size() && str[i] == '.') {
+  if (i < s.size() && s[i] == '.') {
     ++i;
     int digits = 0;
-    while (i < str.size() && std::isdigit(static_cast<unsigned char>(str[i]))) {
+    while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) {
       if (digits < 9) {
-        frac_ns = frac_ns * 10 + (str[i] - '0');
+        frac_ns = frac_ns * 10 + (s[i] - '0');
         ++digits;
       }
       ++i;
@@ -63,25 +71,32 @@ std::optional<SysTime> parse_rfc3339(std::string_view s) {
     }
   }
   long offset = 0;
-  if (i < str.size() && (str[i] == 'Z' || str[i] == 'z')) {
+  if (i < s.size() && (s[i] == 'Z' || s[i] == 'z')) {
     ++i;
-  } else if (i + 6 == str.size() && (str[i] == '+' || str[i] == '-') && str[i + 3] == ':') {
-    int oh = std::atoi(str.substr(i + 1, 2).c_str()), om = std::atoi(str.substr(i + 4, 2).c_str());
-    offset = (oh * 3600 + om * 60) * (str[i] == '-' ? -1 : 1);
+  } else if (i + 6 == s.size() && (s[i] == '+' || s[i] == '-') && s[i + 3] == ':') {
+    auto oh = num(i + 1, 2), om = num(i + 4, 2);
+    if (!oh || !om || *oh > 23 || *om > 59) return std::nullopt;
+    offset = (*oh * 3600L + *om * 60L) * (s[i] == '-' ? -1 : 1);
     i += 6;
   } else {
     return std::nullopt;
   }
-  if (i != str.size()) return std::nullopt;
+  if (i != s.size()) return std::nullopt;
   std::tm tm{};
-  tm.tm_year = Y - 1900;
-  tm.tm_mon = M - 1;
-  tm.tm_mday = D;
-  tm.tm_hour = h;
-  tm.tm_min = m;
-  tm.tm_sec = sec;
-  std::time_t tt = timegm(&tm);
-  return std::chrono::system_clock::from_time_t(tt - offset) +
+  tm.tm_year = *Y - 1900;
+  tm.tm_mon = *M - 1;
+  tm.tm_mday = *D;
+  tm.tm_hour = *h;
+  tm.tm_min = *m;
+  tm.tm_sec = *sec;
+  const std::time_t tt = timegm(&tm) - offset;
+  // system_clock counts nanoseconds in 64 bits: about 1677-09-21 to 2262-04-11. A time outside is
+  // refused rather than wrapped (a hostile peer or API server could send year 9999).
+  using Secs = std::chrono::duration<long long>;
+  static const long long lo = std::chrono::duration_cast<Secs>(SysTime::duration::min()).count() + 1;
+  static const long long hi = std::chrono::duration_cast<Secs>(SysTime::duration::max()).count() - 1;
+  if (static_cast<long long>(tt) < lo || static_cast<long long>(tt) > hi) return std::nullopt;
+  return std::chrono::system_clock::from_time_t(tt) +
          std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::nanoseconds(frac_ns));
 }
 
