@@ -73,11 +73,12 @@ class ProxiedGetLoad:
     (in turn), each on a new TLS connection to 127.0.0.1:`port` (a balancer in front of the replicas'
     internal ports) with `ctx`. `ok` counts the 200s; `failures` holds every other outcome as a dict:
     when (monotonic `t` and UTC `time`), plane, status ("error" for an exception), body (or the
-    exception), and the answer's entry and serving replica when it named them."""
+    exception), and the answer's entry and serving replica when it named them. `seconds` holds every
+    request's duration (connect to last byte), answered or not."""
 
     def __init__(self, port, ctx, planes, workers=8, rate=200.0, timeout=20):
         self.port, self.ctx, self.planes, self.workers, self.rate, self.timeout = port, ctx, planes, workers, rate, timeout
-        self.ok, self.failures = 0, []
+        self.ok, self.failures, self.seconds = 0, [], []
         self.lock, self.stopping = threading.Lock(), threading.Event()
         self.threads = []
 
@@ -96,6 +97,12 @@ class ProxiedGetLoad:
         with self.lock:
             return self.ok + len(self.failures)
 
+    def percentile(self, q):
+        """The q-quantile (0..1) of the requests' durations, in seconds (0 before any request)."""
+        with self.lock:
+            d = sorted(self.seconds)
+        return d[min(len(d) - 1, int(q * len(d)))] if d else 0.0
+
     def _fail(self, p, status, body, headers=None):
         headers = headers or {}
         with self.lock:
@@ -111,6 +118,7 @@ class ProxiedGetLoad:
             due = start + n * self.workers / self.rate
             time.sleep(max(0.0, due - time.monotonic()))
             p = (worker + n) % self.planes
+            t = time.monotonic()
             try:
                 conn = http.client.HTTPSConnection("localhost", self.port, context=self.ctx, timeout=self.timeout)
                 conn.request("GET", pods_path(p))
@@ -124,3 +132,20 @@ class ProxiedGetLoad:
                     self._fail(p, r.status, body[:300], {k.lower(): v for k, v in r.getheaders()})
             except (OSError, http.client.HTTPException) as e:
                 self._fail(p, "error", repr(e))
+            with self.lock:
+                self.seconds.append(time.monotonic() - t)
+
+
+class RefusingPort:
+    """A port on 127.0.0.1 bound but never listening: a connection to it is refused at once. Setting a
+    Balancer's backend slot to it takes that backend out of the round robin (the balancer goes on to
+    the next backend) without changing the length of the list its threads index; setting the slot back
+    to the backend's port puts it back. Both are one list store, atomic for the balancer's threads."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()
