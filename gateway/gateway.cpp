@@ -117,9 +117,19 @@ struct Gateway::Impl {
     o.request_client_cert = cfg.internal_mtls;
     return tls::make_server_context(o);
   }
+  // The mesh listener's and the peer links' certificate (default: the server certificate).
+  const std::string& mesh_cert() const { return cfg.mesh_cert.empty() ? cfg.server_cert : cfg.mesh_cert; }
+  const std::string& mesh_key() const { return cfg.mesh_key.empty() ? cfg.server_key : cfg.mesh_key; }
+  std::shared_ptr<boost::asio::ssl::context> mesh_server_context() const {
+    tls::ServerTlsOptions mt{mesh_cert(), mesh_key(), cfg.mesh_ca_cert};
+    mt.request_client_cert = true;
+    return tls::make_server_context(mt);
+  }
   std::string tls_files_stamp() const {
     std::string stamp;
-    for (const auto& f : {cfg.server_cert, cfg.server_key, cfg.internal_client_ca}) {
+    std::vector<std::string> files{cfg.server_cert, cfg.server_key, cfg.internal_client_ca};
+    if (cfg.mesh) files.insert(files.end(), {mesh_cert(), mesh_key(), cfg.mesh_ca_cert});
+    for (const auto& f : files) {
       std::ifstream in(f, std::ios::binary);
       std::stringstream ss;
       ss << in.rdbuf();
@@ -142,10 +152,23 @@ struct Gateway::Impl {
       try {
         auto agent_ctx = tls::make_server_context({cfg.server_cert, cfg.server_key, ""});
         auto internal_ctx = internal_context();
+        // The mesh's material is loaded (and checked) before anything is swapped: a bad file leaves
+        // every listener and link on the previous certificates.
+        std::shared_ptr<boost::asio::ssl::context> mesh_ctx;
+        std::optional<mesh::Credentials> mesh_creds;
+        if (mesh) {
+          mesh_ctx = mesh_server_context();
+          mesh_creds = mesh::Credentials{read_pem(cfg.mesh_ca_cert, "--mesh-ca-cert"), read_pem(mesh_cert(), "--mesh-cert"),
+                                         read_pem(mesh_key(), "--mesh-key")};
+        }
+        if (mesh_creds) mesh->set_credentials(std::move(*mesh_creds));  // throws before changing anything
         agent_listener->set_ssl_context(agent_ctx);
         internal_api->set_ssl_context(internal_ctx);
+        if (mesh_ctx) mesh_api->set_ssl_context(mesh_ctx);
         metrics::tls_reload("ok");
-        log::info("TLS certificates reloaded", {{"serverCert", cfg.server_cert}, {"internalClientCA", cfg.internal_client_ca}});
+        log::info("TLS certificates reloaded", {{"serverCert", cfg.server_cert},
+                                                {"internalClientCA", cfg.internal_client_ca},
+                                                {"meshCert", mesh ? mesh_cert() : std::string()}});
       } catch (const std::exception& e) {
         metrics::tls_reload("error");
         log::error("TLS certificate reload failed; the previous certificates stay in use", {{"reason", e.what()}});
@@ -229,8 +252,8 @@ void Gateway::start() {
     mesh::MeshOptions mo;
     mo.replica_id = c.replica_id.empty() ? host_name() : c.replica_id;
     mo.ca_pem = read_pem(c.mesh_ca_cert, "--mesh-ca-cert");
-    mo.cert_pem = read_pem(c.mesh_cert.empty() ? c.server_cert : c.mesh_cert, "--mesh-cert");
-    mo.key_pem = read_pem(c.mesh_key.empty() ? c.server_key : c.mesh_key, "--mesh-key");
+    mo.cert_pem = read_pem(m.mesh_cert(), "--mesh-cert");
+    mo.key_pem = read_pem(m.mesh_key(), "--mesh-key");
     mo.lease_duration = c.mesh_lease_duration;
     mo.rebalance_margin = c.mesh_rebalance_margin;
     try {
@@ -353,11 +376,8 @@ void Gateway::start() {
     mesh_deps.draining = [&m] { return m.draining.load(); };
     mesh_deps.mesh_receive = [mp = m.mesh.get()](std::string_view body) { return mp->receive(body); };
     mesh_deps.replica_id = m.mesh->replica_id();
-    tls::ServerTlsOptions mt{c.mesh_cert.empty() ? c.server_cert : c.mesh_cert, c.mesh_key.empty() ? c.server_key : c.mesh_key,
-                             c.mesh_ca_cert};
-    mt.request_client_cert = true;
     try {
-      m.mesh_api = std::make_unique<InternalApi>(m.ioc, tls::make_server_context(mt), c.bind, c.mesh_port, mesh_deps);
+      m.mesh_api = std::make_unique<InternalApi>(m.ioc, m.mesh_server_context(), c.bind, c.mesh_port, mesh_deps);
     } catch (const std::exception& e) {
       throw std::runtime_error("--mesh-port " + std::to_string(c.mesh_port) + ": " + e.what());
     }
@@ -404,7 +424,7 @@ void Gateway::start() {
   if (m.mesh) {
     m.mesh_api->start();
     m.mesh->start();
-    if (!static_peers.empty()) m.mesh->set_peers(static_peers);
+    if (c.mesh_service.empty()) m.mesh->set_peers(static_peers);  // with Kubernetes: the EndpointSlices'
     if (m.own_lease) {
       m.own_lease->start();
       m.leases->start();

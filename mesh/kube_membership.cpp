@@ -48,7 +48,9 @@ std::vector<PeerAddress> peers_of_slice(const json& slice, const std::string& se
     const json empty = json::object();
     auto c = e.find("conditions");
     const json& cond = c != e.end() && c->is_object() ? *c : empty;
-    if (!flag(cond, "ready", true) || flag(cond, "terminating", false)) continue;
+    // A starting pod (not ready yet) is a peer: it is not ready until it has every peer's directory,
+    // so the peers must send it theirs. A terminating one is not (it drains and says `bye`).
+    if (flag(cond, "terminating", false)) continue;
     auto addrs = e.find("addresses");
     if (addrs == e.end() || !addrs->is_array() || addrs->empty() || !(*addrs)[0].is_string()) continue;
     PeerAddress p;

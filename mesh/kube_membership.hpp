@@ -1,4 +1,4 @@
-// Kubernetes membership of the mesh: the peers are the ready endpoints of the headless Service
+// Kubernetes membership of the mesh: the peers are the endpoints (not terminating) of the headless Service
 // --mesh-service, from its EndpointSlices (discovery.k8s.io/v1, label kubernetes.io/service-name),
 // listed and watched through kube::Informer. Each endpoint's replica id is its Pod's name
 // (targetRef), which is what every replica uses as --replica-id ($POD_NAME).
@@ -21,7 +21,8 @@ class Informer;
 namespace cg::mesh {
 
 // The peers one EndpointSlice lists (pure; hostile objects give no peers, never an exception):
-// endpoints that are ready (conditions.ready not false) and not terminating, first address each,
+// endpoints that are not terminating, ready or not (a starting replica waits for its peers'
+// directories before it turns ready, so they must reach it), first address each,
 // on the slice's port named "mesh" (else its only port, else `default_port`); the replica id is
 // targetRef.name for a Pod, else the endpoint's hostname. `self` is left out.
 std::vector<PeerAddress> peers_of_slice(const nlohmann::json& slice, const std::string& self, uint16_t default_port);

@@ -87,7 +87,9 @@ enum class LinkState : uint8_t { connecting, up, down };
 
 struct Peer {
   PeerAddress addr;
-  std::unique_ptr<kube::KubeClient> client;
+  // Under Impl::mu (replaced when the mesh certificate is reloaded); every request holds a copy, so a
+  // replaced client ends when its last request has been answered.
+  std::shared_ptr<kube::KubeClient> client;
   std::string replica;  // from its answers (or Kubernetes); under Impl::mu
   LinkState state = LinkState::connecting;
   bool in_flight = false;
@@ -109,7 +111,9 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
         instance(random_hex(8)),
         summing(local, dir,
                 [this](ReportScope scope, const std::string& type, const std::string& key) {
-                  return moving_until(scope, type, key);
+                  auto m = moving_until(scope, type, key);
+                  if (auto g = start_grace()) m = m ? std::max(*m, *g) : g;
+                  return m;
                 }),
         timer(control) {}
 
@@ -121,9 +125,24 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   SummingRegistry summing;
   ControlTimer timer;
   steady::time_point started = steady::now();
+  const SysTime started_wall = std::chrono::system_clock::now();
+
+  // For shed_close_after + move_grace after this replica starts, every CR counts as possibly moving
+  // in the view its status writer reads: agents a replica drained before this one started (its own
+  // previous instance, in a rolling restart) may still be on their way, and the reports that said so
+  // died with that replica. A writer that just started therefore holds connected → disconnected
+  // writes until then (a CR whose agent does not come back is written disconnected at that time).
+  std::optional<SysTime> start_grace() const {
+    const auto window = opts.shed_close_after + opts.move_grace;
+    if (steady::now() - started >= window) return std::nullopt;
+    return started_wall + std::chrono::duration_cast<SysTime::duration>(window);
+  }
 
   mutable cg::Mutex mu;  // guards what is below; never held while calling the registry, the directory or a client
   std::vector<std::shared_ptr<Peer>> peers CG_GUARDED_BY(mu);
+  // set_peers() was called once: the static list, or Kubernetes' first list of the Service's
+  // EndpointSlices (until then no peer is known, so "heard from every peer" would be vacuous).
+  bool peers_known CG_GUARDED_BY(mu) = false;
   std::map<std::string, Key> ev_up CG_GUARDED_BY(mu);  // connection id → plane
   std::set<std::string> ev_down CG_GUARDED_BY(mu);
   std::set<Key> dirty_crs CG_GUARDED_BY(mu), dirty_planes CG_GUARDED_BY(mu);
@@ -165,8 +184,15 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     return r;
   }
   std::function<void(bool)> on_leader;  // set before start()
-  std::once_flag tls_once;
-  std::shared_ptr<boost::asio::ssl::context> tls;  // client_tls(), made once
+  // The mesh CA, this replica's certificate and key (opts' at start; replaced by set_credentials),
+  // and the client TLS context made from them (client_tls(); made on first use).
+  Credentials creds CG_GUARDED_BY(mu){opts.ca_pem, opts.cert_pem, opts.key_pem};
+  std::shared_ptr<boost::asio::ssl::context> tls CG_GUARDED_BY(mu);
+
+  std::shared_ptr<kube::KubeClient> client_of(const Peer& p) const CG_EXCLUDES(mu) {
+    cg::MutexLock lk(mu);
+    return p.client;
+  }
 
   // Touched on the control strand only.
   std::map<std::pair<ReportScope, Key>, session::SessionReport> last_reports;
@@ -179,7 +205,7 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     if (steady::now() - started >= opts.lease_duration) return true;
     auto known = dir.replicas();
     cg::MutexLock lk(mu);
-    if (peers.size() < opts.expected_peers) return false;
+    if (!peers_known || peers.size() < opts.expected_peers) return false;
     for (const auto& p : peers)
       if (!p->removed && (p->replica.empty() || !known.count(p->replica))) return false;
     return true;
@@ -270,22 +296,30 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     return e;
   }
 
-  std::unique_ptr<kube::KubeClient> make_client(const PeerAddress& p) {
+  std::shared_ptr<kube::KubeClient> make_client(const PeerAddress& p) CG_EXCLUDES(mu) {
+    Credentials c;
+    {
+      cg::MutexLock lk(mu);
+      c = creds;
+    }
+    return make_client(p, c);
+  }
+  std::shared_ptr<kube::KubeClient> make_client(const PeerAddress& p, const Credentials& c) {
     kube::KubeConfig kc;
     kc.host = p.host;
     kc.port = std::to_string(p.port);
     kc.server = "https://" + kc.host_header();
     kc.tls_server_name = opts.server_name.empty() ? p.host : opts.server_name;
-    kc.ca_pem = opts.ca_pem;
-    kc.client_cert_pem = opts.cert_pem;
-    kc.client_key_pem = opts.key_pem;
+    kc.ca_pem = c.ca_pem;
+    kc.client_cert_pem = c.cert_pem;
+    kc.client_key_pem = c.key_pem;
     kc.source = "mesh peer " + kc.host_header();
     kube::ClientOptions co;
     co.qps = 0;
     co.max_connections = 256;
     co.max_idle = 32;
     co.user_agent = "cluster-gateway-mesh/" + opts.replica_id;
-    return std::make_unique<kube::KubeClient>(ioc, std::move(kc), co);
+    return std::make_shared<kube::KubeClient>(ioc, std::move(kc), co);
   }
 
   // ---- the tick: publish, expire, lead --------------------------------------------------------------
@@ -406,8 +440,10 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
         std::min<Duration>(opts.lease_duration / 2, std::chrono::seconds(5)));
     const UpdateKind kind = u.kind;
     const uint64_t seq = u.seq;
-    p->client->request(std::move(req), [self = shared_from_this(), p, kind, seq](kube::Response r) {
-      self->timer.post([self, p, kind, seq, r = std::move(r)] { self->sent(p, kind, seq, r); });
+    auto c = client_of(*p);
+    c->request(std::move(req), [self = shared_from_this(), p, kind, seq, c](kube::Response r) mutable {
+      // The client copy is released on the strand, not inside its own callback.
+      self->timer.post([self, p, kind, seq, r = std::move(r), c = std::move(c)] { self->sent(p, kind, seq, r); });
     });
   }
 
@@ -466,10 +502,13 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
 
   void lead(steady::time_point now) {
     bool next;
+    // Holding the writer Lease is not enough: a replica that just started writes only once it knows
+    // every peer's agents (else its first writes say "disconnected" for agents held elsewhere).
+    const bool synced = opts.static_leadership || synced_now();
     {
       cg::MutexLock lk(mu);
       if (!opts.static_leadership) {
-        next = lease_leading;
+        next = lease_leading && synced;
       } else {
         auto reps = dir.replicas();
         const bool heard_all = reps.size() >= opts.expected_peers;
@@ -549,11 +588,13 @@ void Mesh::stop(std::chrono::steady_clock::time_point deadline) {
     req.body = encode(u);
     req.timeout = std::chrono::milliseconds(
         std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - steady::now()).count()));
+    auto c = m.client_of(*p);
+    if (!c) continue;
     {
       cg::MutexLock lk(wait->mu);
       ++wait->left;
     }
-    p->client->request(std::move(req), [wait](const kube::Response&) {
+    c->request(std::move(req), [wait](const kube::Response&) {
       cg::MutexLock lk(wait->mu);
       --wait->left;
       wait->cv.notify_all();
@@ -564,14 +605,14 @@ void Mesh::stop(std::chrono::steady_clock::time_point deadline) {
     wait->cv.wait_until(lk, deadline, [&]() CG_REQUIRES(wait->mu) { return wait->left == 0; });
   }
   for (const auto& p : ps)
-    if (p->client) p->client->shutdown();
+    if (auto c = m.client_of(*p)) c->shutdown();
 }
 
 void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
   auto& m = *impl_;
   // Clients for new addresses are made first (outside the lock), so that a peer is never seen
   // without one.
-  std::map<std::pair<std::string, uint16_t>, std::unique_ptr<kube::KubeClient>> clients;
+  std::map<std::pair<std::string, uint16_t>, std::shared_ptr<kube::KubeClient>> clients;
   {
     std::set<std::pair<std::string, uint16_t>> have;
     {
@@ -618,6 +659,7 @@ void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
     }
     for (const auto& p : m.peers)
       if (std::find(next.begin(), next.end(), p) == next.end()) removed.push_back(p);
+    m.peers_known = true;
     for (const auto& p : added) names[p.get()] = p->replica;
     for (const auto& p : removed) names[p.get()] = p->replica;
     m.peers = std::move(next);
@@ -630,9 +672,15 @@ void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
                                   {"replica", m.opts.replica_id}});
   for (const auto& p : removed) {
     // Marked on the strand (the tick reads it there); the client ends after what is in flight.
-    m.timer.post([p] {
+    // Requests already forwarded to it finish (each holds the client; a replica that left the
+    // Service's ready endpoints is draining and still answers them); the client ends after the last.
+    m.timer.post([p, self = m.shared_from_this()] {
       p->removed = true;
-      p->client->shutdown();
+      std::shared_ptr<kube::KubeClient> c;
+      {
+        cg::MutexLock lk(self->mu);
+        c = std::move(p->client);
+      }
     });
     log::info("mesh peer removed", {{"peer", p->addr.host + ":" + std::to_string(p->addr.port)},
                                     {"peerReplica", names[p.get()]},
@@ -716,10 +764,14 @@ std::optional<std::string> Mesh::pick_peer(const std::string& plane_type, const 
 void Mesh::forward(const std::string& replica, ForwardRequest req, std::function<void(ForwardReply)> done) {
   auto& m = *impl_;
   std::shared_ptr<Peer> peer;
+  std::shared_ptr<kube::KubeClient> client;
   {
     cg::MutexLock lk(m.mu);
     for (const auto& p : m.peers)
-      if (!p->removed && p->replica == replica && p->client) peer = p;
+      if (!p->removed && p->replica == replica && p->client) {
+        peer = p;
+        client = p->client;
+      }
   }
   if (!peer) {
     ForwardReply r;
@@ -736,16 +788,20 @@ void Mesh::forward(const std::string& replica, ForwardRequest req, std::function
   kr.headers.emplace_back(kEntryPodHeader, m.opts.replica_id);
   kr.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(req.timeout);
   peer->forwarding->fetch_add(1);
-  peer->client->request(std::move(kr), [counter = peer->forwarding, replica, done = std::move(done)](kube::Response r) {
-    counter->fetch_sub(1);
-    ForwardReply out;
-    out.status = r.status;
-    out.headers = std::move(r.headers);
-    out.body = std::move(r.body);
-    out.error = std::move(r.error);
-    out.replica = replica;
-    done(std::move(out));
-  });
+  client->request(std::move(kr),
+                  [counter = peer->forwarding, replica, done = std::move(done), keep = client](kube::Response r) mutable {
+                    counter->fetch_sub(1);
+                    // A client replaced by a certificate reload ends with its last request; not inside its callback.
+                    auto& io = keep->io_context();
+                    boost::asio::post(io, [keep = std::move(keep)] {});
+                    ForwardReply out;
+                    out.status = r.status;
+                    out.headers = std::move(r.headers);
+                    out.body = std::move(r.body);
+                    out.error = std::move(r.error);
+                    out.replica = replica;
+                    done(std::move(out));
+                  });
 }
 
 std::optional<Mesh::Route> Mesh::route_to(const std::string& replica) const {
@@ -757,18 +813,50 @@ std::optional<Mesh::Route> Mesh::route_to(const std::string& replica) const {
   return std::nullopt;
 }
 
+namespace {
+std::shared_ptr<boost::asio::ssl::context> make_client_tls(const Credentials& c) {
+  namespace ssl = boost::asio::ssl;
+  auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
+  ctx->set_options(ssl::context::no_sslv2 | ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  ctx->add_certificate_authority(boost::asio::buffer(c.ca_pem));
+  ctx->use_certificate_chain(boost::asio::buffer(c.cert_pem));
+  ctx->use_private_key(boost::asio::buffer(c.key_pem), ssl::context::pem);
+  return ctx;
+}
+}  // namespace
+
 std::shared_ptr<boost::asio::ssl::context> Mesh::client_tls() const {
   auto& m = *impl_;
-  std::call_once(m.tls_once, [&m] {
-    namespace ssl = boost::asio::ssl;
-    auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
-    ctx->set_options(ssl::context::no_sslv2 | ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-    ctx->add_certificate_authority(boost::asio::buffer(m.opts.ca_pem));
-    ctx->use_certificate_chain(boost::asio::buffer(m.opts.cert_pem));
-    ctx->use_private_key(boost::asio::buffer(m.opts.key_pem), ssl::context::pem);
-    m.tls = ctx;
-  });
+  cg::MutexLock lk(m.mu);
+  if (!m.tls) m.tls = make_client_tls(m.creds);
   return m.tls;
+}
+
+void Mesh::set_credentials(Credentials c) {
+  auto& m = *impl_;
+  auto ctx = make_client_tls(c);  // throws on bad material: nothing changes
+  std::vector<std::shared_ptr<Peer>> ps;
+  {
+    cg::MutexLock lk(m.mu);
+    if (m.stopping) return;
+    ps = m.peers;
+  }
+  // New clients for every peer (outside the lock), then swapped in: requests already sent finish on
+  // the old ones (each holds its client), new requests and connections use the new material.
+  std::vector<std::pair<std::shared_ptr<Peer>, std::shared_ptr<kube::KubeClient>>> fresh;
+  for (const auto& p : ps) fresh.emplace_back(p, m.make_client(p->addr, c));
+  std::vector<std::shared_ptr<kube::KubeClient>> old;
+  {
+    cg::MutexLock lk(m.mu);
+    m.creds = std::move(c);
+    m.tls = ctx;
+    for (auto& [p, client] : fresh) {
+      old.push_back(std::move(p->client));
+      p->client = std::move(client);
+    }
+  }
+  // Dropped on the strand: each ends (closing its idle connections) when its last request is answered.
+  m.timer.post([old = std::move(old)] {});
 }
 
 bool Mesh::responsive(const std::string& replica, std::chrono::steady_clock::time_point since) const {
@@ -778,6 +866,8 @@ bool Mesh::responsive(const std::string& replica, std::chrono::steady_clock::tim
 }
 
 bool Mesh::synced() const { return impl_->synced_now(); }
+
+bool Mesh::just_started() const { return steady::now() - impl_->started < impl_->opts.shed_close_after + impl_->opts.move_grace; }
 
 std::vector<std::string> Mesh::peer_replicas() const {
   auto& m = *impl_;

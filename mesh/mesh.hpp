@@ -50,6 +50,13 @@ struct PeerAddress {
 // "host:port,host:port" ([v6]:port allowed); throws std::invalid_argument naming the bad entry.
 std::vector<PeerAddress> parse_peers(const std::string& list);
 
+// The mesh CA (verifies peers) and this replica's certificate chain and key, all PEM.
+struct Credentials {
+  std::string ca_pem;
+  std::string cert_pem;
+  std::string key_pem;
+};
+
 struct MeshOptions {
   std::string replica_id;
   std::string ca_pem;  // verifies peers
@@ -156,11 +163,21 @@ class Mesh {
   std::optional<Route> route_to(const std::string& replica) const;
   // TLS client context for those connections: the mesh CA, this replica's peer certificate.
   std::shared_ptr<boost::asio::ssl::context> client_tls() const;
+  // A renewed mesh certificate (or CA): new connections to peers use it, requests already sent
+  // finish on their connections. Throws (and changes nothing) when the material does not load. Any
+  // thread.
+  void set_credentials(Credentials c);
 
   // Whether this replica knows where the agents are: every peer's directory has arrived (or one
   // lease duration passed since start). Until then a request that finds no agent waits, and /ready
   // says not ready.
   bool synced() const;
+  // Within shed_close_after + move_grace of this replica's start: agents a replica drained before
+  // this one started (a rolling restart) may still be on their way, and this replica never saw the
+  // reports that counted them. A request finding no agent then waits for one (as for an agent known
+  // to be moving) instead of failing at once, and the summing registry reports every CR moving until
+  // then (a status writer that just started holds disconnected writes).
+  bool just_started() const;
 
   // Whether the replica's updates still arrive (a heartbeat is due every 250 ms): false once none came
   // for `silent_after` (800 ms) counted from `since` or from the last update, whichever is later. A

@@ -13,11 +13,14 @@
   * a frozen replica (a cut link): a request forwarded to it gets 502 within seconds, not its timeout;
   * the rebalancer brings a restarted replica back to its share of the agents;
   * a rolling restart of all three (SIGTERM, wait, start again) under 200 proxied GETs per second
-    through a balancer in front of the internal ports: every request answered 200.
+    through a balancer in front of the internal ports: every request answered 200;
+  * a mesh certificate and CA renewed on disk (cert-manager's role) is reloaded by the running
+    replicas: a replica restarted with only the new CA and certificate links up with them both ways.
 
 Real binaries, real TLS (dev PKI: mesh CA and peer certificate), real HTTP."""
 import asyncio
 import http.client
+import shutil
 import json
 import os
 import signal
@@ -51,6 +54,15 @@ class ReplicasTest(MeshReplicas, unittest.TestCase):
         self.pki, self.planes_dir, _ = dev_pki_and_planes(
             ROOT, d, [(f"wp{i}", f"mesh-{i}") for i in range(PLANES)], "ClusterWorkflowPlane")
         self.status_dir = os.path.join(self.planes_dir, "status")
+        # Each replica reads its mesh CA, certificate and key from its own directory (a pod's mounted
+        # Secret), so that a renewal can reach some replicas before others.
+        self.mesh_dirs = []
+        for i in range(REPLICAS):
+            md = os.path.join(d, f"mesh-{i}")
+            os.makedirs(md)
+            for src, dst in (("mesh-ca.crt", "ca.crt"), ("mesh.crt", "tls.crt"), ("mesh.key", "tls.key")):
+                shutil.copy(os.path.join(self.pki, src), os.path.join(md, dst))
+            self.mesh_dirs.append(md)
         ports = free_ports(REPLICAS * 3)
         self.agent_ports, self.mesh_ports = ports[:REPLICAS], ports[REPLICAS:2 * REPLICAS]
         self.internal_ports = ports[2 * REPLICAS:]
@@ -80,18 +92,21 @@ class ReplicasTest(MeshReplicas, unittest.TestCase):
                "--internal-client-ca-cert", os.path.join(pki, "internal-ca.crt"), "--startup-grace", "0s",
                "--status-heartbeat-interval", "2s", "--shutdown-timeout", "10s",
                "--mesh=true", "--mesh-port", str(self.mesh_ports[i]), "--mesh-peers", peers,
-               "--replica-id", f"gw-{i}", "--mesh-ca-cert", os.path.join(pki, "mesh-ca.crt"),
-               "--mesh-cert", os.path.join(pki, "mesh.crt"), "--mesh-key", os.path.join(pki, "mesh.key"),
+               "--replica-id", f"gw-{i}", "--mesh-ca-cert", os.path.join(self.mesh_dirs[i], "ca.crt"),
+               "--mesh-cert", os.path.join(self.mesh_dirs[i], "tls.crt"),
+               "--mesh-key", os.path.join(self.mesh_dirs[i], "tls.key"),
                "--mesh-lease-duration", f"{LEASE:g}s"]
         log = LogLines()
         proc, started = start_gateway(cmd, log=log)
         self.procs[i], self.logs[i], self.internal[i] = proc, log, started["internalPort"]
 
-    def start_agents(self, count, port=None):
+    def start_agents(self, count, port=None, plane=None):
+        """`count` agents over the planes mesh-0.. (or all on mesh-<plane>), through the balancer or to `port`."""
         pki = self.pki
+        planes = ["--plane-id", f"mesh-{plane}"] if plane is not None else ["--plane-id", "mesh", "--plane-spread",
+                                                                               str(PLANES)]
         p = subprocess.Popen([SIM, "--server-url", f"wss://localhost:{port or self.balancer.port}/ws",
-                              "--plane-type", "workflowplane", "--plane-id", "mesh", "--plane-spread", str(PLANES),
-                              "--count", str(count), "--client-cert", os.path.join(pki, "agent-a.crt"),
+                              "--plane-type", "workflowplane", *planes, "--count", str(count), "--client-cert", os.path.join(pki, "agent-a.crt"),
                               "--client-key", os.path.join(pki, "agent-a.key"),
                               "--server-ca", os.path.join(pki, "gateway-ca.crt"), "--reconnect-delay", "500ms"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -165,6 +180,56 @@ class ReplicasTest(MeshReplicas, unittest.TestCase):
         self.assertEqual(json.loads(r3.read()), {"success": True, "disconnectedAgents": 1})
         c3.close()
         self.assertTrue(self.logs[0].wait("agent disconnected", since=mark, planeID="mesh-3"))
+
+    def write_mesh_files(self, i, pki_dirs_for_ca, cert_pki):
+        """Replica i's mounted mesh files: the CA file the bundle of the mesh CAs of `pki_dirs_for_ca`,
+        the certificate and key those of `cert_pki`; each file replaced at once (rename), key first."""
+        def read(path):
+            with open(path, "rb") as f:
+                return f.read()
+        md = self.mesh_dirs[i]
+        ca = b"".join(read(os.path.join(p, "mesh-ca.crt")) for p in pki_dirs_for_ca)
+        for name, data in (("tls.key", read(os.path.join(cert_pki, "mesh.key"))),
+                           ("tls.crt", read(os.path.join(cert_pki, "mesh.crt"))), ("ca.crt", ca)):
+            tmp = os.path.join(md, "." + name)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, os.path.join(md, name))
+
+    def test_a_renewed_mesh_certificate_and_ca_are_reloaded(self):
+        """cert-manager renews the mesh CA and the peer certificate: replicas 0 and 1 get, on disk, a CA
+        bundle of the old and the new CA and a certificate of the new CA, and reload them (log and
+        metric); replica 2 is then restarted with ONLY the new CA and certificate. Its links to 0 and 1
+        come up both ways, which needs 0 and 1's mesh listeners to trust the new CA and their peer
+        clients to present the new certificate on new connections (without the reload, 2 refuses
+        theirs and they refuse its). Requests forwarded 0 → 2 and 2 → 0 are then served."""
+        self.assertTrue(wait_for(lambda: all(len(self.logs[i].find("mesh peer link up")) >= REPLICAS - 1
+                                             for i in range(REPLICAS)), 15), "peer links did not come up")
+        new_pki = os.path.join(self.tmp.name, "pki-renewed")
+        subprocess.run([os.path.join(ROOT, "scripts", "dev-pki"), new_pki], check=True, stdout=subprocess.DEVNULL)
+        marks = {i: self.logs[i].mark() for i in (0, 1)}
+        for i in (0, 1):
+            self.write_mesh_files(i, [self.pki, new_pki], new_pki)
+        for i in (0, 1):
+            self.assertTrue(self.logs[i].wait("TLS certificates reloaded", since=marks[i], timeout=15),
+                            f"gw-{i} did not reload its mesh files")
+        # Replica 2: only the new material.
+        self.procs[2].send_signal(signal.SIGTERM)
+        self.assertEqual(self.procs[2].wait(timeout=30), 0)
+        self.write_mesh_files(2, [new_pki], new_pki)
+        self.start_replica(2)
+        self.assertTrue(wait_for(lambda: len(self.logs[2].find("mesh peer link up")) >= REPLICAS - 1, 15),
+                        "the restarted replica's links (new CA and certificate only) did not come up")
+        self.start_agents(1, port=self.agent_ports[2], plane=2)
+        self.start_agents(1, port=self.agent_ports[0], plane=0)
+        self.assertTrue(wait_for(lambda: self.local_sessions(2) == 1 and self.local_sessions(0) == 1, 20))
+        for entry, plane, served in ((0, 2, "gw-2"), (2, 0, "gw-0"), (1, 2, "gw-2")):
+            self.assertTrue(wait_for(lambda: self.get(entry, pods_path(plane))[0] == 200, 10),
+                            f"a request entering gw-{entry} for mesh-{plane} was not served")
+            status, headers, body = self.get(entry, pods_path(plane))
+            self.assertEqual((status, headers.get("x-cluster-gateway-served-by")), (200, served), body)
+        for i in (0, 1):
+            self.assertFalse(self.logs[i].find("TLS certificate reload failed; the previous certificates stay in use"))
 
     def test_a_frozen_replica_gives_502_instead_of_a_hang(self):
         """A cut link: the replica holding the agent is frozen (SIGSTOP: its sockets stay open, nothing
