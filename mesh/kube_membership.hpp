@@ -11,6 +11,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "mesh/endpoint_slice.hpp"
 #include "mesh/mesh.hpp"
 
 namespace cg::kube {
@@ -19,13 +20,6 @@ class Informer;
 }  // namespace cg::kube
 
 namespace cg::mesh {
-
-// The peers one EndpointSlice lists (pure; hostile objects give no peers, never an exception):
-// endpoints that are not terminating, ready or not (a starting replica waits for its peers'
-// directories before it turns ready, so they must reach it), first address each,
-// on the slice's port named "mesh" (else its only port, else `default_port`); the replica id is
-// targetRef.name for a Pod, else the endpoint's hostname. `self` is left out.
-std::vector<PeerAddress> peers_of_slice(const nlohmann::json& slice, const std::string& self, uint16_t default_port);
 
 class KubeMembership {
  public:

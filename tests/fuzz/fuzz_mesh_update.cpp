@@ -11,7 +11,7 @@
 //     At the end every replica is expired (alive = {}), so that departed reports are read too.
 //   selector bit 0 = 1: an EndpointSlice (JSON).
 //       bits 1-2: `self` ("", "gw-self", "gw-a", "gw-b"); bits 3-4: the default port (8445, 0, 1, 65535).
-// Invariants checked (read off mesh/directory.cpp and mesh/kube_membership.cpp): decode sets an error
+// Invariants checked (read off mesh/directory.cpp and mesh/endpoint_slice.cpp): decode sets an error
 // exactly when it refuses; a decoded update is within the limits; decode(encode(u)) gives u back
 // field by field and encodes to the same bytes (encode is what a publisher sends, so everything decode
 // accepts must survive it); snapshots and byes always apply, a resync changes nothing; the reads agree
@@ -39,31 +39,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "kube/informer.hpp"
 #include "mesh/directory.hpp"
-#include "mesh/kube_membership.hpp"
+#include "mesh/endpoint_slice.hpp"
 #include "tests/fuzz/fuzz_util.hpp"
 
 using namespace cg;
 using namespace cg::mesh;
 using nlohmann::json;
-
-// mesh/kube_membership.cpp holds both peers_of_slice (pure) and KubeMembership, whose informer
-// (kube/informer.cpp) drags in the Kubernetes client (kube/client.cpp, kube/config.cpp, Beast and TLS
-// I/O) that cg_fuzz_core leaves out. The target never constructs a KubeMembership: these weak
-// definitions satisfy the linker, abort if ever called, and give way to the real ones if
-// kube/informer.cpp is ever linked. They can go when peers_of_slice has a translation unit of its own.
-namespace cg::kube {
-// NOLINTBEGIN(performance-unnecessary-value-param): the declared signatures
-[[gnu::weak]] std::shared_ptr<Informer> Informer::create(KubeClient&, InformerResource, InformerOptions, InformerCallbacks,
-                                                         std::shared_ptr<Inflight>) {
-  std::abort();
-}
-[[gnu::weak]] void Informer::start() { std::abort(); }
-[[gnu::weak]] void Informer::stop() { std::abort(); }
-[[gnu::weak]] bool Inflight::wait_zero(std::chrono::milliseconds) { std::abort(); }
-// NOLINTEND(performance-unnecessary-value-param)
-}  // namespace cg::kube
 
 namespace {
 constexpr size_t kMaxLines = 16;
