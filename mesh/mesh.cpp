@@ -844,6 +844,7 @@ void Mesh::set_credentials(Credentials c) {
   // New clients for every peer (outside the lock), then swapped in: requests already sent finish on
   // the old ones (each holds its client), new requests and connections use the new material.
   std::vector<std::pair<std::shared_ptr<Peer>, std::shared_ptr<kube::KubeClient>>> fresh;
+  fresh.reserve(ps.size());
   for (const auto& p : ps) fresh.emplace_back(p, m.make_client(p->addr, c));
   std::vector<std::shared_ptr<kube::KubeClient>> old;
   {
