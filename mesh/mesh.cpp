@@ -441,9 +441,16 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     const UpdateKind kind = u.kind;
     const uint64_t seq = u.seq;
     auto c = client_of(*p);
-    c->request(std::move(req), [self = shared_from_this(), p, kind, seq, c](kube::Response r) mutable {
-      // The client copy is released on the strand, not inside its own callback.
-      self->timer.post([self, p, kind, seq, r = std::move(r), c = std::move(c)] { self->sent(p, kind, seq, r); });
+    // The callback holds the mesh weakly: an update still pending when the process stops must not
+    // keep the mesh (and its control-strand timer) alive into the I/O context's destruction.
+    c->request(std::move(req), [w = weak_from_this(), p, kind, seq, c](kube::Response r) mutable {
+      // The client copy is released on a strand, not inside its own callback.
+      if (auto self = w.lock()) {
+        self->timer.post([self, p, kind, seq, r = std::move(r), c = std::move(c)] { self->sent(p, kind, seq, r); });
+      } else {
+        auto& io = c->io_context();
+        boost::asio::post(io, [c = std::move(c)] {});
+      }
     });
   }
 
@@ -674,8 +681,10 @@ void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
     // Marked on the strand (the tick reads it there); the client ends after what is in flight.
     // Requests already forwarded to it finish (each holds the client; a replica that left the
     // Service's ready endpoints is draining and still answers them); the client ends after the last.
-    m.timer.post([p, self = m.shared_from_this()] {
+    m.timer.post([p, w = m.weak_from_this()] {
       p->removed = true;
+      auto self = w.lock();
+      if (!self) return;
       std::shared_ptr<kube::KubeClient> c;
       {
         cg::MutexLock lk(self->mu);

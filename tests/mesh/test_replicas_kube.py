@@ -260,16 +260,21 @@ class KubeReplicasTest(MeshReplicas, unittest.TestCase):
         return sorted((ev["time"], name, ev["msg"]) for name, log in self.all_logs for ev in log.find()
                       if ev.get("msg") in ("this replica writes status now", "this replica no longer writes status"))
 
-    # -- the tests -------------------------------------------------------------------------------
-
-    def test_kube_membership_leases_writer_and_a_killed_writer(self):
-        t0 = time.monotonic()
-        # 1. Peers from the EndpointSlices: every replica's links to the two others are up.
+    def wait_links_up(self):
+        """Every replica's links to the others are up (its log says so for each peer)."""
         for i in range(REPLICAS):
             for j in range(REPLICAS):
                 if j != i:
                     self.assertTrue(self.logs[i].wait("mesh peer link up", peerReplica=f"gw-{j}", timeout=15),
                                     f"gw-{i}: no link up to gw-{j}")
+
+    # -- the tests -------------------------------------------------------------------------------
+
+    def test_kube_membership_leases_writer_and_a_killed_writer(self):
+        t0 = time.monotonic()
+        # 1. Peers from the EndpointSlices: every replica's links to the two others are up.
+        self.wait_links_up()
+        for i in range(REPLICAS):
             self.assertTrue(self.logs[i].find("mesh peers from EndpointSlices", peers=REPLICAS - 1))
         # Three replica Leases, each held by its replica, and one writer Lease held by one of them.
         self.assertTrue(wait_for(lambda: len(self.replica_leases()) == REPLICAS, 10), self.replica_leases())
@@ -394,11 +399,7 @@ class KubeReplicasTest(MeshReplicas, unittest.TestCase):
         ready again and it is back in both Services. The next replica goes once the others' links to
         the new one are up."""
         t0 = time.monotonic()
-        for i in range(REPLICAS):
-            for j in range(REPLICAS):
-                if j != i:
-                    self.assertTrue(self.logs[i].wait("mesh peer link up", peerReplica=f"gw-{j}", timeout=15),
-                                    f"gw-{i}: no link up to gw-{j}")
+        self.wait_links_up()
         self.sims.append(AgentSim(self.pki, self.balancer.port, "mesh", count=PLANES, spread=PLANES,
                                   log=os.path.join(self.tmp, "agent-sim.log")))
         self.assertTrue(wait_for(lambda: [self.local_sessions(i) for i in range(REPLICAS)] ==
