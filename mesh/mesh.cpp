@@ -90,6 +90,7 @@ struct Peer {
   // Under Impl::mu (replaced when the mesh certificate is reloaded); every request holds a copy, so a
   // replaced client ends when its last request has been answered.
   std::shared_ptr<kube::KubeClient> client;
+  uint64_t client_gen = 0;  // Impl::creds_gen the client was made with; under Impl::mu
   std::string replica;  // from its answers (or Kubernetes); under Impl::mu
   LinkState state = LinkState::connecting;
   bool in_flight = false;
@@ -188,6 +189,7 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   // and the client TLS context made from them (client_tls(); made on first use).
   Credentials creds CG_GUARDED_BY(mu){opts.ca_pem, opts.cert_pem, opts.key_pem};
   std::shared_ptr<boost::asio::ssl::context> tls CG_GUARDED_BY(mu);
+  uint64_t creds_gen CG_GUARDED_BY(mu) = 0;  // +1 per set_credentials
 
   std::shared_ptr<kube::KubeClient> client_of(const Peer& p) const CG_EXCLUDES(mu) {
     cg::MutexLock lk(mu);
@@ -296,13 +298,58 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     return e;
   }
 
-  std::shared_ptr<kube::KubeClient> make_client(const PeerAddress& p) CG_EXCLUDES(mu) {
+  // A client with the current credentials, and their generation.
+  std::pair<std::shared_ptr<kube::KubeClient>, uint64_t> make_client(const PeerAddress& p) CG_EXCLUDES(mu) {
     Credentials c;
+    uint64_t gen = 0;
     {
       cg::MutexLock lk(mu);
       c = creds;
+      gen = creds_gen;
     }
-    return make_client(p, c);
+    return {make_client(p, c), gen};
+  }
+
+  // Peers whose client was made with older credentials (a reload, or a peer added while one ran)
+  // get a new one; requests already sent finish on the old one (each holds it), which then ends.
+  void refresh_stale_clients() CG_EXCLUDES(mu) {
+    for (;;) {
+      std::vector<std::shared_ptr<Peer>> stale;
+      Credentials c;
+      uint64_t gen = 0;
+      {
+        cg::MutexLock lk(mu);
+        if (stopping) return;
+        for (const auto& p : peers)
+          if (!p->removed && p->client && p->client_gen != creds_gen) stale.push_back(p);
+        if (stale.empty()) return;
+        c = creds;
+        gen = creds_gen;
+      }
+      std::vector<std::pair<std::shared_ptr<Peer>, std::shared_ptr<kube::KubeClient>>> fresh;
+      fresh.reserve(stale.size());
+      for (const auto& p : stale) {
+        try {
+          fresh.emplace_back(p, make_client(p->addr, c));
+        } catch (const std::exception& e) {
+          log::error("mesh peer keeps its previous certificate: TLS setup failed",
+                     {{"peer", p->addr.host + ":" + std::to_string(p->addr.port)}, {"reason", e.what()}});
+          return;
+        }
+      }
+      std::vector<std::shared_ptr<kube::KubeClient>> old;
+      {
+        cg::MutexLock lk(mu);
+        for (auto& [p, client] : fresh) {
+          if (p->removed || !p->client || p->client_gen >= gen) continue;
+          old.push_back(std::move(p->client));
+          p->client = std::move(client);
+          p->client_gen = gen;
+        }
+      }
+      // Dropped on the strand: each ends (closing its idle connections) after its last request.
+      timer.post([old = std::move(old)] {});
+    }
   }
   std::shared_ptr<kube::KubeClient> make_client(const PeerAddress& p, const Credentials& c) {
     kube::KubeConfig kc;
@@ -619,7 +666,7 @@ void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
   auto& m = *impl_;
   // Clients for new addresses are made first (outside the lock), so that a peer is never seen
   // without one.
-  std::map<std::pair<std::string, uint16_t>, std::shared_ptr<kube::KubeClient>> clients;
+  std::map<std::pair<std::string, uint16_t>, std::pair<std::shared_ptr<kube::KubeClient>, uint64_t>> clients;
   {
     std::set<std::pair<std::string, uint16_t>> have;
     {
@@ -638,6 +685,7 @@ void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
     }
   }
   std::vector<std::shared_ptr<Peer>> removed;
+  bool stale = false;  // a client made before a concurrent set_credentials
   std::vector<std::shared_ptr<Peer>> added;
   std::map<const Peer*, std::string> names;  // for the logs below
   {
@@ -656,11 +704,13 @@ void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
         continue;
       }
       auto c = clients.find({a.host, a.port});
-      if (c == clients.end() || !c->second) continue;
+      if (c == clients.end() || !c->second.first) continue;
       found = std::make_shared<Peer>();
       found->addr = a;
       found->replica = a.replica;
-      found->client = std::move(c->second);
+      found->client = std::move(c->second.first);
+      found->client_gen = c->second.second;
+      stale = stale || found->client_gen != m.creds_gen;
       added.push_back(found);
       next.push_back(found);
     }
@@ -672,7 +722,8 @@ void Mesh::set_peers(const std::vector<PeerAddress>& peers) {
     m.peers = std::move(next);
   }
   for (auto& [_, c] : clients)
-    if (c) c->shutdown();  // made for an address another call added meanwhile
+    if (c.first) c.first->shutdown();  // made for an address another call added meanwhile
+  if (stale) m.refresh_stale_clients();
   for (const auto& p : added)
     log::info("mesh peer added", {{"peer", p->addr.host + ":" + std::to_string(p->addr.port)},
                                   {"peerReplica", names[p.get()]},
@@ -844,29 +895,14 @@ std::shared_ptr<boost::asio::ssl::context> Mesh::client_tls() const {
 void Mesh::set_credentials(Credentials c) {
   auto& m = *impl_;
   auto ctx = make_client_tls(c);  // throws on bad material: nothing changes
-  std::vector<std::shared_ptr<Peer>> ps;
   {
     cg::MutexLock lk(m.mu);
     if (m.stopping) return;
-    ps = m.peers;
-  }
-  // New clients for every peer (outside the lock), then swapped in: requests already sent finish on
-  // the old ones (each holds its client), new requests and connections use the new material.
-  std::vector<std::pair<std::shared_ptr<Peer>, std::shared_ptr<kube::KubeClient>>> fresh;
-  fresh.reserve(ps.size());
-  for (const auto& p : ps) fresh.emplace_back(p, m.make_client(p->addr, c));
-  std::vector<std::shared_ptr<kube::KubeClient>> old;
-  {
-    cg::MutexLock lk(m.mu);
     m.creds = std::move(c);
     m.tls = ctx;
-    for (auto& [p, client] : fresh) {
-      old.push_back(std::move(p->client));
-      p->client = std::move(client);
-    }
+    ++m.creds_gen;
   }
-  // Dropped on the strand: each ends (closing its idle connections) when its last request is answered.
-  m.timer.post([old = std::move(old)] {});
+  m.refresh_stale_clients();
 }
 
 bool Mesh::responsive(const std::string& replica, std::chrono::steady_clock::time_point since) const {
