@@ -259,9 +259,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
     io_.agent_done();
     auto reply = std::move(*reply_);
     reply_.reset();
-    const bool repeatable = method_ == "GET" || method_ == "HEAD" || method_ == "OPTIONS";
-    if ((deps_->mesh || deps_->mesh_receive) && reply.outcome == session::TunnelReply::Outcome::connection_closed && repeatable &&
-        !resent_) {
+    if ((deps_->mesh || deps_->mesh_receive) && reply.outcome == session::TunnelReply::Outcome::connection_closed &&
+        safe_method() && !resent_) {
       // Several replicas: the agent left (GOAWAY of a drain or of the rebalancer) with this request
       // unanswered. A safe method is sent again, once, wherever the agent is now.
       resent_ = true;
@@ -364,7 +363,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     }
     fr.body = req.body();
     fr.timeout = deps_->request_timeout + std::chrono::seconds(5);  // the serving replica answers 504 first
-    const bool repeatable = method_ == "GET" || method_ == "HEAD" || method_ == "OPTIONS";
+    const bool repeatable = safe_method();
     std::set<std::string> tried;
     for (;;) {
       tried.insert(replica);
@@ -612,6 +611,9 @@ class Conn : public std::enable_shared_from_this<Conn> {
   uint64_t fwd_attempt_ = 0;  // the forwarding attempt whose answer is awaited
   bool counted_ = true;  // counted in deps_->active (accepted, or a request being served)
   bool resent_ = false;  // this request was sent again after its agent left (local_proxy)
+  // GET, HEAD and OPTIONS change nothing: such a request may be sent again (to another replica, or
+  // after its agent left before answering).
+  bool safe_method() const { return method_ == "GET" || method_ == "HEAD" || method_ == "OPTIONS"; }
   std::chrono::steady_clock::time_point started_{};
 };
 
