@@ -110,12 +110,10 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
         local(l),
         opts(std::move(o)),
         instance(random_hex(8)),
-        summing(local, dir,
-                [this](ReportScope scope, const std::string& type, const std::string& key) {
-                  auto m = moving_until(scope, type, key);
-                  if (auto g = start_grace()) m = m ? std::max(*m, *g) : g;
-                  return m;
-                }),
+        summing(
+            local, dir,
+            [this](ReportScope scope, const std::string& type, const std::string& key) { return moving_until(scope, type, key); },
+            opts.shed_close_after + opts.move_grace),
         timer(control) {}
 
   boost::asio::io_context& ioc;
@@ -126,18 +124,6 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   SummingRegistry summing;
   ControlTimer timer;
   steady::time_point started = steady::now();
-  const SysTime started_wall = std::chrono::system_clock::now();
-
-  // For shed_close_after + move_grace after this replica starts, every CR counts as possibly moving
-  // in the view its status writer reads: agents a replica drained before this one started (its own
-  // previous instance, in a rolling restart) may still be on their way, and the reports that said so
-  // died with that replica. A writer that just started therefore holds connected → disconnected
-  // writes until then (a CR whose agent does not come back is written disconnected at that time).
-  std::optional<SysTime> start_grace() const {
-    const auto window = opts.shed_close_after + opts.move_grace;
-    if (steady::now() - started >= window) return std::nullopt;
-    return started_wall + std::chrono::duration_cast<SysTime::duration>(window);
-  }
 
   mutable cg::Mutex mu;  // guards what is below; never held while calling the registry, the directory or a client
   std::vector<std::shared_ptr<Peer>> peers CG_GUARDED_BY(mu);

@@ -175,8 +175,8 @@ class Mesh {
   // Within shed_close_after + move_grace of this replica's start: agents a replica drained before
   // this one started (a rolling restart) may still be on their way, and this replica never saw the
   // reports that counted them. A request finding no agent then waits for one (as for an agent known
-  // to be moving) instead of failing at once, and the summing registry reports every CR moving until
-  // then (a status writer that just started holds disconnected writes).
+  // to be moving) instead of failing at once; and the summing registry holds the disconnected write of
+  // a CR it has seen nothing of since the start (hold_unseen_since_start).
   bool just_started() const;
 
   // Whether the replica's updates still arrive (a heartbeat is due every 250 ms): false once none came

@@ -4,18 +4,33 @@
 
 namespace cg::mesh {
 
+void hold_unseen_since_start(session::SessionReport& r, SysTime started, SysTime until) {
+  const bool seen =
+      r.connected_agents > 0 || (r.last_rise && *r.last_rise >= started) || (r.last_zero && *r.last_zero >= started);
+  if (seen) return;
+  r.moving_until = r.moving_until ? std::max(*r.moving_until, until) : until;
+}
+
+session::SessionReport SummingRegistry::held(session::SessionReport r) const {
+  if (start_window_ > Duration::zero()) {
+    const auto until = started_ + std::chrono::duration_cast<SysTime::duration>(start_window_);
+    if (std::chrono::system_clock::now() < until) hold_unseen_since_start(r, started_, until);
+  }
+  return r;
+}
+
 session::SessionReport SummingRegistry::report(const std::string& plane_type, const std::string& cr_key) const {
   auto parts = dir_.reports(plane_type, cr_key, ReportScope::cr);
   parts.push_back(local_.report(plane_type, cr_key));
   if (local_moving_) parts.back().moving_until = local_moving_(ReportScope::cr, plane_type, cr_key);
-  return parts.size() == 1 ? parts.front() : sum_reports(parts);
+  return held(parts.size() == 1 ? parts.front() : sum_reports(parts));
 }
 
 session::SessionReport SummingRegistry::plane_report(const std::string& plane_type, const std::string& plane_id) const {
   auto parts = dir_.reports(plane_type, plane_id, ReportScope::plane);
   parts.push_back(local_.plane_report(plane_type, plane_id));
   if (local_moving_) parts.back().moving_until = local_moving_(ReportScope::plane, plane_type, plane_id);
-  return parts.size() == 1 ? parts.front() : sum_reports(parts);
+  return held(parts.size() == 1 ? parts.front() : sum_reports(parts));
 }
 
 std::shared_ptr<session::AgentHandle> SummingRegistry::pick(const std::string& plane_type, const std::string& plane_id,

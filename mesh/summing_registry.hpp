@@ -11,13 +11,24 @@
 
 namespace cg::mesh {
 
+// A replica that started at `started` holds, until `until`, the connected → disconnected write of a
+// summed report that shows nothing since its start (no agent now, and no rise or fall seen after
+// `started`): agents a replica drained before this one started (its own previous instance, in a
+// rolling restart) may still be on their way, and the reports that said so died with that replica.
+// A report with any evidence since the start (an agent now, or a fall this replica's view saw) is
+// left alone, so a close observed after the start is written as promptly as ever. Pure.
+void hold_unseen_since_start(session::SessionReport& r, SysTime started, SysTime until);
+
 class SummingRegistry final : public session::SessionRegistry {
  public:
   // `local_moving`: until when this replica's agents of a CR (scope cr: auth key; plane: planeID) are
   // moving (MeshOptions; empty: never).
   using Moving = std::function<std::optional<SysTime>(ReportScope, const std::string& plane_type, const std::string& key)>;
-  SummingRegistry(session::SessionRegistry& local, const Directory& dir, Moving local_moving = {})
-      : local_(local), dir_(dir), local_moving_(std::move(local_moving)) {}
+  // `start_window`: for this long after construction, summed CR and plane reports go through
+  // hold_unseen_since_start (zero: never).
+  SummingRegistry(session::SessionRegistry& local, const Directory& dir, Moving local_moving = {},
+                  Duration start_window = Duration::zero())
+      : local_(local), dir_(dir), local_moving_(std::move(local_moving)), start_window_(start_window) {}
 
   bool add(std::shared_ptr<session::AgentHandle> h, std::set<std::string> authorized) override {
     return local_.add(std::move(h), std::move(authorized));
@@ -57,6 +68,9 @@ class SummingRegistry final : public session::SessionRegistry {
   session::SessionRegistry& local_;
   const Directory& dir_;
   Moving local_moving_;
+  const Duration start_window_;
+  const SysTime started_ = std::chrono::system_clock::now();
+  session::SessionReport held(session::SessionReport r) const;
   mutable cg::Mutex mu_;  // a leaf: guards the listener list (listeners are called without it)
   std::vector<std::shared_ptr<Listener>> listeners_ CG_GUARDED_BY(mu_);
 };

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "mesh/directory.hpp"
+#include "mesh/summing_registry.hpp"
 
 using namespace cg;
 using namespace cg::mesh;
@@ -200,4 +201,27 @@ TEST_CASE("a replica that goes silent or says bye leaves routing and the sum, wi
   d.apply(bye, t0, at(8), ch);
   CHECK(d.session_count("gw-4") == 0);
   CHECK(d.replicas().empty());
+}
+
+TEST_CASE("a replica that just started holds only the disconnected writes of CRs it has seen nothing of since") {
+  const SysTime started = at(100), until = at(108);
+  // Nothing since the start: the CR's agent may be on its way from a replica drained before it.
+  auto unseen = rep(0, 10, 50);
+  hold_unseen_since_start(unseen, started, until);
+  REQUIRE(unseen.moving_until);
+  CHECK(*unseen.moving_until == until);
+  auto never = rep(0, std::nullopt, std::nullopt);
+  hold_unseen_since_start(never, started, until);
+  CHECK(never.moving_until == until);
+  // A later movingUntil (the gateway moved the agent) is kept.
+  auto moved = rep(0, 10, 50);
+  moved.moving_until = at(120);
+  hold_unseen_since_start(moved, started, until);
+  CHECK(moved.moving_until == at(120));
+  // Evidence since the start: an agent now, or a rise or a fall seen after the start; a close this
+  // replica saw is written as promptly as ever.
+  for (auto r : {rep(1, 10, std::nullopt), rep(0, 101, 102), rep(0, 10, 103)}) {
+    hold_unseen_since_start(r, started, until);
+    CHECK_FALSE(r.moving_until);
+  }
 }
