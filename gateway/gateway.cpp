@@ -518,12 +518,12 @@ void Gateway::shutdown() {
   while (m.registry->size() > 0 && std::chrono::steady_clock::now() < sessions_deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   if (m.source) m.source->stop();
-  // With peers, the last write is the sum without this replica's agents (they have closed by now, or
-  // are written as disconnected by the next writer once this replica's `bye` is received).
   // With live peers the next writer takes over after this replica's `bye` (or its Lease release) and
-  // writes what its agents became; alone, the last writer writes every CR as it is now.
+  // writes what its agents became. Alone (no replica in the directory), the last writer writes every
+  // CR disconnected, as a single gateway does: its own sessions are going away, whether or not they
+  // have finished closing (holds for moving agents do not apply to a flush).
   const bool peers_live = m.mesh && !m.mesh->directory().replicas().empty();
-  bool flushed = !m.writer || peers_live || m.writer->flush(deadline, /*as_disconnected=*/!m.mesh);
+  bool flushed = !m.writer || peers_live || m.writer->flush(deadline, /*as_disconnected=*/true);
   if (m.writer_lease) m.writer_lease->stop(/*release=*/true);  // the next writer takes over at once
   if (m.membership) m.membership->stop();
   if (m.mesh_api) m.mesh_api->stop();

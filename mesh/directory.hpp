@@ -8,6 +8,7 @@
 // unknown process instance) is refused with `resync`, and the publisher sends a snapshot next.
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <optional>
 #include <set>
@@ -74,7 +75,9 @@ std::string encode(const Update& u);
 // nullopt with `error` set when the body is not a well-formed update within the limits.
 std::optional<Update> decode(std::string_view body, std::string& error);
 
-enum class ApplyResult : uint8_t { applied, resync };
+// departed: the update comes from an instance that already said bye (an update it sent before
+// its bye, overtaken on the other connection); it is dropped, so the replica does not come back.
+enum class ApplyResult : uint8_t { applied, resync, departed };
 
 // What changed for status and routing when updates were applied or replicas dropped.
 struct DirectoryChange {
@@ -145,6 +148,10 @@ class Directory {
   // What departed replicas last said, as count-0 reports (their lastZero: when they were dropped).
   std::map<Key, session::SessionReport> departed_cr_ CG_GUARDED_BY(mu_);
   std::map<Key, session::SessionReport> departed_plane_ CG_GUARDED_BY(mu_);
+  // Replica id → the instance that said bye (at most kMaxSaidBye; the oldest id is forgotten first).
+  std::map<std::string, std::string> said_bye_ CG_GUARDED_BY(mu_);
+  std::deque<std::string> said_bye_order_ CG_GUARDED_BY(mu_);
+  static constexpr size_t kMaxSaidBye = 1024;
 };
 
 }  // namespace cg::mesh

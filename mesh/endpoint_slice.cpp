@@ -12,12 +12,6 @@ const std::string* str(const json& j, const char* k) {
   auto it = j.find(k);
   return it != j.end() && it->is_string() ? &it->get_ref<const std::string&>() : nullptr;
 }
-bool flag(const json& j, const char* k, bool absent) {
-  if (!j.is_object()) return absent;
-  auto it = j.find(k);
-  if (it == j.end() || it->is_null()) return absent;
-  return it->is_boolean() ? it->get<bool>() : absent;
-}
 }  // namespace
 
 std::vector<PeerAddress> peers_of_slice(const json& slice, const std::string& self, uint16_t default_port) {
@@ -40,12 +34,11 @@ std::vector<PeerAddress> peers_of_slice(const json& slice, const std::string& se
   if (eps == slice.end() || !eps->is_array()) return out;
   for (const auto& e : *eps) {
     if (!e.is_object()) continue;
-    const json empty = json::object();
-    auto c = e.find("conditions");
-    const json& cond = c != e.end() && c->is_object() ? *c : empty;
-    // A starting pod (not ready yet) is a peer: it is not ready until it has every peer's directory,
-    // so the peers must send it theirs. A terminating one is not (it drains and says `bye`).
-    if (flag(cond, "terminating", false)) continue;
+    // Every endpoint listed is a peer, whatever its conditions. A starting pod (not ready yet) is not
+    // ready until it has every peer's directory, so the peers must send it theirs. A terminating one
+    // still drains: a request it holds may wait for an agent that moves to another replica, which it
+    // learns only from that replica's updates (it says `bye` when it stops, and leaves the slice when
+    // its Pod is gone). It reports draining once SIGTERM arrives, and is not picked from then on.
     auto addrs = e.find("addresses");
     if (addrs == e.end() || !addrs->is_array() || addrs->empty() || !(*addrs)[0].is_string()) continue;
     PeerAddress p;

@@ -12,8 +12,9 @@
 namespace cg::mesh {
 
 // The peers one EndpointSlice lists (pure; hostile objects give no peers, never an exception):
-// endpoints that are not terminating, ready or not (a starting replica waits for its peers'
-// directories before it turns ready, so they must reach it), first address each,
+// every endpoint, ready, not ready or terminating (a starting replica waits for its peers'
+// directories before it turns ready, and a terminating one still drains requests that may wait for an
+// agent moving to another replica, so both must get the directories), first address each,
 // on the slice's port named "mesh" (else its only port, else `default_port`); the replica id is
 // targetRef.name for a Pod, else the endpoint's hostname. `self` is left out.
 std::vector<PeerAddress> peers_of_slice(const nlohmann::json& slice, const std::string& self, uint16_t default_port);

@@ -1,4 +1,4 @@
-// Kubernetes membership of the mesh: the peers are the endpoints (not terminating) of the headless Service
+// Kubernetes membership of the mesh: the peers are the endpoints (any condition) of the headless Service
 // --mesh-service, from its EndpointSlices (discovery.k8s.io/v1, label kubernetes.io/service-name),
 // listed and watched through kube::Informer. Each endpoint's replica id is its Pod's name
 // (targetRef), which is what every replica uses as --replica-id ($POD_NAME).

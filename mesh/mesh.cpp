@@ -84,6 +84,8 @@ struct Pending {
 };
 
 enum class LinkState : uint8_t { connecting, up, down };
+// Startup sync of a replica (Impl::warmup): waiting for the peers' directories, then synced for good.
+enum class Warmup : uint8_t { waiting, synced };
 
 struct Peer {
   PeerAddress addr;
@@ -97,6 +99,7 @@ struct Peer {
   bool need_snapshot = true;
   std::atomic<bool> removed{false};
   uint64_t seq = 0;  // the last update it applied
+  std::string instance;  // the process that answered last (a restart under the same name changes it)
   Pending pending;
   steady::time_point last_sent{};
   steady::time_point retry_at{};
@@ -139,6 +142,11 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   bool leading CG_GUARDED_BY(mu) = false;
   bool lease_leading CG_GUARDED_BY(mu) = false;
   bool stopping CG_GUARDED_BY(mu) = false;
+  // Startup sync, one way: a replica that just started writes status and reports ready only once it
+  // has every peer's directory (or one lease duration has passed). Once synced it stays synced: a peer
+  // that later leaves or restarts is in transit, not unknown (its agents are held as moving), and
+  // turning every other replica not ready or silent meanwhile would be an outage.
+  Warmup warmup CG_GUARDED_BY(mu) = Warmup::waiting;
   std::optional<std::set<std::string>> alive CG_GUARDED_BY(mu);
   std::map<std::pair<ReportScope, Key>, SysTime> moving CG_GUARDED_BY(mu);  // this replica's agents on their way elsewhere
 
@@ -189,13 +197,16 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   std::deque<Shed> shed_queue;  // GOAWAY next, one per tick
   std::deque<std::pair<std::weak_ptr<session::AgentHandle>, steady::time_point>> shed_waiting;  // close if still open
 
-  bool synced_now() const {
-    if (steady::now() - started >= opts.lease_duration) return true;
+  bool synced_now() {
     auto known = dir.replicas();
     cg::MutexLock lk(mu);
-    if (!peers_known || peers.size() < opts.expected_peers) return false;
-    for (const auto& p : peers)
-      if (!p->removed && (p->replica.empty() || !known.count(p->replica))) return false;
+    if (warmup == Warmup::synced) return true;
+    if (steady::now() - started < opts.lease_duration) {
+      if (!peers_known || peers.size() < opts.expected_peers) return false;
+      for (const auto& p : peers)
+        if (!p->removed && (p->replica.empty() || !known.count(p->replica))) return false;
+    }
+    warmup = Warmup::synced;
     return true;
   }
 
@@ -490,13 +501,21 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   void sent(const std::shared_ptr<Peer>& p, UpdateKind kind, uint64_t seq, const kube::Response& r) {
     p->in_flight = false;
     if (p->removed) return;
-    std::string replica;
+    std::string replica, instance;
     if (r.status > 0) {
       auto j = nlohmann::json::parse(r.body, nullptr, false);
-      if (j.is_object() && j.contains("replica") && j["replica"].is_string() &&
-          j["replica"].get_ref<const std::string&>().size() <= kMaxName)
-        replica = j["replica"].get<std::string>();
+      auto name = [&j](const char* k) {
+        return j.is_object() && j.contains(k) && j[k].is_string() && j[k].get_ref<const std::string&>().size() <= kMaxName
+                   ? j[k].get<std::string>()
+                   : std::string();
+      };
+      replica = name("replica");
+      instance = name("instance");
     }
+    // A peer that restarted under the same name (a Pod recreated, a replica restarted in place) is a
+    // new link: its answers come from another instance.
+    const bool restarted = r.status == 200 && !instance.empty() && !p->instance.empty() && instance != p->instance;
+    if (r.status == 200 && !instance.empty()) p->instance = instance;
     {
       cg::MutexLock lk(mu);
       if (r.status == 200 && !replica.empty()) p->replica = replica;
@@ -505,9 +524,10 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
     if (r.status == 200) {
       p->seq = kind == UpdateKind::snapshot ? 0 : seq;
       p->need_snapshot = false;
-      if (p->state != LinkState::up)
+      if (p->state != LinkState::up || restarted)
         log::info("mesh peer link up", {{"peer", p->addr.host + ":" + std::to_string(p->addr.port)},
                                         {"peerReplica", replica},
+                                        {"peerInstance", p->instance},
                                         {"replica", opts.replica_id}});
       p->state = LinkState::up;
       return;
@@ -551,8 +571,8 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
         next = lease_leading && synced;
       } else {
         auto reps = dir.replicas();
-        const bool heard_all = reps.size() >= opts.expected_peers;
-        const bool ready = heard_all || now - started >= opts.lease_duration;
+        if (reps.size() >= opts.expected_peers || now - started >= opts.lease_duration) warmup = Warmup::synced;
+        const bool ready = warmup == Warmup::synced;
         // A draining replica keeps writing until it stops (its last write is the truth without its
         // agents); its `bye` then hands over to the next smallest id.
         next = ready && (reps.empty() || opts.replica_id < reps.begin()->first);
@@ -746,7 +766,7 @@ void Mesh::set_leader(bool leading) {
 
 Mesh::Answer Mesh::receive(std::string_view body) {
   auto& m = *impl_;
-  nlohmann::json me{{"replica", m.opts.replica_id}};
+  nlohmann::json me{{"replica", m.opts.replica_id}, {"instance", m.instance}};
   std::string error;
   auto u = decode(body, error);
   if (!u) {
@@ -775,6 +795,11 @@ Mesh::Answer Mesh::receive(std::string_view body) {
   if (r == ApplyResult::resync) {
     me["resync"] = true;
     return {409, me.dump()};
+  }
+  if (r == ApplyResult::departed) {
+    log::info("mesh update dropped: its replica already said bye", {{"peerReplica", u->replica}, {"replica", m.opts.replica_id}});
+    me["error"] = "this instance of replica " + u->replica + " already left";
+    return {410, me.dump()};
   }
   return {200, me.dump()};
 }

@@ -181,11 +181,22 @@ bool mentions_all(const Update& u, const DirectoryChange& ch) {
   return true;
 }
 
+// `byes`: replica → the instance whose bye came last (the directory's own memory, modelled; nullptr
+// once more replicas said bye than the directory remembers).
 void check_apply(const Directory& dir, const Update& u, ApplyResult r, const std::map<std::string, std::string>& before,
-                 const DirectoryChange& ch, Clock::time_point now) {
+                 const DirectoryChange& ch, Clock::time_point now, const std::map<std::string, std::string>* byes) {
   auto after = dir.replicas();
   auto known = before.find(u.replica);
   const bool same_instance = known != before.end() && known->second == u.instance;
+  if (u.kind != UpdateKind::bye && byes) {
+    auto b = byes->find(u.replica);
+    const bool departed = b != byes->end() && b->second == u.instance;
+    FUZZ_CHECK((r == ApplyResult::departed) == departed);
+  }
+  if (r == ApplyResult::departed) {  // an update overtaken by its sender's bye changes nothing
+    FUZZ_CHECK(u.kind != UpdateKind::bye && after == before && ch.empty());
+    return;
+  }
   switch (u.kind) {
     case UpdateKind::bye:
       FUZZ_CHECK(r == ApplyResult::applied);
@@ -237,6 +248,8 @@ void fuzz_updates(uint8_t sel, std::string_view data) {
   const bool expire_each = sel & 0x10;
   const bool with_alive = sel & 0x20;
   Directory dir;
+  std::map<std::string, std::string> byes;
+  constexpr size_t kModelledByes = 1000;  // below what the directory remembers (1024)
   std::set<std::pair<std::string, std::string>> cr_keys, plane_keys;  // read back at the end
   std::string prev_replica;
   int line_no = 0;
@@ -257,7 +270,8 @@ void fuzz_updates(uint8_t sel, std::string_view data) {
       auto before = dir.replicas();
       DirectoryChange ch;
       auto r = dir.apply(*u, now, wall, ch);
-      check_apply(dir, *u, r, before, ch, now);
+      check_apply(dir, *u, r, before, ch, now, byes.size() <= kModelledByes ? &byes : nullptr);
+      if (u->kind == UpdateKind::bye) byes[u->replica] = u->instance;
       read_back(dir, &*u, now, wall);
       for (const auto& s : u->up) {
         if (plane_keys.size() < kMaxKeys) plane_keys.insert({s.plane_type, s.plane_id});

@@ -27,6 +27,7 @@ struct Pair {
   Cert peer = make_signed(
       CertSpec{.cn = "peer", .client_auth = true, .server_auth = true, .dns = {"localhost"}, .ips = {"127.0.0.1"}}, mesh_ca);
   unsigned short port_a = free_port(), port_b = free_port();
+  std::chrono::seconds lease;
   std::unique_ptr<GatewayFixture> a, b;
 
   std::unique_ptr<GatewayFixture> replica(const std::string& id, unsigned short mine, unsigned short other) {
@@ -35,7 +36,7 @@ struct Pair {
       c.mesh_port = mine;
       c.mesh_peers = "127.0.0.1:" + std::to_string(other);
       c.replica_id = id;
-      c.mesh_lease_duration = 2s;
+      c.mesh_lease_duration = lease;
     });
     write_file(fx->dir + "/mesh-ca.crt", mesh_ca.cert_pem());
     write_file(fx->dir + "/mesh.crt", peer.cert_pem());
@@ -47,7 +48,7 @@ struct Pair {
     fx->start();
     return fx;
   }
-  Pair() {
+  explicit Pair(std::chrono::seconds lease_duration = 2s) : lease(lease_duration) {
     a = replica("a", port_a, port_b);
     b = replica("b", port_b, port_a);
   }
@@ -92,4 +93,28 @@ TEST_CASE("two replicas in one process share their directory and forward request
     auto st = p.b->status("ClusterWorkflowPlane", "", "ci");
     return st.is_object() && st["agentConnection"]["connected"] == false;
   }));
+}
+
+TEST_CASE("a replica stays ready and keeps writing status when its peer leaves soon after the start", "[gateway][mesh]") {
+  // A lease far longer than the test: "one lease duration since the start" never stands in for the
+  // peers' directories here, so only the startup sync decides.
+  Pair p(60s);
+  REQUIRE(wait_until([&] { return p.a->gw->mesh()->synced() && p.b->gw->mesh()->synced(); }));
+  REQUIRE(wait_until([&] { return p.a->gw->mesh()->leader(); }));
+  CHECK(p.a->gw->not_ready_reason().empty());
+
+  // B stops (its bye reaches A): A is synced for good, so it stays ready and the writer.
+  p.b->gw->shutdown();
+  REQUIRE(wait_until([&] { return p.a->gw->mesh()->directory().replicas().empty(); }));
+  auto ws = p.a->connect("workflowplane", "ci", p.a->client(p.leaf));
+  REQUIRE(ws);
+  TestAgent agent(std::move(ws), TestAgent::echo("on-a"));
+  // Written by A after B left: before the fix A stepped down until a lease duration after its start.
+  REQUIRE(wait_until([&] {
+    auto st = p.a->status("ClusterWorkflowPlane", "", "ci");
+    return st.is_object() && st["agentConnection"]["connectedAgents"] == 1;
+  }));
+  CHECK(p.a->gw->mesh()->leader());
+  CHECK(p.a->gw->mesh()->synced());
+  CHECK(p.a->gw->not_ready_reason().empty());
 }

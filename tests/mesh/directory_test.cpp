@@ -201,6 +201,21 @@ TEST_CASE("a replica that goes silent or says bye leaves routing and the sum, wi
   d.apply(bye, t0, at(8), ch);
   CHECK(d.session_count("gw-4") == 0);
   CHECK(d.replicas().empty());
+
+  // What k1 sent before its bye and arrives after it (the other connection of the pair) does not bring
+  // it back: not a snapshot, not a delta, not a heartbeat. A new instance of gw-4 is welcome.
+  ch = {};
+  CHECK(d.apply(snapshot("gw-4", "k1"), t0 + 1s, at(9), ch) == ApplyResult::departed);
+  CHECK(d.apply(delta("gw-4", "k1", 1), t0 + 1s, at(9), ch) == ApplyResult::departed);
+  Update hb;
+  hb.kind = UpdateKind::heartbeat;
+  hb.replica = "gw-4";
+  hb.instance = "k1";
+  CHECK(d.apply(hb, t0 + 1s, at(9), ch) == ApplyResult::departed);
+  CHECK(d.replicas().empty());
+  CHECK(ch.empty());
+  CHECK(d.apply(snapshot("gw-4", "k2"), t0 + 2s, at(10), ch) == ApplyResult::applied);
+  CHECK(d.replicas() == std::map<std::string, std::string>{{"gw-4", "k2"}});
 }
 
 TEST_CASE("a replica that just started holds only the disconnected writes of CRs it has seen nothing of since") {

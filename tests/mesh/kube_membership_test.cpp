@@ -1,5 +1,5 @@
-// The peers an EndpointSlice lists (pure): endpoints not terminating (ready or not) on the mesh port, named
-// after their Pod; hostile objects give no peers and never throw.
+// The peers an EndpointSlice lists (pure): every endpoint (ready, starting or terminating) on the mesh
+// port, named after their Pod; hostile objects give no peers and never throw.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -8,7 +8,7 @@
 using namespace cg::mesh;
 using nlohmann::json;
 
-TEST_CASE("peers_of_slice takes endpoints not terminating on the mesh port, named after their Pod, without itself") {
+TEST_CASE("peers_of_slice takes starting and terminating endpoints too on the mesh port named after their Pod but not itself") {
   json slice = json::parse(R"({
     "metadata": {"name": "cluster-gateway-mesh-abc"},
     "addressType": "IPv4",
@@ -23,10 +23,13 @@ TEST_CASE("peers_of_slice takes endpoints not terminating on the mesh port, name
     ]})");
   auto peers = peers_of_slice(slice, "gw-self", 1);
   // gw-b is starting (not ready): a peer, so that it gets the directories it waits for to turn ready.
-  REQUIRE(peers.size() == 3);
+  // gw-c is terminating: still a peer while it drains (a request it holds may wait for an agent that
+  // moved to another replica; it learns where only from the updates).
+  REQUIRE(peers.size() == 4);
   CHECK(peers[0] == PeerAddress{"10.0.0.1", 8445, "gw-a"});
   CHECK(peers[1] == PeerAddress{"10.0.0.2", 8445, "gw-b"});
-  CHECK(peers[2] == PeerAddress{"10.0.0.5", 8445, "gw-e"});
+  CHECK(peers[2] == PeerAddress{"10.0.0.3", 8445, "gw-c"});
+  CHECK(peers[3] == PeerAddress{"10.0.0.5", 8445, "gw-e"});
   // One unnamed port: that one; none: the default.
   slice["ports"] = json::parse(R"([{"port": 7000}])");
   CHECK(peers_of_slice(slice, "gw-self", 1)[0].port == 7000);

@@ -15,7 +15,8 @@ replica, the Lease `cluster-gateway-status-writer` electing the one replica that
   * `kill -9` of the writer: its agents reconnect to the survivors through the balancer, no status
     PATCH carries connected=false meanwhile, a survivor holds the writer Lease within the lease
     duration plus a few seconds, the dead replica's Lease expires and the survivors drop it;
-  * an EndpointSlice endpoint marked terminating removes that replica as a peer ("mesh peer removed");
+  * an EndpointSlice endpoint marked terminating keeps that replica a peer while it drains; one that
+    leaves its slice (the Pod gone) is removed as a peer ("mesh peer removed");
   * a rolling restart of the three under 200 proxied GETs/s (as a RollingUpdate does it: endpoint
     terminating, out of the Services, SIGTERM, the same Pod name back, ready): every request answered
     200 and no status PATCH with connected=false. Its first runs found three gateway bugs (a restarted
@@ -238,9 +239,14 @@ class KubeReplicasTest(MeshReplicas, unittest.TestCase):
                                          endpoint_slice(i, self.mesh_ports[i], **conditions))
         self.assertEqual(code, 200, body)
 
+    # Info lines worth seeing beside a failed request: a request waiting for an agent, a shutdown.
+    EXCERPT_INFO = ("no agent for the CR right now, one was a moment ago: waiting for it", "shutting down",
+                    "mesh replica left (bye)", "mesh peer removed", "mesh peer added")
+
     def log_excerpt(self, failures, around=1.5, limit=80):
-        """For a failure report: the warn/error lines (and answers other than 200) of every replica
-        process started, within `around` seconds of the first failures, each prefixed with its log's name."""
+        """For a failure report: the warn/error lines (answers other than 200, requests left at a
+        shutdown, EXCERPT_INFO) of every replica process started, within `around` seconds of the first
+        failures, each prefixed with its log's name."""
         def ts(text):
             return datetime.strptime(text.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
         times = [ts(f["time"]) for f in failures[:20]]
@@ -248,7 +254,8 @@ class KubeReplicasTest(MeshReplicas, unittest.TestCase):
         for name, log in self.all_logs:
             for ev in log.find():
                 if not ev.get("time") or not (ev.get("level") in ("warning", "error") or
-                                              ev.get("statusCode", 200) != 200):
+                                              ev.get("statusCode", 200) != 200 or
+                                              ev.get("msg") in self.EXCERPT_INFO or ev.get("inFlightLeft", 0) > 0):
                     continue
                 t = ts(ev["time"])
                 if any(abs(t - f) <= around for f in times):
@@ -370,17 +377,32 @@ class KubeReplicasTest(MeshReplicas, unittest.TestCase):
         other = [i for i in survivors if i != nw][0]
         self.assertEqual(self.logs[other].find("writing status"), [], f"gw-{other} (not the holder) wrote status")
 
-        # 4. An endpoint marked terminating (as the endpoint controller does for a deleted pod, dead or
-        # alive) stops being a peer. (One merely not ready stays a peer: a starting replica waits for its
-        # peers' directories before it turns ready.)
-        for i, targets in ((w, survivors), (other, [nw])):
+        # 4. An endpoint marked terminating (as the endpoint controller does for a deleted pod) stays a
+        # peer: the replica drains, and a request it holds may wait for an agent that moved elsewhere.
+        # Once the endpoint leaves the slice (the Pod is gone) it is no peer any more. (One merely not
+        # ready stays a peer too: a starting replica waits for its peers' directories to turn ready.)
+        for n, (i, targets) in enumerate(((w, survivors), (other, [nw]))):
             m = {j: self.logs[j].mark() for j in targets}
-            code, _, body = self.api.request("PUT", f"{SLICES}/{SERVICE}-{i}",
-                                             endpoint_slice(i, self.mesh_ports[i], ready=False, terminating=True))
+            self.put_slice(i, ready=False, terminating=True)
+            # Then a slice with one more (starting) Pod, whose arrival each replica logs: by then it has
+            # read the terminating endpoint too, and kept it.
+            extra = endpoint_slice(f"extra-{n}", free_ports(1)[0], ready=False)
+            code, _, body = self.api.request("POST", SLICES, extra)
+            self.assertEqual(code, 201, body)
+            for j in targets:
+                self.assertTrue(self.logs[j].wait("mesh peer added", since=m[j], peerReplica=f"gw-extra-{n}", timeout=10),
+                                f"gw-{j} did not read the slices")
+                self.assertEqual(self.logs[j].find("mesh peer removed", since=m[j], peerReplica=f"gw-{i}"), [],
+                                 f"gw-{j} dropped gw-{i} as a peer while its endpoint was terminating")
+            code, _, body = self.api.request("DELETE", f"{SLICES}/{SERVICE}-extra-{n}")
+            self.assertEqual(code, 200, body)
+            gone = endpoint_slice(i, self.mesh_ports[i])
+            gone["endpoints"] = []
+            code, _, body = self.api.request("PUT", f"{SLICES}/{SERVICE}-{i}", gone)
             self.assertEqual(code, 200, body)
             for j in targets:
                 self.assertTrue(self.logs[j].wait("mesh peer removed", since=m[j], peerReplica=f"gw-{i}", timeout=10),
-                                f"gw-{j} kept gw-{i} as a peer after its endpoint turned terminating")
+                                f"gw-{j} kept gw-{i} as a peer after its endpoint left the slice")
         self.assertTrue(self.logs[nw].find("mesh peers from EndpointSlices", peers=0))
         print(f"\nmesh_replicas_kube: writer {writer_id} then {new_holder} (taken over {takeover:.1f}s after the "
               f"kill); status PATCHes tied to a replica by their connection: {before[0]}/{before[1]} before the kill, "
