@@ -88,7 +88,12 @@ struct Gateway::Impl {
   std::unique_ptr<kube::LeaseWatcher> leases;
   std::unique_ptr<PolicyFile> proxy_policy;  // --proxy-policy-file (polled every second)
   std::unique_ptr<HttpServer> health;
-  std::atomic<bool> started{false}, draining{false}, stopped{false};
+  std::atomic<bool> started{false}, stopped{false};
+  // Shutdown, one way: draining from SIGTERM (not ready; the mesh listener refuses new forwarded
+  // requests), then abandoning_waits once the drain window is over (requests still waiting for an
+  // agent that moves are answered now instead of losing their connection when the process stops).
+  enum class Drain : uint8_t { none, draining, abandoning_waits };
+  std::atomic<Drain> drain{Drain::none};
 
   explicit Impl(Config c) : cfg(std::move(c)) {}
 
@@ -189,13 +194,14 @@ status::StatusWriter* Gateway::status_writer() { return impl_->writer.get(); }
 const Config& Gateway::config() const { return impl_->cfg; }
 uint16_t Gateway::agent_port() const { return impl_->agent_listener ? impl_->agent_listener->port() : 0; }
 size_t Gateway::pending_requests() const { return impl_->tunnel_ref ? impl_->tunnel_ref->pending() : 0; }
+int64_t Gateway::internal_requests_active() const { return impl_->internal_api ? impl_->internal_api->active() : 0; }
 uint16_t Gateway::internal_port() const { return impl_->internal_api ? impl_->internal_api->port() : 0; }
 uint16_t Gateway::health_port() const { return impl_->health ? impl_->health->port() : 0; }
 uint16_t Gateway::mesh_port() const { return impl_->mesh_api ? impl_->mesh_api->port() : 0; }
 mesh::Mesh* Gateway::mesh() { return impl_->mesh.get(); }
 
 std::string Gateway::not_ready_reason() const {
-  if (impl_->draining) return "draining";
+  if (impl_->drain.load() != Impl::Drain::none) return "draining";
   if (!impl_->started) return "starting";
   if (!impl_->index.synced()) return "plane source not synced";
   if (impl_->mesh && !impl_->mesh->synced()) return "waiting for the other replicas' session directories";
@@ -373,7 +379,7 @@ void Gateway::start() {
     // applied it), no second hop.
     InternalApiDeps mesh_deps = api_deps;
     mesh_deps.active = std::make_shared<std::atomic<int64_t>>(0);
-    mesh_deps.draining = [&m] { return m.draining.load(); };
+    mesh_deps.draining = [&m] { return m.drain.load() != Impl::Drain::none; };
     mesh_deps.mesh_receive = [mp = m.mesh.get()](std::string_view body) { return mp->receive(body); };
     mesh_deps.replica_id = m.mesh->replica_id();
     try {
@@ -383,6 +389,7 @@ void Gateway::start() {
     }
     api_deps.mesh = m.mesh.get();
     api_deps.replica_id = m.mesh->replica_id();
+    api_deps.stop_waiting = [&m] { return m.drain.load() == Impl::Drain::abandoning_waits; };
   }
   if (m.proxy_policy) api_deps.proxy_policy = [p = m.proxy_policy.get()] { return p->current(); };
   try {
@@ -465,7 +472,7 @@ void Gateway::shutdown() {
     return;
   }
   const auto deadline = std::chrono::steady_clock::now() + m.cfg.shutdown_timeout;
-  m.draining = true;
+  m.drain = Impl::Drain::draining;
   metrics::set_scrape_hook({});
   log::info("shutting down", {{"sessions", m.registry->size()}, {"shutdownTimeout", format_go_duration(m.cfg.shutdown_timeout)}});
   m.stop_reloader();
@@ -504,6 +511,14 @@ void Gateway::shutdown() {
     size_t waited_for = busy();
     while (busy() > 0 && std::chrono::steady_clock::now() < drain_deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (busy() > 0 && m.mesh) {
+      // What still waits for an agent on its way to another replica gets its answer now (a 502 the
+      // caller sees and the log names) rather than a connection closed without one at the exit.
+      m.drain = Impl::Drain::abandoning_waits;
+      const auto answer_deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+      while (busy() > 0 && std::chrono::steady_clock::now() < answer_deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     const size_t left = busy();
     log::info("agent sessions drained",
               {{"sessions", sessions.size()}, {"inFlightAtGoaway", waited_for}, {"inFlightLeft", left}});

@@ -38,6 +38,7 @@ class Gateway {
   session::SessionRegistry& registry();
   status::StatusWriter* status_writer();  // null with --write-status=false
   size_t pending_requests() const;  // tunnel requests waiting for an agent
+  int64_t internal_requests_active() const;  // internal API requests being served (InternalApi::active)
   const Config& config() const;
 
  private:

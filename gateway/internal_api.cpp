@@ -322,7 +322,11 @@ class Conn : public std::enable_shared_from_this<Conn> {
       const bool moving = rep.connected_agents > 0 || (rep.last_zero && now - *rep.last_zero < kMoveWait) ||
                           !deps_->mesh->synced() ||  // just started: the peers' directories are on their way
                           deps_->mesh->just_started();  // and agents drained before this start may be too
-      if (!moving || std::chrono::steady_clock::now() >= until || io_.hung_up()) co_return std::nullopt;
+      const bool give_up = deps_->stop_waiting && deps_->stop_waiting();
+      if (!moving || give_up || std::chrono::steady_clock::now() >= until || io_.hung_up()) {
+        if (give_up && waited) log::info("gateway shutting down: no longer waiting for the agent", fields());
+        co_return std::nullopt;
+      }
       if (!waited) log::info("no agent for the CR right now, one was a moment ago: waiting for it", fields());
       waited = true;
       asio::steady_timer t(io_.executor());

@@ -49,6 +49,9 @@ struct InternalApiDeps {
   // The mesh listener: true once this replica is shutting down (forwarded requests get 503 with
   // X-Cluster-Gateway-Draining, and the entry replica tries again elsewhere).
   std::function<bool()> draining = {};
+  // The entry listener with a mesh: true once the shutdown's drain window is over; a request waiting
+  // for an agent that moves to another replica stops waiting and is answered (no agent: 502).
+  std::function<bool()> stop_waiting = {};
   // Connections accepted and not yet answered once, and requests being served (from the header read to
   // the answer written; streams until handed over); not kept-alive connections waiting idle.
   std::shared_ptr<std::atomic<int64_t>> active = std::make_shared<std::atomic<int64_t>>(0);

@@ -3,6 +3,7 @@
 // ThreadSanitizer: the directory reaches the peer, a request at the replica without the agent is
 // forwarded, only the smallest replica id writes status, and the sum counts the agent once.
 #include <catch2/catch.hpp>
+#include <future>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
@@ -117,4 +118,31 @@ TEST_CASE("a replica stays ready and keeps writing status when its peer leaves s
   CHECK(p.a->gw->mesh()->leader());
   CHECK(p.a->gw->mesh()->synced());
   CHECK(p.a->gw->not_ready_reason().empty());
+}
+
+TEST_CASE("a request waiting for a moving agent when its replica stops is answered and not dropped", "[gateway][mesh]") {
+  // Declared before the replicas: if the request were never answered, the replicas' destruction
+  // (sockets closed) ends it before the future's destructor waits for it.
+  std::future<HttpResponse> answer;
+  Pair p;
+  REQUIRE(wait_until([&] { return p.a->gw->mesh()->synced() && p.b->gw->mesh()->synced(); }));
+  {
+    auto ws = p.a->connect("workflowplane", "ci", p.a->client(p.leaf));
+    REQUIRE(ws);
+    TestAgent agent(std::move(ws), TestAgent::echo("on-a"));
+    REQUIRE(wait_until([&] { return p.a->gw->mesh()->registry().report("workflowplane", "/ci").connected_agents == 1; }));
+  }
+  // The agent has just left: A counted one a moment ago, so a request for it waits for it to come back.
+  REQUIRE(wait_until([&] { return p.a->gw->mesh()->registry().report("workflowplane", "/ci").connected_agents == 0; }));
+  answer = std::async(std::launch::async, [port = p.a->gw->internal_port(), tls = p.a->internal_client()] {
+    return https_request(port, "GET", "/api/proxy/workflowplane/ci/_cluster/ci/k8s/api/v1/pods", tls);
+  });
+  REQUIRE(wait_until([&] { return p.a->gw->internal_requests_active() > 0; }));
+  // A stops while the request waits: once the drain window is over the request is answered (no agent),
+  // instead of losing its connection when the process stops.
+  p.a->gw->shutdown();
+  REQUIRE(answer.wait_for(std::chrono::seconds(15)) == std::future_status::ready);
+  auto r = answer.get();
+  CHECK(r.error.empty());
+  CHECK(r.status == 502);
 }
