@@ -282,15 +282,8 @@ ApplyResult Directory::apply(const Update& u, Clock::time_point now, SysTime wal
       depart_locked(u.replica, it->second, wall_now, change);
       replicas_.erase(it);
     }
-    auto [slot, fresh] = said_bye_.try_emplace(u.replica, u.instance);
-    slot->second = u.instance;
-    if (fresh) {
-      said_bye_order_.push_back(u.replica);
-      if (said_bye_order_.size() > kMaxSaidBye) {
-        said_bye_.erase(said_bye_order_.front());
-        said_bye_order_.pop_front();
-      }
-    }
+    if (said_bye_.size() >= kMaxSaidBye && !said_bye_.count(u.replica)) said_bye_.erase(said_bye_.begin());
+    said_bye_[u.replica] = u.instance;
     return ApplyResult::applied;
   }
   if (auto it = said_bye_.find(u.replica); it != said_bye_.end() && it->second == u.instance) return ApplyResult::departed;

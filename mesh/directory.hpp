@@ -8,7 +8,6 @@
 // unknown process instance) is refused with `resync`, and the publisher sends a snapshot next.
 #pragma once
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <optional>
 #include <set>
@@ -148,9 +147,8 @@ class Directory {
   // What departed replicas last said, as count-0 reports (their lastZero: when they were dropped).
   std::map<Key, session::SessionReport> departed_cr_ CG_GUARDED_BY(mu_);
   std::map<Key, session::SessionReport> departed_plane_ CG_GUARDED_BY(mu_);
-  // Replica id → the instance that said bye (at most kMaxSaidBye; the oldest id is forgotten first).
+  // Replica id → the instance that said bye (at most kMaxSaidBye ids; past that one is forgotten).
   std::map<std::string, std::string> said_bye_ CG_GUARDED_BY(mu_);
-  std::deque<std::string> said_bye_order_ CG_GUARDED_BY(mu_);
   static constexpr size_t kMaxSaidBye = 1024;
 };
 
