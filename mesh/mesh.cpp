@@ -198,9 +198,12 @@ struct Mesh::Impl : std::enable_shared_from_this<Impl> {
   std::deque<std::pair<std::weak_ptr<session::AgentHandle>, steady::time_point>> shed_waiting;  // close if still open
 
   bool synced_now() {
+    {
+      cg::MutexLock lk(mu);
+      if (warmup == Warmup::synced) return true;  // the common case: no copy of the directory's replicas
+    }
     auto known = dir.replicas();
     cg::MutexLock lk(mu);
-    if (warmup == Warmup::synced) return true;
     if (steady::now() - started < opts.lease_duration) {
       if (!peers_known || peers.size() < opts.expected_peers) return false;
       for (const auto& p : peers)
