@@ -223,12 +223,13 @@ void StatusWriter::process(const plane::CrRef& ref) {
     // no events), never in the past: a CR this gateway has not written yet (after a restart the CR
     // already shows the truth) has no last write, and a key due in the past would be taken again at
     // once, forever, while the loop holds the lock.
-    if (connected) schedule_locked(ref, std::max(k.last_write + opts_.heartbeat_interval, now + recheck_interval()));
+    if (connected)
+      schedule_locked(ref, std::max(k.last_write ? *k.last_write + opts_.heartbeat_interval : now, now + recheck_interval()));
     return;
   }
   const bool hb_only = k.written && only_heartbeat_differs(desired, prev);
-  if (hb_only && now < k.last_write + opts_.heartbeat_interval) {
-    schedule_locked(ref, k.last_write + opts_.heartbeat_interval);
+  if (hb_only && k.last_write && now < *k.last_write + opts_.heartbeat_interval) {
+    schedule_locked(ref, *k.last_write + opts_.heartbeat_interval);
     return;
   }
   if (!flushing_ && prev.agent && prev.agent->connected && !connected && report.moving_until && now_sys < *report.moving_until) {

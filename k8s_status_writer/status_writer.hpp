@@ -66,7 +66,10 @@ class StatusWriter {
   struct KeyState {
     std::optional<PlaneStatus> written;
     bool loaded = false;
-    steady::time_point last_write{};
+    // This run's last write of the CR; none yet after a start (not the steady clock's epoch, which is
+    // the machine's boot: "a heartbeat interval after the epoch" is still ahead on a machine up for
+    // less than that, and the first refresh after a restart waited for it).
+    std::optional<steady::time_point> last_write;
     std::optional<steady::time_point> due;
     std::multimap<steady::time_point, plane::CrRef>::iterator due_it;  // valid while `due` is set
     bool in_flight = false;
