@@ -17,6 +17,7 @@
 #include "gateway/exec_bridge.hpp"
 #include "gateway/http_rules.hpp"
 #include "gateway/internal_routes.hpp"
+#include "gateway/mesh_hop.hpp"
 #include "gateway/mesh_relay.hpp"
 #include "gateway/plane_endpoints.hpp"
 #include "gateway/proxy_rules.hpp"
@@ -51,7 +52,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
         deps_(std::move(deps)),
         io_(std::move(s), std::move(ctx),
             {deps_->idle_timeout, deps_->read_timeout, deps_->write_timeout, deps_->handshake_timeout}),
-        wake_(io_.executor()) {
+        wake_(io_.executor()),
+        hop_(io_.executor()) {
     deps_->active->fetch_add(1);  // from the accept to its first answer: a shutdown waits for it
   }
   ~Conn() {
@@ -371,35 +373,66 @@ class Conn : public std::enable_shared_from_this<Conn> {
     std::set<std::string> tried;
     for (;;) {
       tried.insert(replica);
-      fwd_reply_.reset();
-      const uint64_t attempt = ++fwd_attempt_;  // a reply to an attempt given up is dropped
-      deps_->mesh->forward(replica, fr, [self = shared_from_this(), ex = io_.executor(), attempt](mesh::ForwardReply r) {
-        asio::post(ex, [self, attempt, r = std::move(r)]() mutable {
-          if (attempt != self->fwd_attempt_) return;
-          self->fwd_reply_ = std::move(r);
-          self->wake_.notify();
-        });
-      });
+      std::optional<mesh::ForwardReply> reply;
       bool gone = false;
-      io_.await_agent(spawner(), [this, &gone] {
-        gone = true;
-        wake_.notify();
-      });
-      // Every 100 ms: is the replica still heard from? A cut link or a frozen replica is given up
-      // within a second (its updates are due every 250 ms; silent after 800 ms), not after the
-      // request timeout.
-      const auto sent_at = std::chrono::steady_clock::now();
-      auto ticking = std::make_shared<bool>(true);
-      spawn(ticker(ticking));
-      bool silent = false;
-      while (!fwd_reply_ && !gone && !silent) {
-        co_await wake_.wait();
-        if (!fwd_reply_ && !deps_->mesh->responsive(replica, sent_at)) silent = true;
+      if (auto route = deps_->mesh->route_to(replica)) {
+        // Every 100 ms: is the replica still heard from? A cut link or a frozen replica is given up
+        // within a second (its updates are due every 250 ms; silent after 800 ms), not after the
+        // request timeout: hop_watchdog() ends the wait.
+        hop_wait_ = HopWait::waiting;
+        hop_replica_ = replica;
+        hop_sent_at_ = std::chrono::steady_clock::now();
+        ++hop_exchanges_;
+        if (hop_watch_ == HopWatch::off) {
+          hop_watch_ = HopWatch::ticking;
+          spawn(hop_watchdog());
+        }
+        io_.await_agent(spawner(), [this, &gone] {
+          gone = true;
+          hop_.abort("the caller went away");
+          wake_.notify();
+        });
+        if (forward_path_ == ForwardPath::own_link) {
+          // A kept-alive caller connection that forwards again: over its own link to the replica
+          // (gateway/mesh_hop.*), in this coroutine, without handing the request to another strand.
+          MeshRelayTarget t;
+          t.replica = replica;
+          t.host = route->host;
+          t.port = route->port;
+          t.server_name = route->server_name;
+          t.tls = deps_->mesh->client_tls();
+          t.entry = deps_->replica_id;
+          t.connect_timeout = deps_->handshake_timeout;
+          auto counted = deps_->mesh->count_forward(replica);  // pick_peer prefers the least busy replica
+          reply = co_await hop_.exchange(t, fr);
+        } else {
+          // The connection's first forwarded request (it may be its only one): over the mesh's shared
+          // pool of connections, which are already open.
+          fwd_reply_.reset();
+          const uint64_t attempt = ++fwd_attempt_;  // a reply to an attempt given up is dropped
+          deps_->mesh->forward(replica, fr, [self = shared_from_this(), ex = io_.executor(), attempt](mesh::ForwardReply r) {
+            asio::post(ex, [self, attempt, r = std::move(r)]() mutable {
+              if (attempt != self->fwd_attempt_) return;
+              self->fwd_reply_ = std::move(r);
+              self->wake_.notify();
+            });
+          });
+          while (!fwd_reply_ && !gone && hop_wait_ != HopWait::silent) co_await wake_.wait();
+          ++fwd_attempt_;
+          reply = std::move(fwd_reply_);
+          fwd_reply_.reset();
+          if (!reply) reply.emplace();
+        }
+        io_.agent_done();
+        if (io_.request().keep_alive()) forward_path_ = ForwardPath::own_link;
+      } else {
+        reply.emplace();
+        reply->replica = replica;
+        reply->error = "no link to replica " + replica;
       }
-      *ticking = false;
-      io_.agent_done();
-      if (silent && !fwd_reply_ && !gone) {
-        ++fwd_attempt_;
+      const bool silent = hop_wait_ == HopWait::silent;
+      hop_wait_ = HopWait::none;
+      if (silent && !gone) {
         metrics::mesh_forward("silent");
         log::warn("forwarded request given up: the replica stopped sending updates (cut link or frozen process)",
                   fields({{"servedBy", replica}}));
@@ -413,13 +446,12 @@ class Conn : public std::enable_shared_from_this<Conn> {
         replica = std::move(*next);
         continue;
       }
-      if (gone && !fwd_reply_) {
+      if (gone) {
         log::info("caller went away during a forwarded request", fields({{"servedBy", replica}}));
         metrics::tunnel_request(check_.plane_type, 499, check_.target, seconds_since(started_));
         co_return Next::close;
       }
-      auto r = std::move(*fwd_reply_);
-      fwd_reply_.reset();
+      auto r = std::move(*reply);
       if (r.status == 503 && draining_answer(r)) {
         // The replica started draining, or its agent left it, before its update said so: it did not
         // act on the request. Another replica (or this one) gets it, once the agent has moved.
@@ -465,20 +497,31 @@ class Conn : public std::enable_shared_from_this<Conn> {
     }
   }
 
+  // While this connection forwards requests: every 100 ms, the exchange under way is given up when
+  // its replica stopped sending updates. Runs until a tick finds that nothing was forwarded since the
+  // last one, so a busy connection keeps one timer instead of starting one per request.
+  awaitable<void> hop_watchdog() {
+    auto self = shared_from_this();
+    asio::steady_timer t(io_.executor());
+    uint64_t seen = hop_exchanges_;
+    for (;;) {
+      t.expires_after(std::chrono::milliseconds(100));
+      co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+      if (hop_wait_ == HopWait::waiting && !deps_->mesh->responsive(hop_replica_, hop_sent_at_)) {
+        hop_wait_ = HopWait::silent;
+        hop_.abort("the replica stopped sending updates");
+        wake_.notify();
+      }
+      if (hop_wait_ != HopWait::waiting && hop_exchanges_ == seen) break;
+      seen = hop_exchanges_;
+    }
+    hop_watch_ = HopWatch::off;
+  }
+
   static bool draining_answer(const mesh::ForwardReply& r) {
     for (const auto& [k, v] : r.headers)
       if (beast::iequals(k, mesh::kDrainingHeader)) return true;
     return false;
-  }
-
-  awaitable<void> ticker(std::shared_ptr<bool> on) {
-    auto self = shared_from_this();
-    asio::steady_timer t(io_.executor());
-    while (*on) {
-      t.expires_after(std::chrono::milliseconds(100));
-      co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
-      if (*on) wake_.notify();
-    }
   }
 
   // POST /mesh/v1/directory (mesh listener only): a peer's session directory update.
@@ -611,8 +654,22 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::string path_, query_, method_, gateway_request_id_, hop_id_;
   ProxyCheck check_;
   std::optional<session::TunnelReply> reply_;  // the agent's reply (proxy)
-  std::optional<mesh::ForwardReply> fwd_reply_;  // another replica's answer (forwarded proxy)
+  std::optional<mesh::ForwardReply> fwd_reply_;  // another replica's answer (forwarded over the shared pool)
   uint64_t fwd_attempt_ = 0;  // the forwarding attempt whose answer is awaited
+  MeshHop hop_;  // this connection's own link to the replica it forwards to (forwarded proxy)
+  // How this connection forwards: its first request over the mesh's shared pool; once a kept-alive
+  // connection has forwarded, over its own link (hop_).
+  enum class ForwardPath { shared_pool, own_link };
+  ForwardPath forward_path_ = ForwardPath::shared_pool;
+  // The forwarded exchange under way: none, waiting for its answer, or given up because the replica
+  // fell silent (hop_watchdog).
+  enum class HopWait { none, waiting, silent };
+  HopWait hop_wait_ = HopWait::none;
+  enum class HopWatch { off, ticking };  // whether hop_watchdog runs
+  HopWatch hop_watch_ = HopWatch::off;
+  std::string hop_replica_;  // the replica of the exchange under way
+  std::chrono::steady_clock::time_point hop_sent_at_{};
+  uint64_t hop_exchanges_ = 0;  // exchanges started (the watchdog stops when a tick saw none)
   bool counted_ = true;  // counted in deps_->active (accepted, or a request being served)
   bool resent_ = false;  // this request was sent again after its agent left (local_proxy)
   // GET, HEAD and OPTIONS change nothing: such a request may be sent again (to another replica, or

@@ -88,18 +88,6 @@ class RateLimiter {
   steady::time_point last_ CG_GUARDED_BY(mu_);
 };
 
-// True when the server has closed an idle keep-alive connection (FIN, reset) or sent anything on it
-// (its TLS close_notify): an idle HTTP/1.1 connection has nothing to read. Only for connections with
-// no operation pending.
-bool closed_by_peer(TlsStream& s) {
-  auto& sock = beast::get_lowest_layer(s).socket();
-  if (!sock.is_open()) return true;
-  char b;
-  ssize_t n = ::recv(sock.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n >= 0) return true;
-  return !(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
-}
-
 struct Conn {
   Conn(asio::io_context& ioc, asio::ssl::context& ctx, uint64_t id)
       : stream(asio::make_strand(ioc), ctx), resolver(stream.get_executor()), timer(stream.get_executor()), id(id) {}

@@ -878,6 +878,23 @@ void Mesh::forward(const std::string& replica, ForwardRequest req, std::function
                   });
 }
 
+std::shared_ptr<void> Mesh::count_forward(const std::string& replica) {
+  auto& m = *impl_;
+  std::shared_ptr<std::atomic<int>> counter;
+  {
+    cg::MutexLock lk(m.mu);
+    for (const auto& p : m.peers)
+      if (!p->removed && p->replica == replica) counter = p->forwarding;
+  }
+  if (!counter) return nullptr;
+  struct Token {
+    std::shared_ptr<std::atomic<int>> c;
+    ~Token() { c->fetch_sub(1); }
+  };
+  counter->fetch_add(1);
+  return std::make_shared<Token>(Token{std::move(counter)});
+}
+
 std::optional<Mesh::Route> Mesh::route_to(const std::string& replica) const {
   auto& m = *impl_;
   cg::MutexLock lk(m.mu);

@@ -152,6 +152,9 @@ class Mesh {
                                        std::string_view capability, const std::set<std::string>& exclude = {});
   // Relays the request to `replica` (callback posted, exactly once; on an io thread).
   void forward(const std::string& replica, ForwardRequest req, std::function<void(ForwardReply)> done);
+  // A request sent to `replica` over another connection than forward()'s (a caller connection's own
+  // link) counts as in flight, for pick_peer, while the returned token lives. Null: no link to it.
+  std::shared_ptr<void> count_forward(const std::string& replica);
 
   // Where a replica's mesh listener is, and the name its certificate must carry (streams and exec
   // are relayed over a connection of their own). nullopt: no link to it.

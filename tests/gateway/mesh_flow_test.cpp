@@ -4,6 +4,7 @@
 // forwarded, only the smallest replica id writes status, and the sum counts the agent once.
 #include <catch2/catch.hpp>
 #include <future>
+#include <thread>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
@@ -29,6 +30,7 @@ struct Pair {
       CertSpec{.cn = "peer", .client_auth = true, .server_auth = true, .dns = {"localhost"}, .ips = {"127.0.0.1"}}, mesh_ca);
   unsigned short port_a = free_port(), port_b = free_port();
   std::chrono::seconds lease;
+  std::chrono::milliseconds idle_a{0};  // A's --idle-timeout (its mesh listener's too); 0: the default
   std::unique_ptr<GatewayFixture> a, b;
 
   std::unique_ptr<GatewayFixture> replica(const std::string& id, unsigned short mine, unsigned short other) {
@@ -38,6 +40,7 @@ struct Pair {
       c.mesh_peers = "127.0.0.1:" + std::to_string(other);
       c.replica_id = id;
       c.mesh_lease_duration = lease;
+      if (id == "a" && idle_a.count() > 0) c.idle_timeout = idle_a;
     });
     write_file(fx->dir + "/mesh-ca.crt", mesh_ca.cert_pem());
     write_file(fx->dir + "/mesh.crt", peer.cert_pem());
@@ -49,7 +52,8 @@ struct Pair {
     fx->start();
     return fx;
   }
-  explicit Pair(std::chrono::seconds lease_duration = 2s) : lease(lease_duration) {
+  explicit Pair(std::chrono::seconds lease_duration = 2s, std::chrono::milliseconds idle_timeout_a = 0ms)
+      : lease(lease_duration), idle_a(idle_timeout_a) {
     a = replica("a", port_a, port_b);
     b = replica("b", port_b, port_a);
   }
@@ -145,4 +149,35 @@ TEST_CASE("a request waiting for a moving agent when its replica stops is answer
   auto r = answer.get();
   CHECK(r.error.empty());
   CHECK(r.status == 502);
+}
+
+TEST_CASE("a kept-alive caller connection forwards every request also after the serving replica closed its link",
+          "[gateway][mesh]") {
+  // A closes an idle connection after 300 ms, its mesh listener's too (B's caller side keeps the default).
+  Pair p(2s, 300ms);
+  REQUIRE(wait_until([&] { return p.a->gw->mesh()->synced() && p.b->gw->mesh()->synced(); }));
+  auto ws = p.a->connect("workflowplane", "ci", p.a->client(p.leaf));
+  REQUIRE(ws);
+  TestAgent agent(std::move(ws), TestAgent::echo("on-a"));
+  REQUIRE(wait_until([&] { return p.b->gw->mesh()->registry().report("workflowplane", "/ci").connected_agents == 1; }));
+
+  const std::string path = "/api/proxy/workflowplane/ci/_cluster/ci/k8s/api/v1/namespaces/default/configmaps";
+  HttpsSession caller(p.b->gw->internal_port(), p.b->internal_client());
+  auto served_by_a = [&](const HttpResponse& r) {
+    INFO(r.error << " " << r.body);
+    CHECK(r.status == 200);
+    CHECK(r.header("X-Agent") == "on-a");
+    CHECK(r.header("X-Cluster-Gateway-Served-By") == "a");
+  };
+  // The first forwarded request goes over the mesh's pool, the next ones over the connection's own link.
+  served_by_a(caller.request("GET", path));
+  served_by_a(caller.request("POST", path, {{"Content-Type", "application/json"}}, R"({"kind":"ConfigMap"})"));
+  served_by_a(caller.request("GET", path));
+  // A closes the idle link; a POST (not repeatable) must not be lost on it: the closed link is
+  // noticed before the request goes out, and a new one is opened.
+  std::this_thread::sleep_for(800ms);
+  auto r = caller.request("POST", path, {{"Content-Type", "application/json"}}, R"({"kind":"ConfigMap"})");
+  served_by_a(r);
+  CHECK(nlohmann::json::parse(r.body, nullptr, false).value("bodyBytes", 0) == 20);
+  served_by_a(caller.request("GET", path));
 }

@@ -104,15 +104,38 @@ std::string HttpResponse::header(const std::string& name) const {
   return {};
 }
 
-HttpResponse https_request(unsigned short port, const std::string& method, const std::string& target, const ClientTls& tls,
-                           const std::vector<std::pair<std::string, std::string>>& headers, const std::string& body,
-                           bool chunked) {
-  HttpResponse r;
+struct HttpsSession::Impl {
+  unsigned short port;
+  ClientTls tls;
   asio::io_context ioc;
-  auto ctx = make_ctx(tls);
-  TlsStream s(ioc, *ctx);
+  std::shared_ptr<asio::ssl::context> ctx;
+  std::optional<TlsStream> s;
+  beast::flat_buffer b;
+};
+
+HttpsSession::HttpsSession(unsigned short port, ClientTls tls) : impl_(std::make_unique<Impl>()) {
+  impl_->port = port;
+  impl_->tls = std::move(tls);
+  impl_->ctx = make_ctx(impl_->tls);
+}
+HttpsSession::~HttpsSession() = default;
+
+HttpResponse HttpsSession::request(const std::string& method, const std::string& target,
+                                   const std::vector<std::pair<std::string, std::string>>& headers, const std::string& body,
+                                   bool chunked) {
+  HttpResponse r;
+  auto& m = *impl_;
+  if (!m.s) {
+    m.s.emplace(m.ioc, *m.ctx);
+    m.b.clear();
+    if (!open_tls(*m.s, m.port, std::chrono::seconds(60), r.error)) {
+      m.s.reset();
+      return r;
+    }
+  }
+  auto& s = *m.s;
+  beast::get_lowest_layer(s).expires_after(std::chrono::seconds(60));
   beast::error_code ec;
-  if (!open_tls(s, port, std::chrono::seconds(60), r.error)) return r;
   http::request<http::string_body> req(http::string_to_verb(method), target, 11);
   if (req.method() == http::verb::unknown) req.method_string(method);
   req.set(http::field::host, "127.0.0.1");
@@ -123,21 +146,30 @@ HttpResponse https_request(unsigned short port, const std::string& method, const
   http::write(s, req, ec);
   if (ec) {
     r.error = "write: " + ec.message();
+    m.s.reset();
     return r;
   }
-  beast::flat_buffer b;
   http::response_parser<http::string_body> p;
   p.body_limit(64u << 20);
   if (method == "HEAD") p.skip(true);
-  http::read(s, b, p, ec);
+  http::read(s, m.b, p, ec);
   if (ec && ec != http::error::end_of_stream) {
     r.error = "read: " + ec.message();
+    m.s.reset();
     if (!p.is_header_done()) return r;
   }
   r.status = static_cast<int>(p.get().result_int());
   for (const auto& f : p.get()) r.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
   r.body = p.get().body();
+  if (ec || !p.get().keep_alive()) m.s.reset();
   return r;
+}
+
+HttpResponse https_request(unsigned short port, const std::string& method, const std::string& target, const ClientTls& tls,
+                           const std::vector<std::pair<std::string, std::string>>& headers, const std::string& body,
+                           bool chunked) {
+  HttpsSession one(port, tls);
+  return one.request(method, target, headers, body, chunked);
 }
 
 std::unique_ptr<WsClient> WsClient::connect(unsigned short port, const std::string& target, const ClientTls& tls,

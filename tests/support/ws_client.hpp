@@ -38,6 +38,20 @@ HttpResponse https_request(unsigned short port, const std::string& method, const
                            const std::vector<std::pair<std::string, std::string>>& headers = {}, const std::string& body = "",
                            bool chunked = false);
 
+// Several HTTPS requests on one kept-alive connection (opened by the first).
+class HttpsSession {
+ public:
+  HttpsSession(unsigned short port, ClientTls tls);
+  ~HttpsSession();
+  HttpResponse request(const std::string& method, const std::string& target,
+                       const std::vector<std::pair<std::string, std::string>>& headers = {}, const std::string& body = "",
+                       bool chunked = false);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 class WsClient {
  public:
   // nullptr when the upgrade is refused; `res` then holds the HTTP status and body.

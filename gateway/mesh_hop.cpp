@@ -1,0 +1,174 @@
+#include "gateway/mesh_hop.hpp"
+
+#include <optional>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/ssl/host_name_verification.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace cg::gateway {
+using namespace cg::net;
+
+namespace {
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+constexpr size_t kAnswerHeaderLimit = 64 * 1024;
+
+// Header fields that belong to one connection (and Host, which is this hop's own).
+bool hop_by_hop(std::string_view name) {
+  for (const char* f :
+       {"host", "connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "te", "proxy-connection"})
+    if (beast::iequals(name, f)) return true;
+  return false;
+}
+
+bool repeatable(std::string_view method) { return method == "GET" || method == "HEAD" || method == "OPTIONS"; }
+
+// The replica closed the kept-alive connection (its idle timeout, a restart) as the request went out.
+bool stale_connection(const beast::error_code& ec) {
+  return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+         ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated;
+}
+}  // namespace
+
+struct MeshHop::Impl {
+  // What the connection is doing; an exchange aborted from outside ends with no answer and no retry.
+  enum class State { idle, exchanging, aborted };
+
+  explicit Impl(const asio::any_io_executor& e) : ex(e) {}
+  asio::any_io_executor ex;
+  std::optional<TlsStream> conn;  // open (or being opened) to `replica` with `tls`
+  std::string replica;
+  std::shared_ptr<asio::ssl::context> tls;
+  beast::flat_buffer buf;
+  State state = State::idle;
+  std::string abort_reason;
+
+  // Closes the socket: an operation under way ends with an error. Safe while one is pending.
+  void shut() {
+    if (!conn) return;
+    beast::error_code ig;
+    beast::get_lowest_layer(*conn).socket().close(ig);
+  }
+  // Drops the connection; only with no operation pending (between exchanges, or inside one).
+  void close() {
+    shut();
+    conn.reset();
+    buf.clear();
+  }
+
+  // TCP, then TLS with the replica's certificate checked against the server name; "" or the reason.
+  asio::awaitable<std::string> open(const MeshRelayTarget& t) {
+    close();
+    replica = t.replica;
+    tls = t.tls;
+    tcp::resolver resolver(ex);
+    auto [rec, results] = co_await resolver.async_resolve(t.host, std::to_string(t.port), use_tuple);
+    if (rec) co_return "resolve: " + rec.message();
+    if (state == State::aborted) co_return "aborted: " + abort_reason;
+    conn.emplace(ex, *t.tls);
+    auto& c = *conn;
+    if (!SSL_set_tlsext_host_name(c.native_handle(), t.server_name.c_str())) co_return "bad server name";
+    c.set_verify_mode(asio::ssl::verify_peer);
+    c.set_verify_callback(asio::ssl::host_name_verification(t.server_name));
+    beast::get_lowest_layer(c).expires_after(t.connect_timeout);
+    auto [cec, ep] = co_await beast::get_lowest_layer(c).async_connect(results, use_tuple);
+    if (cec) co_return "connect: " + cec.message();
+    auto [hec] = co_await c.async_handshake(asio::ssl::stream_base::client, use_tuple);
+    if (hec) co_return "TLS: " + hec.message();
+    co_return "";
+  }
+};
+
+MeshHop::MeshHop(const asio::any_io_executor& ex) : impl_(std::make_unique<Impl>(ex)) {}
+MeshHop::~MeshHop() { impl_->close(); }
+
+void MeshHop::abort(const char* why) {
+  auto& m = *impl_;
+  if (m.state == Impl::State::idle) return m.close();
+  m.state = Impl::State::aborted;
+  m.abort_reason = why;
+  m.shut();  // the exchange's pending operation ends; the exchange drops the connection
+}
+
+asio::awaitable<mesh::ForwardReply> MeshHop::exchange(const MeshRelayTarget& t, const mesh::ForwardRequest& req) {
+  auto& m = *impl_;
+  mesh::ForwardReply out;
+  out.replica = t.replica;
+  http::request<http::string_body> hreq;
+  hreq.method_string(req.method);
+  hreq.target(req.target);
+  hreq.version(11);
+  for (const auto& [name, value] : req.headers)
+    if (!hop_by_hop(name)) hreq.set(name, value);
+  hreq.set(http::field::host, t.server_name.empty() ? t.host : t.server_name);
+  hreq.set(mesh::kEntryPodHeader, t.entry);
+  hreq.keep_alive(true);
+  if (!req.body.empty() || req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
+    if (hreq.find(http::field::content_type) == hreq.end()) hreq.set(http::field::content_type, "application/json");
+    hreq.body() = req.body;
+  }
+  hreq.prepare_payload();
+
+  m.state = Impl::State::exchanging;
+  m.abort_reason.clear();
+  struct Idle {
+    Impl& m;
+    ~Idle() { m.state = Impl::State::idle; }
+  } idle{m};
+  const auto deadline = std::chrono::steady_clock::now() + req.timeout;
+  for (int attempt = 0;; ++attempt) {
+    // A kept connection to another replica, or with a replaced certificate, or that the replica
+    // has closed while it was idle, is not reused.
+    bool reused = m.conn && m.replica == t.replica && m.tls == t.tls && !closed_by_peer(*m.conn);
+    if (!reused) {
+      std::string why = co_await m.open(t);
+      if (m.state == Impl::State::aborted) why = "aborted: " + m.abort_reason;
+      if (!why.empty()) {
+        m.close();
+        out.error = std::move(why);
+        co_return out;
+      }
+    }
+    auto& c = *m.conn;
+    beast::get_lowest_layer(c).expires_at(deadline);
+    auto [wec, wn] = co_await http::async_write(c, hreq, use_tuple);
+    if (m.state == Impl::State::aborted) {
+      m.close();
+      out.error = "aborted: " + m.abort_reason;
+      co_return out;
+    }
+    if (wec) {
+      m.close();
+      // The replica cannot have had the whole request: once more on a new connection.
+      if (reused && attempt == 0 && wec != beast::error::timeout) continue;
+      out.error = wec == beast::error::timeout ? "timeout (write)" : "write: " + wec.message();
+      co_return out;
+    }
+    http::response_parser<http::string_body> parser;
+    parser.header_limit(kAnswerHeaderLimit);
+    parser.body_limit(kMaxForwardedAnswer);
+    if (req.method == "HEAD") parser.skip(true);
+    auto [rec, rn] = co_await http::async_read(*m.conn, m.buf, parser, use_tuple);
+    if (m.state == Impl::State::aborted) {
+      m.close();
+      out.error = "aborted: " + m.abort_reason;
+      co_return out;
+    }
+    if (rec) {
+      const bool nothing = !parser.got_some();
+      m.close();
+      if (reused && attempt == 0 && nothing && repeatable(req.method) && stale_connection(rec)) continue;
+      out.error = rec == beast::error::timeout ? "timeout (read)" : "read: " + rec.message();
+      co_return out;
+    }
+    auto& res = parser.get();
+    out.status = static_cast<int>(res.result_int());
+    for (const auto& f : res) out.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+    out.body = std::move(res.body());
+    if (res.keep_alive()) beast::get_lowest_layer(*m.conn).expires_never();
+    else m.close();
+    co_return out;
+  }
+}
+
+}  // namespace cg::gateway
