@@ -53,7 +53,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
         io_(std::move(s), std::move(ctx),
             {deps_->idle_timeout, deps_->read_timeout, deps_->write_timeout, deps_->handshake_timeout}),
         wake_(io_.executor()),
-        hop_(io_.executor()) {
+        hop_(io_.executor(), deps_->hop_links) {
     deps_->active->fetch_add(1);  // from the accept to its first answer: a shutdown waits for it
   }
   ~Conn() {
@@ -405,9 +405,10 @@ class Conn : public std::enable_shared_from_this<Conn> {
           t.connect_timeout = deps_->handshake_timeout;
           auto counted = deps_->mesh->count_forward(replica);  // pick_peer prefers the least busy replica
           reply = co_await hop_.exchange(t, fr);
-        } else {
-          // The connection's first forwarded request (it may be its only one): over the mesh's shared
-          // pool of connections, which are already open.
+        }
+        if (!reply || (!reply->sent && hop_wait_ == HopWait::waiting && !gone)) {
+          // The connection's first forwarded request (it may be its only one), or no link of its own
+          // could be had: over the mesh's shared pool of connections, which are already open.
           fwd_reply_.reset();
           const uint64_t attempt = ++fwd_attempt_;  // a reply to an attempt given up is dropped
           deps_->mesh->forward(replica, fr, [self = shared_from_this(), ex = io_.executor(), attempt](mesh::ForwardReply r) {

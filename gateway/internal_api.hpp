@@ -55,6 +55,8 @@ struct InternalApiDeps {
   // Connections accepted and not yet answered once, and requests being served (from the header read to
   // the answer written; streams until handed over); not kept-alive connections waiting idle.
   std::shared_ptr<std::atomic<int64_t>> active = std::make_shared<std::atomic<int64_t>>(0);
+  // Links of their own held by caller connections to other replicas (gateway/mesh_hop.*).
+  std::shared_ptr<std::atomic<int64_t>> hop_links = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 class InternalApi {

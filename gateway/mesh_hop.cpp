@@ -34,8 +34,11 @@ struct MeshHop::Impl {
   // What the connection is doing; an exchange aborted from outside ends with no answer and no retry.
   enum class State { idle, exchanging, aborted };
 
-  explicit Impl(const asio::any_io_executor& e) : ex(e) {}
+  Impl(const asio::any_io_executor& e, std::shared_ptr<std::atomic<int64_t>> l) : ex(e), links(std::move(l)) {}
   asio::any_io_executor ex;
+  std::shared_ptr<std::atomic<int64_t>> links;  // every caller connection's links, at most kMaxHopLinks
+  enum class Slot { none, held };  // whether this hop counts in `links` (while it has a connection)
+  Slot slot = Slot::none;
   std::optional<TlsStream> conn;  // open (or being opened) to `replica` with `tls`
   std::string replica;
   std::shared_ptr<asio::ssl::context> tls;
@@ -54,11 +57,18 @@ struct MeshHop::Impl {
     shut();
     conn.reset();
     buf.clear();
+    if (slot == Slot::held) links->fetch_sub(1);
+    slot = Slot::none;
   }
 
   // TCP, then TLS with the replica's certificate checked against the server name; "" or the reason.
   asio::awaitable<std::string> open(const MeshRelayTarget& t) {
     close();
+    if (links->fetch_add(1) >= kMaxHopLinks) {
+      links->fetch_sub(1);
+      co_return "no free link (" + std::to_string(kMaxHopLinks) + " held)";
+    }
+    slot = Slot::held;
     replica = t.replica;
     tls = t.tls;
     tcp::resolver resolver(ex);
@@ -79,7 +89,8 @@ struct MeshHop::Impl {
   }
 };
 
-MeshHop::MeshHop(const asio::any_io_executor& ex) : impl_(std::make_unique<Impl>(ex)) {}
+MeshHop::MeshHop(const asio::any_io_executor& ex, std::shared_ptr<std::atomic<int64_t>> links)
+    : impl_(std::make_unique<Impl>(ex, std::move(links))) {}
 MeshHop::~MeshHop() { impl_->close(); }
 
 void MeshHop::abort(const char* why) {
@@ -126,6 +137,7 @@ asio::awaitable<mesh::ForwardReply> MeshHop::exchange(const MeshRelayTarget& t, 
       if (!why.empty()) {
         m.close();
         out.error = std::move(why);
+        out.sent = false;
         co_return out;
       }
     }

@@ -101,6 +101,9 @@ struct ForwardReply {
   std::string body;
   std::string error;
   std::string replica;  // who was asked
+  // false: the request never left this replica (no connection to the replica could be had), so it
+  // may go another way.
+  bool sent = true;
 };
 
 // Response header names (upstream's): the replica the caller reached, and the one whose agent served it.
