@@ -340,8 +340,19 @@ class Conn : public std::enable_shared_from_this<Conn> {
   // A stream (watch, logs -f, exec, wirelogs) for an agent of another replica: the connection is
   // handed to a relay (gateway/mesh_relay.*) that carries it to that replica's mesh listener.
   awaitable<Next> forward_stream(std::string replica) {
+    auto target = relay_target(replica);
+    if (!target) co_return co_await io_.error(502, "proxy request failed: no link to replica " + replica, true);
+    MeshRelayTarget t = std::move(*target);
+    t.log_fields = fields();
+    auto [stream, request] = io_.hand_over();
+    start_mesh_relay(std::move(stream), std::move(request), std::move(t));
+    co_return Next::handed_off;
+  }
+
+  // Where `replica`'s mesh listener is and how to reach it; nullopt: no link to it.
+  std::optional<MeshRelayTarget> relay_target(const std::string& replica) const {
     auto route = deps_->mesh->route_to(replica);
-    if (!route) co_return co_await io_.error(502, "proxy request failed: no link to replica " + replica, true);
+    if (!route) return std::nullopt;
     MeshRelayTarget t;
     t.replica = replica;
     t.host = route->host;
@@ -350,10 +361,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
     t.tls = deps_->mesh->client_tls();
     t.entry = deps_->replica_id;
     t.connect_timeout = deps_->handshake_timeout;
-    t.log_fields = fields();
-    auto [stream, request] = io_.hand_over();
-    start_mesh_relay(std::move(stream), std::move(request), std::move(t));
-    co_return Next::handed_off;
+    return t;
   }
 
   // One hop to `replica`, whose mesh listener serves the request from its own sessions. A request that
@@ -375,7 +383,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
       tried.insert(replica);
       std::optional<mesh::ForwardReply> reply;
       bool gone = false;
-      if (auto route = deps_->mesh->route_to(replica)) {
+      if (auto target = relay_target(replica)) {
         // Every 100 ms: is the replica still heard from? A cut link or a frozen replica is given up
         // within a second (its updates are due every 250 ms; silent after 800 ms), not after the
         // request timeout: hop_watchdog() ends the wait.
@@ -395,16 +403,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
         if (forward_path_ == ForwardPath::own_link) {
           // A kept-alive caller connection that forwards again: over its own link to the replica
           // (gateway/mesh_hop.*), in this coroutine, without handing the request to another strand.
-          MeshRelayTarget t;
-          t.replica = replica;
-          t.host = route->host;
-          t.port = route->port;
-          t.server_name = route->server_name;
-          t.tls = deps_->mesh->client_tls();
-          t.entry = deps_->replica_id;
-          t.connect_timeout = deps_->handshake_timeout;
           auto counted = deps_->mesh->count_forward(replica);  // pick_peer prefers the least busy replica
-          reply = co_await hop_.exchange(t, fr);
+          reply = co_await hop_.exchange(*target, fr);
         }
         if (!reply || (!reply->sent && hop_wait_ == HopWait::waiting && !gone)) {
           // The connection's first forwarded request (it may be its only one), or no link of its own

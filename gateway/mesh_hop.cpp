@@ -3,7 +3,6 @@
 #include <optional>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/ssl/host_name_verification.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 namespace cg::gateway {
@@ -71,21 +70,7 @@ struct MeshHop::Impl {
     slot = Slot::held;
     replica = t.replica;
     tls = t.tls;
-    tcp::resolver resolver(ex);
-    auto [rec, results] = co_await resolver.async_resolve(t.host, std::to_string(t.port), use_tuple);
-    if (rec) co_return "resolve: " + rec.message();
-    if (state == State::aborted) co_return "aborted: " + abort_reason;
-    conn.emplace(ex, *t.tls);
-    auto& c = *conn;
-    if (!SSL_set_tlsext_host_name(c.native_handle(), t.server_name.c_str())) co_return "bad server name";
-    c.set_verify_mode(asio::ssl::verify_peer);
-    c.set_verify_callback(asio::ssl::host_name_verification(t.server_name));
-    beast::get_lowest_layer(c).expires_after(t.connect_timeout);
-    auto [cec, ep] = co_await beast::get_lowest_layer(c).async_connect(results, use_tuple);
-    if (cec) co_return "connect: " + cec.message();
-    auto [hec] = co_await c.async_handshake(asio::ssl::stream_base::client, use_tuple);
-    if (hec) co_return "TLS: " + hec.message();
-    co_return "";
+    co_return co_await connect_replica(ex, t, conn, [this] { return state == State::aborted; });
   }
 };
 

@@ -40,20 +40,9 @@ struct Relay {
 
   // Connects, verifies the replica and sends it the request; the reason on failure.
   awaitable<std::string> open() {
-    auto ex = caller.get_executor();
-    tcp::resolver resolver(ex);
-    auto [rec, results] = co_await resolver.async_resolve(t.host, std::to_string(t.port), use_tuple);
-    if (rec) co_return "resolve: " + rec.message();
-    peer.emplace(ex, *t.tls);
+    std::string why = co_await connect_replica(caller.get_executor(), t, peer, [] { return false; });
+    if (!why.empty()) co_return why;
     auto& p = *peer;
-    if (!SSL_set_tlsext_host_name(p.native_handle(), t.server_name.c_str())) co_return "bad server name";
-    p.set_verify_mode(asio::ssl::verify_peer);
-    p.set_verify_callback(asio::ssl::host_name_verification(t.server_name));
-    beast::get_lowest_layer(p).expires_after(t.connect_timeout);
-    auto [cec, _] = co_await beast::get_lowest_layer(p).async_connect(results, use_tuple);
-    if (cec) co_return "connect: " + cec.message();
-    auto [hec] = co_await p.async_handshake(asio::ssl::stream_base::client, use_tuple);
-    if (hec) co_return "TLS: " + hec.message();
     request.set("X-Cluster-Gateway-Entry-Pod", t.entry);
     request.prepare_payload();
     auto [wec, n] = co_await http::async_write(p, request, use_tuple);
@@ -101,6 +90,25 @@ struct Relay {
   }
 };
 }  // namespace
+
+awaitable<std::string> connect_replica(const asio::any_io_executor& ex, const MeshRelayTarget& t, std::optional<TlsStream>& peer,
+                                       const std::function<bool()>& stop) {
+  tcp::resolver resolver(ex);
+  auto [rec, results] = co_await resolver.async_resolve(t.host, std::to_string(t.port), use_tuple);
+  if (rec) co_return "resolve: " + rec.message();
+  if (stop()) co_return "stopped";
+  peer.emplace(ex, *t.tls);
+  auto& p = *peer;
+  if (!SSL_set_tlsext_host_name(p.native_handle(), t.server_name.c_str())) co_return "bad server name";
+  p.set_verify_mode(asio::ssl::verify_peer);
+  p.set_verify_callback(asio::ssl::host_name_verification(t.server_name));
+  beast::get_lowest_layer(p).expires_after(t.connect_timeout);
+  auto [cec, ep] = co_await beast::get_lowest_layer(p).async_connect(results, use_tuple);
+  if (cec) co_return "connect: " + cec.message();
+  auto [hec] = co_await p.async_handshake(asio::ssl::stream_base::client, use_tuple);
+  if (hec) co_return "TLS: " + hec.message();
+  co_return "";
+}
 
 void start_mesh_relay(TlsStream caller, http::request<http::string_body> request, MeshRelayTarget target) {
   auto relay = std::make_shared<Relay>(std::move(caller), std::move(request), std::move(target));

@@ -7,9 +7,12 @@
 // relayed, the caller gets 502 with the reason.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include <boost/asio/awaitable.hpp>
 #include <nlohmann/json.hpp>
 
 #include "common/net.hpp"
@@ -29,5 +32,12 @@ struct MeshRelayTarget {
 };
 
 void start_mesh_relay(net::TlsStream caller, net::http::request<net::http::string_body> request, MeshRelayTarget target);
+
+// Opens `peer` (on `ex`) to the replica at `t`: name resolution, TCP and TLS with the replica's
+// certificate checked against t.server_name, the TCP and TLS set-up bounded by t.connect_timeout.
+// "" or the reason it failed. `stop` is asked after the name resolution (before `peer` exists, so
+// that closing it cannot end the wait): true gives up with "stopped".
+net::asio::awaitable<std::string> connect_replica(const net::asio::any_io_executor& ex, const MeshRelayTarget& t,
+                                                  std::optional<net::TlsStream>& peer, const std::function<bool()>& stop);
 
 }  // namespace cg::gateway
