@@ -139,7 +139,8 @@ class HostileCallerTest(CallerCase):
             data, how, _ = await asyncio.wait_for(call, 40)
             status, _, body = parse_http(data)
             self.assertEqual((status, body), (200, b"proxied"))
-            self.assertTrue(self.log.find("HTTP proxy request completed", since=mark, requestID=req["gatewayRequestID"]))
+            # The log line may reach the log reader after the answer reached the caller: wait for it.
+            self.assertTrue(self.log.wait("HTTP proxy request completed", since=mark, requestID=req["gatewayRequestID"]))
             self.assertTrue(ws.open)
             await ws.close()
         asyncio.run(run())
