@@ -261,6 +261,15 @@ class Conn : public std::enable_shared_from_this<Conn> {
     io_.agent_done();
     auto reply = std::move(*reply_);
     reply_.reset();
+    if (deps_->mesh_receive && reply.outcome == session::TunnelReply::Outcome::no_agent) {
+      // Forwarded here, and the agent was picked above but could no longer take the request (this
+      // replica started shutting down and sent GOAWAY in between): it was not sent, so the entry
+      // replica sends it where the agent is now, whatever its method.
+      log::info("forwarded request not sent: the agent is leaving this replica", fields());
+      auto res = make_text_error(503, "replica " + deps_->replica_id + " holds no agent for CR " + check_.cr_key);
+      res->set(mesh::kDrainingHeader, "true");
+      co_return co_await io_.write(res, true);
+    }
     if ((deps_->mesh || deps_->mesh_receive) && reply.outcome == session::TunnelReply::Outcome::connection_closed &&
         safe_method() && !resent_) {
       // Several replicas: the agent left (GOAWAY of a drain or of the rebalancer) with this request
