@@ -3,6 +3,7 @@
 #include <boost/asio/post.hpp>
 #include <poll.h>
 
+#include <array>
 #include <atomic>
 #include <deque>
 
@@ -14,6 +15,7 @@
 #include "common/thread_annotations.hpp"
 #include "gateway/acceptor.hpp"
 #include "gateway/http_rules.hpp"
+#include "session/lean_tls.hpp"
 #include "session/upgrade_handoff.hpp"
 
 namespace cg::gateway {
@@ -114,18 +116,22 @@ class HandshakeGate : public std::enable_shared_from_this<HandshakeGate> {
   std::deque<Waiting> queue_ CG_GUARDED_BY(mu_);
 };
 
+// One connection from its first byte to the upgrade decision: the TLS handshake and the upgrade
+// request run on LeanTls (session/lean_tls.hpp), which the session then takes over. Everything runs on
+// the connection's strand (the socket's executor). The handshake deadline closes the socket.
 class Handshake : public std::enable_shared_from_this<Handshake> {
  public:
   Handshake(tcp::socket s, std::shared_ptr<asio::ssl::context> ctx, std::shared_ptr<const AgentListenerDeps> deps,
             std::chrono::steady_clock::time_point deadline, std::shared_ptr<HandshakeGate> gate)
       : ctx_(std::move(ctx)),
-        stream_(std::move(s), *ctx_),
         deps_(std::move(deps)),
         deadline_(deadline),
         gate_(std::move(gate)),
-        slot_timer_(stream_.get_executor()) {
+        slot_timer_(s.get_executor()),
+        deadline_timer_(s.get_executor()),
+        stream_(std::move(s), ctx_->native_handle()) {
     beast::error_code ec;
-    auto ep = beast::get_lowest_layer(stream_).socket().remote_endpoint(ec);
+    auto ep = stream_.next_layer().remote_endpoint(ec);
     if (!ec) {
       remote_ip_ = ep.address().to_string();
       remote_ = remote_ip_ + ":" + std::to_string(ep.port());
@@ -142,23 +148,52 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
       if (ec) return;
       if (auto self = w.lock()) self->give_back();
     });
-    beast::get_lowest_layer(stream_).expires_at(deadline_);
-    stream_.async_handshake(asio::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
-      if (ec) {
-        log::debug("agent TLS handshake failed", {{"remote", self->remote_}, {"reason", ec.message()}});
+    arm_deadline(deadline_);
+    stream_.async_handshake([self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec || !self->stream_.setup_error().empty()) {
+        log::debug("agent TLS handshake failed",
+                   {{"remote", self->remote_},
+                    {"reason", !self->stream_.setup_error().empty() ? self->stream_.setup_error() : self->why(ec).message()}});
         metrics::handshake("rejected", "tls_handshake_failed");
-        return;
+        return self->close();
       }
       self->read_request();
     });
   }
 
  private:
+  // The handshake deadline: while it runs, its expiry closes the socket (the pending read or write
+  // then ends with an error, which why() reports as Beast's timeout).
+  enum class Deadline : uint8_t { running, expired, off };
+
+  void arm_deadline(std::chrono::steady_clock::time_point at) {
+    deadline_state_ = Deadline::running;
+    deadline_timer_.expires_at(at);
+    deadline_timer_.async_wait([w = weak_from_this()](beast::error_code ec) {
+      auto self = w.lock();
+      if (ec || !self || self->deadline_state_ != Deadline::running) return;
+      self->deadline_state_ = Deadline::expired;
+      self->close();
+    });
+  }
+  void disarm_deadline() {
+    deadline_state_ = Deadline::off;
+    deadline_timer_.cancel();
+  }
+  beast::error_code why(beast::error_code ec) const {
+    return deadline_state_ == Deadline::expired ? beast::error_code(beast::error::timeout) : ec;
+  }
+  void close() {
+    beast::error_code ig;
+    stream_.next_layer().close(ig);
+  }
+
   void read_request() {
     // A forwarded certificate chain (URL-encoded PEM) takes several KiB of header.
     parser_.header_limit(deps_->auth_mode == AgentAuthMode::forwarded_header ? kForwardedHeaderLimit : kHeaderLimit);
     parser_.body_limit(0);
     http::async_read(stream_, buf_, parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      ec = self->why(ec);
       auto refuse = [&](unsigned status, const char* reason_class, const std::string& body) {
         log::warn("agent connection rejected",
                   {{"remote", self->remote_}, {"status", status}, {"reason", body.substr(0, body.size() - 1)}});
@@ -176,7 +211,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
       if (ec) {
         log::debug("agent upgrade request not read", {{"remote", self->remote_}, {"reason", ec.message()}});
         metrics::handshake("rejected", ec == beast::error::timeout ? "handshake_timeout" : "request_not_read");
-        return;
+        return self->close();
       }
       self->decide();
     });
@@ -261,7 +296,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     id.remote = remote_;
     id.peer = std::move(chain);
     id.authorized = std::move(ok);
-    beast::get_lowest_layer(stream_).expires_never();
+    disarm_deadline();
     session::UpgradeHandoffPtr h(new session::UpgradeHandoff(std::move(stream_), std::move(req_)));
     session::start_agent_session(std::move(h), std::move(id), deps_->session_options, deps_->registry, deps_->frames);
   }
@@ -321,18 +356,35 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     res->body() = body;
     res->keep_alive(false);
     res->prepare_payload();
-    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds(5));
+    arm_deadline(std::chrono::steady_clock::now() + std::chrono::seconds(5));
     http::async_write(stream_, *res, [self = shared_from_this(), res](beast::error_code ec, size_t) {
-      if (ec) return;
-      self->stream_.async_shutdown([self](beast::error_code) {
-        beast::error_code ig;
-        beast::get_lowest_layer(self->stream_).socket().close(ig);
+      if (ec) return self->close();
+      self->stream_.async_shutdown([self](beast::error_code ec, size_t) {
+        if (ec) return self->close();
+        self->linger();
       });
     });
   }
 
+  // After an answer that ends the connection (and our close_notify): our side of the TCP connection is
+  // shut down, and what the client still sends is read and dropped until it closes or the deadline
+  // passes. Closing with unread input would send a reset, which can reach the client before it has read
+  // the answer.
+  void linger() {
+    beast::error_code ig;
+    stream_.next_layer().shutdown(tcp::socket::shutdown_send, ig);
+    drain(std::make_shared<std::array<char, 2048>>());
+  }
+  void drain(std::shared_ptr<std::array<char, 2048>> scratch) {
+    stream_.next_layer().async_read_some(asio::buffer(*scratch),
+                                         [self = shared_from_this(), scratch](beast::error_code ec, size_t) {
+                                           if (!ec) return self->drain(scratch);
+                                           self->disarm_deadline();
+                                           self->close();
+                                         });
+  }
+
   std::shared_ptr<asio::ssl::context> ctx_;  // the context this connection started with
-  TlsStream stream_;
   std::shared_ptr<const AgentListenerDeps> deps_;
   beast::flat_buffer buf_;
   http::request_parser<http::empty_body> parser_;
@@ -346,6 +398,9 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
   std::shared_ptr<HandshakeGate> gate_;
   std::atomic<bool> holds_slot_{true};
   asio::steady_timer slot_timer_;
+  asio::steady_timer deadline_timer_;
+  Deadline deadline_state_ = Deadline::off;
+  session::LeanTls stream_;
 };
 
 // Holds an accepted socket until its first byte arrives (or the handshake timeout passes), so that

@@ -47,7 +47,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
  public:
   AgentSession(UpgradeHandoff& h, AgentIdentity id, const AgentSessionOptions& opts, SessionRegistry& registry,
                std::shared_ptr<FrameHandler> handler)
-      : ws_(h.stream),
+      : ws_(std::move(h.stream)),
         req_(std::move(h.request)),
         id_(std::move(id)),
         caps_(parse_capabilities(req_[kCapabilitiesHeader])),
@@ -63,7 +63,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
         close_timer_(ws_.get_executor()) {}
 
   void start() {
-    if (!ws_.next_layer().adopt_error().empty()) return dispatch(ev::UpgradeFailed{ws_.next_layer().adopt_error()});
+    if (!ws_.next_layer().setup_error().empty()) return dispatch(ev::UpgradeFailed{ws_.next_layer().setup_error()});
     websocket::stream_base::timeout t{};
     t.handshake_timeout = std::max<std::chrono::seconds>(
         std::chrono::duration_cast<std::chrono::seconds>(opts_.handshake_timeout), std::chrono::seconds(1));

@@ -6,7 +6,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
-#include <cstring>
+#include <utility>
 
 namespace cg::session {
 namespace {
@@ -21,8 +21,6 @@ struct SockBio {
   // whatever the kernel has since given that descriptor number to (another agent's socket, a file).
   tcp::socket* sock = nullptr;
   bool eof = false;
-  std::string pre;  // ciphertext Asio's BIO pair had received but OpenSSL had not read yet
-  size_t pre_off = 0;
 };
 
 int sockbio_fd(SockBio* st) { return st->sock && st->sock->is_open() ? st->sock->native_handle() : -1; }
@@ -48,13 +46,6 @@ int sockbio_read(BIO* b, char* data, int len) {
   auto* st = static_cast<SockBio*>(BIO_get_data(b));
   BIO_clear_retry_flags(b);
   if (len <= 0) return 0;
-  if (st->pre_off < st->pre.size()) {
-    size_t n = std::min(st->pre.size() - st->pre_off, static_cast<size_t>(len));
-    std::memcpy(data, st->pre.data() + st->pre_off, n);  // NOLINT(bugprone-not-null-terminated-result): TLS bytes
-    st->pre_off += n;
-    if (st->pre_off == st->pre.size()) std::string().swap(st->pre), st->pre_off = 0;
-    return static_cast<int>(n);
-  }
   const int fd = sockbio_fd(st);
   if (fd < 0) {
     errno = EBADF;
@@ -128,29 +119,39 @@ beast::error_code map_error(SSL* ssl, int e) {
 
 }  // namespace
 
-LeanTls::LeanTls(net::TlsStream& from) : sock_(std::move(from.next_layer().socket())), ssl_(from.native_handle()) {
-  SSL_up_ref(ssl_);  // Asio's engine frees its reference when `from` is destroyed
-  BIO* old = SSL_get_rbio(ssl_);
-  if (BIO_ctrl_wpending(SSL_get_wbio(ssl_)) != 0) adopt_error_ = "unsent TLS output left in the handshake stream";
-  auto* st = new SockBio;
-  st->sock = &sock_;  // LeanTls is neither copied nor moved, so the pointer stays valid
-  if (size_t pending = old ? BIO_ctrl_pending(old) : 0; pending > 0) {
-    st->pre.resize(pending);
-    int got = BIO_read(old, st->pre.data(), static_cast<int>(pending));
-    st->pre.resize(got > 0 ? static_cast<size_t>(got) : 0);
-    handed_over_ = st->pre.size();
-  }
-  BIO* b = BIO_new(sockbio_method());
-  if (!b) {
-    delete st;
-    adopt_error_ = "BIO_new failed";
+LeanTls::LeanTls(tcp::socket sock, SSL_CTX* ctx) : sock_(std::move(sock)) {
+  ssl_ = SSL_new(ctx);
+  if (!ssl_) {
+    setup_error_ = "SSL_new failed";
+    ERR_clear_error();
     return;
   }
-  BIO_set_data(b, st);
-  SSL_set_bio(ssl_, b, b);  // frees Asio's half of the pair
+  // Partial writes: async_write_some completes with what one call took. The buffer may move between
+  // a write that wanted the socket and its retry (coalesced copies). Record buffers are freed while idle.
+  SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  SSL_set_accept_state(ssl_);
+  BIO* b = BIO_new(sockbio_method());
+  if (!b) {
+    setup_error_ = "BIO_new failed";
+    ERR_clear_error();
+    return;
+  }
+  BIO_set_data(b, new SockBio);
+  SSL_set_bio(ssl_, b, b);
+  bind_bio();
   beast::error_code ec;
   sock_.native_non_blocking(true, ec);
-  if (ec && adopt_error_.empty()) adopt_error_ = ec.message();
+  if (ec) setup_error_ = ec.message();
+}
+
+LeanTls::LeanTls(LeanTls&& other) noexcept
+    : sock_(std::move(other.sock_)), ssl_(std::exchange(other.ssl_, nullptr)), setup_error_(std::move(other.setup_error_)) {
+  bind_bio();
+}
+
+void LeanTls::bind_bio() {
+  BIO* b = ssl_ ? SSL_get_rbio(ssl_) : nullptr;
+  if (auto* st = b ? static_cast<SockBio*>(BIO_get_data(b)) : nullptr) st->sock = &sock_;
 }
 
 LeanTls::~LeanTls() {
@@ -165,6 +166,12 @@ LeanTls::Step LeanTls::finish_step(int ret, size_t n, bool shutdown) {
   beast::error_code ec = map_error(ssl_, e);
   if (shutdown && ec == asio::ssl::error::stream_truncated) ec = asio::error::eof;
   return Step{Want::nothing, ec, 0};
+}
+
+LeanTls::Step LeanTls::handshake_step() {
+  if (!setup_error_.empty() || !ssl_) return Step{Want::nothing, asio::error::invalid_argument, 0};
+  ERR_clear_error();
+  return finish_step(SSL_do_handshake(ssl_), 0, false);
 }
 
 LeanTls::Step LeanTls::read_step(asio::mutable_buffer b) {

@@ -1,17 +1,19 @@
-// LeanTls: the TLS stream of an established agent session (include from .cpp files only: Beast).
+// LeanTls: the TLS stream of an agent connection, from its handshake to its end (include from .cpp
+// files only: Beast).
 //
-// The handshake and the upgrade request run on Asio's ssl::stream (gateway/agent_listener.cpp); once
-// the request is read, the session takes the socket and the SSL object over and talks to the socket
-// directly through a small BIO. Asio's stream keeps two 17 KiB buffers in its core plus a BIO pair
-// with two more 17 KiB buffers for as long as it lives, about 68 KiB of every idle session's memory;
-// here OpenSSL's own record buffers are the only ones, and SSL_MODE_RELEASE_BUFFERS (set by Asio on
-// every SSL) frees them whenever a session is idle (docs/benchmarks.md).
+// The agent listener (gateway/agent_listener.cpp) makes one per accepted socket, runs the TLS
+// handshake and reads the upgrade request on it; the session then takes it over (moved, not copied)
+// for the WebSocket. OpenSSL talks to the socket directly through a small BIO: OpenSSL's own record
+// buffers are the only ones, and SSL_MODE_RELEASE_BUFFERS frees them whenever the connection is
+// idle. Asio's ssl::stream, which the handshake used before, allocates and zeroes two 17 KiB buffers
+// in its engine plus a BIO pair with two more for every connection, and copies every byte through the
+// pair (docs/benchmarks.md).
 //
 // The stream models Asio's AsyncStream (async_read_some, async_write_some) for
-// websocket::stream<LeanTls>, plus async_shutdown and Beast's teardown hook. Errors are reported as
-// Asio's ssl::stream reports them: the peer's close_notify is asio::error::eof, an end of stream
-// without one is asio::ssl::error::stream_truncated. No operation completes inside its initiating
-// call. Tests: tests/session/lean_tls_test.cpp.
+// websocket::stream<LeanTls> and Beast's HTTP reads and writes, plus async_handshake, async_shutdown
+// and Beast's teardown hook. Errors are reported as Asio's ssl::stream reports them: the peer's
+// close_notify is asio::error::eof, an end of stream without one is asio::ssl::error::stream_truncated.
+// No operation completes inside its initiating call. Tests: tests/session/lean_tls_test.cpp.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -20,6 +22,7 @@
 #include "common/net.hpp"
 
 typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
 
 namespace cg::session {
 
@@ -28,20 +31,30 @@ class LeanTls {
   using executor_type = net::tcp::socket::executor_type;
   using next_layer_type = net::tcp::socket;
 
-  // Takes the socket and the SSL object over from `from`, whose handshake is done (`from` must not be
-  // used afterwards, only destroyed). Ciphertext Asio's stream had received but OpenSSL had not read
-  // yet is handed over and read first. When the takeover fails, adopt_error() says why.
-  explicit LeanTls(net::TlsStream& from);
-  LeanTls(const LeanTls&) = delete;  // the BIO points at sock_
+  // The server side of a new connection on `sock` with the settings of `ctx` (the SSL object holds
+  // its own reference to it). When the set-up fails, setup_error() says why and the stream must not
+  // be used, only destroyed.
+  LeanTls(net::tcp::socket sock, SSL_CTX* ctx);
+  // Takes over `other`'s socket and SSL object; `other` may then only be destroyed. No operation may
+  // be pending on `other`.
+  LeanTls(LeanTls&& other) noexcept;
+  LeanTls(const LeanTls&) = delete;
   LeanTls& operator=(const LeanTls&) = delete;
+  LeanTls& operator=(LeanTls&&) = delete;
   ~LeanTls();
 
   executor_type get_executor() noexcept { return sock_.get_executor(); }
   net::tcp::socket& next_layer() noexcept { return sock_; }
   const net::tcp::socket& next_layer() const noexcept { return sock_; }
-  const std::string& adopt_error() const { return adopt_error_; }
-  // Bytes of ciphertext handed over from Asio's stream at takeover (diagnostics and tests).
-  size_t handed_over_bytes() const { return handed_over_; }
+  SSL* native_handle() noexcept { return ssl_; }
+  const std::string& setup_error() const { return setup_error_; }
+
+  // The server's TLS handshake; completes with (error, 0).
+  template <class Handler>
+  auto async_handshake(Handler&& handler) {
+    return net::asio::async_compose<Handler, void(net::beast::error_code, size_t)>(
+        IoOp{this, [](LeanTls& s) { return s.handshake_step(); }, false}, handler, sock_);
+  }
 
   // Reads into the first non-empty buffer.
   template <class MutableBuffers, class Handler>
@@ -101,6 +114,7 @@ class LeanTls {
     net::beast::error_code ec{};
     size_t n = 0;
   };
+  Step handshake_step();
   Step read_step(net::asio::mutable_buffer b);
   Step write_step(net::asio::const_buffer b);
   Step shutdown_step();
@@ -144,10 +158,12 @@ class LeanTls {
   template <class Fn>
   IoOp(LeanTls*, Fn, bool) -> IoOp<Fn>;
 
+  // Points the BIO at this object's socket (after a construction or a move).
+  void bind_bio();
+
   net::tcp::socket sock_;
-  SSL* ssl_;
-  std::string adopt_error_;
-  size_t handed_over_ = 0;
+  SSL* ssl_ = nullptr;
+  std::string setup_error_;
 };
 
 // WebSocket teardown for LeanTls (found by argument-dependent lookup): TLS close_notify, then the

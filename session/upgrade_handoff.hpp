@@ -2,11 +2,12 @@
 #pragma once
 #include "common/net.hpp"
 #include "session/agent_session.hpp"
+#include "session/lean_tls.hpp"
 
 namespace cg::session {
 struct UpgradeHandoff {
-  UpgradeHandoff(net::TlsStream&& s, net::UpgradeRequest&& r) : stream(std::move(s)), request(std::move(r)) {}
-  net::TlsStream stream;
+  UpgradeHandoff(LeanTls&& s, net::UpgradeRequest&& r) : stream(std::move(s)), request(std::move(r)) {}
+  LeanTls stream;
   net::UpgradeRequest request;
 };
 }  // namespace cg::session

@@ -1,6 +1,7 @@
-// LeanTls on loopback TCP against a real OpenSSL client: the takeover after Asio's handshake (with
-// ciphertext that arrived together with the handshake's last flight), partial writes when the socket
-// buffer is full, and how ends of stream are told apart (close_notify = eof, none = stream_truncated).
+// LeanTls on loopback TCP against a real OpenSSL client: its own server handshake (also with
+// application data that arrived together with the handshake's last flight, and with a client that does
+// not speak TLS), a move after the handshake, partial writes when the socket buffer is full, and how
+// ends of stream are told apart (close_notify = eof, none = stream_truncated).
 // Certificates are generated at test time (tests/support/pki).
 #include <catch2/catch.hpp>
 #include <openssl/err.h>
@@ -83,28 +84,22 @@ struct Client {
   }
 };
 
-// The server side: accepts one connection, runs Asio's TLS handshake, then LeanTls takes over.
+// The server side: accepts one connection and runs LeanTls's handshake on it.
 struct Server {
   asio::io_context ioc;
   tcp::acceptor acc{ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
-  std::optional<TlsStream> hs;
   std::optional<LeanTls> lean;
   uint16_t port() const { return acc.local_endpoint().port(); }
 
-  // Returns once the handshake is done and LeanTls owns the connection.
-  void accept_and_adopt(asio::ssl::context& ctx) {
+  // Returns the handshake's result.
+  beast::error_code accept_and_handshake(asio::ssl::context& ctx) {
     tcp::socket s(ioc);
     acc.accept(s);
-    hs.emplace(beast::tcp_stream(std::move(s)), ctx);
-    beast::error_code hec = asio::error::would_block;
-    hs->async_handshake(asio::ssl::stream_base::server, [&](beast::error_code ec) { hec = ec; });
-    ioc.restart();
-    while (hec == asio::error::would_block) ioc.run_one();
-    REQUIRE_FALSE(hec);
-    lean.emplace(*hs);
-    hs.reset();  // Asio's stream goes; the SSL object lives on in LeanTls
-    REQUIRE(lean->adopt_error().empty());
+    lean.emplace(std::move(s), ctx.native_handle());
+    REQUIRE(lean->setup_error().empty());
+    return run([&](auto h) { lean->async_handshake(h); }).first;
   }
+  void accept_tls(asio::ssl::context& ctx) { REQUIRE_FALSE(accept_and_handshake(ctx)); }
 
   template <class Op>
   std::pair<beast::error_code, size_t> run(Op op) {
@@ -143,7 +138,7 @@ std::string pattern(size_t n) {
 
 }  // namespace
 
-TEST_CASE("LeanTls carries data both ways after taking over from Asio's handshake", "[session][lean_tls]") {
+TEST_CASE("LeanTls carries data both ways after its own handshake", "[session][lean_tls]") {
   Pki pki;
   Server srv;
   std::promise<std::string> got;
@@ -157,7 +152,7 @@ TEST_CASE("LeanTls carries data both ways after taking over from Asio's handshak
       got.set_exception(std::current_exception());
     }
   });
-  srv.accept_and_adopt(*pki.ctx);
+  srv.accept_tls(*pki.ctx);
   CHECK(srv.read_exact(4) == "ping");
   // Two small buffers (a frame header and its payload) go out as one record: one call takes both.
   std::string a = "po", b = "ng";
@@ -176,9 +171,9 @@ TEST_CASE("LeanTls carries data both ways after taking over from Asio's handshak
   client.join();
 }
 
-TEST_CASE("LeanTls reads first the ciphertext that arrived with the handshake", "[session][lean_tls]") {
-  // The client's Finished and its first application records leave in one send(): Asio's handshake
-  // reads them together, so the records sit in Asio's BIO pair when LeanTls takes over.
+TEST_CASE("LeanTls reads the application data that arrived together with the handshake's last flight", "[session][lean_tls]") {
+  // The client's Finished and its first application records leave in one send(), so they reach the
+  // server's socket together (an agent may send its upgrade request right behind its Finished).
   Pki pki;
   Server srv;
   const std::string msg = pattern(3000);
@@ -219,11 +214,72 @@ TEST_CASE("LeanTls reads first the ciphertext that arrived with the handshake", 
       sent.set_exception(std::current_exception());
     }
   });
-  srv.accept_and_adopt(*pki.ctx);
-  CHECK(srv.lean->handed_over_bytes() > 0);
+  srv.accept_tls(*pki.ctx);
   CHECK(srv.read_exact(msg.size()) == msg);
   client.join();
   sent.get_future().get();
+}
+
+TEST_CASE("LeanTls moved after the handshake keeps the connection and the moved-from stream is empty", "[session][lean_tls]") {
+  // The session takes the listener's stream over by a move: the BIO must follow the socket.
+  Pki pki;
+  Server srv;
+  std::promise<std::string> got;
+  std::thread client([&, port = srv.port()] {
+    try {
+      Client c(port, pki.ca);
+      c.connect();
+      c.write("hello");
+      got.set_value(c.read_exact(5));
+    } catch (...) {
+      got.set_exception(std::current_exception());
+    }
+  });
+  srv.accept_tls(*pki.ctx);
+  {
+    LeanTls tmp(std::move(*srv.lean));
+    CHECK(srv.lean->native_handle() == nullptr);
+    CHECK_FALSE(srv.lean->next_layer().is_open());
+    srv.lean.reset();  // the first object and its socket member are gone
+    srv.lean.emplace(std::move(tmp));
+  }
+  CHECK(srv.read_exact(5) == "hello");
+  std::string w = "world";
+  auto [ec, n] = srv.run([&](auto h) { srv.lean->async_write_some(asio::buffer(w), h); });
+  CHECK_FALSE(ec);
+  CHECK(n == 5);
+  auto fut = got.get_future();
+  CHECK(fut.get() == "world");
+  client.join();
+}
+
+TEST_CASE("LeanTls handshake with a client that does not speak TLS ends with a TLS error", "[session][lean_tls]") {
+  Pki pki;
+  Server srv;
+  std::promise<std::string> answer;
+  std::thread client([&, port = srv.port()] {
+    try {
+      Client c(port, pki.ca);
+      const std::string req = "GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n";
+      if (::send(c.fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size()))
+        throw std::runtime_error("send");
+      std::string got;
+      char b[256];
+      for (ssize_t r; (r = ::recv(c.fd, b, sizeof b, 0)) > 0;) got.append(b, static_cast<size_t>(r));
+      answer.set_value(got);
+    } catch (...) {
+      answer.set_exception(std::current_exception());
+    }
+  });
+  beast::error_code ec = srv.accept_and_handshake(*pki.ctx);
+  CHECK(ec);
+  CHECK(ec.category() == asio::error::get_ssl_category());
+  srv.lean.reset();  // closes the socket: the client's read ends
+  auto fut = answer.get_future();
+  const std::string got = fut.get();
+  // What the server sent, if anything, is a TLS alert record (content type 21), never plaintext.
+  if (!got.empty()) CHECK(static_cast<unsigned char>(got[0]) == 21);
+  client.join();
 }
 
 TEST_CASE("LeanTls waits while the socket buffer is full and keeps the byte stream intact", "[session][lean_tls]") {
@@ -243,7 +299,7 @@ TEST_CASE("LeanTls waits while the socket buffer is full and keeps the byte stre
       received.set_exception(std::current_exception());
     }
   });
-  srv.accept_and_adopt(*pki.ctx);
+  srv.accept_tls(*pki.ctx);
   srv.lean->next_layer().set_option(asio::socket_base::send_buffer_size(4096));
   const int fd = srv.lean->next_layer().native_handle();
 
@@ -302,7 +358,7 @@ TEST_CASE("LeanTls tells close_notify from an end of stream without it", "[sessi
       done.set_exception(std::current_exception());
     }
   });
-  srv.accept_and_adopt(*pki.ctx);
+  srv.accept_tls(*pki.ctx);
   CHECK(srv.read_exact(3) == "bye");
   std::string buf(100, '\0');
   auto [ec, n] = srv.read(buf);
@@ -335,7 +391,7 @@ TEST_CASE("LeanTls shutdown sends close_notify without waiting for the peer's, t
       client_saw.set_exception(std::current_exception());
     }
   });
-  srv.accept_and_adopt(*pki.ctx);
+  srv.accept_tls(*pki.ctx);
   bool done = false;
   beast::error_code tec = asio::error::would_block;
   async_teardown(beast::role_type::server, *srv.lean, [&](beast::error_code ec) {
