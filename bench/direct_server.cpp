@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/net.hpp"
+#include "common/malloc_tuning.hpp"
 
 using namespace cg::net;
 
@@ -93,6 +94,8 @@ void accept(asio::io_context& ioc, tcp::acceptor& acc, asio::ssl::context& ctx) 
 }  // namespace
 
 int main(int argc, char** argv) {
+  cg::tune_malloc_for_large_messages();  // the same malloc settings as the gateway and the simulator: the direct path is not
+                                         // charged page faults the tunnel path no longer pays
   std::string cert, key, client_ca, bind = "127.0.0.1";
   int port = 0, threads = 2;
   CLI::App app{"bench-direct-server: HTTPS echo backend answering like cluster-agent-sim's responder"};

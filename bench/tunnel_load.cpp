@@ -24,6 +24,7 @@
 
 #include "bench/json_body.hpp"
 #include "common/net.hpp"
+#include "common/malloc_tuning.hpp"
 
 using namespace cg::net;
 using steady = std::chrono::steady_clock;
@@ -128,6 +129,7 @@ void Conn::send(steady::time_point due, std::function<void(bool, std::string, st
 }  // namespace
 
 int main(int argc, char** argv) {
+  cg::tune_malloc_for_large_messages();  // as the servers it measures (docs/benchmarks.md)
   Options o;
   CLI::App app{"bench-tunnel-load: HTTPS keep-alive load client (mTLS) for the tunnel benchmark"};
   app.add_option("--mode", o.mode, "rate or throughput")->capture_default_str();

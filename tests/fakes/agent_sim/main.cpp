@@ -36,6 +36,7 @@
 #include <thread>
 
 #include "common/log.hpp"
+#include "common/malloc_tuning.hpp"
 #include "common/net.hpp"
 #include "common/time.hpp"
 #include "responder.hpp"
@@ -463,6 +464,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cg::tune_malloc_for_large_messages();  // as the gateway; Go's runtime does not give memory back per message either
   Options o;
   CLI::App app{"cluster-agent-sim: simulated OpenChoreo cluster agents (upstream agent protocol)"};
   std::string reconnect = "5s", duration = "0", log_level = "info", unused_hb = "30s", unused_rt = "30s";
