@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <string_view>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl/stream.hpp>
@@ -35,5 +36,23 @@ inline bool closed_by_peer(TlsStream& s) {
   ssize_t n = ::recv(sock.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
   if (n >= 0) return true;
   return !(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+}
+
+// Header fields that belong to one HTTP connection or to the framing of one message (RFC 9110 7.6.1
+// and the length fields): never copied from a message received on one connection to a message sent on
+// another. Host is not among them; each relay decides about it.
+inline bool connection_field(std::string_view name) {
+  for (std::string_view f :
+       {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
+    if (beast::iequals(name, f)) return true;
+  return false;
+}
+
+// True for the errors of a reused keep-alive connection that the server had closed meanwhile (end of
+// stream, reset, broken pipe, TLS without close_notify): a request that got nothing back on it may be
+// sent once more on a new connection, if its method allows.
+inline bool stale_connection_error(const beast::error_code& ec) {
+  return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+         ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated;
 }
 }  // namespace cg::net

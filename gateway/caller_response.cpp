@@ -7,19 +7,11 @@
 namespace cg::gateway {
 using namespace cg::net;
 
-bool is_hop_by_hop(std::string_view name) {
-  static constexpr std::string_view kNames[] = {"Connection", "Keep-Alive",        "Proxy-Connection", "TE",
-                                                "Trailer",    "Transfer-Encoding", "Upgrade",          "Content-Length"};
-  for (auto n : kNames)
-    if (beast::iequals(name, n)) return true;
-  return false;
-}
-
 namespace {
 template <class Message>
 void copy_headers(Message& m, const std::vector<std::pair<std::string, std::string>>& headers) {
   for (const auto& [k, v] : headers)
-    if (!is_hop_by_hop(k)) m.insert(k, v);
+    if (!connection_field(k)) m.insert(k, v);
 }
 }  // namespace
 

@@ -18,9 +18,6 @@ namespace cg::gateway {
 using ProxyResponse = net::http::response<net::http::string_body>;
 using StreamHead = net::http::response<net::http::empty_body>;
 
-// Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, Content-Length.
-bool is_hop_by_hop(std::string_view name);
-
 // The complete answer to a proxied request (no body for HEAD, 204 and 304). Never throws for a reply
 // that decode_tunnel_response() accepted.
 std::shared_ptr<ProxyResponse> make_proxy_response(session::TunnelReply&& reply, bool head_request);

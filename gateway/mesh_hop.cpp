@@ -12,21 +12,8 @@ namespace {
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 constexpr size_t kAnswerHeaderLimit = 64 * 1024;
 
-// Header fields that belong to one connection (and Host, which is this hop's own).
-bool hop_by_hop(std::string_view name) {
-  for (const char* f :
-       {"host", "connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "te", "proxy-connection"})
-    if (beast::iequals(name, f)) return true;
-  return false;
-}
-
 bool repeatable(std::string_view method) { return method == "GET" || method == "HEAD" || method == "OPTIONS"; }
 
-// The replica closed the kept-alive connection (its idle timeout, a restart) as the request went out.
-bool stale_connection(const beast::error_code& ec) {
-  return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
-         ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated;
-}
 }  // namespace
 
 struct MeshHop::Impl {
@@ -95,7 +82,7 @@ asio::awaitable<mesh::ForwardReply> MeshHop::exchange(const MeshRelayTarget& t, 
   hreq.target(req.target);
   hreq.version(11);
   for (const auto& [name, value] : req.headers)
-    if (!hop_by_hop(name)) hreq.set(name, value);
+    if (!beast::iequals(name, "host") && !connection_field(name)) hreq.set(name, value);
   hreq.set(http::field::host, t.server_name.empty() ? t.host : t.server_name);
   hreq.set(mesh::kEntryPodHeader, t.entry);
   hreq.keep_alive(true);
@@ -154,7 +141,7 @@ asio::awaitable<mesh::ForwardReply> MeshHop::exchange(const MeshRelayTarget& t, 
     if (rec) {
       const bool nothing = !parser.got_some();
       m.close();
-      if (reused && attempt == 0 && nothing && repeatable(req.method) && stale_connection(rec)) continue;
+      if (reused && attempt == 0 && nothing && repeatable(req.method) && stale_connection_error(rec)) continue;
       out.error = rec == beast::error::timeout ? "timeout (read)" : "read: " + rec.message();
       co_return out;
     }

@@ -317,11 +317,6 @@ void set_common_headers(const KubeClient::Impl& impl, http::request<Body>& r) {
   r.keep_alive(true);
 }
 
-bool stale_connection_error(const beast::error_code& ec) {
-  return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
-         ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated;
-}
-
 // One plain request/response exchange.
 struct Exchange : std::enable_shared_from_this<Exchange> {
   ImplPtr impl;
@@ -348,10 +343,12 @@ struct Exchange : std::enable_shared_from_this<Exchange> {
       hreq.erase(http::field::accept);
       hreq.erase(http::field::user_agent);
     }
+    // A relayed Authorization is sent only by a client without a token of its own (the mesh's peer
+    // client, authenticated by its certificate): it is the caller's, and the serving replica hands it to
+    // the agent as the entry replica's own tunnel would. It never replaces this client's token.
+    const bool own_token = hreq.find(http::field::authorization) != hreq.end();
     for (const auto& [name, value] : req.headers) {
-      if (beast::iequals(name, "host") || beast::iequals(name, "authorization") || beast::iequals(name, "connection") ||
-          beast::iequals(name, "content-length") || beast::iequals(name, "transfer-encoding") ||
-          beast::iequals(name, "keep-alive") || beast::iequals(name, "upgrade") || beast::iequals(name, "te"))
+      if (beast::iequals(name, "host") || connection_field(name) || (own_token && beast::iequals(name, "authorization")))
         continue;
       hreq.set(name, value);
     }

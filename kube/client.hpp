@@ -43,9 +43,9 @@ struct Request {
   std::string content_type;  // for a body; default "application/json"
   std::chrono::milliseconds timeout{30000};  // connect + TLS + write + read, after the rate limiter let it go
   // Header fields of a relayed request (the mesh forwarding a caller's request): when given, the
-  // client sends these instead of its own Accept and User-Agent; Host, Authorization and the
-  // hop-by-hop fields (Connection, Content-Length, Transfer-Encoding, Keep-Alive, Upgrade, TE) stay
-  // the client's and are skipped.
+  // client sends these instead of its own Accept and User-Agent; Host and the connection's own fields
+  // (net::connection_field: Connection, Content-Length, Transfer-Encoding, ...) stay the client's and
+  // are skipped; Authorization is skipped when the client has a token of its own, else relayed.
   std::vector<std::pair<std::string, std::string>> headers;
 };
 

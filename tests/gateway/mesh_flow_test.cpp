@@ -170,8 +170,19 @@ TEST_CASE("a kept-alive caller connection forwards every request also after the 
     CHECK(r.header("X-Cluster-Gateway-Served-By") == "a");
   };
   // The first forwarded request goes over the mesh's pool, the next ones over the connection's own link.
-  served_by_a(caller.request("GET", path));
-  served_by_a(caller.request("POST", path, {{"Content-Type", "application/json"}}, R"({"kind":"ConfigMap"})"));
+  // Both carry the caller's Authorization to the agent, as a request served by B itself would.
+  served_by_a(caller.request("GET", path, {{"Authorization", "Bearer caller-token"}}));
+  served_by_a(caller.request("POST", path, {{"Content-Type", "application/json"}, {"Authorization", "Bearer caller-token"}},
+                             R"({"kind":"ConfigMap"})"));
+  {
+    auto frames = agent.received();
+    REQUIRE(frames.size() >= 2);
+    for (size_t i = frames.size() - 2; i < frames.size(); ++i) {
+      INFO("frame " << i << ": " << frames[i].dump());
+      CHECK(frames[i]["headers"].value("Authorization", nlohmann::json::array()) ==
+            nlohmann::json::array({"Bearer caller-token"}));
+    }
+  }
   served_by_a(caller.request("GET", path));
   // A closes the idle link; a POST (not repeatable) must not be lost on it: the closed link is
   // noticed before the request goes out, and a new one is opened.
