@@ -136,22 +136,27 @@ std::string pattern(size_t n) {
   return s;
 }
 
+// A client thread: connects, writes `send`, then reads `want` bytes into `got` (or its exception).
+std::thread talk(uint16_t port, const cg::testing::Cert& ca, std::string send, size_t want, std::promise<std::string>& got) {
+  return std::thread([port, &ca, send = std::move(send), want, &got] {
+    try {
+      Client c(port, ca);
+      c.connect();
+      c.write(send);
+      got.set_value(c.read_exact(want));
+    } catch (...) {
+      got.set_exception(std::current_exception());
+    }
+  });
+}
+
 }  // namespace
 
 TEST_CASE("LeanTls carries data both ways after its own handshake", "[session][lean_tls]") {
   Pki pki;
   Server srv;
   std::promise<std::string> got;
-  std::thread client([&, port = srv.port()] {
-    try {
-      Client c(port, pki.ca);
-      c.connect();
-      c.write("ping");
-      got.set_value(c.read_exact(4 + 16 * 1024));
-    } catch (...) {
-      got.set_exception(std::current_exception());
-    }
-  });
+  std::thread client = talk(srv.port(), pki.ca, "ping", 4 + 16 * 1024, got);
   srv.accept_tls(*pki.ctx);
   CHECK(srv.read_exact(4) == "ping");
   // Two small buffers (a frame header and its payload) go out as one record: one call takes both.
@@ -225,16 +230,7 @@ TEST_CASE("LeanTls moved after the handshake keeps the connection and the moved-
   Pki pki;
   Server srv;
   std::promise<std::string> got;
-  std::thread client([&, port = srv.port()] {
-    try {
-      Client c(port, pki.ca);
-      c.connect();
-      c.write("hello");
-      got.set_value(c.read_exact(5));
-    } catch (...) {
-      got.set_exception(std::current_exception());
-    }
-  });
+  std::thread client = talk(srv.port(), pki.ca, "hello", 5, got);
   srv.accept_tls(*pki.ctx);
   // On the heap: a different address from the first object's (which is destroyed before any I/O).
   auto moved = std::make_unique<LeanTls>(std::move(*srv.lean));
