@@ -375,7 +375,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     stream_.next_layer().shutdown(tcp::socket::shutdown_send, ig);
     drain(std::make_shared<std::array<char, 2048>>());
   }
-  void drain(std::shared_ptr<std::array<char, 2048>> scratch) {
+  void drain(const std::shared_ptr<std::array<char, 2048>>& scratch) {
     stream_.next_layer().async_read_some(asio::buffer(*scratch),
                                          [self = shared_from_this(), scratch](beast::error_code ec, size_t) {
                                            if (!ec) return self->drain(scratch);
