@@ -50,6 +50,8 @@ LEASE = 3.0  # --mesh-lease-duration
 class ReplicasTest(MeshReplicas, unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="cg-mesh-")
+        self.procs, self.sims, self.balancer = {}, [], None
+        self.addCleanup(self.cleanup)  # also when setUp fails half-way (no replica is left running)
         d = self.tmp.name
         self.pki, self.planes_dir, _ = dev_pki_and_planes(
             ROOT, d, [(f"wp{i}", f"mesh-{i}") for i in range(PLANES)], "ClusterWorkflowPlane")
@@ -66,13 +68,13 @@ class ReplicasTest(MeshReplicas, unittest.TestCase):
         ports = free_ports(REPLICAS * 3)
         self.agent_ports, self.mesh_ports = ports[:REPLICAS], ports[REPLICAS:2 * REPLICAS]
         self.internal_ports = ports[2 * REPLICAS:]
-        self.procs, self.logs, self.internal, self.started = {}, {}, {}, {}
+        self.logs, self.internal, self.started = {}, {}, {}
         for i in range(REPLICAS):
             self.start_replica(i)
         self.balancer = Balancer(self.agent_ports)
         self.sims = []
 
-    def tearDown(self):
+    def cleanup(self):
         for p in self.sims:
             p.kill()
             p.wait()
@@ -80,7 +82,8 @@ class ReplicasTest(MeshReplicas, unittest.TestCase):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        self.balancer.close()
+        if self.balancer is not None:
+            self.balancer.close()
         self.tmp.cleanup()
 
     def log_tail(self, i, n=30):

@@ -2,6 +2,8 @@
 starting the gateway until its "cluster-gateway started" log line (which names the chosen ports)."""
 import json
 import os
+import random
+import socket
 import subprocess
 import threading
 import time
@@ -16,6 +18,44 @@ def wait_for(pred, timeout=10.0, step=0.05):
             return value
         time.sleep(step)
     return pred()
+
+
+def free_ports(n):
+    """`n` distinct TCP ports free right now on 127.0.0.1, for a process that is told its port before it
+    listens (peers configured with each other's ports, restarts on the same port). They are taken below
+    the kernel's ephemeral range, so that no outgoing connection (of this test or of one running beside
+    it) is given one of them in between: a kernel-chosen free port was, once, and the gateway failed to
+    start with "Address already in use". Kernel-chosen ports are the fallback when the range leaves no
+    room below it."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    ports = []
+    rng = random.SystemRandom()
+    tries = 0
+    while low > 11000 and len(ports) < n and tries < 2000:
+        tries += 1
+        p = rng.randrange(10000, low)
+        if p in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+        ports.append(p)
+    socks = []
+    while len(ports) + len(socks) < n:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports += [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def start_gateway(cmd, log=None, timeout=20.0, preexec_fn=None, env=None):

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -22,7 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "fakes", "kube_apiserver"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 from harness import FakeApiServer, make_pki  # noqa: E402  (re-exported)
 from kubeconfig import write_kubeconfig  # noqa: E402
-from gateway_proc import start_gateway, wait_for  # noqa: E402
+from gateway_proc import free_ports, start_gateway, wait_for  # noqa: E402
 
 __all__ = ["ROOT", "BIN", "GROUP", "CWP", "FakeApiServer", "make_pki", "write_kubeconfig", "start_gateway", "wait_for",
            "read_bytes", "dev_pki", "free_port", "cwp_doc", "write_seed", "gateway_cmd", "http_status", "AgentSim",
@@ -45,10 +44,8 @@ def dev_pki(d):
 
 def free_port():
     """A TCP port free right now on 127.0.0.1 (for a process that must keep its port across restarts,
-    or a client configured before its server listens)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    or a client configured before its server listens), below the ephemeral range (gateway_proc.free_ports)."""
+    return free_ports(1)[0]
 
 
 def cwp_doc(name, plane_id, ca_pem, status=None):

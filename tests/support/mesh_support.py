@@ -14,18 +14,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-
-def free_ports(n):
-    """`n` distinct TCP ports free right now on 127.0.0.1."""
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from gateway_proc import free_ports  # noqa: F401  (re-exported for the mesh tests)
 
 
 def pods_path(p):
