@@ -233,8 +233,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
     if (deps_->mesh_receive) {
       // Forwarded here, but the agent has just left this replica (GOAWAY, rebalancing): the request
       // was not acted on, and the entry replica sends it where the agent is now.
-      bool plane_has = false;
-      if (!deps_->registry.pick(check_.plane_type, check_.plane_id, check_.cr_key, plane_has)) {
+      session::PickMiss miss{};
+      if (!deps_->registry.pick(check_.plane_type, check_.plane_id, check_.cr_key, miss)) {
         auto res = make_text_error(503, "replica " + deps_->replica_id + " holds no agent for CR " + check_.cr_key);
         res->set(mesh::kDrainingHeader, "true");
         co_return co_await io_.write(res, true);
@@ -269,6 +269,16 @@ class Conn : public std::enable_shared_from_this<Conn> {
       auto res = make_text_error(503, "replica " + deps_->replica_id + " holds no agent for CR " + check_.cr_key);
       res->set(mesh::kDrainingHeader, "true");
       co_return co_await io_.write(res, true);
+    }
+    if (deps_->mesh && reply.outcome == session::TunnelReply::Outcome::no_agent && !resent_) {
+      // The agent was picked above but could no longer take the request when it was sent: the
+      // rebalancer's GOAWAY came in between (the agent is moving to another replica). Nothing was
+      // sent, so the request goes where the agent is now, whatever its method, once.
+      resent_ = true;
+      log::info("request not sent: the agent is leaving this replica; sending it where the agent is now", fields());
+      if (auto peer = co_await remote_only(check_.plane_type, check_.plane_id, check_.cr_key))
+        co_return co_await forward(std::move(*peer));
+      co_return co_await local_proxy();
     }
     if ((deps_->mesh || deps_->mesh_receive) && reply.outcome == session::TunnelReply::Outcome::connection_closed &&
         safe_method() && !resent_) {
@@ -322,8 +332,8 @@ class Conn : public std::enable_shared_from_this<Conn> {
     const auto until = std::chrono::steady_clock::now() + std::min<Duration>(kMoveWait, deps_->request_timeout);
     bool waited = false;
     for (;;) {
-      bool plane_has = false;
-      if (deps_->registry.pick(type, id, cr, plane_has)) co_return std::nullopt;
+      session::PickMiss miss{};
+      if (deps_->registry.pick(type, id, cr, miss)) co_return std::nullopt;
       if (auto peer = deps_->mesh->pick_peer(type, id, cr, capability)) {
         if (waited) log::info("agent came back after a move; request goes on", fields({{"servedBy", *peer}}));
         co_return peer;
@@ -611,10 +621,11 @@ class Conn : public std::enable_shared_from_this<Conn> {
     check_.cr_key = r.cr_key;
     check_.target = "exec";
     if (auto peer = co_await remote_only(r.plane_type, r.plane_id, r.cr_key)) co_return co_await forward_stream(std::move(*peer));
-    bool plane_has = false;
-    if (!deps_->registry.pick(r.plane_type, r.plane_id, r.cr_key, plane_has)) {
-      std::string why =
-          plane_has ? "no agents authorized for CR " + r.cr_key : "no agents found for plane " + r.plane_type + "/" + r.plane_id;
+    session::PickMiss miss{};
+    if (!deps_->registry.pick(r.plane_type, r.plane_id, r.cr_key, miss)) {
+      std::string why = miss == session::PickMiss::not_authorized
+                            ? "no agents authorized for CR " + r.cr_key
+                            : "no agents found for plane " + r.plane_type + "/" + r.plane_id;
       log::warn("exec refused: no agent", {{"requestID", gateway_request_id_},
                                            {"planeType", r.plane_type},
                                            {"planeID", r.plane_id},
@@ -681,7 +692,7 @@ class Conn : public std::enable_shared_from_this<Conn> {
   std::chrono::steady_clock::time_point hop_sent_at_{};
   uint64_t hop_exchanges_ = 0;  // exchanges started (the watchdog stops when a tick saw none)
   bool counted_ = true;  // counted in deps_->active (accepted, or a request being served)
-  bool resent_ = false;  // this request was sent again after its agent left (local_proxy)
+  bool resent_ = false;  // this request was sent again: its agent left, or could not take it (local_proxy)
   // GET, HEAD and OPTIONS change nothing: such a request may be sent again (to another replica, or
   // after its agent left before answering).
   bool safe_method() const { return method_ == "GET" || method_ == "HEAD" || method_ == "OPTIONS"; }

@@ -34,10 +34,14 @@ session::SessionReport SummingRegistry::plane_report(const std::string& plane_ty
 }
 
 std::shared_ptr<session::AgentHandle> SummingRegistry::pick(const std::string& plane_type, const std::string& plane_id,
-                                                            const std::string& cr_key, bool& plane_has_sessions,
-                                                            std::string_view capability, bool* authorized_exists) {
-  auto h = local_.pick(plane_type, plane_id, cr_key, plane_has_sessions, capability, authorized_exists);
-  if (!h && !plane_has_sessions) plane_has_sessions = dir_.plane_has_sessions(plane_type, plane_id);
+                                                            const std::string& cr_key, session::PickMiss& miss,
+                                                            std::string_view capability) {
+  using session::PickMiss;
+  auto h = local_.pick(plane_type, plane_id, cr_key, miss, capability);
+  if (h || miss == PickMiss::moving) return h;
+  if (!dir_.candidates(plane_type, plane_id, cr_key, capability).empty())
+    miss = PickMiss::moving;  // another replica holds the agent now
+  else if (miss == PickMiss::no_agent && dir_.plane_has_sessions(plane_type, plane_id)) miss = PickMiss::not_authorized;
   return h;
 }
 

@@ -51,11 +51,12 @@ class SummingRegistry final : public session::SessionRegistry {
   void heard(const session::AgentHandle& h, SysTime at) override { local_.heard(h, at); }
   session::SessionReport report(const std::string& plane_type, const std::string& cr_key) const override;
   session::SessionReport plane_report(const std::string& plane_type, const std::string& plane_id) const override;
-  // Local sessions only (forwarding to another replica is the internal API's decision); when none is
-  // picked, `plane_has_sessions` also counts the other replicas' sessions of the plane.
+  // Local sessions only (forwarding to another replica is the internal API's decision). When none
+  // is picked, `miss` also looks at the other replicas: `moving` when one of them holds a session
+  // for the CR, `not_authorized` when they only hold other sessions of the plane.
   std::shared_ptr<session::AgentHandle> pick(const std::string& plane_type, const std::string& plane_id,
-                                             const std::string& cr_key, bool& plane_has_sessions,
-                                             std::string_view capability = {}, bool* authorized_exists = nullptr) override;
+                                             const std::string& cr_key, session::PickMiss& miss,
+                                             std::string_view capability = {}) override;
   void subscribe(Listener l) override CG_EXCLUDES(mu_);
   std::set<std::pair<std::string, std::string>> planes() const override;
   bool plane_has_sessions(const std::string& plane_type, const std::string& plane_id) const override;

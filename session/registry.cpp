@@ -1,5 +1,6 @@
 #include "session/registry.hpp"
 
+#include <algorithm>
 #include <map>
 #include <unordered_map>
 
@@ -213,22 +214,24 @@ class LocalRegistry final : public SessionRegistry {
     return r;
   }
 
-  std::shared_ptr<AgentHandle> pick(const std::string& t, const std::string& id, const std::string& cr_key,
-                                    bool& plane_has_sessions, std::string_view capability, bool* authorized_exists) override {
+  std::shared_ptr<AgentHandle> pick(const std::string& t, const std::string& id, const std::string& cr_key, PickMiss& miss,
+                                    std::string_view capability) override {
     cg::MutexLock lk(mu_);
-    plane_has_sessions = false;
-    if (authorized_exists) *authorized_exists = false;
+    miss = PickMiss::no_agent;
     if (admission_closed_) return nullptr;  // draining: in-flight requests finish, no new ones start
     std::vector<const Entry*> candidates;
+    // The most telling reason seen so far (PickMiss lists them most telling first).
+    auto saw = [&miss](PickMiss m) { miss = std::min(miss, m); };
     for_plane(t, id, [&](const Entry& e) {
       if (e.handle->closing() || e.authorized.empty()) return;  // on its way out: counts for nothing
-      plane_has_sessions = true;
+      saw(PickMiss::not_authorized);
       if (!e.authorized.count(cr_key)) return;
-      if (authorized_exists) *authorized_exists = true;
-      if (e.handle->draining()) return;  // got GOAWAY: never picked for a new request
-      if (capability.empty() || e.handle->has_capability(capability)) candidates.push_back(&e);
+      if (!capability.empty() && !e.handle->has_capability(capability)) return saw(PickMiss::not_capable);
+      if (e.handle->draining()) return saw(PickMiss::moving);  // got GOAWAY: never picked for a new request
+      candidates.push_back(&e);
     });
     if (candidates.empty()) return nullptr;
+    miss = PickMiss::none;
     auto& counter = rr_[track_key(t, cr_key)];
     return candidates[counter++ % candidates.size()]->handle;
   }

@@ -50,6 +50,22 @@ std::string_view to_string(CloseCause c);
 // connection_lost.
 std::string_view metric_label(CloseCause c);
 
+// Why SessionRegistry::pick() found no session for a request, most telling first.
+enum class PickMiss : uint8_t {
+  none,  // a session was picked
+  // Sessions authorized for the CR (with the capability) exist, but none can take a new request
+  // here: each got GOAWAY (draining) or, with several replicas, they are at other replicas. The
+  // agent is moving or elsewhere: nothing was sent, and the request may go where it is now.
+  moving,
+  not_capable,  // authorized sessions exist, none announcing the capability (501)
+  // The plane has live sessions (here or, with several replicas, at another one), none authorized
+  // for the CR (403). Only sessions authorized for at least one CR count: a closing one, or one
+  // re-verification just left without a CR (it is closed right after), is on its way out, and
+  // upstream answers 502 once it is gone.
+  not_authorized,
+  no_agent,  // no live session of the plane at all (502)
+};
+
 // A live agent connection, implemented by the session layer. All methods are thread-safe.
 class AgentHandle {
  public:
@@ -138,15 +154,10 @@ class SessionRegistry {
   virtual void heard(const AgentHandle& h, SysTime at) = 0;
   // Plane-level report (every session of plane_type/plane_id).
   virtual SessionReport plane_report(const std::string& plane_type, const std::string& plane_id) const = 0;
-  // Round-robin among live, non-closing sessions authorized for the CR (and, when `capability` is
-  // not empty, announcing it). Empty when none; then `plane_has_sessions` tells "no agent at all"
-  // (502) from "none authorized" (403), and `*authorized_exists` (if given) tells "authorized
-  // sessions exist, none with the capability". Only live sessions authorized for at least one CR
-  // count for `plane_has_sessions`: a closing one, or one re-verification just left without a CR
-  // (it is closed right after), is on its way out, and upstream answers 502 once it is gone.
+  // Round-robin among live, non-closing, non-draining sessions authorized for the CR (and, when
+  // `capability` is not empty, announcing it). Empty when none; then `miss` tells why (PickMiss).
   virtual std::shared_ptr<AgentHandle> pick(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
-                                            bool& plane_has_sessions, std::string_view capability = {},
-                                            bool* authorized_exists = nullptr) = 0;
+                                            PickMiss& miss, std::string_view capability = {}) = 0;
   virtual void subscribe(Listener l) = 0;
   // Planes (planeType, planeID) with at least one live session (GET /api/v1/planes/status). The
   // mesh's registry adds the planes of the other replicas.

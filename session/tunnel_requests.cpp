@@ -34,11 +34,12 @@ bool RequestTable::contains(const std::string& id) const {
 
 std::string RequestTable::send(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
                                const TunnelRequest& req, Duration timeout, std::function<void(TunnelReply)> done) {
-  bool plane_has = false;
-  auto session = registry_.pick(plane_type, plane_id, cr_key, plane_has);
+  PickMiss miss{};
+  auto session = registry_.pick(plane_type, plane_id, cr_key, miss);
   if (!session) {
     TunnelReply r;
-    r.outcome = plane_has ? TunnelReply::Outcome::not_authorized : TunnelReply::Outcome::no_agent;
+    // Moving (the agent got GOAWAY here, or is at another replica) is "no agent here", not 403.
+    r.outcome = miss == PickMiss::not_authorized ? TunnelReply::Outcome::not_authorized : TunnelReply::Outcome::no_agent;
     asio::post(ioc_, [done = std::move(done), r = std::move(r)]() mutable { done(std::move(r)); });
     return {};
   }

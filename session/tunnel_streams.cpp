@@ -108,8 +108,8 @@ void StreamTable::apply_unlocked(const std::string& id, const std::shared_ptr<St
 std::string StreamTable::open(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
                               StreamRequest req, std::function<void(StreamEvent)> on_event) {
   const bool http_mode = req.mode == StreamRequest::Mode::http;
-  bool plane_has = false, authorized = false;
-  auto session = registry_.pick(plane_type, plane_id, cr_key, plane_has, http_mode ? kStreamCapability : "", &authorized);
+  PickMiss miss{};
+  auto session = registry_.pick(plane_type, plane_id, cr_key, miss, http_mode ? kStreamCapability : "");
   auto fail = [&](TunnelReply::Outcome o, std::string why) {
     StreamEvent ev;
     ev.outcome = o;
@@ -119,8 +119,8 @@ std::string StreamTable::open(const std::string& plane_type, const std::string& 
     return std::string();
   };
   if (!session) {
-    if (authorized) return fail(TunnelReply::Outcome::not_capable, "no connected agent supports streaming");
-    return fail(plane_has ? TunnelReply::Outcome::not_authorized : TunnelReply::Outcome::no_agent, "");
+    if (miss == PickMiss::not_capable) return fail(TunnelReply::Outcome::not_capable, "no connected agent supports streaming");
+    return fail(miss == PickMiss::not_authorized ? TunnelReply::Outcome::not_authorized : TunnelReply::Outcome::no_agent, "");
   }
   StreamConfig cfg;
   cfg.mode = req.mode;

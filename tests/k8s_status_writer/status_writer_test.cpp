@@ -71,9 +71,9 @@ class CountingRegistry final : public cg::session::SessionRegistry {
   cg::session::SessionReport plane_report(const std::string& t, const std::string& id) const override {
     return r_->plane_report(t, id);
   }
-  std::shared_ptr<AgentHandle> pick(const std::string& t, const std::string& id, const std::string& key, bool& has,
-                                    std::string_view cap, bool* authorized) override {
-    return r_->pick(t, id, key, has, cap, authorized);
+  std::shared_ptr<AgentHandle> pick(const std::string& t, const std::string& id, const std::string& key,
+                                    cg::session::PickMiss& miss, std::string_view cap) override {
+    return r_->pick(t, id, key, miss, cap);
   }
   void heard(const AgentHandle& h, cg::SysTime at) override { r_->heard(h, at); }
   void subscribe(Listener l) override { r_->subscribe(std::move(l)); }

@@ -240,3 +240,24 @@ TEST_CASE("a replica that just started holds only the disconnected writes of CRs
     CHECK_FALSE(r.moving_until);
   }
 }
+
+TEST_CASE("summed pick: an agent held by another replica is moving there, never a 403 here") {
+  auto local = session::make_local_registry();
+  Directory d;
+  SummingRegistry reg(*local, d);
+  DirectoryChange ch;
+  session::PickMiss miss{};
+  CHECK(reg.pick("workflowplane", "p1", "/wp1", miss) == nullptr);
+  CHECK(miss == session::PickMiss::no_agent);
+  REQUIRE(d.apply(snapshot("gw-2", "i1"), Directory::Clock::now(), at(0), ch) == ApplyResult::applied);
+  // gw-2 holds the CR's agent: forwarded there, nothing is refused here.
+  CHECK(reg.pick("workflowplane", "p1", "/wp1", miss) == nullptr);
+  CHECK(miss == session::PickMiss::moving);
+  CHECK(reg.pick("workflowplane", "p1", "/wp1", miss, "http-stream/v1") == nullptr);
+  CHECK(miss == session::PickMiss::moving);
+  // Only other CRs' sessions of the plane anywhere: 403; another plane: no agent.
+  CHECK(reg.pick("workflowplane", "p1", "/other", miss) == nullptr);
+  CHECK(miss == session::PickMiss::not_authorized);
+  CHECK(reg.pick("workflowplane", "p9", "/wp1", miss) == nullptr);
+  CHECK(miss == session::PickMiss::no_agent);
+}

@@ -13,6 +13,7 @@
 
 using cg::SysTime;
 using cg::session::AgentHandle;
+using cg::session::PickMiss;
 using cg::session::RegistryEvent;
 using cg::session::SessionReport;
 using cg::testing::FakeHandle;
@@ -260,11 +261,11 @@ TEST_CASE("set_authorized returns granted and revoked keys", "[session][registry
     CHECK(g2.empty());
     CHECK(r2 == Keys{"ns/b", "ns/c"});
     CHECK(reg->size() == 1);
-    bool plane_has = true;
-    CHECK(reg->pick("dataplane", "p1", "ns/b", plane_has) == nullptr);
+    PickMiss miss{};
+    CHECK(reg->pick("dataplane", "p1", "ns/b", miss) == nullptr);
     // A session left without a CR is closed right after (authorizer): it is not a plane session
     // for the 403-vs-502 decision (upstream has already dropped it: 502).
-    CHECK_FALSE(plane_has);
+    CHECK(miss == PickMiss::no_agent);
     // Removing it afterwards reports no CRs.
     CHECK(reg->remove(*h));
     CHECK(ev.list.back().type == RegistryEvent::Type::disconnected);
@@ -289,10 +290,10 @@ TEST_CASE("pick() round-robins across authorized sessions", "[session][registry]
   std::map<uint64_t, int> counts;
   std::vector<uint64_t> order;
   for (int i = 0; i < 9; ++i) {
-    bool plane_has = false;
-    auto p = reg->pick("dataplane", "p1", "ns/dp", plane_has);
+    PickMiss miss{};
+    auto p = reg->pick("dataplane", "p1", "ns/dp", miss);
     REQUIRE(p != nullptr);
-    CHECK(plane_has);
+    CHECK(miss == PickMiss::none);
     counts[p->serial()]++;
     order.push_back(p->serial());
   }
@@ -304,44 +305,77 @@ TEST_CASE("pick() round-robins across authorized sessions", "[session][registry]
   SECTION("closing sessions are never picked") {
     hs[1]->set_closing(true);
     for (int i = 0; i < 10; ++i) {
-      bool plane_has = false;
-      auto p = reg->pick("dataplane", "p1", "ns/dp", plane_has);
+      PickMiss miss{};
+      auto p = reg->pick("dataplane", "p1", "ns/dp", miss);
       REQUIRE(p != nullptr);
       CHECK(p->serial() != 2);
     }
     hs[0]->close(1001, "going away");
     for (int i = 0; i < 5; ++i) {
-      bool plane_has = false;
-      auto p = reg->pick("dataplane", "p1", "ns/dp", plane_has);
+      PickMiss miss{};
+      auto p = reg->pick("dataplane", "p1", "ns/dp", miss);
       REQUIRE(p != nullptr);
       CHECK(p->serial() == 3);
     }
     hs[2]->set_closing(true);
-    bool plane_has = false;
-    CHECK(reg->pick("dataplane", "p1", "ns/dp", plane_has) == nullptr);
-    CHECK(plane_has);  // session 4 is live (authorized for another CR): 403
+    PickMiss miss{};
+    CHECK(reg->pick("dataplane", "p1", "ns/dp", miss) == nullptr);
+    CHECK(miss == PickMiss::not_authorized);  // session 4 is live (authorized for another CR): 403
     unauthorized->set_closing(true);
-    CHECK(reg->pick("dataplane", "p1", "ns/dp", plane_has) == nullptr);
-    CHECK_FALSE(plane_has);  // every session of the plane is closing: 502, as upstream
+    CHECK(reg->pick("dataplane", "p1", "ns/dp", miss) == nullptr);
+    CHECK(miss == PickMiss::no_agent);  // every session of the plane is closing: 502, as upstream
+  }
+  SECTION("sessions that got GOAWAY are never picked: with only those the agent is moving, not forbidden") {
+    hs[0]->set_draining();
+    for (int i = 0; i < 6; ++i) {
+      PickMiss miss{};
+      auto p = reg->pick("dataplane", "p1", "ns/dp", miss);
+      REQUIRE(p != nullptr);
+      CHECK(p->serial() != 1);
+    }
+    hs[1]->set_draining();
+    hs[2]->set_draining();
+    PickMiss miss{};
+    CHECK(reg->pick("dataplane", "p1", "ns/dp", miss) == nullptr);
+    // Session 4 is live but authorized for another CR: still not a 403, the CR's agent is moving.
+    CHECK(miss == PickMiss::moving);
+    CHECK(reg->pick("dataplane", "p1", "ns/other", miss) == unauthorized);
+    CHECK(miss == PickMiss::none);
+  }
+  SECTION("a capability asked for: authorized sessions without it are not_capable") {
+    auto capable = handle(6);
+    capable->set_capabilities({"stream"});
+    PickMiss miss{};
+    CHECK(reg->pick("dataplane", "p1", "ns/dp", miss, "stream") == nullptr);
+    CHECK(miss == PickMiss::not_capable);
+    CHECK(reg->pick("dataplane", "p1", "ns/nobody", miss, "stream") == nullptr);
+    CHECK(miss == PickMiss::not_authorized);
+    reg->add(capable, {"ns/dp"});
+    for (int i = 0; i < 3; ++i) {
+      CHECK(reg->pick("dataplane", "p1", "ns/dp", miss, "stream") == capable);
+      CHECK(miss == PickMiss::none);
+    }
+    capable->set_draining();
+    CHECK(reg->pick("dataplane", "p1", "ns/dp", miss, "stream") == nullptr);
+    CHECK(miss == PickMiss::moving);
   }
   SECTION("no session authorized for the CR: 403 case") {
-    bool plane_has = false;
-    CHECK(reg->pick("dataplane", "p1", "ns/nobody", plane_has) == nullptr);
-    CHECK(plane_has);
+    PickMiss miss{};
+    CHECK(reg->pick("dataplane", "p1", "ns/nobody", miss) == nullptr);
+    CHECK(miss == PickMiss::not_authorized);
   }
   SECTION("no session for the plane at all: 502 case") {
-    bool plane_has = true;
-    CHECK(reg->pick("dataplane", "p9", "ns/dp", plane_has) == nullptr);
-    CHECK_FALSE(plane_has);
-    plane_has = true;
-    CHECK(reg->pick("workflowplane", "p1", "ns/dp", plane_has) == nullptr);
-    CHECK_FALSE(plane_has);
+    PickMiss miss{};
+    CHECK(reg->pick("dataplane", "p9", "ns/dp", miss) == nullptr);
+    CHECK(miss == PickMiss::no_agent);
+    CHECK(reg->pick("workflowplane", "p1", "ns/dp", miss) == nullptr);
+    CHECK(miss == PickMiss::no_agent);
   }
   SECTION("a session authorized for the key on another plane is not picked") {
     reg->add(handle(5, "dataplane", "p2"), {"ns/dp"});
     for (int i = 0; i < 6; ++i) {
-      bool plane_has = false;
-      auto p = reg->pick("dataplane", "p1", "ns/dp", plane_has);
+      PickMiss miss{};
+      auto p = reg->pick("dataplane", "p1", "ns/dp", miss);
       REQUIRE(p != nullptr);
       CHECK(p->serial() != 5);
     }
@@ -350,8 +384,8 @@ TEST_CASE("pick() round-robins across authorized sessions", "[session][registry]
     reg->remove(*hs[0]);
     reg->remove(*hs[2]);
     for (int i = 0; i < 4; ++i) {
-      bool plane_has = false;
-      auto p = reg->pick("dataplane", "p1", "ns/dp", plane_has);
+      PickMiss miss{};
+      auto p = reg->pick("dataplane", "p1", "ns/dp", miss);
       REQUIRE(p != nullptr);
       CHECK(p->serial() == 2);
     }
@@ -383,9 +417,9 @@ TEST_CASE("begin_close: a closing session leaves routing, reports and status at 
   CHECK(reg->sessions_of("dataplane", "p1").empty());
   CHECK(reg->plane_session_count("dataplane", "p1") == 0);
   CHECK(reg->all().empty());
-  bool plane_has = true;
-  CHECK(reg->pick("dataplane", "p1", "ns/dp", plane_has) == nullptr);
-  CHECK_FALSE(plane_has);
+  PickMiss miss{};
+  CHECK(reg->pick("dataplane", "p1", "ns/dp", miss) == nullptr);
+  CHECK(miss == PickMiss::no_agent);
   // Its socket is not closed yet: it still counts in size() (shutdown waits for it).
   CHECK(reg->size() == 1);
 
@@ -404,8 +438,8 @@ TEST_CASE("begin_close: a closing session leaves routing, reports and status at 
     CHECK(r2.connected_agents == 1);
     CHECK(r2.earliest_connected == T0 + 20s);
     CHECK(reg->plane_report("dataplane", "p1").connected_agents == 1);
-    bool has = false;
-    CHECK(reg->pick("dataplane", "p1", "ns/dp", has) == fresh);
+    PickMiss miss{};
+    CHECK(reg->pick("dataplane", "p1", "ns/dp", miss) == fresh);
     CHECK(reg->size() == 2);
   }
   SECTION("remove() then forgets it without a second event") {

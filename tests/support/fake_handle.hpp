@@ -32,6 +32,8 @@ class FakeHandle final : public cg::session::AgentHandle {
     closing_ = true;
     close_code_ = code;
   }
+  void set_draining() override { draining_ = true; }
+  bool draining() const override { return draining_; }
   bool has_capability(std::string_view c) const override { return capabilities_.count(std::string(c)) > 0; }
   bool send_text(std::shared_ptr<const std::string> frame) override {
     if (closing_ || refuse_sends_) return false;
@@ -54,7 +56,7 @@ class FakeHandle final : public cg::session::AgentHandle {
   std::string id_, type_, plane_;
   cg::SysTime connected_at_, last_seen_;
   cg::tls::PeerChain peer_;
-  std::atomic<bool> closing_{false}, refuse_sends_{false};
+  std::atomic<bool> closing_{false}, refuse_sends_{false}, draining_{false};
   std::atomic<int> close_code_{0};
   std::atomic<int> sent_{0};
   std::set<std::string> capabilities_;
