@@ -129,6 +129,8 @@ LeanTls::LeanTls(tcp::socket sock, SSL_CTX* ctx) : sock_(std::move(sock)) {
   // Partial writes: async_write_some completes with what one call took. The buffer may move between
   // a write that wanted the socket and its retry (coalesced copies). Record buffers are freed while idle.
   SSL_set_mode(ssl_, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  // A record's header and body in one recv (and the next record's start with them), not two.
+  SSL_set_read_ahead(ssl_, 1);
   SSL_set_accept_state(ssl_);
   BIO* b = BIO_new(sockbio_method());
   if (!b) {
@@ -174,18 +176,49 @@ LeanTls::Step LeanTls::handshake_step() {
   return finish_step(SSL_do_handshake(ssl_), 0, false);
 }
 
+// One SSL_read or SSL_write moves one record (16 KiB at most). Both steps go on while there is room
+// (read) or data (write) and the socket keeps up, so that a 1 MiB message costs a few completions
+// instead of one posted completion (and wake-up) per record. Whatever stopped a step after some bytes
+// moved (the socket would block, an alert, the peer's close) is met again by the next call, which
+// starts with the same OpenSSL call: the bytes are delivered first, the rest follows.
 LeanTls::Step LeanTls::read_step(asio::mutable_buffer b) {
-  ERR_clear_error();
-  size_t n = 0;
-  int r = SSL_read_ex(ssl_, b.data(), b.size(), &n);
-  return finish_step(r, n, false);
+  auto* data = static_cast<char*>(b.data());
+  size_t total = 0;
+  for (;;) {
+    ERR_clear_error();
+    size_t n = 0;
+    int r = SSL_read_ex(ssl_, data + total, b.size() - total, &n);
+    if (r == 1) {
+      total += n;
+      if (total < b.size()) continue;
+    }
+    if (total > 0) {
+      ERR_clear_error();
+      return Step{Want::nothing, {}, total};
+    }
+    return finish_step(r, n, false);
+  }
 }
 
 LeanTls::Step LeanTls::write_step(asio::const_buffer b) {
-  ERR_clear_error();
-  size_t n = 0;
-  int r = SSL_write_ex(ssl_, b.data(), b.size(), &n);
-  return finish_step(r, n, false);
+  const auto* data = static_cast<const char*>(b.data());
+  size_t total = 0;
+  for (;;) {
+    ERR_clear_error();
+    size_t n = 0;
+    int r = SSL_write_ex(ssl_, data + total, b.size() - total, &n);
+    if (r == 1) {
+      total += n;
+      if (total < b.size()) continue;
+    }
+    if (total > 0) {
+      // A record that would block stays pending inside OpenSSL: the caller's next write offers the
+      // same bytes (from data + total on), which SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER allows.
+      ERR_clear_error();
+      return Step{Want::nothing, {}, total};
+    }
+    return finish_step(r, n, false);
+  }
 }
 
 LeanTls::Step LeanTls::shutdown_step() {

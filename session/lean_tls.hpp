@@ -56,7 +56,7 @@ class LeanTls {
         IoOp{this, [](LeanTls& s) { return s.handshake_step(); }, false}, handler, sock_);
   }
 
-  // Reads into the first non-empty buffer.
+  // Reads into the first non-empty buffer: every record that is there, up to its size.
   template <class MutableBuffers, class Handler>
   auto async_read_some(const MutableBuffers& buffers, Handler&& handler) {
     net::asio::mutable_buffer b;
@@ -71,8 +71,9 @@ class LeanTls {
   }
 
   // Writes from the first buffer: small leading buffers (a frame header) are first coalesced with what
-  // follows (up to one record), a large first buffer is written from where it is. Completes with the
-  // number of plaintext bytes taken, which may be fewer than offered (the socket buffer filled up).
+  // follows (up to one record), a large first buffer is written from where it is, as many records as
+  // the socket takes. Completes with the number of plaintext bytes taken, which may be fewer than
+  // offered (the socket buffer filled up); the caller offers the rest again.
   template <class ConstBuffers, class Handler>
   auto async_write_some(const ConstBuffers& buffers, Handler&& handler) {
     namespace asio = net::asio;
