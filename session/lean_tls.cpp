@@ -180,17 +180,19 @@ LeanTls::Step LeanTls::handshake_step() {
 // (read) or data (write) and the socket keeps up, so that a 1 MiB message costs a few completions
 // instead of one posted completion (and wake-up) per record. Whatever stopped a step after some bytes
 // moved (the socket would block, an alert, the peer's close) is met again by the next call, which
-// starts with the same OpenSSL call: the bytes are delivered first, the rest follows.
-LeanTls::Step LeanTls::read_step(asio::mutable_buffer b) {
-  auto* data = static_cast<char*>(b.data());
+// starts with the same OpenSSL call: the bytes are delivered first, the rest follows. A record that
+// would block stays pending inside OpenSSL; the caller's next write offers the same bytes (from the
+// first one not taken), which SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER allows.
+template <class Call>
+LeanTls::Step LeanTls::records_step(size_t size, Call call) {
   size_t total = 0;
   for (;;) {
     ERR_clear_error();
     size_t n = 0;
-    int r = SSL_read_ex(ssl_, data + total, b.size() - total, &n);
+    int r = call(total, &n);
     if (r == 1) {
       total += n;
-      if (total < b.size()) continue;
+      if (total < size) continue;
     }
     if (total > 0) {
       ERR_clear_error();
@@ -200,25 +202,14 @@ LeanTls::Step LeanTls::read_step(asio::mutable_buffer b) {
   }
 }
 
+LeanTls::Step LeanTls::read_step(asio::mutable_buffer b) {
+  auto* data = static_cast<char*>(b.data());
+  return records_step(b.size(), [&](size_t off, size_t* n) { return SSL_read_ex(ssl_, data + off, b.size() - off, n); });
+}
+
 LeanTls::Step LeanTls::write_step(asio::const_buffer b) {
   const auto* data = static_cast<const char*>(b.data());
-  size_t total = 0;
-  for (;;) {
-    ERR_clear_error();
-    size_t n = 0;
-    int r = SSL_write_ex(ssl_, data + total, b.size() - total, &n);
-    if (r == 1) {
-      total += n;
-      if (total < b.size()) continue;
-    }
-    if (total > 0) {
-      // A record that would block stays pending inside OpenSSL: the caller's next write offers the
-      // same bytes (from data + total on), which SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER allows.
-      ERR_clear_error();
-      return Step{Want::nothing, {}, total};
-    }
-    return finish_step(r, n, false);
-  }
+  return records_step(b.size(), [&](size_t off, size_t* n) { return SSL_write_ex(ssl_, data + off, b.size() - off, n); });
 }
 
 LeanTls::Step LeanTls::shutdown_step() {

@@ -120,6 +120,10 @@ class LeanTls {
   Step write_step(net::asio::const_buffer b);
   Step shutdown_step();
   Step finish_step(int ret, size_t n, bool shutdown);
+  // Calls `call(offset, &n)` (an SSL_read_ex or SSL_write_ex from `offset` on) while it moves bytes
+  // and `size` is not reached.
+  template <class Call>
+  Step records_step(size_t size, Call call);
 
   // Runs `fn` until it is done, waiting on the socket for what OpenSSL asks for; never completes
   // inside the initiating call.
