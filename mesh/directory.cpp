@@ -1,5 +1,7 @@
 #include "mesh/directory.hpp"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 namespace cg::mesh {
@@ -397,6 +399,28 @@ std::vector<Candidate> Directory::candidates(const std::string& plane_type, cons
     if (n) out.push_back({id, n});
   }
   return out;
+}
+
+session::PickMiss Directory::pick_miss(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
+                                       std::string_view capability) const {
+  using session::PickMiss;
+  cg::MutexLock lk(mu_);
+  PickMiss miss = PickMiss::no_agent;
+  for (const auto& [_, r] : replicas_) {
+    auto p = r.by_plane.find({plane_type, plane_id});
+    if (p == r.by_plane.end()) continue;
+    for (const auto& [_2, s] : p->second) {
+      if (s->crs.empty()) continue;  // on its way out, as locally
+      miss = std::min(miss, PickMiss::not_authorized);
+      if (!s->crs.count(cr_key)) continue;
+      if (!capability.empty() && !s->capabilities.count(std::string(capability))) {
+        miss = std::min(miss, PickMiss::not_capable);
+        continue;
+      }
+      return PickMiss::moving;
+    }
+  }
+  return miss;
 }
 
 bool Directory::plane_has_sessions(const std::string& plane_type, const std::string& plane_id) const {

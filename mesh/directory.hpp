@@ -111,7 +111,12 @@ class Directory {
   // announcing `capability` when not empty), fewest sessions first is not implied: in replica order.
   std::vector<Candidate> candidates(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
                                     std::string_view capability) const CG_EXCLUDES(mu_);
-  // Whether any replica holds a session of the plane (for 403-vs-502, as the local pick()).
+  // Why a session for the CR is not to be had from the other replicas, as the local pick() says it:
+  // `moving` when a replica holds one (draining or not: the agent is there or on its way elsewhere),
+  // `not_capable`, `not_authorized` (only other CRs' sessions of the plane) or `no_agent`.
+  session::PickMiss pick_miss(const std::string& plane_type, const std::string& plane_id, const std::string& cr_key,
+                              std::string_view capability) const CG_EXCLUDES(mu_);
+  // Whether any replica holds a session of the plane.
   bool plane_has_sessions(const std::string& plane_type, const std::string& plane_id) const CG_EXCLUDES(mu_);
   // Planes with at least one remote session.
   std::set<std::pair<std::string, std::string>> planes() const CG_EXCLUDES(mu_);

@@ -1,5 +1,6 @@
 #include "mesh/summing_registry.hpp"
 
+#include <algorithm>
 #include <map>
 
 namespace cg::mesh {
@@ -36,12 +37,8 @@ session::SessionReport SummingRegistry::plane_report(const std::string& plane_ty
 std::shared_ptr<session::AgentHandle> SummingRegistry::pick(const std::string& plane_type, const std::string& plane_id,
                                                             const std::string& cr_key, session::PickMiss& miss,
                                                             std::string_view capability) {
-  using session::PickMiss;
   auto h = local_.pick(plane_type, plane_id, cr_key, miss, capability);
-  if (h || miss == PickMiss::moving) return h;
-  if (!dir_.candidates(plane_type, plane_id, cr_key, capability).empty())
-    miss = PickMiss::moving;  // another replica holds the agent now
-  else if (miss == PickMiss::no_agent && dir_.plane_has_sessions(plane_type, plane_id)) miss = PickMiss::not_authorized;
+  if (!h) miss = std::min(miss, dir_.pick_miss(plane_type, plane_id, cr_key, capability));
   return h;
 }
 

@@ -52,8 +52,8 @@ class SummingRegistry final : public session::SessionRegistry {
   session::SessionReport report(const std::string& plane_type, const std::string& cr_key) const override;
   session::SessionReport plane_report(const std::string& plane_type, const std::string& plane_id) const override;
   // Local sessions only (forwarding to another replica is the internal API's decision). When none
-  // is picked, `miss` also looks at the other replicas: `moving` when one of them holds a session
-  // for the CR, `not_authorized` when they only hold other sessions of the plane.
+  // is picked, `miss` is the most telling of the local and the other replicas' reasons
+  // (Directory::pick_miss: `moving` when one of them holds a session for the CR, draining or not).
   std::shared_ptr<session::AgentHandle> pick(const std::string& plane_type, const std::string& plane_id,
                                              const std::string& cr_key, session::PickMiss& miss,
                                              std::string_view capability = {}) override;

@@ -260,4 +260,15 @@ TEST_CASE("summed pick: an agent held by another replica is moving there, never 
   CHECK(miss == session::PickMiss::not_authorized);
   CHECK(reg.pick("workflowplane", "p9", "/wp1", miss) == nullptr);
   CHECK(miss == session::PickMiss::no_agent);
+  CHECK(reg.pick("workflowplane", "p1", "/wp1", miss, "other/v1") == nullptr);
+  CHECK(miss == session::PickMiss::not_capable);
+  // gw-2 drains: its session is no candidate any more, but the agent is on its way, not forbidden.
+  Update down = delta("gw-2", "i1", 1);
+  down.draining = true;
+  REQUIRE(d.apply(down, Directory::Clock::now(), at(1), ch) == ApplyResult::applied);
+  CHECK(d.candidates("workflowplane", "p1", "/wp1", "").empty());
+  CHECK(reg.pick("workflowplane", "p1", "/wp1", miss) == nullptr);
+  CHECK(miss == session::PickMiss::moving);
+  CHECK(reg.pick("workflowplane", "p1", "/other", miss) == nullptr);
+  CHECK(miss == session::PickMiss::not_authorized);
 }
