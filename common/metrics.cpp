@@ -66,6 +66,12 @@ struct M {
                                     .Help("Agent connections waiting for a TLS handshake slot")
                                     .Register(*reg);
   Gauge& hs_waiting = hs_waiting_f.Add({});
+  Counter& tls_resumed =
+      BuildCounter()
+          .Name("cluster_gateway_agent_tls_resumptions_total")
+          .Help("Agent TLS handshakes that resumed a kept session (each authorized again against the current CRs)")
+          .Register(*reg)
+          .Add({});
   Family<Counter>& status =
       BuildCounter().Name("cluster_gateway_status_writes_total").Help("Status writes onto plane CRs by result").Register(*reg);
   Family<Counter>& source = BuildCounter()
@@ -191,6 +197,7 @@ void stream_bytes(const std::string& direction, uint64_t n) {
   m().stream_bytes.Add({{"direction", direction}}).Increment(static_cast<double>(n));
 }
 void handshakes_waiting(int64_t n) { m().hs_waiting.Set(static_cast<double>(n)); }
+void tls_resumed() { m().tls_resumed.Increment(); }
 void internal_handshake(const std::string& r) { m().internal_hs.Add({{"result", r}}).Increment(); }
 void accept_error(const std::string& l, const std::string& r) {
   m().accept_errs.Add({{"listener", l}, {"reason", r}}).Increment();

@@ -21,6 +21,8 @@ void session_closed(const std::string& plane_type, const std::string& plane_id, 
 void handshake(const std::string& result, const std::string& reason);
 // Connections waiting for a TLS handshake slot (--max-concurrent-handshakes).
 void handshakes_waiting(int64_t n);
+// An agent's TLS handshake resumed a session the gateway kept (authorized again before the upgrade).
+void tls_resumed();
 // Internal API TLS handshakes (result: accepted | rejected).
 void internal_handshake(const std::string& result);
 // accept() failures by listener (agent | internal | health) and reason (emfile | enfile | enobufs | other).

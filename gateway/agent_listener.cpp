@@ -157,6 +157,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
         metrics::handshake("rejected", "tls_handshake_failed");
         return self->close();
       }
+      if (self->stream_.resumed()) metrics::tls_resumed();
       self->read_request();
     });
   }
@@ -223,6 +224,7 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     req_ = parser_.release();
     UpgradeDecision d = check_upgrade_target(std::string(req_.target()));
     nlohmann::json f = {{"remote", remote_}};
+    if (stream_.resumed()) f["tlsResumed"] = true;
     if (!d.plane_type.empty()) f["planeType"] = d.plane_type;
     if (!d.plane_id.empty()) f["planeID"] = d.plane_id;
     if (d.status) {
@@ -296,7 +298,10 @@ class Handshake : public std::enable_shared_from_this<Handshake> {
     id.remote = remote_;
     id.peer = std::move(chain);
     id.authorized = std::move(ok);
+    id.tls_start = stream_.resumed() ? session::TlsStart::resumed : session::TlsStart::full;
     disarm_deadline();
+    // An authorized agent's TLS session may be resumed later, even after a cut connection.
+    stream_.set_resumption(session::LeanTls::Resumption::keep);
     session::UpgradeHandoffPtr h(new session::UpgradeHandoff(std::move(stream_), std::move(req_)));
     session::start_agent_session(std::move(h), std::move(id), deps_->session_options, deps_->registry, deps_->frames);
   }

@@ -210,6 +210,12 @@ std::vector<Spec> flag_table(Config& c, Pending& p) {
   t.add_uint("max-concurrent-handshakes", "MAX_CONCURRENT_HANDSHAKES", &Config::max_concurrent_handshakes,
              "Most agent TLS handshakes in progress at once; later connections wait their turn (0: " +
                  std::to_string(kHandshakesPerIoThread) + " per io thread)");
+  t.add_uint("tls-session-cache", "TLS_SESSION_CACHE", &Config::tls_session_cache,
+             "Agent port: most TLS sessions kept for resumption (stateful TLS 1.3 tickets, TLS 1.2 session IDs); only "
+             "authorized agents' sessions are kept, and a resumed session is authorized again against the current CRs "
+             "(0: every handshake is full)");
+  t.add_duration("tls-session-lifetime", &Config::tls_session_lifetime,
+                 "Agent port: how long a kept TLS session may be resumed (1s to 168h)");
   t.add_uint("max-pending-per-agent", "MAX_PENDING_PER_AGENT", &Config::max_pending_per_agent,
              "Most proxied requests waiting for one agent connection; more get 503 (>= 1)");
   t.add_uint("max-streams-per-agent", "MAX_STREAMS_PER_AGENT", &Config::max_streams_per_agent,
@@ -329,6 +335,10 @@ CliResult parse_cli(const std::vector<std::string>& args, const GetEnv& getenv, 
                          {"--idle-timeout", cfg.idle_timeout},
                          {"--startup-grace", cfg.startup_grace}})
     if (v < Duration::zero()) return fail(std::string(name) + " must not be negative (got " + goflag::format_duration(v) + ")");
+  // RFC 8446 4.6.1: a ticket lives at most 7 days; OpenSSL counts whole seconds.
+  if (cfg.tls_session_lifetime < std::chrono::seconds(1) || cfg.tls_session_lifetime > std::chrono::hours(168))
+    return fail("--tls-session-lifetime must be between 1s and 168h (got " + goflag::format_duration(cfg.tls_session_lifetime) +
+                ")");
   // upstream's SetupLogger: anything but the four names is info.
   if (!log::parse_level(p.log_level, cfg.log_level) || p.log_level == "warning") {
     cfg.log_level = log::Level::info;

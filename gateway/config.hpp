@@ -53,6 +53,8 @@ struct Config {
   uint64_t max_sessions = 100000;  // agent sessions in this gateway
   uint64_t max_sessions_per_plane = 64;  // agent sessions per planeType/planeID
   uint64_t max_concurrent_handshakes = 0;  // TLS handshakes in progress at once (0: effective_max_concurrent_handshakes)
+  uint64_t tls_session_cache = 20000;  // agent port: TLS sessions kept for resumption (0: none)
+  Duration tls_session_lifetime = std::chrono::hours(1);  // how long a kept session may be resumed
   uint64_t max_pending_per_agent = 1000;  // proxied requests waiting for one agent connection
   uint64_t max_streams_per_agent = 100;  // open streams (watch, logs -f, exec, wirelogs) per agent connection
   uint64_t max_internal_connections = 1000;  // open caller connections on the internal port

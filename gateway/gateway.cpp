@@ -117,6 +117,14 @@ struct Gateway::Impl {
     control_thread.join();
   }
 
+  // The agent port's: a client certificate is requested (verified per CR), sessions kept for resumption.
+  // A new context (certificate files changed) starts with an empty session cache.
+  std::shared_ptr<boost::asio::ssl::context> agent_context() const {
+    tls::ServerTlsOptions o{cfg.server_cert, cfg.server_key, ""};
+    o.session_cache_entries = cfg.tls_session_cache;
+    o.session_lifetime = std::chrono::duration_cast<std::chrono::seconds>(cfg.tls_session_lifetime);
+    return tls::make_server_context(o);
+  }
   std::shared_ptr<boost::asio::ssl::context> internal_context() const {
     tls::ServerTlsOptions o{cfg.server_cert, cfg.server_key, cfg.internal_mtls ? cfg.internal_client_ca : ""};
     o.request_client_cert = cfg.internal_mtls;
@@ -155,7 +163,7 @@ struct Gateway::Impl {
     tls_stamp = stamp;
     {
       try {
-        auto agent_ctx = tls::make_server_context({cfg.server_cert, cfg.server_key, ""});
+        auto agent_ctx = agent_context();
         auto internal_ctx = internal_context();
         // The mesh's material is loaded (and checked) before anything is swapped: a bad file leaves
         // every listener and link on the previous certificates.
@@ -211,7 +219,7 @@ std::string Gateway::not_ready_reason() const {
 void Gateway::start() {
   auto& m = *impl_;
   const Config& c = m.cfg;
-  auto ssl = tls::make_server_context({c.server_cert, c.server_key, ""});
+  auto ssl = m.agent_context();
   m.tls_stamp = m.tls_files_stamp();
   m.start_control();
   const asio::any_io_executor control = m.control_ioc.get_executor();

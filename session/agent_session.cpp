@@ -226,6 +226,7 @@ class AgentSession final : public AgentHandle, public std::enable_shared_from_th
     for (const auto& c : caps_) caps.push_back(c);
     log::info("agent connected successfully", fields({{"validCRs", crs},
                                                       {"remote", id_.remote},
+                                                      {"tlsResumed", id_.tls_start == TlsStart::resumed},
                                                       {"capabilities", caps},
                                                       {"certificateSubject", id_.peer.subject()},
                                                       {"certificateIssuer", id_.peer.issuer()},

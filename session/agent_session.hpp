@@ -32,6 +32,11 @@ class FrameHandler {
   virtual void on_closed(AgentHandle& session) = 0;
 };
 
+// How the agent's TLS session began: a full handshake (the chain was sent in it), or the resumption of a
+// session the gateway kept (--tls-session-cache; the chain is the one that session began with). Either
+// way the chain was verified against the current CRs before the upgrade.
+enum class TlsStart : uint8_t { full, resumed };
+
 struct AgentIdentity {
   std::string connection_id;
   std::string plane_type;
@@ -39,6 +44,7 @@ struct AgentIdentity {
   std::string remote;
   tls::PeerChain peer;
   std::set<std::string> authorized;
+  TlsStart tls_start = TlsStart::full;
 };
 
 // Opaque handoff of an accepted TLS stream plus its upgrade request (defined in agent_session.cpp's

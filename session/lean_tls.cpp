@@ -99,10 +99,16 @@ const BIO_METHOD* sockbio_method() {
 }
 
 // As Asio's engine reports them: a close_notify is eof, an end of stream without one is
-// stream_truncated, anything else the OpenSSL error.
+// stream_truncated, anything else the OpenSSL error. With SSL_OP_IGNORE_UNEXPECTED_EOF (a kept session:
+// LeanTls::set_resumption) OpenSSL reports an end without close_notify as a close_notify; the socket
+// having reached its end tells them apart (a close_notify is read and reported before the end is).
 beast::error_code map_error(SSL* ssl, int e) {
   unsigned long err = ERR_peek_last_error();
-  if (e == SSL_ERROR_ZERO_RETURN) return asio::error::eof;
+  if (e == SSL_ERROR_ZERO_RETURN) {
+    const bool eof_read = static_cast<SockBio*>(BIO_get_data(SSL_get_rbio(ssl)))->eof;
+    if (eof_read && (SSL_get_options(ssl) & SSL_OP_IGNORE_UNEXPECTED_EOF)) return asio::ssl::error::stream_truncated;
+    return asio::error::eof;
+  }
   if (e == SSL_ERROR_SYSCALL && err == 0) {
     if (errno != 0 && !static_cast<SockBio*>(BIO_get_data(SSL_get_rbio(ssl)))->eof)
       return beast::error_code(errno, asio::error::get_system_category());
@@ -147,7 +153,10 @@ LeanTls::LeanTls(tcp::socket sock, SSL_CTX* ctx) : sock_(std::move(sock)) {
 }
 
 LeanTls::LeanTls(LeanTls&& other) noexcept
-    : sock_(std::move(other.sock_)), ssl_(std::exchange(other.ssl_, nullptr)), setup_error_(std::move(other.setup_error_)) {
+    : sock_(std::move(other.sock_)),
+      ssl_(std::exchange(other.ssl_, nullptr)),
+      setup_error_(std::move(other.setup_error_)),
+      resumption_(other.resumption_) {
   bind_bio();
 }
 
@@ -157,8 +166,24 @@ void LeanTls::bind_bio() {
 }
 
 LeanTls::~LeanTls() {
-  if (ssl_) SSL_free(ssl_);
+  if (!ssl_) return;
+  if (resumption_ == Resumption::keep) {
+    // SSL_free removes the session of a connection that ended without our close_notify.
+    SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  } else if (SSL_SESSION* s = SSL_get0_session(ssl_)) {
+    SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl_), s);  // nothing when the cache is off or never held it
+  }
+  SSL_free(ssl_);
 }
+
+void LeanTls::set_resumption(Resumption r) noexcept {
+  resumption_ = r;
+  if (!ssl_) return;
+  if (r == Resumption::keep) SSL_set_options(ssl_, SSL_OP_IGNORE_UNEXPECTED_EOF);
+  else SSL_clear_options(ssl_, SSL_OP_IGNORE_UNEXPECTED_EOF);
+}
+
+bool LeanTls::resumed() const noexcept { return ssl_ && SSL_session_reused(ssl_) == 1; }
 
 LeanTls::Step LeanTls::finish_step(int ret, size_t n, bool shutdown) {
   if (ret == 1) return Step{Want::nothing, {}, n};

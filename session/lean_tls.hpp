@@ -49,6 +49,19 @@ class LeanTls {
   SSL* native_handle() noexcept { return ssl_; }
   const std::string& setup_error() const { return setup_error_; }
 
+  // What becomes of the TLS session in the server's cache (tls::ServerTlsOptions::session_cache_entries)
+  // when the stream ends. `forget` (the default) removes it, however the connection ended: only an
+  // agent that was authorized may resume. `keep` leaves it there even when the connection ends without
+  // a close_notify (a cut connection is what resumption is for). OpenSSL would drop the session then
+  // (its fatal "unexpected EOF" alert removes it); with `keep` it reads such an end as it reads a
+  // close_notify (SSL_OP_IGNORE_UNEXPECTED_EOF), and the stream still reports it as stream_truncated.
+  // A fatal error of any other kind (a bad record) still removes the session.
+  enum class Resumption : uint8_t { forget, keep };
+  void set_resumption(Resumption r) noexcept;
+  // Whether the handshake resumed a cached session (no certificate was sent in it: the chain is the
+  // one the session was made with).
+  bool resumed() const noexcept;
+
   // The server's TLS handshake; completes with (error, 0).
   template <class Handler>
   auto async_handshake(Handler&& handler) {
@@ -169,6 +182,7 @@ class LeanTls {
   net::tcp::socket sock_;
   SSL* ssl_ = nullptr;
   std::string setup_error_;
+  Resumption resumption_ = Resumption::forget;
 };
 
 // WebSocket teardown for LeanTls (found by argument-dependent lookup): TLS close_notify, then the

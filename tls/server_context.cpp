@@ -49,15 +49,23 @@ std::shared_ptr<boost::asio::ssl::context> make_server_context(const ServerTlsOp
 
   static const unsigned char sid[] = "cluster-gateway";
   SSL_CTX_set_session_id_context(c, sid, sizeof sid - 1);
-  // No session resumption: a resumed session carries the peer's leaf but not the intermediates it
-  // sent (SSL_get_peer_cert_chain is NULL then), so an agent whose certificate comes from an
-  // intermediate CA would fail per-CR verification on every resumed connection (and a Go client keeps
-  // the session and resumes again). Every handshake is full, and verifies the chain the agent sends;
-  // no TLS 1.3 tickets are minted (two per handshake by default: CPU for nothing) and no TLS 1.2
-  // session cache holds a copy of every peer certificate.
-  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  // Never stateless tickets: a session decrypted from a ticket carries the peer's leaf but not the
+  // intermediates it sent (SSL_get_peer_cert_chain is NULL then), so an agent whose certificate comes
+  // from an intermediate CA would fail per-CR verification on every resumed connection (bug 14,
+  // docs/reliability.md). With SSL_OP_NO_TICKET, TLS 1.3 tickets are stateful (the ticket only names
+  // a session in this server's cache) and TLS 1.2 resumes by session ID: the cached SSL_SESSION is
+  // the one of the full handshake, peer chain included. One ticket per handshake (OpenSSL's default
+  // is two). Without a cache, no session is kept and no ticket is minted.
   SSL_CTX_set_options(c, SSL_OP_NO_TICKET);
-  SSL_CTX_set_num_tickets(c, 0);
+  if (opts.session_cache_entries == 0) {
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_num_tickets(c, 0);
+  } else {
+    SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_SERVER);
+    SSL_CTX_sess_set_cache_size(c, static_cast<long>(opts.session_cache_entries));
+    SSL_CTX_set_timeout(c, static_cast<long>(opts.session_lifetime.count()));
+    SSL_CTX_set_num_tickets(c, 1);
+  }
   if (opts.require_client_ca_file.empty() && !opts.request_client_cert) {
     SSL_CTX_set_verify(c, SSL_VERIFY_NONE, nullptr);
   } else if (opts.require_client_ca_file.empty()) {

@@ -3,6 +3,8 @@
 // handshake against one CA bundle).
 #pragma once
 #include <boost/asio/ssl/context.hpp>
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -16,6 +18,12 @@ struct ServerTlsOptions {
   std::string require_client_ca_file;
   // With no CA file: whether to ask the client for a certificate at all.
   bool request_client_cert = true;
+  // Stateful TLS session resumption (the agent port, --tls-session-cache): the server keeps up to this
+  // many sessions, each with the chain its agent presented, for `session_lifetime`. A resumed session
+  // is authorized again against the current CRs, like a full handshake (gateway/agent_listener.cpp).
+  // 0: every handshake is full, and no session or ticket is issued.
+  uint64_t session_cache_entries = 0;
+  std::chrono::seconds session_lifetime{3600};
 };
 
 // Throws std::runtime_error with a readable message on bad files.

@@ -29,14 +29,16 @@ struct Pki {
   cg::testing::Cert server = cg::testing::make_server(ca);
   std::string dir = cg::testing::make_temp_dir("lean-tls");
   std::shared_ptr<asio::ssl::context> ctx;
-  Pki() {
+  // `cache_entries`: the agent listener's session cache (--tls-session-cache; 0: none).
+  explicit Pki(uint64_t cache_entries = 0) {
     cg::testing::write_file(dir + "/tls.crt", server.cert_pem());
     cg::testing::write_file(dir + "/tls.key", server.key_pem());
     cg::tls::ServerTlsOptions o;
     o.cert_file = dir + "/tls.crt";
     o.key_file = dir + "/tls.key";
     o.request_client_cert = false;
-    ctx = cg::tls::make_server_context(o);  // the agent listener's settings (release buffers, no tickets)
+    o.session_cache_entries = cache_entries;
+    ctx = cg::tls::make_server_context(o);  // the agent listener's settings (release buffers, stateful tickets)
   }
 };
 
@@ -344,9 +346,13 @@ TEST_CASE("LeanTls waits while the socket buffer is full and keeps the byte stre
 }
 
 TEST_CASE("LeanTls tells close_notify from an end of stream without it", "[session][lean_tls]") {
-  Pki pki;
+  Pki pki(16);
   Server srv;
   const bool with_close_notify = GENERATE(true, false);
+  // A kept session (an authorized agent's) makes OpenSSL read a missing close_notify as one; the
+  // stream must still tell them apart.
+  const auto resumption = GENERATE(LeanTls::Resumption::forget, LeanTls::Resumption::keep);
+  INFO("close_notify " << with_close_notify << ", keep " << (resumption == LeanTls::Resumption::keep));
   std::promise<void> done;
   std::thread client([&, port = srv.port()] {
     try {
@@ -361,6 +367,7 @@ TEST_CASE("LeanTls tells close_notify from an end of stream without it", "[sessi
     }
   });
   srv.accept_tls(*pki.ctx);
+  srv.lean->set_resumption(resumption);
   CHECK(srv.read_exact(3) == "bye");
   std::string buf(100, '\0');
   auto [ec, n] = srv.read(buf);
@@ -372,6 +379,48 @@ TEST_CASE("LeanTls tells close_notify from an end of stream without it", "[sessi
   }
   client.join();
   done.get_future().get();
+}
+
+TEST_CASE("LeanTls keeps a resumable session in the server cache only when told to even after a cut connection",
+          "[session][lean_tls]") {
+  // The agent listener keeps the sessions of authorized agents (Resumption::keep); OpenSSL alone
+  // drops a session whose connection ended without close_notify (its fatal "unexpected EOF" alert),
+  // which is how connections end in the storms resumption is for.
+  Pki pki(16);
+  Server srv;
+  const auto resumption = GENERATE(LeanTls::Resumption::forget, LeanTls::Resumption::keep);
+  const bool cut = GENERATE(true, false);
+  INFO("keep " << (resumption == LeanTls::Resumption::keep) << ", cut " << cut);
+  SSL_CTX* sctx = pki.ctx->native_handle();
+  std::promise<void> done;
+  std::thread client([&, port = srv.port()] {
+    try {
+      Client c(port, pki.ca);
+      c.connect();
+      c.write("hi");
+      (void)c.read_exact(2);  // the server's answer; the TLS 1.3 ticket came before it
+      if (!cut) SSL_shutdown(c.ssl);
+      ::shutdown(c.fd, SHUT_WR);
+      done.set_value();
+    } catch (...) {
+      done.set_exception(std::current_exception());
+    }
+  });
+  srv.accept_tls(*pki.ctx);
+  CHECK(SSL_CTX_sess_number(sctx) == 1);  // the handshake's stateful ticket names this session
+  srv.lean->set_resumption(resumption);
+  CHECK(srv.read_exact(2) == "hi");
+  std::string yo = "yo";
+  auto [wec, wn] = srv.run([&](auto h) { srv.lean->async_write_some(asio::buffer(yo), h); });
+  REQUIRE_FALSE(wec);
+  std::string buf(100, '\0');
+  auto [ec, n] = srv.read(buf);
+  CHECK(n == 0);
+  CHECK(ec == (cut ? beast::error_code(asio::ssl::error::stream_truncated) : beast::error_code(asio::error::eof)));
+  client.join();
+  done.get_future().get();
+  srv.lean.reset();
+  CHECK(SSL_CTX_sess_number(sctx) == (resumption == LeanTls::Resumption::keep ? 1 : 0));
 }
 
 TEST_CASE("LeanTls shutdown sends close_notify without waiting for the peer's, teardown closes the socket",
