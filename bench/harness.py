@@ -406,7 +406,9 @@ def perf_start(env, pid, name):
     if not env.perf:
         return None
     out = env.path(f"perf-{name}.data")
-    p = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", out],
+    # CG_BENCH_PERF_CALLGRAPH=dwarf: call graphs through code built without frame pointers (bigger files).
+    graph = ["--call-graph", os.environ["CG_BENCH_PERF_CALLGRAPH"]] if os.environ.get("CG_BENCH_PERF_CALLGRAPH") else ["-g"]
+    p = subprocess.Popen(["perf", "record", "-F", "499", *graph, "-p", str(pid), "-o", out],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
     return (p, out, name)

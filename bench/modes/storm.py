@@ -1,17 +1,23 @@
 """d. Reconnect storm: N agents start at once against a fresh gateway; time until every session is
-registered and every CR's status file is correct. Two shapes: few CRs and many CRs."""
+registered and every CR's status file is correct. Two shapes: few CRs and many CRs. Then issue 18's
+shape with TLS session resumption: N agents over P CRs are connected, every connection is cut at once
+(SIGUSR2 to the simulator: sockets closed, no close frame, no close_notify) and every agent reconnects
+at once offering its TLS session; time until all N are authorized and registered again."""
 import json
 import os
+import signal
 import time
 
-from harness import Gateway, ModeFailed, count_lines, log, start_agents
+from harness import Gateway, ModeFailed, count_lines, log, metric_sum, perf_start, perf_stop, start_agents
 from report import Table, fmt, goal_text, setup
 
 NAME = "storm"
 TITLE = "d. Reconnect storm"
 SIZES = {
-    "full": dict(agents=10000, planes=100, timeout=120.0, many_planes=5000, many_timeout=60.0),
-    "tiny": dict(agents=50, planes=10, timeout=60.0, many_planes=25, many_timeout=30.0),
+    "full": dict(agents=10000, planes=100, timeout=120.0, many_planes=5000, many_timeout=60.0, resume_planes=1000,
+                 resume_timeout=60.0),
+    "tiny": dict(agents=50, planes=10, timeout=60.0, many_planes=25, many_timeout=30.0, resume_planes=10,
+                 resume_timeout=30.0),
 }
 GOAL_S = 5
 
@@ -96,12 +102,89 @@ def storm_once(env, name, n, p, timeout):
     return res
 
 
+def resumed_storm(env, name, n, p, timeout):
+    """N agents over P CRs connect (not timed), then every connection is cut at once and every agent
+    reconnects offering its TLS session (`cluster-agent-sim --tls-resume`, SIGUSR2). Timed from the
+    signal until the gateway has accepted N more upgrades and holds N sessions."""
+    planes = env.write_planes(name, [("ClusterDataPlane", f"rs-{i}", f"rs-{i}", env.agent_ca()) for i in range(p)])
+    gw = Gateway(env, name, planes, expect_crs=p + 1)
+    res = {"agents": n, "planes": p, "timeoutSeconds": timeout}
+    sim = None
+
+    def counts():
+        text = gw.metrics(timeout=5.0)
+        return (int(metric_sum(text, "cluster_gateway_agent_handshakes_total", result="accepted")),
+                int(metric_sum(text, "cluster_gateway_agent_tls_resumptions_total")),
+                int(metric_sum(text, "cluster_gateway_agent_sessions")))
+    try:
+        log(f"storm: {n:,} agents over {p:,} CRs connect, then every connection is cut and resumed")
+        sim = start_agents(env, gw, f"{name}:sim", n, "rs", spread=p, source_ips=env.source_ips(2), extra=("--tls-resume",))
+        deadline = time.time() + 2 * timeout
+        while time.time() < deadline:
+            if not sim.alive():
+                raise ModeFailed(f"agent simulator exited; see {sim.logfile}")
+            try:
+                if counts()[2] >= n:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise ModeFailed(f"{name}: {n:,} agents did not connect within {2 * timeout:.0f}s; see {sim.logfile}")
+        time.sleep(2.0)  # let the first connections' status writes settle
+        acc0, res0, _ = counts()
+        w0 = gw.status_writes()
+        c0 = gw.cpu_seconds()
+        fail0 = count_lines(sim.logfile, '"connection failed"')
+        prof = perf_start(env, gw.pid, "storm-resumed")
+        t0 = time.time()
+        os.kill(sim.pid, signal.SIGUSR2)
+        t_done, last = None, (acc0, res0, n)
+        while time.time() < t0 + timeout:
+            try:
+                last = counts()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if last[0] - acc0 >= n and last[2] >= n:
+                t_done = time.time()
+                break
+            time.sleep(0.1)
+        c1 = gw.cpu_seconds()
+        perf_stop(env, prof)
+        try:
+            res["statusWrites"] = gw.status_writes() - w0  # until now: the writes of the storm (status settles within a second)
+        except OSError:
+            res["statusWrites"] = None
+        res.update({"gatewayCpuSeconds": c1 - c0, "accepted": last[0] - acc0, "resumed": last[1] - res0,
+                    "sessionsAtEnd": last[2],
+                    "connectionFailures": count_lines(sim.logfile, '"connection failed"') - fail0 - n})
+        if t_done is None:
+            res["complete"] = False
+            log(f"storm (resumed): NOT complete after {timeout:.0f}s: {res['accepted']:,} of {n:,} upgrades again, "
+                f"{res['resumed']:,} resumed")
+            return res
+        res.update({"complete": True, "seconds": t_done - t0})
+        log(f"storm (resumed): all {n:,} agents authorized again after {res['seconds']:.2f}s, {res['resumed']:,} of them "
+            f"on a resumed TLS session; gateway CPU {res['gatewayCpuSeconds']:.2f}s")
+    finally:
+        if sim:
+            sim.stop()
+        gw.stop()
+    return res
+
+
 def run(env):
     z = env.sizes[NAME]
-    runs = [storm_once(env, "storm", z["agents"], z["planes"], z["timeout"])]
-    if z.get("many_planes"):
+    # CG_BENCH_STORM_SHAPES=resumed: only the storm with TLS resumption (profiling).
+    only_resumed = os.environ.get("CG_BENCH_STORM_SHAPES", "") == "resumed"
+    runs = [] if only_resumed else [storm_once(env, "storm", z["agents"], z["planes"], z["timeout"])]
+    if z.get("many_planes") and not only_resumed:
         runs.append(storm_once(env, "storm-many", z["agents"], z["many_planes"], z["many_timeout"]))
-    return {"runs": runs}
+    out = {"runs": runs}
+    if z.get("resume_planes"):
+        out["resumed"] = resumed_storm(env, "storm-resumed", z["agents"], z["resume_planes"], z["resume_timeout"])
+    return out
 
 
 def summary(res, z):
@@ -117,6 +200,15 @@ def summary(res, z):
                          f"{st['crsCorrect']:,} CRs correct; {st['connectionFailures']:,} failed attempts; "
                          "API-server calls for auth: 0",
                          f"> {fmt(st['timeoutSeconds'], 0)} s (incomplete)", f"< {GOAL_S} s", "missed"))
+    rs = res.get("resumed")
+    if rs:
+        label = f"d. Reconnect storm with TLS resumption, {rs['agents']:,} agents / {rs['planes']:,} CRs"
+        what = (f"{rs['accepted']:,} upgrades again, {rs['resumed']:,} on resumed TLS sessions; gateway CPU "
+                f"{fmt(rs['gatewayCpuSeconds'], 2)} s")
+        if rs["complete"]:
+            rows.append((label, what, f"{fmt(rs['seconds'], 2)} s", f"< {GOAL_S} s", goal_text(rs["seconds"], GOAL_S, False, " s")))
+        else:
+            rows.append((label, what, f"> {fmt(rs['timeoutSeconds'], 0)} s (incomplete)", f"< {GOAL_S} s", "missed"))
     return rows
 
 
@@ -144,4 +236,13 @@ def tables(res, z):
                          f"{fmt(st['gatewayCpuSeconds'], 2)} s", f"{st['connectionFailures']:,}", "0"))
     out.append(Table("Storms", ("Agents", "CRs", "all sessions registered", "every CR status correct", "storm time",
                                 "gateway CPU", "failed attempts retried", "API-server calls for auth"), rows))
+    rs = res.get("resumed")
+    if rs:
+        out.append(Table("Storm with TLS resumption (cut at once, every agent offers its session; `--tls-session-cache` default)",
+                         ("Agents", "CRs", "all authorized again", "upgrades", "of them resumed", "gateway CPU",
+                          "failed attempts retried"),
+                         [(f"{rs['agents']:,}", f"{rs['planes']:,}",
+                           f"**{fmt(rs['seconds'], 2)} s**" if rs["complete"] else f"**> {fmt(rs['timeoutSeconds'], 0)} s**",
+                           f"{rs['accepted']:,}", f"{rs['resumed']:,}", f"{fmt(rs['gatewayCpuSeconds'], 2)} s",
+                           f"{max(rs['connectionFailures'], 0):,}")]))
     return out

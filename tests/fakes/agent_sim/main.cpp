@@ -8,6 +8,10 @@
 // after --reconnect-delay; it ignores GOAWAY. --close-mode silent does the same without answering
 // the close frame. SIGUSR1 makes every agent send a close frame (1000) itself; in those modes it then
 // keeps the socket open too.
+// --tls-resume offers the TLS session of an agent's previous connection when it reconnects (as a Go
+// client with a ClientSessionCache; upstream's agent has none). SIGUSR2 cuts every agent's connection
+// at once (the socket closed, no close frame, no close_notify: a network cut) and each agent
+// reconnects at once: a reconnect storm (bench/modes/storm.py).
 // Rude modes (tests/gateway/test_rude_agents.py; tests/fakes/agent_sim/README.md): --reply-fault breaks
 // replies (bad base64, wrong types, a body on 204, CR/LF in a header), --reply-delay answers late
 // (after the gateway's timeout, or after the caller left), both limited to paths containing
@@ -135,6 +139,7 @@ struct Options {
   StopReading stop_reading = StopReading::never;
   Duration stop_reading_after = Duration::zero();
   std::string client_cert_dir, client_ca_cert, client_ca_key;
+  bool tls_resume = false;  // offer the previous connection's TLS session
   std::string host, port, path;
 };
 
@@ -170,6 +175,17 @@ class Agent : public std::enable_shared_from_this<Agent> {
         beast::error_code ig;
         beast::get_lowest_layer(*self->ws_).socket().close(ig);
       }
+    });
+  }
+  // SIGUSR2: the connection is cut (socket closed; no close frame, no close_notify); the agent
+  // reconnects at once.
+  void cut() {
+    asio::post(resolver_.get_executor(), [self = shared_from_this()] {
+      if (!self->ws_ || !self->open_ || self->closing_) return;
+      self->remember_session();
+      self->cut_ = true;
+      beast::error_code ig;
+      beast::get_lowest_layer(*self->ws_).socket().close(ig);
     });
   }
   // SIGUSR1: the agent sends a close frame itself (1000). In the upstream and silent modes it reads
@@ -234,6 +250,15 @@ class Agent : public std::enable_shared_from_this<Agent> {
     });
   }
 
+  // --tls-resume: a copy of the connection's TLS session (the newest ticket), to offer on the next
+  // connection. A copy: OpenSSL marks the session itself not resumable when its connection fails.
+  void remember_session() {
+    if (!o_.tls_resume || !ws_) return;
+    SSL_SESSION* s = SSL_get0_session(ws_->next_layer().next_layer().native_handle());
+    if (!s || SSL_SESSION_is_resumable(s) != 1) return;
+    if (SSL_SESSION* copy = SSL_SESSION_dup(s)) session_.reset(copy, SSL_SESSION_free);
+  }
+
   void on_connect(beast::error_code ec) {
     if (ec) return retry("connect: " + ec.message(), o_.reconnect_delay);
     auto self = shared_from_this();
@@ -243,6 +268,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
     beast::get_lowest_layer(*ws_).socket().set_option(tcp::no_delay(true), ig);
     SSL_set_tlsext_host_name(ws_->next_layer().next_layer().native_handle(), o_.host.c_str());
     ws_->next_layer().next_layer().set_verify_callback(asio::ssl::host_name_verification(o_.host));
+    if (o_.tls_resume && session_) SSL_set_session(ws_->next_layer().next_layer().native_handle(), session_.get());
     ws_->next_layer().next_layer().async_handshake(asio::ssl::stream_base::client, [self](beast::error_code ec) {
       if (ec) return self->retry("tls: " + ec.message(), self->o_.reconnect_delay);
       beast::get_lowest_layer(*self->ws_).expires_never();
@@ -276,6 +302,7 @@ class Agent : public std::enable_shared_from_this<Agent> {
         }
         self->open_ = true;
         self->goaway_ = false;
+        self->remember_session();  // TLS 1.2's session; TLS 1.3's ticket came before the 101
         ++self->conn_serial_;
         self->reader_ = Reader::reading;
         beast::error_code lec;
@@ -288,7 +315,9 @@ class Agent : public std::enable_shared_from_this<Agent> {
                                                              if (auto a = weak.lock()) a->send(std::move(text));
                                                            });
         self->streams_->queued_bytes = &self->queued_bytes_;
-        log::info("connected to control plane", self->fields({{"localPort", self->local_port_}}));
+        log::info("connected to control plane",
+                  self->fields({{"localPort", self->local_port_},
+                                {"tlsResumed", SSL_session_reused(self->ws_->next_layer().next_layer().native_handle()) == 1}}));
         if (self->o_.stop_reading == StopReading::after_time) {
           auto t = std::make_shared<asio::steady_timer>(self->ws_->get_executor(), self->o_.stop_reading_after);
           t->async_wait([self, t, serial = self->conn_serial_](beast::error_code ec) {
@@ -324,7 +353,12 @@ class Agent : public std::enable_shared_from_this<Agent> {
   void read() {
     if (reader_ == Reader::stopped) return;
     ws_->async_read(buf_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      if (ec && self->cut_) {
+        self->cut_ = false;
+        return self->retry("cut (SIGUSR2)", Duration::zero());
+      }
       if (ec) {
+        self->remember_session();
         std::string why = ec == websocket::error::closed ? "closed by gateway (code " + std::to_string(self->ws_->reason().code) +
                                                                ": " + std::string(self->ws_->reason().reason.c_str()) + ")"
                                                          : ec.message();
@@ -453,6 +487,8 @@ class Agent : public std::enable_shared_from_this<Agent> {
   uint64_t gen_ = 0;  // the current connection's number
   uint16_t local_port_ = 0;
   bool closing_ = false;  // agent_close() started
+  bool cut_ = false;  // cut() closed the socket: reconnect at once
+  std::shared_ptr<SSL_SESSION> session_;  // --tls-resume: offered on the next connection
   websocket::response_type resp_;
   beast::flat_buffer buf_;
   std::deque<std::string> queue_;
@@ -487,6 +523,8 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-interval", unused_hb, "Accepted for compatibility; unused (as upstream)");
   app.add_option("--request-timeout", unused_rt, "Accepted for compatibility; unused (as upstream)");
   app.add_option("--log-level", log_level, "debug, info, warn, error")->envname("LOG_LEVEL")->capture_default_str();
+  app.add_flag("--tls-resume", o.tls_resume,
+               "Offer the previous connection's TLS session when reconnecting (a TLS 1.3 ticket or TLS 1.2 session ID)");
   app.add_option("--count", o.count, "Number of agents to run in this process")->capture_default_str();
   app.add_option("--duration", duration, "Exit after this long (0: until SIGINT/SIGTERM)");
   std::string source_ips;
@@ -722,6 +760,16 @@ int main(int argc, char** argv) {
     });
   };
   on_usr1();
+  asio::signal_set usr2(ctl, SIGUSR2);
+  std::function<void()> on_usr2 = [&] {
+    usr2.async_wait([&](beast::error_code ec, int) {
+      if (ec) return;
+      log::info("SIGUSR2: cutting every connection", {{"agents", agents.size()}});
+      for (auto& a : agents) a->cut();
+      on_usr2();
+    });
+  };
+  on_usr2();
   if (o.duration > Duration::zero()) {
     deadline.expires_after(o.duration);
     deadline.async_wait([&](beast::error_code ec) {
