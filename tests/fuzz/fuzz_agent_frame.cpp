@@ -31,6 +31,9 @@ namespace {
 // a double (`-1.0e+1200`, valid JSON). A raw NUL is never valid JSON (not whitespace, not allowed
 // unescaped in a string), so it is refused here; an out-of-range number is grammatical, so for that
 // input the DOM comes from Boost.JSON instead (Go decodes it too and fails only the int conversion).
+// A third edge is the gateway's own: its streaming parser (Boost.JSON) refuses a number whose exponent
+// does not fit an int (`-0.0e+0000…600…892`, valid JSON that nlohmann reads as -0.0); Go fails such a
+// frame too, at the int conversion of statusCode. The reference refuses it as the gateway does.
 FrameKind classify_dom(const nlohmann::json& j, std::string& rid) {
   if (!j.is_object()) return FrameKind::invalid;
   auto it = j.find("requestID");
@@ -61,8 +64,17 @@ FrameKind classify_boost_dom(std::string_view text, std::string& rid) {
   return has_data || is_close ? FrameKind::stream_chunk : FrameKind::response;
 }
 
+bool exponent_overflows(std::string_view text) {
+  boost::json::parse_options opts;
+  opts.max_depth = 64;  // as the gateway's parser: deeper input fails before, in both
+  boost::json::error_code ec;
+  (void)boost::json::parse(boost::json::string_view(text.data(), text.size()), ec, {}, opts);
+  return ec == boost::json::error::exponent_overflow;
+}
+
 FrameKind reference_kind(std::string_view text, std::string& rid) {
   if (text.find('\0') != std::string_view::npos) return FrameKind::invalid;
+  if (exponent_overflows(text)) return FrameKind::invalid;
   int depth_seen = 0;
   auto cb = [&](int d, nlohmann::json::parse_event_t, nlohmann::json&) {
     depth_seen = std::max(depth_seen, d);
